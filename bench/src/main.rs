@@ -1,0 +1,2 @@
+//! hoststack benchmarks.
+fn main() {}

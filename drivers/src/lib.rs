@@ -1,0 +1,1 @@
+//! hoststack's drivers.

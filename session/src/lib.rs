@@ -1,0 +1,21 @@
+//! hoststack's session layer, modelled on FD.io VPP's host stack.
+//!
+//! It owns everything between a transport and an application: applications
+//! and their workers, app namespaces, app listeners and the round-robin choice
+//! of the worker that gets a new session, the lookup tables (established
+//! sessions by 5/6-tuple, listeners by endpoint, per-namespace local tables),
+//! shared-memory segments (memfd) with the fifos and message queues that live
+//! in them, cut-through sessions between two local apps, the cert/key store
+//! and the crypto-engine registry.
+//!
+//! It must never touch packets, smoltcp or a driver: transports plug in from
+//! `hoststack-stack` through the transport trait. The decision logic here is
+//! plain data with unit tests; only the modules that own a shared-memory
+//! layout (`fifo`, `message_queue`, `segment`) or a kernel object
+//! (`eventfd`) use `unsafe`, each block with a `// SAFETY:` comment.
+
+#![deny(unsafe_code)]
+
+pub mod error;
+
+pub use error::{SessionError, SessionResult};
