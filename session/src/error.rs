@@ -50,6 +50,14 @@ pub enum SessionError {
     /// The endpoint's ip is not on the namespace's interface.
     #[error("endpoint {0} is not on the namespace's interface")]
     EndpointNotOnInterface(String),
+    /// The namespace cannot be deleted while apps are attached to it.
+    #[error("namespace {id} is in use by {apps} app(s)")]
+    NamespaceInUse {
+        /// The namespace's id.
+        id: String,
+        /// How many apps are attached to it.
+        apps: usize,
+    },
     /// No memory left in the app's segments and no new segment may be added.
     #[error("segment manager out of memory: {0}")]
     NoSpace(String),

@@ -16,6 +16,12 @@
 
 #![deny(unsafe_code)]
 
+pub mod app_listener;
+pub mod cert;
+pub mod endpoint;
 pub mod error;
+pub mod handle;
+pub mod lookup;
+pub mod namespace;
 
 pub use error::{SessionError, SessionResult};

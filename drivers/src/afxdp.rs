@@ -1,0 +1,601 @@
+//! AF_XDP: one XSK socket on one NIC queue, through `xsk-rs`.
+//!
+//! The queue owns a UMEM of `frame_count` frames. A frame is in exactly one
+//! place at a time: the free list here, the fill ring, the rx ring, the
+//! caller's hands (an [`XdpFrame`]), the tx ring or the completion ring.
+//! Received frames come back through [`PacketIo::release`], transmitted ones
+//! through the completion ring, so every buffer is reused in both
+//! directions.
+//!
+//! Medium quirks handled here: `XDP_USE_NEED_WAKEUP` (kick the fill ring and
+//! the tx ring only when the kernel asks), a bind that finds the queue busy
+//! (the kernel keeps it ~150 ms after the previous socket closed: retried
+//! with back-off), copy-mode transmit that moves at most a small batch per
+//! `sendto` (kicked until the ring drains), and on a veth in generic mode a
+//! peer whose TSO super-frames no XSK frame holds (detected, logged with the
+//! fix). The XDP program libxdp attached is detached when the last socket on
+//! the interface goes away.
+
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+use crate::counters::DriverCounters;
+use crate::error::{DriverError, DriverResult};
+use crate::netdev::{Netdev, VethPeer};
+use crate::{DeviceInfo, FrameBuf, PacketIo, RxChecksumPolicy};
+
+/// How the XDP program is attached to the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpAttachMode {
+    /// Native (driver) mode where the driver has it, generic otherwise.
+    #[default]
+    Auto,
+    /// Driver mode; fails where the driver lacks XDP.
+    Native,
+    /// Generic (SKB) mode; works everywhere, slower.
+    Generic,
+}
+
+impl std::str::FromStr for XdpAttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "native" | "drv" | "driver" => Ok(Self::Native),
+            "generic" | "skb" => Ok(Self::Generic),
+            _ => Err(format!(
+                "unknown XDP mode '{s}' (expected auto, native or generic)"
+            )),
+        }
+    }
+}
+
+/// Whether the socket copies frames or shares the NIC's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpCopyMode {
+    /// Zero-copy when the NIC supports it, copy otherwise.
+    #[default]
+    Auto,
+    /// Always copy.
+    Copy,
+    /// Zero-copy or fail.
+    ZeroCopy,
+}
+
+impl std::str::FromStr for XdpCopyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "copy" => Ok(Self::Copy),
+            "zerocopy" | "zero-copy" | "zc" => Ok(Self::ZeroCopy),
+            _ => Err(format!(
+                "unknown copy mode '{s}' (expected auto, copy or zerocopy)"
+            )),
+        }
+    }
+}
+
+/// Settings of one AF_XDP queue.
+#[derive(Debug, Clone)]
+pub struct XdpConfig {
+    /// Interface name.
+    pub ifname: String,
+    /// Queue index.
+    pub queue: u32,
+    /// XDP attach mode.
+    pub attach: XdpAttachMode,
+    /// Copy or zero-copy.
+    pub copy: XdpCopyMode,
+    /// UMEM frames (power of two not required).
+    pub frame_count: u32,
+    /// Bytes per UMEM frame (power of two, 2048 or 4096).
+    pub frame_size: u32,
+    /// Size of each of the four rings (power of two).
+    pub ring_size: u32,
+    /// How long to keep retrying a bind that finds the queue busy.
+    pub busy_timeout: Duration,
+}
+
+impl XdpConfig {
+    /// Defaults for `ifname` queue `queue`.
+    pub fn new(ifname: &str, queue: u32) -> Self {
+        Self {
+            ifname: ifname.into(),
+            queue,
+            attach: XdpAttachMode::Auto,
+            copy: XdpCopyMode::Auto,
+            frame_count: 8192,
+            frame_size: 4096,
+            ring_size: 2048,
+            busy_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A UMEM frame in the caller's hands.
+#[derive(Debug)]
+pub struct XdpFrame(FrameDesc);
+
+impl FrameBuf for XdpFrame {
+    fn len(&self) -> usize {
+        self.0.lengths().data()
+    }
+}
+
+/// Max frames `sendto` moves per call in copy mode before it asks to be
+/// called again; bounds the kick loop.
+const MAX_TX_KICKS: usize = 64;
+
+/// One AF_XDP socket bound to one queue.
+pub struct XdpQueue {
+    info: DeviceInfo,
+    counters: Arc<DriverCounters>,
+    // Field order is drop order: rings first, the UMEM last.
+    rx: RxQueue,
+    tx: TxQueue,
+    fill: FillQueue,
+    comp: CompQueue,
+    umem: Umem,
+    free: Vec<FrameDesc>,
+    scratch: Vec<FrameDesc>,
+    ring_size: u32,
+    /// Frames kept back from the fill ring so transmit never starves.
+    tx_reserve: usize,
+    generic: bool,
+    veth_peer: Option<VethPeer>,
+    last_stats: Option<xsk_rs::socket::XdpStatistics>,
+    oversize_warned: bool,
+}
+
+impl std::fmt::Debug for XdpQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpQueue")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_source<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    err.source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+}
+
+/// What the kernel reports about the program on `ifindex`: the attach mode
+/// name, or None when no program is attached.
+pub fn attached_mode(ifindex: u32) -> Option<&'static str> {
+    // SAFETY: libxdp returns either a valid multiprog pointer, NULL, or an
+    // error pointer (checked with libxdp_get_error); it is closed exactly once.
+    unsafe {
+        let mp = libxdp_sys::xdp_multiprog__get_from_ifindex(ifindex as i32);
+        if mp.is_null() || libxdp_sys::libxdp_get_error(mp.cast()) != 0 {
+            return None;
+        }
+        let mode = libxdp_sys::xdp_multiprog__attach_mode(mp);
+        libxdp_sys::xdp_multiprog__close(mp);
+        match mode {
+            libxdp_sys::xdp_attach_mode_XDP_MODE_NATIVE => Some("native"),
+            libxdp_sys::xdp_attach_mode_XDP_MODE_SKB => Some("generic"),
+            libxdp_sys::xdp_attach_mode_XDP_MODE_HW => Some("offload"),
+            _ => None,
+        }
+    }
+}
+
+fn zero_copy(fd: i32) -> bool {
+    let mut opts = libxdp_sys::xdp_options { flags: 0 };
+    let mut len = std::mem::size_of::<libxdp_sys::xdp_options>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the live `opts`.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_XDP,
+            libxdp_sys::XDP_OPTIONS as i32,
+            (&raw mut opts).cast(),
+            &mut len,
+        )
+    };
+    ret == 0 && opts.flags & libxdp_sys::XDP_OPTIONS_ZEROCOPY != 0
+}
+
+impl XdpQueue {
+    /// Creates the UMEM, binds the socket (retrying while the queue is
+    /// busy) and stocks the fill ring.
+    pub fn open(cfg: &XdpConfig) -> DriverResult<Self> {
+        let dev = Netdev::lookup(&cfg.ifname)?;
+        if cfg.queue >= dev.rx_queues {
+            return Err(DriverError::NoSuchQueue {
+                ifname: dev.name,
+                queue: cfg.queue,
+                available: dev.rx_queues,
+            });
+        }
+        if !cfg.ring_size.is_power_of_two() || cfg.frame_count < 2 * cfg.ring_size {
+            return Err(DriverError::InvalidConfig(format!(
+                "ring size {} must be a power of two and frame count {} at least twice it",
+                cfg.ring_size, cfg.frame_count
+            )));
+        }
+        let bad = |what: &str| DriverError::InvalidConfig(format!("{what}"));
+        let umem_cfg = UmemConfig::builder()
+            .frame_size(FrameSize::new(cfg.frame_size).map_err(|e| bad(&e.to_string()))?)
+            .fill_queue_size(QueueSize::new(cfg.ring_size).map_err(|e| bad(&e.to_string()))?)
+            .comp_queue_size(QueueSize::new(cfg.ring_size).map_err(|e| bad(&e.to_string()))?)
+            .build()
+            .map_err(|e| bad(&e.to_string()))?;
+        let frame_capacity = umem_cfg.mtu() as usize;
+        if dev.mtu + 14 > frame_capacity {
+            return Err(DriverError::MtuTooLarge {
+                ifname: dev.name,
+                mtu: dev.mtu,
+                frame: frame_capacity,
+                max: frame_capacity - 14,
+            });
+        }
+        let frame_count = NonZeroU32::new(cfg.frame_count).ok_or_else(|| bad("zero frames"))?;
+        let (umem, descs) = Umem::new(umem_cfg, frame_count, false).map_err(|e| {
+            DriverError::os(
+                "creating the UMEM",
+                io_source(&e).map_or_else(
+                    || std::io::Error::other(e.to_string()),
+                    |io| std::io::Error::from(io.kind()),
+                ),
+            )
+        })?;
+
+        let mut bind = BindFlags::XDP_USE_NEED_WAKEUP;
+        match cfg.copy {
+            XdpCopyMode::Auto => {}
+            XdpCopyMode::Copy => bind |= BindFlags::XDP_COPY,
+            XdpCopyMode::ZeroCopy => bind |= BindFlags::XDP_ZEROCOPY,
+        }
+        let xdp_flags = match cfg.attach {
+            XdpAttachMode::Auto => XdpFlags::empty(),
+            XdpAttachMode::Native => XdpFlags::XDP_FLAGS_DRV_MODE,
+            XdpAttachMode::Generic => XdpFlags::XDP_FLAGS_SKB_MODE,
+        };
+        let sock_cfg = SocketConfig::builder()
+            .rx_queue_size(QueueSize::new(cfg.ring_size).map_err(|e| bad(&e.to_string()))?)
+            .tx_queue_size(QueueSize::new(cfg.ring_size).map_err(|e| bad(&e.to_string()))?)
+            .xdp_flags(xdp_flags)
+            .libxdp_flags(LibxdpFlags::empty())
+            .bind_flags(bind)
+            .build();
+        let iface: Interface = cfg
+            .ifname
+            .parse()
+            .map_err(|_| DriverError::NoSuchInterface(cfg.ifname.clone()))?;
+
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        let (tx, rx, rings) = loop {
+            // SAFETY: the UMEM is not shared with another socket (each queue
+            // creates its own), so the shared-UMEM contract does not apply.
+            match unsafe { Socket::new(sock_cfg, &umem, &iface, cfg.queue) } {
+                Ok(s) => break s,
+                Err(e) => {
+                    let errno = io_source(&e).and_then(|io| io.raw_os_error());
+                    match errno {
+                        Some(libc::EBUSY) if started.elapsed() < cfg.busy_timeout => {
+                            debug!(ifname = %cfg.ifname, queue = cfg.queue, "queue busy, retrying bind");
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(Duration::from_millis(200));
+                        }
+                        Some(libc::EBUSY) => {
+                            return Err(DriverError::QueueBusy {
+                                ifname: cfg.ifname.clone(),
+                                queue: cfg.queue,
+                            });
+                        }
+                        Some(libc::EPERM) | Some(libc::EACCES) => {
+                            return Err(DriverError::PermissionDenied {
+                                what: format!("an AF_XDP socket on '{}'", cfg.ifname),
+                            });
+                        }
+                        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+                            if cfg.attach == XdpAttachMode::Native =>
+                        {
+                            return Err(DriverError::XdpModeUnsupported {
+                                ifname: cfg.ifname.clone(),
+                                mode: "native".into(),
+                                detail: e.to_string(),
+                            });
+                        }
+                        Some(libc::EOPNOTSUPP) if cfg.copy == XdpCopyMode::ZeroCopy => {
+                            return Err(DriverError::InvalidConfig(format!(
+                                "'{}' does not support zero-copy AF_XDP (use copy mode)",
+                                cfg.ifname
+                            )));
+                        }
+                        _ => {
+                            let source = io_source(&e)
+                                .map(|io| {
+                                    std::io::Error::from_raw_os_error(
+                                        io.raw_os_error().unwrap_or(0),
+                                    )
+                                })
+                                .unwrap_or_else(|| std::io::Error::other(e.to_string()));
+                            return Err(DriverError::os(
+                                format!(
+                                    "creating an AF_XDP socket on {} queue {}: {e}",
+                                    cfg.ifname, cfg.queue
+                                ),
+                                source,
+                            ));
+                        }
+                    }
+                }
+            }
+        };
+        let (fill, comp) = rings.ok_or_else(|| {
+            DriverError::InvalidConfig(
+                "libxdp returned no fill/completion rings for a fresh UMEM".into(),
+            )
+        })?;
+
+        let mode_name = attached_mode(dev.ifindex).unwrap_or("unknown");
+        let zc = zero_copy(rx.fd().as_raw_fd());
+        let generic = mode_name == "generic";
+        let veth_peer = dev.veth_peer();
+        let rx_checksum = if dev.is_veth() {
+            RxChecksumPolicy::TrustPartial
+        } else {
+            RxChecksumPolicy::VerifyAll
+        };
+        info!(
+            ifname = %cfg.ifname, queue = cfg.queue, mode = mode_name,
+            copy = if zc { "zero-copy" } else { "copy" }, driver = %dev.driver,
+            "AF_XDP socket bound"
+        );
+        if generic && dev.is_veth() {
+            match &veth_peer {
+                Some(VethPeer::Here { name, tso: true }) => warn!(
+                    "generic XDP on veth '{}': its peer '{name}' has TSO on and will send super-frames no XSK frame holds; fix: ethtool -K {name} tso off",
+                    cfg.ifname
+                ),
+                Some(VethPeer::Elsewhere { ifindex }) => info!(
+                    "generic XDP on veth '{}': if its peer (ifindex {ifindex} in another namespace) has TSO on, its super-frames are lost; fix: ethtool -K PEER tso off (in that namespace)",
+                    cfg.ifname
+                ),
+                _ => {}
+            }
+        }
+
+        let ring_size = cfg.ring_size;
+        let mut q = Self {
+            info: DeviceInfo {
+                name: cfg.ifname.clone(),
+                queue: cfg.queue,
+                mac: dev.mac,
+                mtu: dev.mtu,
+                frame_capacity,
+                max_burst: 64,
+                rx_checksum,
+                mode: format!(
+                    "AF_XDP {mode_name} {}",
+                    if zc { "zero-copy" } else { "copy" }
+                ),
+            },
+            counters: Arc::default(),
+            rx,
+            tx,
+            fill,
+            comp,
+            umem,
+            free: descs,
+            scratch: vec![FrameDesc::default(); ring_size as usize],
+            ring_size,
+            tx_reserve: (cfg.frame_count - ring_size) as usize / 2,
+            generic,
+            veth_peer,
+            last_stats: None,
+            oversize_warned: false,
+        };
+        q.refill();
+        Ok(q)
+    }
+
+    /// Moves free frames into the fill ring, keeping the transmit reserve.
+    fn refill(&mut self) {
+        let spare = self.free.len().saturating_sub(self.tx_reserve);
+        if spare == 0 {
+            return;
+        }
+        let room = self.fill.nb_free(self.ring_size) as usize;
+        let n = room.min(spare);
+        if n == 0 {
+            return;
+        }
+        let start = self.free.len() - n;
+        // SAFETY: every descriptor on the free list belongs to this UMEM and
+        // is owned by nobody else; once produced it is the kernel's until
+        // it comes back on the rx ring.
+        let done = unsafe { self.fill.produce(&self.free[start..]) };
+        self.free.truncate(self.free.len() - done);
+        if self.fill.needs_wakeup() {
+            DriverCounters::bump(&self.counters.kicks, 1);
+            let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+        }
+    }
+
+    /// Takes completed transmissions back onto the free list.
+    fn reap_completions(&mut self) {
+        // SAFETY: completion-ring descriptors are frames of this UMEM that the
+        // kernel has finished sending; they become ours again.
+        let n = unsafe { self.comp.consume(&mut self.scratch) };
+        self.free.extend_from_slice(&self.scratch[..n]);
+    }
+
+    /// The veth peer found at open, for messages.
+    pub fn veth_peer(&self) -> Option<&VethPeer> {
+        self.veth_peer.as_ref()
+    }
+}
+
+impl PacketIo for XdpQueue {
+    type Frame = XdpFrame;
+
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn counters(&self) -> &Arc<DriverCounters> {
+        &self.counters
+    }
+
+    fn rx_burst(&mut self, out: &mut VecDeque<XdpFrame>, max: usize) -> DriverResult<usize> {
+        let max = max.min(self.scratch.len());
+        // SAFETY: rx-ring descriptors are frames of this UMEM the kernel has
+        // filled and handed back; they become ours.
+        let n = unsafe { self.rx.consume(&mut self.scratch[..max]) };
+        let mut bytes = 0;
+        for d in &self.scratch[..n] {
+            bytes += d.lengths().data();
+            out.push_back(XdpFrame(*d));
+        }
+        if n > 0 {
+            self.counters.add_rx(n, bytes);
+        }
+        self.refill();
+        Ok(n)
+    }
+
+    fn alloc_tx(&mut self, out: &mut Vec<XdpFrame>, n: usize) -> usize {
+        if self.free.len() < n {
+            self.reap_completions();
+        }
+        let take = n.min(self.free.len());
+        let start = self.free.len() - take;
+        out.extend(self.free.drain(start..).map(XdpFrame));
+        take
+    }
+
+    fn release(&mut self, frames: &mut Vec<XdpFrame>) {
+        self.free.extend(frames.drain(..).map(|f| f.0));
+    }
+
+    fn tx_burst(&mut self, frames: &mut Vec<XdpFrame>) -> DriverResult<usize> {
+        self.reap_completions();
+        if frames.is_empty() {
+            return Ok(0);
+        }
+        let room = self.tx.nb_free(self.ring_size) as usize;
+        let n = room.min(frames.len());
+        if n < frames.len() {
+            DriverCounters::bump(&self.counters.tx_ring_full, 1);
+        }
+        let mut bytes = 0;
+        let mut sent = 0;
+        if n > 0 {
+            self.scratch.clear();
+            for f in &frames[..n] {
+                bytes += f.0.lengths().data();
+                self.scratch.push(f.0);
+            }
+            // SAFETY: the frames are ours (XdpFrame handles, taken out of
+            // `frames` right below) and belong to this UMEM; the kernel owns
+            // them until they show up on the completion ring.
+            sent = unsafe { self.tx.produce(&self.scratch) };
+            self.scratch
+                .resize(self.ring_size as usize, FrameDesc::default());
+            frames.drain(..sent);
+        }
+        // Copy mode sends a bounded batch per sendto: kick until the ring is
+        // drained (or the kernel stops taking).
+        let mut kicks = 0;
+        while self.tx.needs_wakeup() && kicks < MAX_TX_KICKS {
+            let pending = self.ring_size - self.tx.nb_free_exact();
+            if pending == 0 {
+                break;
+            }
+            self.tx.wakeup().map_err(|e| {
+                DriverError::os(format!("kicking the tx ring of {}", self.info.name), e)
+            })?;
+            kicks += 1;
+            if self.ring_size - self.tx.nb_free_exact() == pending {
+                break;
+            }
+        }
+        DriverCounters::bump(&self.counters.kicks, kicks as u64);
+        self.counters.add_tx(sent, bytes);
+        self.reap_completions();
+        Ok(sent)
+    }
+
+    fn rx_bytes<'a>(&'a self, frame: &'a XdpFrame) -> &'a [u8] {
+        // SAFETY: `frame` is a descriptor of this UMEM held only by the
+        // caller (XdpFrame is not Clone), so neither the kernel nor anyone
+        // else writes these bytes while the borrow lives.
+        unsafe { self.umem.data(&frame.0) }.contents()
+    }
+
+    fn write_frame<R>(
+        &self,
+        frame: &mut XdpFrame,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> R,
+    ) -> Option<R> {
+        if len > self.info.frame_capacity {
+            return None;
+        }
+        // SAFETY: as in `rx_bytes`, and the exclusive borrow of `frame` rules
+        // out any other reference to its bytes while `fill` runs.
+        let mut data = unsafe { self.umem.data_mut(&mut frame.0) };
+        data.cursor().set_pos(len);
+        Some(fill(data.contents_mut()))
+    }
+
+    fn poll_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the socket fd lives as long as `self.rx`, which outlives
+        // the returned borrow.
+        unsafe { BorrowedFd::borrow_raw(self.rx.fd().as_raw_fd()) }
+    }
+
+    fn prepare_sleep(&mut self) -> DriverResult<()> {
+        self.reap_completions();
+        self.refill();
+        if self.fill.needs_wakeup() {
+            let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+        }
+        Ok(())
+    }
+
+    fn refresh_stats(&mut self) {
+        let Ok(stats) = self.rx.fd().xdp_statistics() else {
+            return;
+        };
+        let dropped = |s: &xsk_rs::socket::XdpStatistics| {
+            s.rx_dropped() + s.rx_ring_full() + s.rx_invalid_descs()
+        };
+        let before = self.last_stats.as_ref().map_or(0, dropped);
+        let before_too_big = self.last_stats.as_ref().map_or(0, |s| s.rx_dropped());
+        DriverCounters::bump(
+            &self.counters.rx_kernel_drops,
+            dropped(&stats).saturating_sub(before),
+        );
+        let too_big = stats.rx_dropped().saturating_sub(before_too_big);
+        if too_big > 0 && self.generic && !self.oversize_warned {
+            self.oversize_warned = true;
+            let peer = match &self.veth_peer {
+                Some(VethPeer::Here { name, .. }) => name.clone(),
+                _ => "PEER".into(),
+            };
+            error!(
+                "{too_big} frame(s) on '{}' were dropped by the kernel before hoststack saw them: in generic XDP mode a veth peer with TSO on sends super-frames no XSK frame holds; fix: ethtool -K {peer} tso off (in the peer's namespace), or use --xdp-mode native",
+                self.info.name
+            );
+        }
+        self.last_stats = Some(stats);
+    }
+}

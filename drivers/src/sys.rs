@@ -1,0 +1,199 @@
+//! The few raw syscalls the drivers make outside `xsk-rs` and `io-uring`:
+//! interface ioctls (ethtool driver info and TSO, interface flags) and the
+//! TAP attach. Every call goes through [`check`], which turns -1 into the
+//! OS error.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+const ETHTOOL_GTSO: u32 = 0x0000_001e;
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// `struct ifreq` with the union reduced to the members used here.
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    data: IfReqData,
+}
+
+#[repr(C)]
+union IfReqData {
+    flags: libc::c_short,
+    ptr: *mut libc::c_void,
+    _pad: [u8; 24],
+}
+
+fn ifreq(name: &str) -> io::Result<IfReq> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
+    }
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: IfReqData { _pad: [0; 24] },
+    };
+    for (d, s) in req.name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn control_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) takes no pointers; a valid fd is owned by us.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn ethtool(name: &str, data: *mut libc::c_void) -> io::Result<()> {
+    let sock = control_socket()?;
+    let mut req = ifreq(name)?;
+    req.data.ptr = data;
+    // SAFETY: `req` is a properly laid out ifreq whose data pointer points at
+    // an ethtool command struct the caller keeps alive for this call.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) })?;
+    Ok(())
+}
+
+/// The kernel driver's name for the interface (`veth`, `tun`, `ixgbe`, ...).
+pub(crate) fn driver_name(ifname: &str) -> io::Result<String> {
+    // SAFETY: EthtoolDrvinfo is plain old data; all-zero is a valid value.
+    let mut info: EthtoolDrvinfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    ethtool(ifname, (&raw mut info).cast())?;
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// Whether TCP segmentation offload is on for the interface.
+pub(crate) fn tso_enabled(ifname: &str) -> io::Result<bool> {
+    let mut v = EthtoolValue {
+        cmd: ETHTOOL_GTSO,
+        data: 0,
+    };
+    ethtool(ifname, (&raw mut v).cast())?;
+    Ok(v.data != 0)
+}
+
+/// Sets IFF_UP on the interface.
+pub(crate) fn set_up(ifname: &str) -> io::Result<()> {
+    let sock = control_socket()?;
+    let mut req = ifreq(ifname)?;
+    // SAFETY: `req` is a valid ifreq; SIOCGIFFLAGS fills `flags`.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: the kernel just wrote the flags member of the union.
+    let flags = unsafe { req.data.flags };
+    req.data.flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: as above; SIOCSIFFLAGS reads `flags`.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) })?;
+    Ok(())
+}
+
+/// The interface's index, or None when it does not exist.
+pub(crate) fn ifindex(ifname: &str) -> Option<u32> {
+    let c = CString::new(ifname).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the whole call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// Opens `/dev/net/tun` and attaches it to TAP device `ifname` (creating it
+/// when absent) without packet information headers.
+pub(crate) fn open_tap(ifname: &str, multi_queue: bool) -> io::Result<OwnedFd> {
+    let path = c"/dev/net/tun";
+    // SAFETY: `path` is a valid C string; open(2) returns an fd or -1.
+    let fd = check(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = ifreq(ifname)?;
+    let mut flags = IFF_TAP | IFF_NO_PI;
+    if multi_queue {
+        flags |= IFF_MULTI_QUEUE;
+    }
+    req.data.flags = flags;
+    // SAFETY: `req` is a valid ifreq with the TAP flags set.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) })?;
+    Ok(fd)
+}
+
+/// Waits up to `timeout_ms` for `fd` to become readable.
+#[cfg(test)]
+pub(crate) fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = check(unsafe { libc::poll(&mut p, 1, timeout_ms) })?;
+    Ok(n > 0)
+}
+
+/// A non-blocking eventfd.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd(2) takes no pointers.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: `fd` was just returned by eventfd(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd; a counter already at its maximum is still
+/// signalled, so EAGAIN is success.
+pub(crate) fn eventfd_signal(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64.
+    let _ = unsafe { libc::write(fd, (&raw const one).cast(), 8) };
+}
+
+/// Clears an eventfd.
+pub(crate) fn eventfd_drain(fd: RawFd) {
+    let mut v: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a live u64.
+    let _ = unsafe { libc::read(fd, (&raw mut v).cast(), 8) };
+}
