@@ -12,7 +12,7 @@
 //! `hoststack-stack` through the transport trait. The decision logic here is
 //! plain data with unit tests; only the modules that own a shared-memory
 //! layout (`fifo`, `message_queue`, `segment`) or a kernel object
-//! (`eventfd`) use `unsafe`, each block with a `// SAFETY:` comment.
+//! (`eventfd`) use `unsafe`, each unsafe block with a safety comment.
 
 #![deny(unsafe_code)]
 
@@ -20,8 +20,13 @@ pub mod app_listener;
 pub mod cert;
 pub mod endpoint;
 pub mod error;
+pub mod eventfd;
+pub mod fifo;
 pub mod handle;
 pub mod lookup;
+pub mod message_queue;
 pub mod namespace;
+pub mod segment;
+pub mod segment_manager;
 
 pub use error::{SessionError, SessionResult};

@@ -308,8 +308,8 @@ pub struct ListenerQuery {
     pub ns: NamespaceIndex,
     /// Whether the app has local scope.
     pub app_has_local_scope: bool,
-    /// Whether the endpoint is local (zero or loopback address, or one of
-    /// the namespace's own): only then is the local table searched.
+    /// Whether the endpoint is local (a zero or loopback address, as in
+    /// VPP): only then is the local table searched.
     pub endpoint_is_local: bool,
 }
 

@@ -103,9 +103,9 @@ impl SharedRegion {
         len: usize,
         align: usize,
     ) -> SessionResult<NonNull<u8>> {
-        let end = offset.checked_add(len).ok_or_else(|| {
-            SessionError::Corrupted(format!("range {offset}+{len} overflows"))
-        })?;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| SessionError::Corrupted(format!("range {offset}+{len} overflows")))?;
         if end > self.mapping.len {
             return Err(SessionError::Corrupted(format!(
                 "range {offset}..{end} is outside a region of {} bytes",
@@ -280,11 +280,7 @@ impl Segment {
             .set_len(len)
             .map_err(|e| SessionError::os("segment set size", &e))?;
         memfd
-            .add_seals(&[
-                FileSeal::SealShrink,
-                FileSeal::SealGrow,
-                FileSeal::SealSeal,
-            ])
+            .add_seals(&[FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal])
             .map_err(|e| memfd_error("segment seal", e))?;
         let file = memfd.into_file();
         let mapping = map_shared(&file, size)?;
@@ -303,6 +299,9 @@ impl Segment {
     /// Refuses (`InvalidValue`) an fd that is not a memfd, is not sealed
     /// against shrinking, or whose real size (fstat) is smaller than
     /// `expected_size`. Only `expected_size` bytes are mapped.
+    ///
+    /// The allocator of a mapped segment starts empty and knows nothing of
+    /// the creator's allocations: only the creating side allocates.
     pub fn map(fd: OwnedFd, expected_size: usize) -> SessionResult<Self> {
         if expected_size == 0 {
             return Err(SessionError::InvalidValue(
@@ -310,9 +309,8 @@ impl Segment {
             ));
         }
         let name = memfd_name(&fd);
-        let memfd = memfd::Memfd::try_from_fd(fd).map_err(|_| {
-            SessionError::InvalidValue("segment fd is not a memfd".into())
-        })?;
+        let memfd = memfd::Memfd::try_from_fd(fd)
+            .map_err(|_| SessionError::InvalidValue("segment fd is not a memfd".into()))?;
         let seals = memfd
             .seals()
             .map_err(|e| memfd_error("segment get seals", e))?;

@@ -1,1 +1,345 @@
-fn main() {}
+//! The `hoststack` command.
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hoststack_stack::cli::{Shutdown, StackArgs, enter_netns};
+use hoststack_stack::demo::{DemoConfig, run_demo};
+use hoststack_stack::echo::{EchoStats, TcpEchoServer, UdpEchoServer};
+use hoststack_stack::lab::{Lab, LabConfig};
+use hoststack_stack::service::Service;
+use hoststack_stack::transfer::{TcpTransferClient, TransferReport};
+use hoststack_stack::{AddrPrefix, Stack, WorkerMode};
+use smoltcp::wire::{IpAddress, IpEndpoint};
+
+/// hoststack: a user-space TCP/UDP host stack on AF_XDP and io_uring.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, global = true, default_value = "warn", env = "HOSTSTACK_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a veth lab, run echo servers on hoststack, drive them from the
+    /// kernel side, print the figures, remove the lab.
+    Demo {
+        /// Lab name.
+        #[arg(long, default_value = "demo")]
+        lab: String,
+        /// Bytes the kernel client streams through the TCP echo.
+        #[arg(long, default_value_t = 64 << 20)]
+        stream_bytes: u64,
+        /// 64-byte round trips.
+        #[arg(long, default_value_t = 20_000)]
+        round_trips: u32,
+        /// Bytes hoststack sends to the kernel echo server.
+        #[arg(long, default_value_t = 16 << 20)]
+        outbound_bytes: u64,
+        /// Worker mode: poll or interrupt.
+        #[arg(long, default_value = "poll")]
+        mode: WorkerMode,
+    },
+    /// Run TCP and UDP echo servers until SIGINT/SIGTERM.
+    EchoServer {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// TCP echo port (0: none).
+        #[arg(long, default_value_t = 7)]
+        tcp_port: u16,
+        /// UDP echo port (0: none).
+        #[arg(long, default_value_t = 7)]
+        udp_port: u16,
+    },
+    /// Connect out, send a seeded stream, verify the echo, print a JSON report.
+    TcpClient {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Server to connect to, IP:PORT.
+        #[arg(long)]
+        connect: std::net::SocketAddr,
+        /// Bytes to send (and verify back).
+        #[arg(long, default_value_t = 16 << 20)]
+        bytes: u64,
+        /// Stream seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Create or remove a veth lab.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabAction {
+    /// Create namespace hs-NAME with veth hsNAMEh (host) / hsNAMEp (peer).
+    Up {
+        /// Lab name (1-11 letters, digits, '-').
+        #[arg(long, default_value = "lab0")]
+        name: String,
+        /// hoststack's IPv4 address (owned by hoststack on the host end).
+        #[arg(long, default_value = "10.77.0.1/24")]
+        host4: AddrPrefix,
+        /// The kernel peer's IPv4 address.
+        #[arg(long, default_value = "10.77.0.2/24")]
+        peer4: AddrPrefix,
+        /// hoststack's IPv6 address.
+        #[arg(long, default_value = "fd77::1/64")]
+        host6: AddrPrefix,
+        /// The kernel peer's IPv6 address.
+        #[arg(long, default_value = "fd77::2/64")]
+        peer6: AddrPrefix,
+        /// MTU of both ends.
+        #[arg(long)]
+        mtu: Option<usize>,
+        /// Turn TSO off on the peer (needed with --xdp-mode generic).
+        #[arg(long)]
+        peer_tso_off: bool,
+        /// Queues per veth end.
+        #[arg(long, default_value_t = 1)]
+        queues: u32,
+        /// A TAP device in the namespace instead of a veth pair.
+        #[arg(long)]
+        tap: bool,
+    },
+    /// Remove lab NAME.
+    Down {
+        /// Lab name.
+        #[arg(long, default_value = "lab0")]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hoststack: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Demo {
+            lab,
+            stream_bytes,
+            round_trips,
+            outbound_bytes,
+            mode,
+        } => {
+            let shutdown = Shutdown::install()?;
+            let cfg = DemoConfig {
+                lab,
+                stream_bytes,
+                round_trips,
+                outbound_bytes,
+                mode,
+            };
+            run_demo(&cfg, &shutdown).context("demo")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::EchoServer {
+            stack,
+            tcp_port,
+            udp_port,
+        } => echo_server(&stack, tcp_port, udp_port),
+        Command::TcpClient {
+            stack,
+            connect,
+            bytes,
+            seed,
+            timeout,
+        } => tcp_client(&stack, connect, bytes, seed, Duration::from_secs(timeout)),
+        Command::Lab { action } => lab(action),
+    }
+}
+
+fn start_stack(
+    args: &StackArgs,
+    services: impl FnMut(usize) -> Vec<Box<dyn Service>>,
+) -> anyhow::Result<(Stack, Shutdown)> {
+    let shutdown = Shutdown::install()?;
+    if let Some(ns) = &args.netns {
+        enter_netns(ns)?;
+    }
+    let cfg = args.config()?;
+    let stack = Stack::start(&cfg, args.mode, services)?;
+    Ok((stack, shutdown))
+}
+
+fn echo_server(args: &StackArgs, tcp_port: u16, udp_port: u16) -> anyhow::Result<ExitCode> {
+    if tcp_port == 0 && udp_port == 0 {
+        anyhow::bail!("nothing to serve: both --tcp-port and --udp-port are 0");
+    }
+    let tcp_stats = Arc::new(EchoStats::default());
+    let udp_stats = Arc::new(EchoStats::default());
+    let (t, u) = (tcp_stats.clone(), udp_stats.clone());
+    let (stack, shutdown) = start_stack(args, move |_| {
+        let mut v: Vec<Box<dyn Service>> = Vec::new();
+        if tcp_port != 0 {
+            v.push(Box::new(TcpEchoServer::new(tcp_port, t.clone())));
+        }
+        if udp_port != 0 {
+            v.push(Box::new(UdpEchoServer::new(udp_port, u.clone())));
+        }
+        v
+    })?;
+    for w in stack.workers() {
+        eprintln!(
+            "hoststack: echo server on {} queue {} ({})",
+            w.info.name, w.info.queue, w.info.mode
+        );
+    }
+    // The line tests wait for.
+    println!("ready tcp={tcp_port} udp={udp_port}");
+    while !shutdown.wait(Duration::from_millis(200)) {
+        if stack.any_worker_exited() {
+            break;
+        }
+    }
+    let totals = stack.totals();
+    let result = stack.stop();
+    println!(
+        "{}",
+        serde_json::json!({
+            "tcp_connections": tcp_stats.accepted.load(Relaxed),
+            "tcp_bytes": tcp_stats.bytes.load(Relaxed),
+            "udp_datagrams": udp_stats.accepted.load(Relaxed),
+            "rx_frames": totals.rx_frames,
+            "tx_frames": totals.tx_frames,
+            "rx_bad_checksum": totals.rx_bad_checksum,
+            "rx_malformed": totals.rx_malformed,
+            "rx_checksum_unverified": totals.rx_checksum_unverified,
+            "rx_kernel_drops": totals.rx_kernel_drops,
+        })
+    );
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tcp_client(
+    args: &StackArgs,
+    connect: std::net::SocketAddr,
+    bytes: u64,
+    seed: u64,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let report: Arc<Mutex<Option<TransferReport>>> = Arc::default();
+    let remote = IpEndpoint::new(IpAddress::from(connect.ip()), connect.port());
+    let r = report.clone();
+    let (stack, shutdown) = start_stack(args, move |q| {
+        let mut v: Vec<Box<dyn Service>> = Vec::new();
+        if q == 0 {
+            v.push(Box::new(TcpTransferClient::new(
+                remote,
+                bytes,
+                seed,
+                r.clone(),
+            )));
+        }
+        v
+    })?;
+    let started = std::time::Instant::now();
+    let outcome = loop {
+        if let Some(rep) = report.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            break rep;
+        }
+        if shutdown.wait(Duration::from_millis(20))
+            || started.elapsed() > timeout
+            || stack.any_worker_exited()
+        {
+            break TransferReport {
+                sent: 0,
+                verified: 0,
+                elapsed: started.elapsed(),
+                error: Some("timed out or interrupted".into()),
+            };
+        }
+    };
+    stack.stop()?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "sent": outcome.sent,
+            "verified": outcome.verified,
+            "seconds": outcome.elapsed.as_secs_f64(),
+            "ok": outcome.error.is_none() && outcome.verified == bytes,
+            "error": outcome.error,
+        })
+    );
+    Ok(if outcome.error.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn lab(action: LabAction) -> anyhow::Result<ExitCode> {
+    match action {
+        LabAction::Up {
+            name,
+            host4,
+            peer4,
+            host6,
+            peer6,
+            mtu,
+            peer_tso_off,
+            queues,
+            tap,
+        } => {
+            let cfg = LabConfig {
+                name,
+                host4,
+                peer4,
+                host6,
+                peer6,
+                mtu,
+                peer_tso_off,
+                queues,
+                tap,
+            };
+            let lab = Lab::up(cfg)?;
+            println!("namespace {}", lab.netns);
+            println!(
+                "hoststack interface {} ({} and {})",
+                lab.host_if, lab.cfg.host4, lab.cfg.host6
+            );
+            println!(
+                "kernel peer {} in {} ({} and {})",
+                lab.peer_if, lab.netns, lab.cfg.peer4, lab.cfg.peer6
+            );
+            lab.keep();
+            Ok(ExitCode::SUCCESS)
+        }
+        LabAction::Down { name } => {
+            if Lab::down(&name)? {
+                println!("lab {name} removed");
+            } else {
+                println!("no lab named {name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

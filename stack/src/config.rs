@@ -1,0 +1,232 @@
+//! A stack's validated configuration: which driver on which interface,
+//! how many queues and on which cores, the addresses the stack owns, and
+//! TCP tuning.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use hoststack_drivers::afxdp::{XdpAttachMode, XdpCopyMode};
+use smoltcp::wire::{IpAddress, IpCidr};
+
+use crate::error::{StackError, StackResult};
+
+/// An address with its prefix, as given on the command line (`10.77.0.1/24`,
+/// `fd77::1/64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrPrefix {
+    /// The address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl FromStr for AddrPrefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("'{s}' is not ADDRESS/PREFIX (e.g. 10.77.0.1/24)"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("'{a}' is not an IP address"))?;
+        let prefix: u8 = p
+            .parse()
+            .map_err(|_| format!("'{p}' is not a prefix length"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(format!("prefix /{prefix} is longer than {max}"));
+        }
+        if addr.is_unspecified() || addr.is_multicast() {
+            return Err(format!("'{addr}' cannot be an interface address"));
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for AddrPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl AddrPrefix {
+    /// As smoltcp's CIDR.
+    pub fn cidr(&self) -> IpCidr {
+        IpCidr::new(IpAddress::from(self.addr), self.prefix)
+    }
+}
+
+/// Which datapath a stack runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DriverKind {
+    /// AF_XDP on a NIC (or veth) queue.
+    #[default]
+    AfXdp,
+    /// io_uring on a TAP device.
+    UringTap,
+}
+
+impl FromStr for DriverKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "afxdp" | "af_xdp" | "xdp" => Ok(Self::AfXdp),
+            "uring-tap" | "tap" | "io_uring" => Ok(Self::UringTap),
+            _ => Err(format!(
+                "unknown driver '{s}' (expected afxdp or uring-tap)"
+            )),
+        }
+    }
+}
+
+/// TCP tuning applied to every socket.
+#[derive(Debug, Clone)]
+pub struct TcpTuning {
+    /// Receive and send buffer bytes per connection.
+    pub buffer: usize,
+    /// Listening sockets kept ready per port beyond the SYNs in flight.
+    pub listen_spare: usize,
+    /// Upper bound of listening sockets per port (the backlog).
+    pub listen_max: usize,
+    /// Nagle's algorithm.
+    pub nagle: bool,
+    /// Delayed ACK; `None` acks at once.
+    pub ack_delay: Option<Duration>,
+}
+
+impl Default for TcpTuning {
+    fn default() -> Self {
+        Self {
+            buffer: 1 << 20,
+            listen_spare: 8,
+            listen_max: 4096,
+            nagle: false,
+            ack_delay: None,
+        }
+    }
+}
+
+/// Everything a [`crate::Stack`] needs.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// Interface (NIC, veth or TAP) name.
+    pub interface: String,
+    /// Datapath.
+    pub driver: DriverKind,
+    /// XDP attach mode (AF_XDP only).
+    pub xdp_mode: XdpAttachMode,
+    /// Copy or zero-copy (AF_XDP only).
+    pub xdp_copy: XdpCopyMode,
+    /// Queues, one worker each.
+    pub queues: u32,
+    /// Core for each worker; empty means queue `q` on core `q % cores`.
+    pub cores: Vec<usize>,
+    /// Addresses the stack owns.
+    pub addresses: Vec<AddrPrefix>,
+    /// Default gateway, if any.
+    pub gateway: Option<IpAddr>,
+    /// TCP tuning.
+    pub tcp: TcpTuning,
+    /// Seed for ISNs and ephemeral ports; 0 picks one from the clock.
+    pub seed: u64,
+}
+
+impl StackConfig {
+    /// A config for `interface` with `addresses` and defaults otherwise.
+    pub fn new(interface: &str, addresses: Vec<AddrPrefix>) -> Self {
+        Self {
+            interface: interface.into(),
+            driver: DriverKind::AfXdp,
+            xdp_mode: XdpAttachMode::Auto,
+            xdp_copy: XdpCopyMode::Auto,
+            queues: 1,
+            cores: Vec::new(),
+            addresses,
+            gateway: None,
+            tcp: TcpTuning::default(),
+            seed: 0,
+        }
+    }
+
+    /// Checks the values that do not need the interface.
+    pub fn validate(&self) -> StackResult<()> {
+        if self.addresses.is_empty() {
+            return Err(StackError::Config(
+                "at least one --address is needed".into(),
+            ));
+        }
+        if self.queues == 0 || self.queues > 64 {
+            return Err(StackError::Config(format!(
+                "--queues {} is outside 1..=64",
+                self.queues
+            )));
+        }
+        if !self.cores.is_empty() && self.cores.len() != self.queues as usize {
+            return Err(StackError::Config(format!(
+                "{} cores given for {} queues",
+                self.cores.len(),
+                self.queues
+            )));
+        }
+        if self.driver == DriverKind::UringTap && self.queues != 1 {
+            return Err(StackError::Config(
+                "the uring-tap driver runs one queue".into(),
+            ));
+        }
+        if self.tcp.buffer < 4096 || self.tcp.buffer > (1 << 30) {
+            return Err(StackError::Config(format!(
+                "TCP buffer {} is outside 4 KiB..1 GiB",
+                self.tcp.buffer
+            )));
+        }
+        if self.tcp.listen_spare == 0 || self.tcp.listen_max < self.tcp.listen_spare {
+            return Err(StackError::Config(
+                "listen pool: spare must be >= 1 and <= max".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_and_bad_ones_say_why() {
+        let a: AddrPrefix = "10.77.0.1/24".parse().unwrap();
+        assert_eq!(a.to_string(), "10.77.0.1/24");
+        assert!("fd77::1/64".parse::<AddrPrefix>().is_ok());
+        assert!(
+            "10.77.0.1"
+                .parse::<AddrPrefix>()
+                .unwrap_err()
+                .contains("ADDRESS/PREFIX")
+        );
+        assert!(
+            "10.77.0.1/33"
+                .parse::<AddrPrefix>()
+                .unwrap_err()
+                .contains("longer")
+        );
+        assert!("0.0.0.0/0".parse::<AddrPrefix>().is_err());
+        assert!("nonsense/8".parse::<AddrPrefix>().is_err());
+    }
+
+    #[test]
+    fn config_without_address_is_refused() {
+        let c = StackConfig::new("eth0", vec![]);
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn cores_must_match_queues() {
+        let mut c = StackConfig::new("eth0", vec!["10.0.0.1/24".parse().unwrap()]);
+        c.queues = 2;
+        c.cores = vec![0];
+        assert!(c.validate().is_err());
+        c.cores = vec![0, 1];
+        assert!(c.validate().is_ok());
+    }
+}

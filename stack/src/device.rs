@@ -1,0 +1,251 @@
+//! The bridge between a burst driver and smoltcp's one-frame-at-a-time
+//! `Device`.
+//!
+//! A worker pulls a burst from the driver into [`StackDevice::rx_ready`],
+//! lets smoltcp consume it frame by frame, and flushes the frames smoltcp
+//! filled in one [`PacketIo::tx_burst`]. Receive tokens borrow the driver
+//! shared (to read UMEM/pool bytes) while transmit tokens fill frames taken
+//! from a local stock, so neither token needs the driver mutably.
+//!
+//! Receive L4 checksums are checked here under the medium's policy (see
+//! `hoststack_drivers::checksum`); smoltcp's own L4 receive verification is
+//! off so a veth peer's partial checksums are not dropped.
+
+use std::collections::VecDeque;
+
+use hoststack_drivers::counters::DriverCounters;
+use hoststack_drivers::{PacketIo, RxChecksumVerdict, checksum};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+/// A driver queue as smoltcp sees it.
+pub struct StackDevice<D: PacketIo> {
+    driver: D,
+    rx_ready: VecDeque<D::Frame>,
+    spent: Vec<D::Frame>,
+    tx_stock: Vec<D::Frame>,
+    tx_filled: Vec<D::Frame>,
+    max_burst: usize,
+    // Per-burst tallies, folded into the driver counters on flush.
+    unverified: u64,
+    bad_checksum: u64,
+    malformed: u64,
+}
+
+impl<D: PacketIo> StackDevice<D> {
+    /// Wraps a driver queue.
+    pub fn new(driver: D) -> Self {
+        let max_burst = driver.info().max_burst;
+        Self {
+            driver,
+            rx_ready: VecDeque::with_capacity(max_burst),
+            spent: Vec::with_capacity(max_burst),
+            tx_stock: Vec::with_capacity(max_burst),
+            tx_filled: Vec::with_capacity(max_burst * 2),
+            max_burst,
+            unverified: 0,
+            bad_checksum: 0,
+            malformed: 0,
+        }
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &D {
+        &self.driver
+    }
+
+    /// The driver, mutably.
+    pub fn driver_mut(&mut self) -> &mut D {
+        &mut self.driver
+    }
+
+    /// Pulls a burst from the driver; returns how many frames are waiting.
+    pub fn receive_burst(&mut self) -> hoststack_drivers::DriverResult<usize> {
+        let room = self.max_burst.saturating_sub(self.rx_ready.len());
+        if room > 0 {
+            self.driver.rx_burst(&mut self.rx_ready, room)?;
+        }
+        Ok(self.rx_ready.len())
+    }
+
+    /// Frames received and not yet given to smoltcp.
+    pub fn rx_pending(&self) -> usize {
+        self.rx_ready.len()
+    }
+
+    /// Bytes of the waiting received frames, for inspection before smoltcp
+    /// sees them (the listener pool tops itself up for incoming SYNs).
+    pub fn pending_frames(&self) -> impl Iterator<Item = &[u8]> {
+        self.rx_ready.iter().map(|f| self.driver.rx_bytes(f))
+    }
+
+    /// Makes sure a burst's worth of transmit frames is in stock.
+    pub fn stock_tx(&mut self) {
+        let want = self.max_burst.saturating_sub(self.tx_stock.len());
+        if want > 0 {
+            self.driver.alloc_tx(&mut self.tx_stock, want);
+        }
+    }
+
+    /// Hands filled frames to the driver and returns spent ones; returns
+    /// how many frames went out.
+    pub fn flush(&mut self) -> hoststack_drivers::DriverResult<usize> {
+        if !self.spent.is_empty() {
+            self.driver.release(&mut self.spent);
+        }
+        let counters = self.driver.counters().clone();
+        DriverCounters::bump(
+            &counters.rx_checksum_unverified,
+            std::mem::take(&mut self.unverified),
+        );
+        DriverCounters::bump(
+            &counters.rx_bad_checksum,
+            std::mem::take(&mut self.bad_checksum),
+        );
+        DriverCounters::bump(&counters.rx_malformed, std::mem::take(&mut self.malformed));
+        if self.tx_filled.is_empty() {
+            return Ok(0);
+        }
+        self.driver.tx_burst(&mut self.tx_filled)
+    }
+
+    /// Frames filled by smoltcp and not yet accepted by the driver.
+    pub fn tx_backlog(&self) -> usize {
+        self.tx_filled.len()
+    }
+}
+
+/// smoltcp's capabilities for a driver queue: its MTU, its burst, and L4
+/// receive checksums left to [`StackDevice`].
+pub fn capabilities(info: &hoststack_drivers::DeviceInfo) -> DeviceCapabilities {
+    let mut caps = DeviceCapabilities::default();
+    caps.medium = Medium::Ethernet;
+    caps.max_transmission_unit = info.mtu + 14;
+    caps.max_burst_size = Some(info.max_burst);
+    let mut csum = ChecksumCapabilities::default();
+    csum.ipv4 = Checksum::Both;
+    csum.tcp = Checksum::Tx;
+    csum.udp = Checksum::Tx;
+    csum.icmpv4 = Checksum::Both;
+    csum.icmpv6 = Checksum::Both;
+    caps.checksum = csum;
+    caps
+}
+
+/// smoltcp's receive token: one received frame, read in place.
+pub struct RxToken<'a, D: PacketIo> {
+    driver: &'a D,
+    frame: D::Frame,
+    spent: &'a mut Vec<D::Frame>,
+}
+
+/// smoltcp's transmit token: fills a frame from the stock.
+pub struct TxToken<'a, D: PacketIo> {
+    driver: &'a D,
+    stock: &'a mut Vec<D::Frame>,
+    filled: &'a mut Vec<D::Frame>,
+}
+
+impl<D: PacketIo> phy::RxToken for RxToken<'_, D> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let r = f(self.driver.rx_bytes(&self.frame));
+        self.spent.push(self.frame);
+        r
+    }
+}
+
+impl<D: PacketIo> phy::TxToken for TxToken<'_, D> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        // `transmit`/`receive` only hand out a token when the stock has a
+        // frame, and smoltcp never asks for more than the MTU it was given.
+        let mut frame = self.stock.pop().expect("tx token without a stocked frame");
+        let mut f = Some(f);
+        let r = self.driver.write_frame(&mut frame, len, |buf| {
+            (f.take().expect("fill runs once"))(buf)
+        });
+        match r {
+            Some(r) => {
+                self.filled.push(frame);
+                r
+            }
+            None => {
+                // Larger than a frame: smoltcp still wants its closure run.
+                let mut scratch = vec![0u8; len];
+                let r = (f.take().expect("fill not run"))(&mut scratch);
+                self.stock.push(frame);
+                tracing::warn!(
+                    len,
+                    "dropping an outgoing frame larger than the device frame"
+                );
+                r
+            }
+        }
+    }
+}
+
+impl<D: PacketIo> phy::Device for StackDevice<D> {
+    type RxToken<'a>
+        = RxToken<'a, D>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<'a, D>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        if self.tx_stock.is_empty() {
+            // No frame for a reply: leave the rest of the burst for later.
+            return None;
+        }
+        let policy = self.driver.info().rx_checksum;
+        loop {
+            let frame = self.rx_ready.pop_front()?;
+            match checksum::check_rx(self.driver.rx_bytes(&frame), policy) {
+                RxChecksumVerdict::Bad => self.bad_checksum += 1,
+                RxChecksumVerdict::Malformed => self.malformed += 1,
+                v => {
+                    if v == RxChecksumVerdict::Unverified {
+                        self.unverified += 1;
+                    }
+                    return Some((
+                        RxToken {
+                            driver: &self.driver,
+                            frame,
+                            spent: &mut self.spent,
+                        },
+                        TxToken {
+                            driver: &self.driver,
+                            stock: &mut self.tx_stock,
+                            filled: &mut self.tx_filled,
+                        },
+                    ));
+                }
+            }
+            self.spent.push(frame);
+        }
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {
+        if self.tx_filled.len() >= self.max_burst {
+            // A bulk sender fills many frames in one poll: hand them over in
+            // bursts rather than holding the whole window.
+            let _ = self.driver.tx_burst(&mut self.tx_filled);
+        }
+        if self.tx_stock.is_empty() {
+            self.driver.alloc_tx(&mut self.tx_stock, self.max_burst);
+            if self.tx_stock.is_empty() {
+                return None;
+            }
+        }
+        Some(TxToken {
+            driver: &self.driver,
+            stock: &mut self.tx_stock,
+            filled: &mut self.tx_filled,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        capabilities(self.driver.info())
+    }
+}

@@ -1,0 +1,285 @@
+//! A running stack: one pinned worker thread per queue.
+//!
+//! [`Stack::start`] opens each queue inside its own worker thread (an
+//! AF_XDP socket is best created on the core that will use it), waits until
+//! every worker reports ready or one fails, and returns handles to stop the
+//! workers and read their counters.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hoststack_drivers::afxdp::{XdpConfig, XdpQueue};
+use hoststack_drivers::counters::{DriverCounters, DriverCountersSnapshot};
+use hoststack_drivers::uring_tap::{TapConfig, TapQueue};
+use hoststack_drivers::{DeviceInfo, PacketIo};
+use tracing::{error, info};
+
+use crate::config::{DriverKind, StackConfig};
+use crate::error::{StackError, StackResult};
+use crate::service::Service;
+use crate::worker::{Worker, WorkerControl, WorkerMode, WorkerStats};
+
+/// What a caller sees of one running worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    /// The worker's queue.
+    pub info: DeviceInfo,
+    /// Its driver counters.
+    pub counters: Arc<DriverCounters>,
+    /// Its loop counters.
+    pub stats: Arc<WorkerStats>,
+    control: Arc<WorkerControl>,
+    thread: Option<JoinHandle<StackResult<()>>>,
+}
+
+/// A running stack.
+#[derive(Debug)]
+pub struct Stack {
+    workers: Vec<WorkerHandle>,
+}
+
+type Ready = StackResult<(DeviceInfo, Arc<DriverCounters>)>;
+
+/// What a worker thread gets besides its driver.
+struct WorkerSetup {
+    index: usize,
+    cfg: StackConfig,
+    mode: WorkerMode,
+    services: Vec<Box<dyn Service>>,
+    control: Arc<WorkerControl>,
+    stats: Arc<WorkerStats>,
+    ready: mpsc::Sender<Ready>,
+}
+
+/// Builds the worker over `driver`, reports ready (or the error), runs it.
+fn run_worker<D: PacketIo>(driver: StackResult<D>, setup: WorkerSetup) -> StackResult<()> {
+    let WorkerSetup {
+        index,
+        cfg,
+        mode,
+        services,
+        control,
+        stats,
+        ready,
+    } = setup;
+    let worker = driver.and_then(|d| {
+        let info = d.info().clone();
+        let counters = d.counters().clone();
+        let mut w = Worker::new(index, d, &cfg, mode, services, control, stats)?;
+        w.start()?;
+        Ok((w, info, counters))
+    });
+    match worker {
+        Ok((w, info, counters)) => {
+            let _ = ready.send(Ok((info, counters)));
+            w.run_started()
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let _ = ready.send(Err(e));
+            Err(StackError::Config(msg))
+        }
+    }
+}
+
+impl Stack {
+    /// Opens the configured interface's queues and starts one worker per
+    /// queue, with the services `services(worker_index)` returns.
+    pub fn start(
+        cfg: &StackConfig,
+        mode: WorkerMode,
+        mut services: impl FnMut(usize) -> Vec<Box<dyn Service>>,
+    ) -> StackResult<Self> {
+        cfg.validate()?;
+        let (tx, rx) = mpsc::channel::<Ready>();
+        let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+        let mut pending = Vec::new();
+        for q in 0..cfg.queues as usize {
+            let control = Arc::new(WorkerControl::new()?);
+            let stats = Arc::new(WorkerStats::default());
+            let core = match cfg.cores.get(q) {
+                Some(&c) => core_ids
+                    .iter()
+                    .find(|id| id.id == c)
+                    .copied()
+                    .ok_or_else(|| {
+                        StackError::Config(format!(
+                            "core {c} does not exist ({} cores)",
+                            core_ids.len()
+                        ))
+                    })?,
+                None => match core_ids.get(q % core_ids.len().max(1)) {
+                    Some(&c) => c,
+                    None => core_affinity::CoreId { id: 0 },
+                },
+            };
+            let setup = WorkerSetup {
+                index: q,
+                cfg: cfg.clone(),
+                mode,
+                services: services(q),
+                control: control.clone(),
+                stats: stats.clone(),
+                ready: tx.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("hs-worker-{q}"))
+                .spawn(move || {
+                    core_affinity::set_for_current(core);
+                    match setup.cfg.driver {
+                        DriverKind::AfXdp => {
+                            let mut x = XdpConfig::new(&setup.cfg.interface, q as u32);
+                            x.attach = setup.cfg.xdp_mode;
+                            x.copy = setup.cfg.xdp_copy;
+                            run_worker(XdpQueue::open(&x).map_err(StackError::from), setup)
+                        }
+                        DriverKind::UringTap => {
+                            let t = TapConfig::new(&setup.cfg.interface);
+                            run_worker(TapQueue::open(&t).map_err(StackError::from), setup)
+                        }
+                    }
+                })
+                .map_err(|e| StackError::os("spawning a worker thread", e))?;
+            pending.push((control, stats, thread));
+        }
+        drop(tx);
+        Self::collect(pending, rx)
+    }
+
+    /// Starts one worker over an already-open driver queue (the in-memory
+    /// pair, or a queue opened by the caller).
+    pub fn start_with_driver<D: PacketIo + 'static>(
+        driver: D,
+        cfg: &StackConfig,
+        mode: WorkerMode,
+        services: Vec<Box<dyn Service>>,
+    ) -> StackResult<Self> {
+        let (tx, rx) = mpsc::channel::<Ready>();
+        let control = Arc::new(WorkerControl::new()?);
+        let stats = Arc::new(WorkerStats::default());
+        let setup = WorkerSetup {
+            index: 0,
+            cfg: cfg.clone(),
+            mode,
+            services,
+            control: control.clone(),
+            stats: stats.clone(),
+            ready: tx,
+        };
+        let thread = std::thread::Builder::new()
+            .name("hs-worker-0".into())
+            .spawn(move || run_worker(Ok(driver), setup))
+            .map_err(|e| StackError::os("spawning a worker thread", e))?;
+        Self::collect(vec![(control, stats, thread)], rx)
+    }
+
+    fn collect(
+        pending: Vec<(
+            Arc<WorkerControl>,
+            Arc<WorkerStats>,
+            JoinHandle<StackResult<()>>,
+        )>,
+        rx: mpsc::Receiver<Ready>,
+    ) -> StackResult<Self> {
+        let mut readies = Vec::new();
+        let mut first_err = None;
+        for _ in 0..pending.len() {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(Ok(r)) => readies.push(r),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(StackError::Config(
+                        "a worker did not start within 30 s".into(),
+                    ));
+                    break;
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            for (control, _, thread) in pending {
+                control.request_stop();
+                let _ = thread.join();
+            }
+            return Err(e);
+        }
+        // Workers report in any order; match them back by queue.
+        readies.sort_by_key(|(info, _)| info.queue);
+        let workers = pending
+            .into_iter()
+            .zip(readies)
+            .map(|((control, stats, thread), (info, counters))| {
+                info!(queue = info.queue, mode = %info.mode, "worker running on {}", info.name);
+                WorkerHandle {
+                    info,
+                    counters,
+                    stats,
+                    control,
+                    thread: Some(thread),
+                }
+            })
+            .collect();
+        Ok(Self { workers })
+    }
+
+    /// The workers.
+    pub fn workers(&self) -> &[WorkerHandle] {
+        &self.workers
+    }
+
+    /// Driver counters summed over every queue.
+    pub fn totals(&self) -> DriverCountersSnapshot {
+        let mut t = DriverCountersSnapshot::default();
+        for w in &self.workers {
+            t.add(&w.counters.snapshot());
+        }
+        t
+    }
+
+    /// True when a worker thread has exited (finished or failed).
+    pub fn any_worker_exited(&self) -> bool {
+        self.workers
+            .iter()
+            .any(|w| w.thread.as_ref().is_none_or(|t| t.is_finished()))
+    }
+
+    /// Stops every worker and waits for them; returns the first error.
+    pub fn stop(mut self) -> StackResult<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> StackResult<()> {
+        for w in &self.workers {
+            w.control.request_stop();
+        }
+        let mut result = Ok(());
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            if let Some(t) = w.thread.take() {
+                match t.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        error!(worker = i, "worker failed: {e}");
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
+                    }
+                    Err(_) => {
+                        if result.is_ok() {
+                            result = Err(StackError::WorkerDied(i));
+                        }
+                    }
+                }
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}

@@ -1,0 +1,323 @@
+//! One worker: a thread pinned to a core that owns one NIC queue, one
+//! smoltcp interface and its sockets, and the services running on them.
+//!
+//! Each loop iteration: pull a burst from the driver, count the SYNs in it
+//! so listener pools can grow first, let smoltcp process the burst, let the
+//! services move data, let smoltcp emit, flush the transmit burst. A worker
+//! in polling mode loops without pause; in interrupt mode it sleeps after a
+//! run of idle iterations until the queue's fd, its control eventfd or the
+//! transports' next timer wakes it.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant as StdInstant};
+
+use hoststack_drivers::PacketIo;
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress};
+use tracing::{debug, warn};
+
+use crate::config::{StackConfig, TcpTuning};
+use crate::device::StackDevice;
+use crate::error::{StackError, StackResult};
+use crate::service::{EphemeralPorts, Service, ServiceContext};
+use crate::tcp_listener::count_syns;
+
+/// How a worker waits for work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerMode {
+    /// Busy loop: lowest latency, one core at 100 %.
+    #[default]
+    Poll,
+    /// Sleep on the queue fd and timers after a run of idle loops.
+    Interrupt,
+}
+
+impl std::str::FromStr for WorkerMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "poll" | "polling" => Ok(Self::Poll),
+            "interrupt" => Ok(Self::Interrupt),
+            _ => Err(format!(
+                "unknown worker mode '{s}' (expected poll or interrupt)"
+            )),
+        }
+    }
+}
+
+/// Idle loops before an interrupt-mode worker goes to sleep.
+const IDLE_LOOPS_BEFORE_SLEEP: u32 = 256;
+
+/// Counters of one worker, readable from any thread.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Loop iterations.
+    pub loops: AtomicU64,
+    /// Times the worker went to sleep.
+    pub sleeps: AtomicU64,
+    /// Times it woke up.
+    pub wakeups: AtomicU64,
+}
+
+/// What other threads use to talk to a worker.
+#[derive(Debug)]
+pub struct WorkerControl {
+    stop: AtomicBool,
+    wake: OwnedFd,
+}
+
+impl WorkerControl {
+    /// A control block with its eventfd.
+    pub fn new() -> StackResult<Self> {
+        Ok(Self {
+            stop: AtomicBool::new(false),
+            wake: crate::sys::eventfd()?,
+        })
+    }
+
+    /// Asks the worker to stop and wakes it.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Wakes the worker if it sleeps.
+    pub fn wake(&self) {
+        crate::sys::eventfd_signal(&self.wake);
+    }
+
+    /// True once a stop was requested.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// A worker and everything it owns.
+pub struct Worker<D: PacketIo> {
+    index: usize,
+    device: StackDevice<D>,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    services: Vec<Box<dyn Service>>,
+    tuning: TcpTuning,
+    ports: EphemeralPorts,
+    syn_counts: Vec<(u16, usize)>,
+    mode: WorkerMode,
+    control: Arc<WorkerControl>,
+    stats: Arc<WorkerStats>,
+}
+
+impl<D: PacketIo> Worker<D> {
+    /// Builds the worker's interface over `driver` with the config's
+    /// addresses.
+    pub fn new(
+        index: usize,
+        driver: D,
+        cfg: &StackConfig,
+        mode: WorkerMode,
+        services: Vec<Box<dyn Service>>,
+        control: Arc<WorkerControl>,
+        stats: Arc<WorkerStats>,
+    ) -> StackResult<Self> {
+        let mac = driver.info().mac;
+        if mac[0] & 1 != 0 || mac == [0; 6] {
+            return Err(StackError::Config(format!(
+                "interface address {mac:02x?} is not a unicast Ethernet address"
+            )));
+        }
+        let mut device = StackDevice::new(driver);
+        let seed = if cfg.seed != 0 {
+            cfg.seed.wrapping_add(index as u64)
+        } else {
+            StdInstant::now().elapsed().as_nanos() as u64
+                ^ std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+                ^ ((index as u64) << 48)
+        };
+        let mut icfg = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        icfg.random_seed = seed;
+        let mut iface = Interface::new(icfg, &mut device, Instant::now());
+        let mut too_many = false;
+        iface.update_ip_addrs(|addrs| {
+            for a in &cfg.addresses {
+                if addrs.push(a.cidr()).is_err() {
+                    too_many = true;
+                }
+            }
+        });
+        if too_many {
+            return Err(StackError::Config(
+                "too many addresses for one interface".into(),
+            ));
+        }
+        if let Some(gw) = cfg.gateway {
+            let res = match IpAddress::from(gw) {
+                IpAddress::Ipv4(v4) => iface.routes_mut().add_default_ipv4_route(v4).map(|_| ()),
+                IpAddress::Ipv6(v6) => iface.routes_mut().add_default_ipv6_route(v6).map(|_| ()),
+            };
+            res.map_err(|_| StackError::Config(format!("cannot add default route via {gw}")))?;
+        }
+        let mut ports_seen: Vec<u16> = services.iter().flat_map(|s| s.listen_ports()).collect();
+        ports_seen.sort_unstable();
+        ports_seen.dedup();
+        Ok(Self {
+            index,
+            device,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            services,
+            tuning: cfg.tcp.clone(),
+            ports: EphemeralPorts::new(seed),
+            syn_counts: ports_seen.into_iter().map(|p| (p, 0)).collect(),
+            mode,
+            control,
+            stats,
+        })
+    }
+
+    /// The driver queue.
+    pub fn device(&self) -> &StackDevice<D> {
+        &self.device
+    }
+
+    fn for_each_service(
+        &mut self,
+        now: Instant,
+        mut f: impl FnMut(&mut dyn Service, &mut ServiceContext<'_>) -> StackResult<bool>,
+    ) -> StackResult<bool> {
+        let mut cx = ServiceContext {
+            now,
+            iface: &mut self.iface,
+            sockets: &mut self.sockets,
+            worker: self.index,
+            tuning: &self.tuning,
+            ports: &mut self.ports,
+        };
+        let mut any = false;
+        for s in &mut self.services {
+            any |= f(s.as_mut(), &mut cx)?;
+        }
+        Ok(any)
+    }
+
+    /// Starts the services (listen, connect).
+    pub fn start(&mut self) -> StackResult<()> {
+        self.for_each_service(Instant::now(), |s, cx| s.start(cx).map(|_| false))?;
+        Ok(())
+    }
+
+    /// One loop iteration; returns true when anything happened.
+    pub fn poll_once(&mut self) -> StackResult<bool> {
+        let now = Instant::now();
+        let received = self.device.receive_burst()?;
+        if received > 0 && !self.syn_counts.is_empty() {
+            self.syn_counts.iter_mut().for_each(|c| c.1 = 0);
+            count_syns(self.device.pending_frames(), &mut self.syn_counts);
+            if self.syn_counts.iter().any(|c| c.1 > 0) {
+                let syns = std::mem::take(&mut self.syn_counts);
+                let r =
+                    self.for_each_service(now, |s, cx| s.before_ingress(&syns, cx).map(|_| false));
+                self.syn_counts = syns;
+                r?;
+            }
+        }
+        self.device.stock_tx();
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        let mut work = received > 0;
+        work |= self.for_each_service(now, |s, cx| Ok(s.poll(cx)))?;
+        if work {
+            self.iface
+                .poll_egress(now, &mut self.device, &mut self.sockets);
+        }
+        let sent = self.device.flush()?;
+        self.stats.loops.fetch_add(1, Ordering::Relaxed);
+        Ok(work || sent > 0 || self.device.tx_backlog() > 0)
+    }
+
+    /// True when every service has finished (only clients ever do).
+    pub fn services_finished(&self) -> bool {
+        !self.services.is_empty() && self.services.iter().all(|s| s.finished())
+    }
+
+    /// Sleeps until the queue, the control eventfd or the next transport
+    /// timer needs the worker.
+    fn sleep(&mut self) -> StackResult<()> {
+        let now = Instant::now();
+        let delay = self
+            .iface
+            .poll_delay(now, &self.sockets)
+            .map_or(Duration::from_millis(1000), |d| {
+                Duration::from_micros(d.total_micros())
+            })
+            .min(Duration::from_millis(1000));
+        if delay.is_zero() {
+            return Ok(());
+        }
+        self.device.driver_mut().prepare_sleep()?;
+        if self.device.rx_pending() > 0 {
+            return Ok(());
+        }
+        self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+        let fds = [self.device.driver().poll_fd(), self.control.wake.as_fd()];
+        let woke = crate::sys::poll_readable(&fds, delay)?;
+        crate::sys::eventfd_drain(&self.control.wake);
+        if woke {
+            self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Starts the services and runs until a stop is requested.
+    pub fn run(mut self) -> StackResult<()> {
+        self.start()?;
+        self.run_started()
+    }
+
+    /// Runs an already started worker until a stop is requested, then stops
+    /// the services.
+    pub fn run_started(mut self) -> StackResult<()> {
+        let mut idle = 0u32;
+        let mut last_stats = StdInstant::now();
+        let result = loop {
+            if self.control.stop_requested() {
+                break Ok(());
+            }
+            match self.poll_once() {
+                Ok(true) => idle = 0,
+                Ok(false) => idle = idle.saturating_add(1),
+                Err(e) => break Err(e),
+            }
+            if last_stats.elapsed() >= Duration::from_secs(1) {
+                self.device.driver_mut().refresh_stats();
+                last_stats = StdInstant::now();
+            }
+            if self.mode == WorkerMode::Interrupt && idle >= IDLE_LOOPS_BEFORE_SLEEP {
+                if let Err(e) = self.sleep() {
+                    break Err(e);
+                }
+                idle = 0;
+            }
+        };
+        if let Err(e) = &result {
+            warn!(worker = self.index, "worker stopping on error: {e}");
+        }
+        let now = Instant::now();
+        let _ = self.for_each_service(now, |s, cx| {
+            s.stop(cx);
+            Ok(false)
+        });
+        // Let aborts (RSTs) and closes go out before the queue closes.
+        for _ in 0..4 {
+            self.iface
+                .poll(Instant::now(), &mut self.device, &mut self.sockets);
+            let _ = self.device.flush();
+        }
+        self.device.driver_mut().refresh_stats();
+        debug!(worker = self.index, "worker stopped");
+        result
+    }
+}
