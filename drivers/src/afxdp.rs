@@ -213,6 +213,7 @@ impl XdpQueue {
     /// Creates the UMEM, binds the socket (retrying while the queue is
     /// busy) and stocks the fill ring.
     pub fn open(cfg: &XdpConfig) -> DriverResult<Self> {
+        crate::xdp_log::install();
         let dev = Netdev::lookup(&cfg.ifname)?;
         if cfg.queue >= dev.rx_queues {
             return Err(DriverError::NoSuchQueue {
@@ -227,7 +228,7 @@ impl XdpQueue {
                 cfg.ring_size, cfg.frame_count
             )));
         }
-        let bad = |what: &str| DriverError::InvalidConfig(format!("{what}"));
+        let bad = |what: &str| DriverError::InvalidConfig(what.to_string());
         let umem_cfg = UmemConfig::builder()
             .frame_size(FrameSize::new(cfg.frame_size).map_err(|e| bad(&e.to_string()))?)
             .fill_queue_size(QueueSize::new(cfg.ring_size).map_err(|e| bad(&e.to_string()))?)
@@ -245,13 +246,13 @@ impl XdpQueue {
         }
         let frame_count = NonZeroU32::new(cfg.frame_count).ok_or_else(|| bad("zero frames"))?;
         let (umem, descs) = Umem::new(umem_cfg, frame_count, false).map_err(|e| {
-            DriverError::os(
-                "creating the UMEM",
-                io_source(&e).map_or_else(
+            let source = io_source(&e)
+                .and_then(std::io::Error::raw_os_error)
+                .map_or_else(
                     || std::io::Error::other(e.to_string()),
-                    |io| std::io::Error::from(io.kind()),
-                ),
-            )
+                    std::io::Error::from_raw_os_error,
+                );
+            DriverError::os(format!("creating the UMEM for {}", cfg.ifname), source)
         })?;
 
         let mut bind = BindFlags::XDP_USE_NEED_WAKEUP;
@@ -437,6 +438,32 @@ impl XdpQueue {
         self.free.extend_from_slice(&self.scratch[..n]);
     }
 
+    /// Kicks the tx ring until it is drained or the kernel stops taking.
+    /// Copy mode sends a bounded batch per `sendto`, so one kick may not do.
+    fn kick_tx(&mut self) -> DriverResult<()> {
+        let mut kicks = 0;
+        while kicks < MAX_TX_KICKS {
+            let pending = self.ring_size - self.tx.nb_free_exact();
+            if pending == 0 || !self.tx.needs_wakeup() {
+                break;
+            }
+            self.tx.wakeup().map_err(|e| {
+                DriverError::os(format!("kicking the tx ring of {}", self.info.name), e)
+            })?;
+            kicks += 1;
+            if self.ring_size - self.tx.nb_free_exact() == pending {
+                break;
+            }
+        }
+        DriverCounters::bump(&self.counters.kicks, kicks as u64);
+        Ok(())
+    }
+
+    /// Descriptors in the tx ring the kernel has not taken yet.
+    pub fn tx_pending(&mut self) -> u32 {
+        self.ring_size - self.tx.nb_free_exact()
+    }
+
     /// The veth peer found at open, for messages.
     pub fn veth_peer(&self) -> Option<&VethPeer> {
         self.veth_peer.as_ref()
@@ -487,9 +514,6 @@ impl PacketIo for XdpQueue {
 
     fn tx_burst(&mut self, frames: &mut Vec<XdpFrame>) -> DriverResult<usize> {
         self.reap_completions();
-        if frames.is_empty() {
-            return Ok(0);
-        }
         let room = self.tx.nb_free(self.ring_size) as usize;
         let n = room.min(frames.len());
         if n < frames.len() {
@@ -511,23 +535,10 @@ impl PacketIo for XdpQueue {
                 .resize(self.ring_size as usize, FrameDesc::default());
             frames.drain(..sent);
         }
-        // Copy mode sends a bounded batch per sendto: kick until the ring is
-        // drained (or the kernel stops taking).
-        let mut kicks = 0;
-        while self.tx.needs_wakeup() && kicks < MAX_TX_KICKS {
-            let pending = self.ring_size - self.tx.nb_free_exact();
-            if pending == 0 {
-                break;
-            }
-            self.tx.wakeup().map_err(|e| {
-                DriverError::os(format!("kicking the tx ring of {}", self.info.name), e)
-            })?;
-            kicks += 1;
-            if self.ring_size - self.tx.nb_free_exact() == pending {
-                break;
-            }
-        }
-        DriverCounters::bump(&self.counters.kicks, kicks as u64);
+        // Kick even when nothing new was queued: frames a previous kick left
+        // in the ring would otherwise wait for the next transmission, which
+        // for a sender waiting on their ACKs is a retransmission timeout.
+        self.kick_tx()?;
         self.counters.add_tx(sent, bytes);
         self.reap_completions();
         Ok(sent)
@@ -563,6 +574,7 @@ impl PacketIo for XdpQueue {
     }
 
     fn prepare_sleep(&mut self) -> DriverResult<()> {
+        self.kick_tx()?;
         self.reap_completions();
         self.refill();
         if self.fill.needs_wakeup() {

@@ -77,9 +77,6 @@ pub enum DriverError {
         #[source]
         source: std::io::Error,
     },
-    /// The other end of an in-memory pair is gone.
-    #[error("the peer of the in-memory pair was dropped")]
-    PeerGone,
 }
 
 impl DriverError {

@@ -20,7 +20,7 @@
 //!
 //! This crate knows nothing of TCP, sessions or smoltcp. Only the modules
 //! that own a kernel ring or a buffer layout (`afxdp`, `uring_tap`,
-//! `frame_pool`, `sys`) use `unsafe`, each block with a `// SAFETY:` comment.
+//! `frame_pool`, `sys`) use `unsafe`, each block with its safety argument.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -34,6 +34,7 @@ pub mod memory_pair;
 pub mod netdev;
 mod sys;
 pub mod uring_tap;
+mod xdp_log;
 
 use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;

@@ -61,20 +61,24 @@ impl Netdev {
     pub fn lookup(name: &str) -> DriverResult<Self> {
         let ifindex =
             sys::ifindex(name).ok_or_else(|| DriverError::NoSuchInterface(name.into()))?;
-        let mac = sysfs(name, "address")
-            .and_then(|s| parse_mac(&s))
-            .ok_or_else(|| {
-                DriverError::InvalidConfig(format!("'{name}' has no Ethernet address"))
-            })?;
-        let mtu = sysfs(name, "mtu")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1500);
+        let (mac, mtu) = sys::hwaddr_and_mtu(name).map_err(|e| match e.kind() {
+            std::io::ErrorKind::Unsupported => DriverError::InvalidConfig(format!(
+                "'{name}' has no Ethernet address (is it a TUN or an IP-only link?)"
+            )),
+            _ => DriverError::os(format!("reading the address of '{name}'"), e),
+        })?;
         let driver = sys::driver_name(name).unwrap_or_default();
-        let rx_queues = fs::read_dir(format!("/sys/class/net/{name}/queues"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-                    .count() as u32
+        let rx_queues = sys::rx_channels(name)
+            .ok()
+            .filter(|&n| n > 0)
+            .or_else(|| {
+                fs::read_dir(format!("/sys/class/net/{name}/queues"))
+                    .ok()
+                    .map(|d| {
+                        d.filter_map(Result::ok)
+                            .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                            .count() as u32
+                    })
             })
             .unwrap_or(1)
             .max(1);

@@ -116,6 +116,61 @@ pub(crate) fn tso_enabled(ifname: &str) -> io::Result<bool> {
     Ok(v.data != 0)
 }
 
+const ETHTOOL_GCHANNELS: u32 = 0x0000_003c;
+
+#[repr(C)]
+#[derive(Default)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+/// Receive queues in use (rx or combined channels), when the driver says.
+pub(crate) fn rx_channels(ifname: &str) -> io::Result<u32> {
+    let mut ch = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    ethtool(ifname, (&raw mut ch).cast())?;
+    Ok(ch.rx_count.max(ch.combined_count))
+}
+
+/// The interface's hardware address and MTU, read with ioctls (sysfs shows
+/// the namespace it was mounted in, not the one this thread is in).
+pub(crate) fn hwaddr_and_mtu(ifname: &str) -> io::Result<([u8; 6], usize)> {
+    let sock = control_socket()?;
+    let mut req = ifreq(ifname)?;
+    // SAFETY: `req` is a valid ifreq; SIOCGIFHWADDR fills a sockaddr in the
+    // union, which the padding covers.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) })?;
+    // SAFETY: the kernel wrote a sockaddr (family u16, then 14 data bytes)
+    // at the start of the union.
+    let raw = unsafe { req.data._pad };
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    if family != libc::ARPHRD_ETHER {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "not an Ethernet interface",
+        ));
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&raw[2..8]);
+    let mut req = ifreq(ifname)?;
+    // SAFETY: as above; SIOCGIFMTU writes an int at the start of the union.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) })?;
+    // SAFETY: the kernel wrote `ifr_mtu`, an int at the start of the union.
+    let raw = unsafe { req.data._pad };
+    let mtu = i32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    Ok((mac, mtu.max(0) as usize))
+}
+
 /// Sets IFF_UP on the interface.
 pub(crate) fn set_up(ifname: &str) -> io::Result<()> {
     let sock = control_socket()?;

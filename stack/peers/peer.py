@@ -9,6 +9,7 @@ the data it got back is exactly what it sent.
   many HOST PORT CONNS BYTES          CONNS concurrent stream clients
   udp HOST PORT COUNT                 COUNT datagrams of varied sizes, boundaries checked
   echo-server PORT [ONCE]             kernel TCP echo server (ONCE: exit after one client)
+  udp-echo-server PORT                kernel UDP echo server
 """
 import hashlib
 import json
@@ -133,7 +134,10 @@ def udp(host, port, count):
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_DGRAM)
     s.settimeout(2.0)
-    sizes = [1, 7, 64, 512, 1000, 1472]
+    # IPv4 datagrams above the MTU travel as fragments (reassembled by
+    # hoststack); IPv6 ones stay within the MTU (hoststack does not
+    # reassemble IPv6 fragments).
+    sizes = [1, 7, 64, 512, 1000, 1452] if fam == socket.AF_INET6 else [1, 7, 64, 512, 1472, 4000, 20000]
     ok = 0
     lost = 0
     for i in range(count):
@@ -179,6 +183,16 @@ def echo_server(port, once):
         threading.Thread(target=serve, args=(c,), daemon=True).start()
 
 
+def udp_echo_server(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    print(json.dumps({"listening": port}), flush=True)
+    while True:
+        data, addr = s.recvfrom(65536)
+        s.sendto(data, addr)
+
+
 def main(argv):
     mode = argv[1] if len(argv) > 1 else ""
     if mode == "stream":
@@ -189,6 +203,8 @@ def main(argv):
         out = many(argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
     elif mode == "udp":
         out = udp(argv[2], int(argv[3]), int(argv[4]))
+    elif mode == "udp-echo-server":
+        out = udp_echo_server(int(argv[2]))
     elif mode == "echo-server":
         out = echo_server(int(argv[2]), len(argv) > 3 and argv[3] == "once")
     else:

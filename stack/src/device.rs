@@ -93,19 +93,17 @@ impl<D: PacketIo> StackDevice<D> {
         if !self.spent.is_empty() {
             self.driver.release(&mut self.spent);
         }
-        let counters = self.driver.counters().clone();
-        DriverCounters::bump(
-            &counters.rx_checksum_unverified,
-            std::mem::take(&mut self.unverified),
-        );
-        DriverCounters::bump(
-            &counters.rx_bad_checksum,
-            std::mem::take(&mut self.bad_checksum),
-        );
-        DriverCounters::bump(&counters.rx_malformed, std::mem::take(&mut self.malformed));
-        if self.tx_filled.is_empty() {
-            return Ok(0);
+        if self.unverified + self.bad_checksum + self.malformed > 0 {
+            let c = self.driver.counters();
+            DriverCounters::bump(
+                &c.rx_checksum_unverified,
+                std::mem::take(&mut self.unverified),
+            );
+            DriverCounters::bump(&c.rx_bad_checksum, std::mem::take(&mut self.bad_checksum));
+            DriverCounters::bump(&c.rx_malformed, std::mem::take(&mut self.malformed));
         }
+        // Called with nothing new too: the driver may still hold frames an
+        // earlier kick did not get out.
         self.driver.tx_burst(&mut self.tx_filled)
     }
 
@@ -124,8 +122,15 @@ pub fn capabilities(info: &hoststack_drivers::DeviceInfo) -> DeviceCapabilities 
     caps.max_burst_size = Some(info.max_burst);
     let mut csum = ChecksumCapabilities::default();
     csum.ipv4 = Checksum::Both;
-    csum.tcp = Checksum::Tx;
-    csum.udp = Checksum::Tx;
+    // Where every checksum must be verified, smoltcp verifies too, which
+    // also covers reassembled fragments the pre-check skips; on a veth it
+    // must not, or a peer's partial checksums would be dropped.
+    let l4 = match info.rx_checksum {
+        hoststack_drivers::RxChecksumPolicy::VerifyAll => Checksum::Both,
+        hoststack_drivers::RxChecksumPolicy::TrustPartial => Checksum::Tx,
+    };
+    csum.tcp = l4;
+    csum.udp = l4;
     csum.icmpv4 = Checksum::Both;
     csum.icmpv6 = Checksum::Both;
     caps.checksum = csum;

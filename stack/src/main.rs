@@ -12,7 +12,7 @@ use hoststack_stack::demo::{DemoConfig, run_demo};
 use hoststack_stack::echo::{EchoStats, TcpEchoServer, UdpEchoServer};
 use hoststack_stack::lab::{Lab, LabConfig};
 use hoststack_stack::service::Service;
-use hoststack_stack::transfer::{TcpTransferClient, TransferReport};
+use hoststack_stack::transfer::{TcpTransferClient, TransferReport, UdpReport, UdpTransferClient};
 use hoststack_stack::{AddrPrefix, Stack, WorkerMode};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
@@ -72,6 +72,21 @@ enum Command {
         /// Stream seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Send COUNT datagrams to a UDP echo server one by one, verify each,
+    /// print a JSON report.
+    UdpClient {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Server to send to, IP:PORT.
+        #[arg(long)]
+        connect: std::net::SocketAddr,
+        /// Datagrams to exchange.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
@@ -172,6 +187,12 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             seed,
             timeout,
         } => tcp_client(&stack, connect, bytes, seed, Duration::from_secs(timeout)),
+        Command::UdpClient {
+            stack,
+            connect,
+            count,
+            timeout,
+        } => udp_client(&stack, connect, count, Duration::from_secs(timeout)),
         Command::Lab { action } => lab(action),
     }
 }
@@ -290,6 +311,58 @@ fn tcp_client(
         })
     );
     Ok(if outcome.error.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn udp_client(
+    args: &StackArgs,
+    connect: std::net::SocketAddr,
+    count: u64,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let report: Arc<Mutex<Option<UdpReport>>> = Arc::default();
+    let remote = IpEndpoint::new(IpAddress::from(connect.ip()), connect.port());
+    let r = report.clone();
+    let (stack, shutdown) = start_stack(args, move |q| {
+        let mut v: Vec<Box<dyn Service>> = Vec::new();
+        if q == 0 {
+            v.push(Box::new(UdpTransferClient::new(remote, count, r.clone())));
+        }
+        v
+    })?;
+    let started = std::time::Instant::now();
+    let outcome = loop {
+        if let Some(rep) = report.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            break rep;
+        }
+        if shutdown.wait(Duration::from_millis(20))
+            || started.elapsed() > timeout
+            || stack.any_worker_exited()
+        {
+            break UdpReport {
+                sent: 0,
+                echoed: 0,
+                retries: 0,
+                error: Some("timed out or interrupted".into()),
+            };
+        }
+    };
+    stack.stop()?;
+    let ok = outcome.error.is_none() && outcome.echoed == count;
+    println!(
+        "{}",
+        serde_json::json!({
+            "sent": outcome.sent,
+            "echoed": outcome.echoed,
+            "retries": outcome.retries,
+            "ok": ok,
+            "error": outcome.error,
+        })
+    );
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

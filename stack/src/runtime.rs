@@ -42,6 +42,13 @@ pub struct Stack {
 
 type Ready = StackResult<(DeviceInfo, Arc<DriverCounters>)>;
 
+/// A worker thread that has not reported ready yet.
+type PendingWorker = (
+    Arc<WorkerControl>,
+    Arc<WorkerStats>,
+    JoinHandle<StackResult<()>>,
+);
+
 /// What a worker thread gets besides its driver.
 struct WorkerSetup {
     index: usize,
@@ -175,14 +182,7 @@ impl Stack {
         Self::collect(vec![(control, stats, thread)], rx)
     }
 
-    fn collect(
-        pending: Vec<(
-            Arc<WorkerControl>,
-            Arc<WorkerStats>,
-            JoinHandle<StackResult<()>>,
-        )>,
-        rx: mpsc::Receiver<Ready>,
-    ) -> StackResult<Self> {
+    fn collect(pending: Vec<PendingWorker>, rx: mpsc::Receiver<Ready>) -> StackResult<Self> {
         let mut readies = Vec::new();
         let mut first_err = None;
         for _ in 0..pending.len() {

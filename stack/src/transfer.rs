@@ -201,6 +201,170 @@ impl Service for TcpTransferClient {
     }
 }
 
+/// How a UDP exchange ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpReport {
+    /// Datagrams sent (first tries).
+    pub sent: u64,
+    /// Datagrams that came back intact.
+    pub echoed: u64,
+    /// Datagrams resent after a timeout.
+    pub retries: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Sends `count` datagrams of varied sizes to a UDP echo server one at a
+/// time, each tagged with its sequence number, and checks that every one
+/// comes back whole (datagram boundaries preserved).
+pub struct UdpTransferClient {
+    remote: IpEndpoint,
+    count: u64,
+    handle: Option<SocketHandle>,
+    next: u64,
+    outstanding: Option<(u64, StdInstant, u32)>,
+    echoed: u64,
+    retries: u64,
+    pattern: PatternStream,
+    payload: Vec<u8>,
+    buf: Vec<u8>,
+    result: Arc<Mutex<Option<UdpReport>>>,
+    done: bool,
+}
+
+/// Datagram sizes cycled through (all fit one IPv6 packet at MTU 1500).
+const UDP_SIZES: [usize; 6] = [8, 13, 64, 512, 1000, 1452];
+const UDP_RETRY: Duration = Duration::from_millis(500);
+const UDP_MAX_TRIES: u32 = 6;
+
+impl UdpTransferClient {
+    /// A client for `count` datagrams; the report lands in `result`.
+    pub fn new(remote: IpEndpoint, count: u64, result: Arc<Mutex<Option<UdpReport>>>) -> Self {
+        Self {
+            remote,
+            count,
+            handle: None,
+            next: 0,
+            outstanding: None,
+            echoed: 0,
+            retries: 0,
+            pattern: PatternStream::new(0x5eed),
+            payload: Vec::new(),
+            buf: vec![0; 65536],
+            result,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, error: Option<String>) {
+        let report = UdpReport {
+            sent: self.next,
+            echoed: self.echoed,
+            retries: self.retries,
+            error,
+        };
+        *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+        self.done = true;
+    }
+}
+
+impl Service for UdpTransferClient {
+    fn name(&self) -> &str {
+        "udp-transfer"
+    }
+
+    fn start(&mut self, cx: &mut ServiceContext<'_>) -> StackResult<()> {
+        let meta = || vec![smoltcp::socket::udp::PacketMetadata::EMPTY; 64];
+        let rx = smoltcp::socket::udp::PacketBuffer::new(meta(), vec![0; 256 * 1024]);
+        let tx = smoltcp::socket::udp::PacketBuffer::new(meta(), vec![0; 256 * 1024]);
+        let mut s = smoltcp::socket::udp::Socket::new(rx, tx);
+        let port = cx.ports.next(cx.sockets);
+        s.bind(port).map_err(|e| {
+            crate::error::StackError::Socket(format!("UDP bind to port {port}: {e}"))
+        })?;
+        self.handle = Some(cx.sockets.add(s));
+        Ok(())
+    }
+
+    fn poll(&mut self, cx: &mut ServiceContext<'_>) -> bool {
+        use smoltcp::socket::udp;
+        if self.done {
+            return false;
+        }
+        let Some(h) = self.handle else { return false };
+        let s = cx.sockets.get_mut::<udp::Socket<'_>>(h);
+        let mut work = false;
+        while let Ok((len, meta)) = s.recv_slice(&mut self.buf) {
+            work = true;
+            let Some((seq, _, _)) = self.outstanding else {
+                continue;
+            };
+            if meta.endpoint != self.remote || self.buf[..len] != self.payload[..] {
+                // A late copy of an earlier datagram after a retry is fine;
+                // anything else is an error.
+                let tag = self
+                    .buf
+                    .get(..8)
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+                if tag.is_some_and(|t| t < seq) && meta.endpoint == self.remote {
+                    continue;
+                }
+                self.finish(Some(format!(
+                    "datagram {seq}: {len} bytes came back different"
+                )));
+                return true;
+            }
+            self.echoed += 1;
+            self.outstanding = None;
+        }
+        match self.outstanding {
+            None if self.next < self.count => {
+                let seq = self.next;
+                let size = UDP_SIZES[(seq as usize) % UDP_SIZES.len()];
+                self.payload.resize(size, 0);
+                self.pattern.fill(&mut self.payload);
+                self.payload[..8].copy_from_slice(&seq.to_le_bytes());
+                if s.send_slice(&self.payload, self.remote).is_ok() {
+                    self.outstanding = Some((seq, StdInstant::now(), 1));
+                    self.next += 1;
+                    work = true;
+                }
+            }
+            None => {
+                self.finish(None);
+                return true;
+            }
+            Some((seq, at, tries)) if at.elapsed() > UDP_RETRY => {
+                if tries >= UDP_MAX_TRIES {
+                    self.finish(Some(format!(
+                        "datagram {seq} never came back after {tries} tries"
+                    )));
+                    return true;
+                }
+                if s.send_slice(&self.payload, self.remote).is_ok() {
+                    self.retries += 1;
+                    self.outstanding = Some((seq, StdInstant::now(), tries + 1));
+                }
+            }
+            Some(_) => {}
+        }
+        work
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+
+    fn stop(&mut self, cx: &mut ServiceContext<'_>) {
+        if let Some(h) = self.handle.take() {
+            cx.sockets.remove(h);
+        }
+        if !self.done {
+            self.finish(Some("stopped before the exchange finished".into()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

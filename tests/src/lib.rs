@@ -1,2 +1,184 @@
-//! Shared helpers for hoststack's integration tests (network namespaces,
-//! veth pairs, kernel-side peers).
+//! Shared helpers for hoststack's integration tests: unique lab names, the
+//! `hoststack` binary, processes that are always stopped, and the root
+//! check for the tests that need network namespaces.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+pub use hoststack_stack::lab::{Lab, LabConfig};
+
+/// A lab name unique to this process and call: `t` + 4 pid digits + a
+/// counter (fits the 11-character limit).
+pub fn unique_lab_name(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tag: String = tag
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(2)
+        .collect();
+    format!("t{}{}{}", std::process::id() % 10000, tag, n)
+}
+
+/// Fails the test unless running as root (the netns tests need it; CI runs
+/// them as root).
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test builds network namespaces and AF_XDP sockets: run it as root (CI does)"
+    );
+}
+
+/// Path of the `hoststack` binary built alongside the test binary.
+pub fn hoststack_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/hoststack
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("hoststack");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --release --bins)",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process that is killed (SIGTERM, then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    child: Option<Child>,
+    stdout: Option<BufReader<ChildStdout>>,
+    name: String,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout piped.
+    pub fn spawn(name: &str, mut cmd: Command) -> Result<Self> {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        let stdout = child.stdout.take().map(BufReader::new);
+        Ok(Self {
+            child: Some(child),
+            stdout,
+            name: name.into(),
+        })
+    }
+
+    /// Waits for a stdout line starting with `prefix`.
+    pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let out = self.stdout.as_mut().context("stdout not piped")?;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            // Reads block; the processes we wait on print their ready line
+            // promptly or exit, which ends the read with EOF.
+            let n = out.read_line(&mut line)?;
+            if n == 0 {
+                let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                bail!(
+                    "{} exited ({status:?}) before printing '{prefix}'",
+                    self.name
+                );
+            }
+            if line.starts_with(prefix) {
+                return Ok(line.trim().to_string());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not print '{prefix}' within {timeout:?}", self.name);
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits for exit, returns (success, rest of stdout).
+    pub fn terminate(mut self) -> Result<(bool, String)> {
+        let mut child = self.child.take().context("already stopped")?;
+        let pid = rustix::process::Pid::from_child(&child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait()?;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut rest = String::new();
+        if let Some(mut out) = self.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+        }
+        Ok((status.success(), rest))
+    }
+
+    /// Waits for the process to exit by itself; returns (success, stdout).
+    pub fn wait(mut self, timeout: Duration) -> Result<(bool, String)> {
+        let mut child = self.child.take().context("already stopped")?;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} did not finish within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut rest = String::new();
+        if let Some(mut out) = self.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+        }
+        Ok((status.success(), rest))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `hoststack echo-server` on the lab's host end with `extra` arguments;
+/// returns once it printed its ready line.
+pub fn start_echo_server(lab: &Lab, extra: &[&str]) -> Result<Proc> {
+    let mut cmd = Command::new(hoststack_bin());
+    cmd.args(["echo-server", "--interface", &lab.host_if]);
+    for a in lab.host_addresses() {
+        cmd.args(["--address", &a.to_string()]);
+    }
+    cmd.args(extra);
+    let mut p = Proc::spawn("hoststack echo-server", cmd)?;
+    p.wait_for_line("ready", Duration::from_secs(30))?;
+    Ok(p)
+}
+
+/// Parses the last line of `out` as JSON.
+pub fn last_json(out: &str) -> Result<serde_json::Value> {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("no JSON line")?;
+    serde_json::from_str(line).with_context(|| format!("parsing '{line}'"))
+}
+
+/// Runs a kernel-side peer mode and returns its JSON, failing on a non-zero
+/// exit.
+pub fn peer(lab: &Lab, args: &[&str]) -> Result<serde_json::Value> {
+    let out = lab.run_peer(args)?;
+    last_json(&out)
+}
