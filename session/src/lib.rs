@@ -16,8 +16,13 @@
 
 #![deny(unsafe_code)]
 
+pub mod app_event;
 pub mod app_listener;
+pub mod app_worker;
+pub mod application;
+pub mod builtin_apps;
 pub mod cert;
+pub mod control;
 pub mod endpoint;
 pub mod error;
 pub mod eventfd;
@@ -28,5 +33,9 @@ pub mod message_queue;
 pub mod namespace;
 pub mod segment;
 pub mod segment_manager;
+pub mod session;
+pub mod session_layer;
+pub mod session_worker;
+pub mod transport;
 
 pub use error::{SessionError, SessionResult};

@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod service;
 mod sys;
 pub mod tcp_listener;
+pub mod transport;
 pub mod transfer;
 pub mod worker;
 

@@ -1,12 +1,14 @@
-//! A running stack: one pinned worker thread per queue.
+//! A running stack: one pinned worker thread per queue, the session layer
+//! they share, and the main (control) thread that runs control operations.
 //!
 //! [`Stack::start`] opens each queue inside its own worker thread (an
 //! AF_XDP socket is best created on the core that will use it), waits until
 //! every worker reports ready or one fails, and returns handles to stop the
-//! workers and read their counters.
+//! workers, reach the session layer's control plane, and read counters.
 
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -14,6 +16,9 @@ use hoststack_drivers::afxdp::{XdpConfig, XdpQueue};
 use hoststack_drivers::counters::{DriverCounters, DriverCountersSnapshot};
 use hoststack_drivers::uring_tap::{TapConfig, TapQueue};
 use hoststack_drivers::{DeviceInfo, PacketIo};
+use hoststack_session::control::{ControlPlane, control_plane};
+use hoststack_session::session_layer::{SessionLayer, ThreadPort, WorkerCommand};
+use hoststack_session::session_worker::SessionWorker;
 use tracing::{error, info};
 
 use crate::config::{DriverKind, StackConfig};
@@ -38,16 +43,15 @@ pub struct WorkerHandle {
 #[derive(Debug)]
 pub struct Stack {
     workers: Vec<WorkerHandle>,
+    control: ControlPlane,
+    main_stop: Arc<AtomicBool>,
+    main: Option<JoinHandle<()>>,
 }
 
 type Ready = StackResult<(DeviceInfo, Arc<DriverCounters>)>;
 
 /// A worker thread that has not reported ready yet.
-type PendingWorker = (
-    Arc<WorkerControl>,
-    Arc<WorkerStats>,
-    JoinHandle<StackResult<()>>,
-);
+type PendingWorker = (Arc<WorkerControl>, Arc<WorkerStats>, JoinHandle<StackResult<()>>);
 
 /// What a worker thread gets besides its driver.
 struct WorkerSetup {
@@ -55,6 +59,7 @@ struct WorkerSetup {
     cfg: StackConfig,
     mode: WorkerMode,
     services: Vec<Box<dyn Service>>,
+    session: SessionWorker,
     control: Arc<WorkerControl>,
     stats: Arc<WorkerStats>,
     ready: mpsc::Sender<Ready>,
@@ -62,19 +67,11 @@ struct WorkerSetup {
 
 /// Builds the worker over `driver`, reports ready (or the error), runs it.
 fn run_worker<D: PacketIo>(driver: StackResult<D>, setup: WorkerSetup) -> StackResult<()> {
-    let WorkerSetup {
-        index,
-        cfg,
-        mode,
-        services,
-        control,
-        stats,
-        ready,
-    } = setup;
+    let WorkerSetup { index, cfg, mode, services, session, control, stats, ready } = setup;
     let worker = driver.and_then(|d| {
         let info = d.info().clone();
         let counters = d.counters().clone();
-        let mut w = Worker::new(index, d, &cfg, mode, services, control, stats)?;
+        let mut w = Worker::new(index, d, &cfg, mode, services, Some(session), control, stats)?;
         w.start()?;
         Ok((w, info, counters))
     });
@@ -91,6 +88,31 @@ fn run_worker<D: PacketIo>(driver: StackResult<D>, setup: WorkerSetup) -> StackR
     }
 }
 
+/// The session layer of a stack with `threads` workers: the shared layer,
+/// each worker's control block and command inbox.
+struct SessionSetup {
+    layer: Arc<Mutex<SessionLayer>>,
+    controls: Vec<Arc<WorkerControl>>,
+    inboxes: Vec<Receiver<WorkerCommand>>,
+}
+
+fn session_setup(threads: usize, cfg: &StackConfig) -> StackResult<SessionSetup> {
+    let mut controls = Vec::new();
+    let mut inboxes = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..threads {
+        let control = Arc::new(WorkerControl::new()?);
+        let (tx, rx) = mpsc::channel();
+        let c = control.clone();
+        ports.push(ThreadPort { commands: tx, wake: Arc::new(move || c.wake()) });
+        controls.push(control);
+        inboxes.push(rx);
+    }
+    let mut layer = SessionLayer::new(ports);
+    layer.set_local_addresses(cfg.addresses.iter().map(|a| a.addr).collect());
+    Ok(SessionSetup { layer: Arc::new(Mutex::new(layer)), controls, inboxes })
+}
+
 impl Stack {
     /// Opens the configured interface's queues and starts one worker per
     /// queue, with the services `services(worker_index)` returns.
@@ -102,31 +124,25 @@ impl Stack {
         cfg.validate()?;
         let (tx, rx) = mpsc::channel::<Ready>();
         let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+        let setup = session_setup(cfg.queues as usize, cfg)?;
         let mut pending = Vec::new();
-        for q in 0..cfg.queues as usize {
-            let control = Arc::new(WorkerControl::new()?);
+        for (q, (control, inbox)) in setup.controls.into_iter().zip(setup.inboxes).enumerate() {
             let stats = Arc::new(WorkerStats::default());
             let core = match cfg.cores.get(q) {
-                Some(&c) => core_ids
-                    .iter()
-                    .find(|id| id.id == c)
-                    .copied()
-                    .ok_or_else(|| {
-                        StackError::Config(format!(
-                            "core {c} does not exist ({} cores)",
-                            core_ids.len()
-                        ))
-                    })?,
+                Some(&c) => core_ids.iter().find(|id| id.id == c).copied().ok_or_else(|| {
+                    StackError::Config(format!("core {c} does not exist ({} cores)", core_ids.len()))
+                })?,
                 None => match core_ids.get(q % core_ids.len().max(1)) {
                     Some(&c) => c,
                     None => core_affinity::CoreId { id: 0 },
                 },
             };
-            let setup = WorkerSetup {
+            let ws = WorkerSetup {
                 index: q,
                 cfg: cfg.clone(),
                 mode,
                 services: services(q),
+                session: SessionWorker::new(q as u32, setup.layer.clone(), inbox),
                 control: control.clone(),
                 stats: stats.clone(),
                 ready: tx.clone(),
@@ -135,16 +151,16 @@ impl Stack {
                 .name(format!("hs-worker-{q}"))
                 .spawn(move || {
                     core_affinity::set_for_current(core);
-                    match setup.cfg.driver {
+                    match ws.cfg.driver {
                         DriverKind::AfXdp => {
-                            let mut x = XdpConfig::new(&setup.cfg.interface, q as u32);
-                            x.attach = setup.cfg.xdp_mode;
-                            x.copy = setup.cfg.xdp_copy;
-                            run_worker(XdpQueue::open(&x).map_err(StackError::from), setup)
+                            let mut x = XdpConfig::new(&ws.cfg.interface, q as u32);
+                            x.attach = ws.cfg.xdp_mode;
+                            x.copy = ws.cfg.xdp_copy;
+                            run_worker(XdpQueue::open(&x).map_err(StackError::from), ws)
                         }
                         DriverKind::UringTap => {
-                            let t = TapConfig::new(&setup.cfg.interface);
-                            run_worker(TapQueue::open(&t).map_err(StackError::from), setup)
+                            let t = TapConfig::new(&ws.cfg.interface);
+                            run_worker(TapQueue::open(&t).map_err(StackError::from), ws)
                         }
                     }
                 })
@@ -152,7 +168,7 @@ impl Stack {
             pending.push((control, stats, thread));
         }
         drop(tx);
-        Self::collect(pending, rx)
+        Self::collect(pending, rx, setup.layer)
     }
 
     /// Starts one worker over an already-open driver queue (the in-memory
@@ -164,25 +180,27 @@ impl Stack {
         services: Vec<Box<dyn Service>>,
     ) -> StackResult<Self> {
         let (tx, rx) = mpsc::channel::<Ready>();
-        let control = Arc::new(WorkerControl::new()?);
+        let setup = session_setup(1, cfg)?;
+        let (control, inbox) = setup.controls.into_iter().zip(setup.inboxes).next().expect("one thread");
         let stats = Arc::new(WorkerStats::default());
-        let setup = WorkerSetup {
+        let ws = WorkerSetup {
             index: 0,
             cfg: cfg.clone(),
             mode,
             services,
+            session: SessionWorker::new(0, setup.layer.clone(), inbox),
             control: control.clone(),
             stats: stats.clone(),
             ready: tx,
         };
         let thread = std::thread::Builder::new()
             .name("hs-worker-0".into())
-            .spawn(move || run_worker(Ok(driver), setup))
+            .spawn(move || run_worker(Ok(driver), ws))
             .map_err(|e| StackError::os("spawning a worker thread", e))?;
-        Self::collect(vec![(control, stats, thread)], rx)
+        Self::collect(vec![(control, stats, thread)], rx, setup.layer)
     }
 
-    fn collect(pending: Vec<PendingWorker>, rx: mpsc::Receiver<Ready>) -> StackResult<Self> {
+    fn collect(pending: Vec<PendingWorker>, rx: mpsc::Receiver<Ready>, layer: Arc<Mutex<SessionLayer>>) -> StackResult<Self> {
         let mut readies = Vec::new();
         let mut first_err = None;
         for _ in 0..pending.len() {
@@ -192,9 +210,7 @@ impl Stack {
                     first_err.get_or_insert(e);
                 }
                 Err(_) => {
-                    first_err.get_or_insert(StackError::Config(
-                        "a worker did not start within 30 s".into(),
-                    ));
+                    first_err.get_or_insert(StackError::Config("a worker did not start within 30 s".into()));
                     break;
                 }
             }
@@ -213,21 +229,31 @@ impl Stack {
             .zip(readies)
             .map(|((control, stats, thread), (info, counters))| {
                 info!(queue = info.queue, mode = %info.mode, "worker running on {}", info.name);
-                WorkerHandle {
-                    info,
-                    counters,
-                    stats,
-                    control,
-                    thread: Some(thread),
-                }
+                WorkerHandle { info, counters, stats, control, thread: Some(thread) }
             })
             .collect();
-        Ok(Self { workers })
+        let (control, runner) = control_plane(layer);
+        let main_stop = Arc::new(AtomicBool::new(false));
+        let stop = main_stop.clone();
+        let main = std::thread::Builder::new()
+            .name("hs-main".into())
+            .spawn(move || {
+                if let Err(e) = runner.run(|| stop.load(Ordering::SeqCst)) {
+                    error!("control thread: {e}");
+                }
+            })
+            .map_err(|e| StackError::os("spawning the control thread", e))?;
+        Ok(Self { workers, control, main_stop, main: Some(main) })
     }
 
     /// The workers.
     pub fn workers(&self) -> &[WorkerHandle] {
         &self.workers
+    }
+
+    /// The session layer's control plane (attach, listen, connect, ...).
+    pub fn control(&self) -> &ControlPlane {
+        &self.control
     }
 
     /// Driver counters summed over every queue.
@@ -241,9 +267,7 @@ impl Stack {
 
     /// True when a worker thread has exited (finished or failed).
     pub fn any_worker_exited(&self) -> bool {
-        self.workers
-            .iter()
-            .any(|w| w.thread.as_ref().is_none_or(|t| t.is_finished()))
+        self.workers.iter().any(|w| w.thread.as_ref().is_none_or(|t| t.is_finished()))
     }
 
     /// Stops every worker and waits for them; returns the first error.
@@ -273,6 +297,10 @@ impl Stack {
                     }
                 }
             }
+        }
+        self.main_stop.store(true, Ordering::SeqCst);
+        if let Some(m) = self.main.take() {
+            let _ = m.join();
         }
         result
     }

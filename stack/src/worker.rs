@@ -24,6 +24,8 @@ use crate::device::StackDevice;
 use crate::error::{StackError, StackResult};
 use crate::service::{EphemeralPorts, Service, ServiceContext};
 use crate::tcp_listener::count_syns;
+use crate::transport::{SmolTransportState, SmolTransports};
+use hoststack_session::session_worker::SessionWorker;
 
 /// How a worker waits for work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,6 +107,9 @@ pub struct Worker<D: PacketIo> {
     tuning: TcpTuning,
     ports: EphemeralPorts,
     syn_counts: Vec<(u16, usize)>,
+    service_ports: Vec<u16>,
+    transport: SmolTransportState,
+    session: Option<SessionWorker>,
     mode: WorkerMode,
     control: Arc<WorkerControl>,
     stats: Arc<WorkerStats>,
@@ -119,6 +124,7 @@ impl<D: PacketIo> Worker<D> {
         cfg: &StackConfig,
         mode: WorkerMode,
         services: Vec<Box<dyn Service>>,
+        session: Option<SessionWorker>,
         control: Arc<WorkerControl>,
         stats: Arc<WorkerStats>,
     ) -> StackResult<Self> {
@@ -172,7 +178,10 @@ impl<D: PacketIo> Worker<D> {
             services,
             tuning: cfg.tcp.clone(),
             ports: EphemeralPorts::new(seed),
-            syn_counts: ports_seen.into_iter().map(|p| (p, 0)).collect(),
+            syn_counts: Vec::new(),
+            service_ports: ports_seen,
+            transport: SmolTransportState::default(),
+            session,
             mode,
             control,
             stats,
@@ -214,28 +223,58 @@ impl<D: PacketIo> Worker<D> {
     pub fn poll_once(&mut self) -> StackResult<bool> {
         let now = Instant::now();
         let received = self.device.receive_burst()?;
-        if received > 0 && !self.syn_counts.is_empty() {
-            self.syn_counts.iter_mut().for_each(|c| c.1 = 0);
-            count_syns(self.device.pending_frames(), &mut self.syn_counts);
-            if self.syn_counts.iter().any(|c| c.1 > 0) {
-                let syns = std::mem::take(&mut self.syn_counts);
-                let r =
-                    self.for_each_service(now, |s, cx| s.before_ingress(&syns, cx).map(|_| false));
-                self.syn_counts = syns;
-                r?;
-            }
+        if received > 0 {
+            self.prescan_syns(now)?;
         }
         self.device.stock_tx();
         self.iface.poll(now, &mut self.device, &mut self.sockets);
         let mut work = received > 0;
-        work |= self.for_each_service(now, |s, cx| Ok(s.poll(cx)))?;
+        self.transport.scan(&mut self.sockets, &self.tuning);
+        if let Some(sw) = &mut self.session {
+            let mut tp = SmolTransports::new(
+                &mut self.transport,
+                &mut self.sockets,
+                &mut self.iface,
+                &self.tuning,
+                &mut self.ports,
+            );
+            work |= sw.poll(&mut tp);
+        }
+        if !self.services.is_empty() {
+            work |= self.for_each_service(now, |s, cx| Ok(s.poll(cx)))?;
+        }
         if work {
-            self.iface
-                .poll_egress(now, &mut self.device, &mut self.sockets);
+            self.iface.poll_egress(now, &mut self.device, &mut self.sockets);
         }
         let sent = self.device.flush()?;
         self.stats.loops.fetch_add(1, Ordering::Relaxed);
         Ok(work || sent > 0 || self.device.tx_backlog() > 0)
+    }
+
+    /// Counts the SYNs of the waiting burst per listened port and grows the
+    /// listener pools before smoltcp sees them.
+    fn prescan_syns(&mut self, now: Instant) -> StackResult<()> {
+        self.transport.tcp_listen_ports(&mut self.syn_counts);
+        for &p in &self.service_ports {
+            if !self.syn_counts.iter().any(|(q, _)| *q == p) {
+                self.syn_counts.push((p, 0));
+            }
+        }
+        if self.syn_counts.is_empty() {
+            return Ok(());
+        }
+        count_syns(self.device.pending_frames(), &mut self.syn_counts);
+        if !self.syn_counts.iter().any(|c| c.1 > 0) {
+            return Ok(());
+        }
+        self.transport.top_up_listeners(&self.syn_counts, &self.tuning, &mut self.sockets);
+        if !self.service_ports.is_empty() {
+            let syns = std::mem::take(&mut self.syn_counts);
+            let r = self.for_each_service(now, |s, cx| s.before_ingress(&syns, cx).map(|_| false));
+            self.syn_counts = syns;
+            r?;
+        }
+        Ok(())
     }
 
     /// True when every service has finished (only clients ever do).
@@ -310,6 +349,7 @@ impl<D: PacketIo> Worker<D> {
             s.stop(cx);
             Ok(false)
         });
+        self.transport.shutdown(&mut self.sockets);
         // Let aborts (RSTs) and closes go out before the queue closes.
         for _ in 0..4 {
             self.iface

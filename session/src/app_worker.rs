@@ -1,0 +1,97 @@
+//! App workers: one per thread of an application, each with its own
+//! segment manager (the first segment protected), its event delivery (a
+//! builtin app's callbacks, or an external app's shared-memory event queue
+//! with an optional eventfd) and counters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use tracing::warn;
+
+use crate::app_event::AppEvent;
+use crate::application::AppCallbacks;
+use crate::error::SessionResult;
+use crate::handle::{AppIndex, AppWorkerIndex, ListenerHandle, WorkerMapIndex};
+use crate::message_queue::MessageQueue;
+use crate::segment_manager::SegmentManager;
+
+pub use crate::session_worker::AppCx;
+
+/// How events reach an app worker.
+#[derive(Clone)]
+pub enum EventSink {
+    /// A builtin app: callbacks called on the session's thread.
+    Builtin(Arc<AppCallbacks>),
+    /// An external app: its event queue in shared memory.
+    Queue(Arc<MessageQueue>),
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Builtin(_) => f.write_str("Builtin"),
+            Self::Queue(q) => write!(f, "Queue({} slots)", q.capacity()),
+        }
+    }
+}
+
+/// Counters of one app worker, readable from anywhere.
+#[derive(Debug, Default)]
+pub struct AppWorkerCounters {
+    /// Sessions accepted on its listeners.
+    pub accepted: AtomicU64,
+    /// Connects that completed (successfully).
+    pub connected: AtomicU64,
+    /// Sessions that ended.
+    pub closed: AtomicU64,
+    /// Events delivered.
+    pub events: AtomicU64,
+    /// Events dropped because the event queue was full.
+    pub events_dropped: AtomicU64,
+}
+
+/// One worker of an application.
+#[derive(Debug)]
+pub struct AppWorker {
+    /// Global index.
+    pub index: AppWorkerIndex,
+    /// Its app.
+    pub app: AppIndex,
+    /// Its number inside the app.
+    pub map_index: WorkerMapIndex,
+    /// Its segments and fifos.
+    pub segment_manager: SegmentManager,
+    /// Where its events go.
+    pub sink: EventSink,
+    /// Listeners it is part of.
+    pub listeners: Vec<ListenerHandle>,
+    /// Sessions it owns (alive on some stack thread).
+    pub sessions: usize,
+    /// Api client that registered it (external apps).
+    pub api_client: Option<u32>,
+    /// Counters.
+    pub counters: Arc<AppWorkerCounters>,
+    /// Set when the worker is being deleted; freed once `sessions` is 0.
+    pub dying: bool,
+}
+
+impl EventSink {
+    /// Delivers an event to an external app's queue. Builtin events are
+    /// dispatched by the session worker, not here.
+    pub fn post(&self, event: &AppEvent, counters: &AppWorkerCounters) -> SessionResult<()> {
+        match self {
+            Self::Builtin(_) => Ok(()),
+            Self::Queue(q) => match q.try_send(&event.encode()) {
+                Ok(()) => {
+                    counters.events.fetch_add(1, Relaxed);
+                    Ok(())
+                }
+                Err(e) => {
+                    counters.events_dropped.fetch_add(1, Relaxed);
+                    warn!("app event queue refused {event:?}: {e}");
+                    Err(e)
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,968 @@
+//! The session layer's shared state and its control operations: attach,
+//! detach, workers, listen, unlisten, connect, disconnect, and the
+//! bookkeeping stack threads do when a session is born or dies.
+//!
+//! One `SessionLayer` exists per stack, shared behind a mutex. Control
+//! operations run on the main (control) thread — [`crate::control`]
+//! forwards calls from other threads there — and never wait for a stack
+//! thread: what a thread must do (listen on its interface, connect, close an
+//! app's sessions) is sent to it as a [`WorkerCommand`] and done in its next
+//! loop. Stack threads lock the layer only when a session is born or dies.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+
+use hashbrown::HashMap;
+use slab::Slab;
+use tracing::{debug, warn};
+
+use crate::app_event::{APP_EVENT_SIZE, AppEvent, FifoLocation};
+use crate::app_listener::AppListener;
+use crate::app_worker::{AppWorker, AppWorkerCounters, EventSink};
+use crate::application::{AppCallbacks, AppIdentity, AppOptions, Application};
+use crate::cert::{CertKeyStore, CryptoEngines};
+use crate::endpoint::{Endpoint, FiveTuple, IpFamily, TransportProto};
+use crate::error::{SessionError, SessionResult};
+use crate::eventfd::EventFd;
+use crate::fifo::Fifo;
+use crate::handle::{AppIndex, AppWorkerIndex, CertKeyIndex, ListenerHandle, NamespaceIndex, SessionHandle, WorkerMapIndex};
+use crate::endpoint::SessionKey;
+use crate::lookup::{ListenerQuery, ListenerScope, SessionLookup};
+use crate::message_queue::MessageQueue;
+use crate::namespace::AppNamespaces;
+use crate::segment_manager::{FifoPair, SegmentEvent, SegmentManager};
+
+/// What a stack thread is asked to do by the control plane.
+#[derive(Debug)]
+pub enum WorkerCommand {
+    /// Open the transport listener.
+    Listen {
+        /// The listener.
+        listener: ListenerHandle,
+        /// Protocol.
+        proto: TransportProto,
+        /// Where.
+        endpoint: Endpoint,
+    },
+    /// Close the transport listener.
+    Unlisten {
+        /// The listener.
+        listener: ListenerHandle,
+        /// Protocol.
+        proto: TransportProto,
+    },
+    /// Open a transport connection for an app worker.
+    Connect {
+        /// Who asked.
+        app_worker: AppWorkerIndex,
+        /// Protocol.
+        proto: TransportProto,
+        /// Where to.
+        remote: Endpoint,
+        /// Handed back in the connected event.
+        opaque: u64,
+    },
+    /// Create both halves of a cut-through session.
+    CutThrough(Box<CutThroughPlan>),
+    /// Close a session (the owner was checked).
+    Disconnect {
+        /// The session.
+        session: SessionHandle,
+    },
+    /// Raise rx and tx events for a session, so an app that paused can
+    /// continue without new data arriving.
+    WakeSession {
+        /// The session.
+        session: SessionHandle,
+    },
+    /// Reset every session of an app that is detaching or whose workers
+    /// are deleted.
+    CloseAppWorkerSessions {
+        /// The app worker.
+        app_worker: AppWorkerIndex,
+    },
+}
+
+/// Everything a thread needs to build a cut-through pair.
+#[derive(Debug)]
+pub struct CutThroughPlan {
+    /// Protocol.
+    pub proto: TransportProto,
+    /// The listener connected to.
+    pub listener: ListenerHandle,
+    /// Server app worker (owns the fifos).
+    pub server: NewSessionParts,
+    /// Client app worker.
+    pub client: NewSessionParts,
+    /// Endpoint the client asked for (server side's local end).
+    pub server_endpoint: Endpoint,
+    /// Client's connect opaque.
+    pub opaque: u64,
+}
+
+/// How a stack thread reaches one app worker and where a new session's
+/// fifos are.
+#[derive(Debug)]
+pub struct NewSessionParts {
+    /// The app.
+    pub app: AppIndex,
+    /// The app worker.
+    pub app_worker: AppWorkerIndex,
+    /// Its event delivery.
+    pub sink: EventSink,
+    /// Its counters.
+    pub counters: Arc<AppWorkerCounters>,
+    /// (rx, tx) seen from this side.
+    pub fifos: (Fifo, Fifo),
+    /// Where they are, for an external app.
+    pub location: FifoLocation,
+    /// The pair to free with the session (None for the client half of a
+    /// cut-through pair).
+    pub owned_pair: Option<(AppWorkerIndex, FifoPair)>,
+}
+
+/// A stack thread as the control plane sees it.
+pub struct ThreadPort {
+    /// Its command inbox.
+    pub commands: Sender<WorkerCommand>,
+    /// Wakes it if it sleeps.
+    pub wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for ThreadPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThreadPort")
+    }
+}
+
+/// A listener as the control plane keeps it.
+#[derive(Debug)]
+pub struct ListenerEntry {
+    /// App, endpoint and the workers sessions go to.
+    pub listener: AppListener,
+    /// Namespace of the app.
+    pub namespace: NamespaceIndex,
+    /// Entered in the namespace's local table.
+    pub local: bool,
+    /// Listening through the transport.
+    pub global: bool,
+}
+
+/// What attach hands back.
+#[derive(Debug)]
+pub struct AttachReply {
+    /// The app's index.
+    pub app: AppIndex,
+    /// Its first worker (map index 0).
+    pub worker: AppWorkerIndex,
+}
+
+/// Work to finish after the lock is released (user callbacks must never
+/// run under the layer lock).
+pub type Deferred = Box<dyn FnOnce() + Send>;
+
+/// Counts of everything the layer holds, to prove detach frees it all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayerCounters {
+    /// Attached apps.
+    pub apps: usize,
+    /// App workers.
+    pub app_workers: usize,
+    /// Listeners.
+    pub listeners: usize,
+    /// Live sessions.
+    pub sessions: usize,
+    /// Segments of all app workers.
+    pub segments: usize,
+    /// Fifos allocated.
+    pub fifos: usize,
+    /// Lookup table entries.
+    pub table_entries: usize,
+}
+
+/// The shared state of the session layer.
+pub struct SessionLayer {
+    /// App namespaces.
+    pub namespaces: AppNamespaces,
+    apps: Slab<Application>,
+    app_ids: HashMap<AppIdentity, AppIndex>,
+    app_workers: Slab<AppWorker>,
+    listeners: Slab<ListenerEntry>,
+    /// Lookup tables.
+    pub lookup: SessionLookup,
+    /// Cert/key store.
+    pub certs: CertKeyStore,
+    /// Crypto engines.
+    pub engines: CryptoEngines,
+    owners: HashMap<SessionHandle, AppWorkerIndex>,
+    threads: Vec<ThreadPort>,
+    next_thread: usize,
+    local_addrs: Vec<IpAddr>,
+    no_lookup: [bool; 2],
+    segment_seq: u64,
+    deferred: Vec<Deferred>,
+}
+
+impl std::fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionLayer").field("counters", &self.counters()).finish_non_exhaustive()
+    }
+}
+
+fn proto_slot(p: TransportProto) -> usize {
+    match p {
+        TransportProto::Tcp => 0,
+        TransportProto::Udp => 1,
+    }
+}
+
+impl SessionLayer {
+    /// An empty layer serving `threads` stack threads.
+    pub fn new(threads: Vec<ThreadPort>) -> Self {
+        Self {
+            namespaces: AppNamespaces::new(),
+            apps: Slab::new(),
+            app_ids: HashMap::new(),
+            app_workers: Slab::new(),
+            listeners: Slab::new(),
+            lookup: SessionLookup::new(),
+            certs: CertKeyStore::new(),
+            engines: CryptoEngines::new(),
+            owners: HashMap::new(),
+            threads,
+            next_thread: 0,
+            local_addrs: Vec::new(),
+            no_lookup: [false; 2],
+            segment_seq: 0,
+            deferred: Vec::new(),
+        }
+    }
+
+    /// Callbacks queued while the lock was held; run them after releasing
+    /// it.
+    pub fn take_deferred(&mut self) -> Vec<Deferred> {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// Addresses of the stack's interfaces: a connect to one of them (or to
+    /// loopback) is "local" and may be cut through.
+    pub fn set_local_addresses(&mut self, addrs: Vec<IpAddr>) {
+        self.local_addrs = addrs;
+    }
+
+    /// Marks a transport as one whose listeners skip the global table.
+    pub fn set_no_lookup(&mut self, proto: TransportProto, no_lookup: bool) {
+        self.no_lookup[proto_slot(proto)] = no_lookup;
+    }
+
+    /// Stack threads.
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    fn send(&self, thread: usize, cmd: WorkerCommand) {
+        if let Some(t) = self.threads.get(thread) {
+            if t.commands.send(cmd).is_ok() {
+                (t.wake)();
+            } else {
+                warn!(thread, "stack thread is gone; command dropped");
+            }
+        }
+    }
+
+    fn broadcast(&self, mk: impl Fn() -> WorkerCommand) {
+        for t in 0..self.threads.len() {
+            self.send(t, mk());
+        }
+    }
+
+    // ---- applications ------------------------------------------------
+
+    /// Attaches an app. Builtin apps bring callbacks; external apps an api
+    /// client index.
+    pub fn attach(
+        &mut self,
+        identity: AppIdentity,
+        options: AppOptions,
+        callbacks: Option<AppCallbacks>,
+    ) -> SessionResult<AttachReply> {
+        if identity.name().is_empty() {
+            return Err(SessionError::InvalidValue("an app needs a name or an api client".into()));
+        }
+        if self.app_ids.contains_key(&identity) || self.app_ids.keys().any(|k| k.name() == identity.name()) {
+            return Err(SessionError::AlreadyAttached(identity.name().to_string()));
+        }
+        let scope = options.validate()?;
+        let namespace = self.namespaces.lookup_for_attach(&options.namespace_id, options.namespace_secret)?;
+        let callbacks = match (&identity, callbacks) {
+            (AppIdentity::Builtin(name), cbs) => {
+                let cbs = cbs.unwrap_or_default();
+                let missing = cbs.missing();
+                if !missing.is_empty() {
+                    warn!(app = %name, "builtin app attached without callbacks: {}", missing.join(", "));
+                }
+                Some(Arc::new(cbs))
+            }
+            (AppIdentity::External { .. }, Some(_)) => {
+                return Err(SessionError::InvalidValue("external apps cannot register callbacks".into()));
+            }
+            (AppIdentity::External { .. }, None) => None,
+        };
+        let entry = self.apps.vacant_entry();
+        let index = AppIndex(entry.key() as u32);
+        entry.insert(Application {
+            index,
+            identity: identity.clone(),
+            options,
+            scope,
+            namespace,
+            callbacks,
+            workers: HashMap::new(),
+            listeners: HashMap::new(),
+            next_map_index: 0,
+            detaching: false,
+        });
+        self.app_ids.insert(identity.clone(), index);
+        let api_client = match identity {
+            AppIdentity::External { client, .. } => Some(client),
+            AppIdentity::Builtin(_) => None,
+        };
+        match self.add_worker(index, api_client) {
+            Ok((_, worker)) => {
+                debug!(app = index.0, "attached");
+                Ok(AttachReply { app: index, worker })
+            }
+            Err(e) => {
+                self.app_ids.remove(&identity);
+                self.apps.remove(index.as_usize());
+                Err(e)
+            }
+        }
+    }
+
+    /// The app with index `app`.
+    pub fn app(&self, app: AppIndex) -> SessionResult<&Application> {
+        self.apps.get(app.as_usize()).ok_or(SessionError::NoApp(app.0))
+    }
+
+    /// Every attached app.
+    pub fn apps(&self) -> impl Iterator<Item = &Application> {
+        self.apps.iter().map(|(_, a)| a)
+    }
+
+    /// An app by builtin name or client.
+    pub fn app_by_name(&self, name: &str) -> Option<AppIndex> {
+        self.app_ids.iter().find(|(k, _)| k.name() == name).map(|(_, v)| *v)
+    }
+
+    /// Detaches an app: its listeners go now; its sessions are reset on
+    /// their threads, and workers, segments and the app itself are freed as
+    /// the last session goes.
+    pub fn detach(&mut self, app: AppIndex) -> SessionResult<()> {
+        let a = self.apps.get_mut(app.as_usize()).ok_or(SessionError::NoApp(app.0))?;
+        if a.detaching {
+            return Ok(());
+        }
+        a.detaching = true;
+        let workers: Vec<WorkerMapIndex> = a.workers.keys().copied().collect();
+        for w in workers {
+            self.del_worker_inner(app, w)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a worker to an app; returns its map index and global index.
+    pub fn add_worker(&mut self, app: AppIndex, api_client: Option<u32>) -> SessionResult<(WorkerMapIndex, AppWorkerIndex)> {
+        let seq = self.segment_seq;
+        self.segment_seq += 1;
+        let a = self.apps.get_mut(app.as_usize()).ok_or(SessionError::NoApp(app.0))?;
+        if a.detaching {
+            return Err(SessionError::NoApp(app.0));
+        }
+        let map_index = WorkerMapIndex(a.next_map_index);
+        let mut sm = SegmentManager::new(&format!("hs-{}-{}", a.name(), seq), a.options.segment_manager_config())?;
+        let sink = match &a.callbacks {
+            Some(cbs) => EventSink::Builtin(cbs.clone()),
+            None => {
+                let offset = sm.event_queue_offset().ok_or_else(|| {
+                    SessionError::NoSpace("no room for the event queue in the first segment".into())
+                })?;
+                let efd = if a.options.use_eventfd { Some(EventFd::new()?) } else { None };
+                let q = MessageQueue::init_at(
+                    sm.first_segment().region(),
+                    offset,
+                    a.options.event_queue_size,
+                    APP_EVENT_SIZE as u32,
+                    efd,
+                )?;
+                EventSink::Queue(Arc::new(q))
+            }
+        };
+        let _ = sm.take_events();
+        a.next_map_index += 1;
+        let entry = self.app_workers.vacant_entry();
+        let index = AppWorkerIndex(entry.key() as u32);
+        entry.insert(AppWorker {
+            index,
+            app,
+            map_index,
+            segment_manager: sm,
+            sink,
+            listeners: Vec::new(),
+            sessions: 0,
+            api_client,
+            counters: Arc::default(),
+            dying: false,
+        });
+        a.workers.insert(map_index, index);
+        Ok((map_index, index))
+    }
+
+    /// Deletes worker `map_index` of an app. Deleting an unknown map index
+    /// is `InvalidValue`; deleting the last worker frees the app.
+    pub fn del_worker(&mut self, app: AppIndex, map_index: WorkerMapIndex) -> SessionResult<()> {
+        let a = self.apps.get(app.as_usize()).ok_or(SessionError::NoApp(app.0))?;
+        if !a.workers.contains_key(&map_index) {
+            return Err(SessionError::InvalidValue(format!("app {} has no worker {}", app.0, map_index.0)));
+        }
+        self.del_worker_inner(app, map_index)
+    }
+
+    fn del_worker_inner(&mut self, app: AppIndex, map_index: WorkerMapIndex) -> SessionResult<()> {
+        let a = self.apps.get_mut(app.as_usize()).ok_or(SessionError::NoApp(app.0))?;
+        let Some(wi) = a.workers.remove(&map_index) else {
+            return Err(SessionError::InvalidValue(format!("app {} has no worker {}", app.0, map_index.0)));
+        };
+        if a.workers.is_empty() {
+            a.detaching = true;
+        }
+        // Listeners: this worker leaves each; a listener left without
+        // workers goes away.
+        let listeners = self.app_workers.get(wi.as_usize()).map(|w| w.listeners.clone()).unwrap_or_default();
+        for lh in listeners {
+            let gone = match self.listeners.get_mut(lh.index() as usize) {
+                Some(l) => l.listener.remove_worker(map_index),
+                None => false,
+            };
+            if gone {
+                self.remove_listener(lh);
+            }
+        }
+        if let Some(w) = self.app_workers.get_mut(wi.as_usize()) {
+            w.dying = true;
+            w.listeners.clear();
+            if w.sessions > 0 {
+                self.broadcast(|| WorkerCommand::CloseAppWorkerSessions { app_worker: wi });
+            }
+        }
+        self.reap_worker(wi);
+        Ok(())
+    }
+
+    /// Frees a dying app worker once it has no session, and its app once it
+    /// has no worker left.
+    fn reap_worker(&mut self, wi: AppWorkerIndex) {
+        let Some(w) = self.app_workers.get(wi.as_usize()) else { return };
+        if !w.dying || w.sessions > 0 {
+            return;
+        }
+        let app = w.app;
+        self.app_workers.remove(wi.as_usize());
+        let Some(a) = self.apps.get(app.as_usize()) else { return };
+        let still_referenced = self.app_workers.iter().any(|(_, w)| w.app == app);
+        if a.workers.is_empty() && !still_referenced {
+            let a = self.apps.remove(app.as_usize());
+            self.app_ids.remove(&a.identity);
+            self.certs.forget_app(app);
+            debug!(app = app.0, "app freed");
+        }
+    }
+
+    /// Removes every worker an api client registered (the client is gone).
+    pub fn client_gone(&mut self, client: u32) -> usize {
+        let victims: Vec<(AppIndex, WorkerMapIndex)> = self
+            .app_workers
+            .iter()
+            .filter(|(_, w)| w.api_client == Some(client) && !w.dying)
+            .map(|(_, w)| (w.app, w.map_index))
+            .collect();
+        for (app, m) in &victims {
+            let _ = self.del_worker_inner(*app, *m);
+        }
+        victims.len()
+    }
+
+    /// The app worker with global index `wi`.
+    pub fn app_worker(&self, wi: AppWorkerIndex) -> Option<&AppWorker> {
+        self.app_workers.get(wi.as_usize())
+    }
+
+    /// The app worker with global index `wi`, mutably.
+    pub fn app_worker_mut(&mut self, wi: AppWorkerIndex) -> Option<&mut AppWorker> {
+        self.app_workers.get_mut(wi.as_usize())
+    }
+
+    /// The global index of app `app`'s worker `map_index`.
+    pub fn app_worker_of(&self, app: AppIndex, map_index: WorkerMapIndex) -> SessionResult<AppWorkerIndex> {
+        let a = self.app(app)?;
+        a.workers.get(&map_index).copied().ok_or(SessionError::InvalidAppWorker(map_index.0))
+    }
+
+    // ---- listeners ---------------------------------------------------
+
+    /// Listens for app `app`'s worker `map_index` on `endpoint`.
+    pub fn listen(
+        &mut self,
+        app: AppIndex,
+        map_index: WorkerMapIndex,
+        proto: TransportProto,
+        endpoint: Endpoint,
+    ) -> SessionResult<ListenerHandle> {
+        let wi = self.app_worker_of(app, map_index)?;
+        let a = self.app(app)?;
+        if a.detaching {
+            return Err(SessionError::NoApp(app.0));
+        }
+        if endpoint.port == 0 {
+            return Err(SessionError::InvalidValue("cannot listen on port 0".into()));
+        }
+        let (ns, scope) = (a.namespace, a.scope);
+        let endpoint = self.namespaces.resolve_bind(ns, endpoint)?;
+        let fib = self.namespaces.get(ns).map(|n| n.fib_index()).unwrap_or_default();
+        // The same app listening again adds the worker to its listener.
+        if let Some(&li) = a.listeners.get(&(proto, endpoint)) {
+            let lh = ListenerHandle::new(0, li);
+            let entry = self.listeners.get_mut(li as usize).ok_or_else(|| SessionError::NoListener(endpoint.to_string()))?;
+            if !entry.listener.add_worker(map_index)? {
+                return Err(SessionError::AlreadyListening(endpoint.to_string()));
+            }
+            if let Some(w) = self.app_workers.get_mut(wi.as_usize()) {
+                w.listeners.push(lh);
+            }
+            return Ok(lh);
+        }
+        // Another app on the endpoint?
+        let taken_global = scope.global
+            && self.lookup.global_table(fib).and_then(|t| t.lookup_listener_exact(proto, endpoint)).is_some();
+        let local_ep = Endpoint { ip: IpFamily::of(&endpoint.ip).zero_addr(), port: endpoint.port };
+        let taken_local =
+            scope.local && self.lookup.local_table(ns).and_then(|t| t.lookup_listener(proto, local_ep)).is_some();
+        if taken_global || taken_local {
+            return Err(SessionError::AlreadyListening(endpoint.to_string()));
+        }
+        let entry = self.listeners.vacant_entry();
+        let li = entry.key() as u32;
+        let lh = ListenerHandle::new(0, li);
+        let mut listener = AppListener::new(app, proto, endpoint);
+        listener.add_worker(map_index)?;
+        entry.insert(ListenerEntry { listener, namespace: ns, local: false, global: false });
+        if scope.local {
+            if let Err(e) = self.lookup.add_local_listener(ns, proto, local_ep, lh) {
+                self.listeners.remove(li as usize);
+                return Err(e);
+            }
+            self.listeners[li as usize].local = true;
+            self.listeners[li as usize].listener.set_local_listener(Some(lh));
+        }
+        if scope.global {
+            if !self.no_lookup[proto_slot(proto)] {
+                if let Err(e) = self.lookup.add_global_listener(fib, proto, endpoint, lh) {
+                    if scope.local {
+                        let _ = self.lookup.del_local_listener(ns, proto, local_ep);
+                    }
+                    self.listeners.remove(li as usize);
+                    return Err(e);
+                }
+            }
+            self.listeners[li as usize].global = true;
+            self.listeners[li as usize].listener.set_global_listener(Some(lh));
+            self.broadcast(|| WorkerCommand::Listen { listener: lh, proto, endpoint });
+        }
+        if let Some(a) = self.apps.get_mut(app.as_usize()) {
+            a.listeners.insert((proto, endpoint), li);
+        }
+        if let Some(w) = self.app_workers.get_mut(wi.as_usize()) {
+            w.listeners.push(lh);
+        }
+        debug!(app = app.0, %endpoint, ?proto, "listening");
+        Ok(lh)
+    }
+
+    /// Stops app `app`'s worker `map_index` listening on `listener`; the
+    /// listener goes when its last worker leaves.
+    pub fn unlisten(&mut self, app: AppIndex, map_index: WorkerMapIndex, listener: ListenerHandle) -> SessionResult<()> {
+        let wi = self.app_worker_of(app, map_index)?;
+        let entry = self
+            .listeners
+            .get_mut(listener.index() as usize)
+            .ok_or_else(|| SessionError::NoListener(listener.to_string()))?;
+        if entry.listener.app() != app {
+            return Err(SessionError::NotOwner(listener.as_u64()));
+        }
+        if !entry.listener.workers().is_set(map_index) {
+            return Err(SessionError::InvalidAppWorker(map_index.0));
+        }
+        let gone = entry.listener.remove_worker(map_index);
+        if let Some(w) = self.app_workers.get_mut(wi.as_usize()) {
+            w.listeners.retain(|l| *l != listener);
+        }
+        if gone {
+            self.remove_listener(listener);
+        }
+        Ok(())
+    }
+
+    fn remove_listener(&mut self, lh: ListenerHandle) {
+        let li = lh.index() as usize;
+        if !self.listeners.contains(li) {
+            return;
+        }
+        let entry = self.listeners.remove(li);
+        let (proto, endpoint, app) = (entry.listener.proto(), entry.listener.endpoint(), entry.listener.app());
+        if entry.local {
+            let local_ep = Endpoint { ip: IpFamily::of(&endpoint.ip).zero_addr(), port: endpoint.port };
+            let _ = self.lookup.del_local_listener(entry.namespace, proto, local_ep);
+        }
+        if entry.global {
+            let fib = self.namespaces.get(entry.namespace).map(|n| n.fib_index()).unwrap_or_default();
+            if !self.no_lookup[proto_slot(proto)] {
+                let _ = self.lookup.del_global_listener(fib, proto, endpoint);
+            }
+            self.broadcast(|| WorkerCommand::Unlisten { listener: lh, proto });
+        }
+        if let Some(a) = self.apps.get_mut(app.as_usize()) {
+            a.listeners.remove(&(proto, endpoint));
+        }
+        for (_, w) in self.app_workers.iter_mut() {
+            w.listeners.retain(|l| *l != lh);
+        }
+    }
+
+    /// A listener.
+    pub fn listener(&self, lh: ListenerHandle) -> Option<&ListenerEntry> {
+        self.listeners.get(lh.index() as usize)
+    }
+
+    /// Every listener.
+    pub fn listeners(&self) -> impl Iterator<Item = (ListenerHandle, &ListenerEntry)> {
+        self.listeners.iter().map(|(i, l)| (ListenerHandle::new(0, i as u32), l))
+    }
+
+    /// Moves every listener of app worker `from` to app worker `to` of the
+    /// same app (when `from` dies and another worker takes over).
+    pub fn move_listeners(&mut self, app: AppIndex, from: WorkerMapIndex, to: WorkerMapIndex) -> SessionResult<usize> {
+        let from_wi = self.app_worker_of(app, from)?;
+        let to_wi = self.app_worker_of(app, to)?;
+        let hs = self.app_workers.get(from_wi.as_usize()).map(|w| w.listeners.clone()).unwrap_or_default();
+        for lh in &hs {
+            if let Some(l) = self.listeners.get_mut(lh.index() as usize) {
+                l.listener.move_to_worker(from, to)?;
+            }
+        }
+        if let Some(w) = self.app_workers.get_mut(from_wi.as_usize()) {
+            w.listeners.clear();
+        }
+        if let Some(w) = self.app_workers.get_mut(to_wi.as_usize()) {
+            for lh in &hs {
+                if !w.listeners.contains(lh) {
+                    w.listeners.push(*lh);
+                }
+            }
+        }
+        Ok(hs.len())
+    }
+
+    // ---- connect / disconnect ---------------------------------------
+
+    fn is_local(&self, ip: &IpAddr) -> bool {
+        ip.is_loopback() || self.local_addrs.contains(ip)
+    }
+
+    /// Connects app `app`'s worker `map_index` to `remote`. The result
+    /// arrives as a connected event (callback or event queue) carrying
+    /// `opaque`. A local-scope app connecting to a local endpoint its
+    /// namespace has a listener on is cut through.
+    pub fn connect(
+        &mut self,
+        app: AppIndex,
+        map_index: WorkerMapIndex,
+        proto: TransportProto,
+        remote: Endpoint,
+        opaque: u64,
+    ) -> SessionResult<()> {
+        let wi = self.app_worker_of(app, map_index)?;
+        let a = self.app(app)?;
+        if a.detaching {
+            return Err(SessionError::NoApp(app.0));
+        }
+        if remote.is_zero_ip() {
+            return Err(SessionError::InvalidRemoteIp(remote.to_string()));
+        }
+        if remote.port == 0 {
+            return Err(SessionError::InvalidValue(format!("connect to port 0 of {}", remote.ip)));
+        }
+        let (ns, scope) = (a.namespace, a.scope);
+        if self.threads.is_empty() {
+            return Err(SessionError::InvalidValue("the session layer has no thread to run sessions on".into()));
+        }
+        let fib = self.namespaces.get(ns).map(|n| n.fib_index()).unwrap_or_default();
+        let query = ListenerQuery {
+            proto,
+            endpoint: remote,
+            fib,
+            ns,
+            app_has_local_scope: scope.local,
+            endpoint_is_local: self.is_local(&remote.ip) || !scope.global,
+        };
+        if let Some(m) = self.lookup.lookup_listener(&query) {
+            if m.scope == ListenerScope::Local {
+                return self.plan_cut_through(wi, proto, m.handle, remote, opaque);
+            }
+        }
+        if !scope.global {
+            return Err(SessionError::NoListener(format!("no local listener on {remote}")));
+        }
+        let thread = self.next_thread % self.threads.len();
+        self.next_thread = self.next_thread.wrapping_add(1);
+        self.send(thread, WorkerCommand::Connect { app_worker: wi, proto, remote, opaque });
+        Ok(())
+    }
+
+    fn plan_cut_through(
+        &mut self,
+        client_wi: AppWorkerIndex,
+        proto: TransportProto,
+        lh: ListenerHandle,
+        remote: Endpoint,
+        opaque: u64,
+    ) -> SessionResult<()> {
+        let entry = self
+            .listeners
+            .get_mut(lh.index() as usize)
+            .ok_or_else(|| SessionError::NoListener(remote.to_string()))?;
+        let server_app = entry.listener.app();
+        let server_map = entry.listener.select_worker().ok_or_else(|| SessionError::NoListener(remote.to_string()))?;
+        let server_wi = self.app_worker_of(server_app, server_map)?;
+        let server = self.alloc_session_parts(server_wi)?;
+        // The client reads what the server writes and the other way round;
+        // both map the server worker's segment.
+        let client_w = self.app_workers.get(client_wi.as_usize()).ok_or(SessionError::InvalidAppWorker(client_wi.0))?;
+        let client = NewSessionParts {
+            app: client_w.app,
+            app_worker: client_wi,
+            sink: client_w.sink.clone(),
+            counters: client_w.counters.clone(),
+            fifos: (server.fifos.1.clone(), server.fifos.0.clone()),
+            location: FifoLocation {
+                segment: server.location.segment,
+                rx_offset: server.location.tx_offset,
+                tx_offset: server.location.rx_offset,
+            },
+            owned_pair: None,
+        };
+        if let Some(w) = self.app_workers.get_mut(client_wi.as_usize()) {
+            w.sessions += 1;
+        }
+        let thread = self.next_thread % self.threads.len();
+        self.next_thread = self.next_thread.wrapping_add(1);
+        let plan = CutThroughPlan { proto, listener: lh, server, client, server_endpoint: remote, opaque };
+        self.send(thread, WorkerCommand::CutThrough(Box::new(plan)));
+        Ok(())
+    }
+
+    /// Checks that `session` belongs to `app` and asks its thread to close
+    /// it.
+    pub fn disconnect(&mut self, app: AppIndex, session: SessionHandle) -> SessionResult<()> {
+        self.check_owner(app, session)?;
+        self.send(session.thread() as usize, WorkerCommand::Disconnect { session });
+        Ok(())
+    }
+
+    /// Asks `session`'s thread to raise rx and tx events for it (the app
+    /// owns it).
+    pub fn wake_session(&mut self, app: AppIndex, session: SessionHandle) -> SessionResult<()> {
+        self.check_owner(app, session)?;
+        self.send(session.thread() as usize, WorkerCommand::WakeSession { session });
+        Ok(())
+    }
+
+    /// Checks that `session` exists and belongs to `app`.
+    pub fn check_owner(&self, app: AppIndex, session: SessionHandle) -> SessionResult<AppWorkerIndex> {
+        self.app(app)?;
+        let wi = *self.owners.get(&session).ok_or(SessionError::NoSession(session.as_u64()))?;
+        let owner = self.app_workers.get(wi.as_usize()).map(|w| w.app);
+        if owner != Some(app) {
+            return Err(SessionError::NotOwner(session.as_u64()));
+        }
+        Ok(wi)
+    }
+
+    // ---- certificates ------------------------------------------------
+
+    /// Registers app interest in a cert/key pair (once per app).
+    pub fn add_cert_interest(&mut self, app: AppIndex, cert: CertKeyIndex) -> SessionResult<()> {
+        self.app(app)?;
+        self.certs.add_interest(cert, app)
+    }
+
+    /// Deletes a cert/key pair; every app that registered interest is
+    /// called back (deferred until the lock is released). Returns them.
+    pub fn del_cert(&mut self, cert: CertKeyIndex) -> SessionResult<Vec<AppIndex>> {
+        let apps = self.certs.del(cert)?;
+        for app in &apps {
+            if let Some(cb) = self.apps.get(app.as_usize()).and_then(|a| a.callbacks.clone()) {
+                if let Some(f) = cb.cert_deleted.clone() {
+                    let idx = cert.0;
+                    self.deferred.push(Box::new(move || f(idx)));
+                }
+            }
+        }
+        Ok(apps)
+    }
+
+    // ---- stack-thread bookkeeping ------------------------------------
+
+    /// Allocates a fifo pair in app worker `wi`'s segments and describes the
+    /// new session's side; segment changes become deferred callbacks (and
+    /// events for external apps).
+    pub fn alloc_session_parts(&mut self, wi: AppWorkerIndex) -> SessionResult<NewSessionParts> {
+        let w = self.app_workers.get_mut(wi.as_usize()).ok_or(SessionError::InvalidAppWorker(wi.0))?;
+        if w.dying {
+            return Err(SessionError::InvalidAppWorker(wi.0));
+        }
+        let pair = w.segment_manager.alloc_fifo_pair()?;
+        let fifos = w.segment_manager.fifos(&pair)?;
+        let deferred = &mut self.deferred;
+        for ev in w.segment_manager.take_events() {
+            let event = match &ev {
+                SegmentEvent::Added { index, size, .. } => AppEvent::SegmentAdded { index: *index, size: *size as u64 },
+                SegmentEvent::Removed { index } => AppEvent::SegmentRemoved { index: *index },
+            };
+            match &w.sink {
+                EventSink::Builtin(cbs) => {
+                    let f = match &ev {
+                        SegmentEvent::Added { .. } => cbs.add_segment.clone(),
+                        SegmentEvent::Removed { .. } => cbs.del_segment.clone(),
+                    };
+                    if let Some(f) = f {
+                        let (i, s) = match ev {
+                            SegmentEvent::Added { index, size, .. } => (index, size),
+                            SegmentEvent::Removed { index } => (index, 0),
+                        };
+                        deferred.push(Box::new(move || f(i, s)));
+                    }
+                }
+                EventSink::Queue(_) => {
+                    let _ = w.sink.post(&event, &w.counters);
+                }
+            }
+        }
+        w.sessions += 1;
+        let location = FifoLocation {
+            segment: pair.segment_index,
+            rx_offset: pair.rx_offset as u32,
+            tx_offset: pair.tx_offset as u32,
+        };
+        let parts = NewSessionParts {
+            app: w.app,
+            app_worker: wi,
+            sink: w.sink.clone(),
+            counters: w.counters.clone(),
+            fifos,
+            location,
+            owned_pair: Some((wi, pair)),
+        };
+        Ok(parts)
+    }
+
+    /// Picks the app worker for a session arriving on `lh` (round robin)
+    /// and allocates its fifos.
+    pub fn accept_parts(&mut self, lh: ListenerHandle) -> SessionResult<NewSessionParts> {
+        let entry = self
+            .listeners
+            .get_mut(lh.index() as usize)
+            .ok_or_else(|| SessionError::NoListener(lh.to_string()))?;
+        let app = entry.listener.app();
+        let map = entry.listener.select_worker().ok_or_else(|| SessionError::NoListener(lh.to_string()))?;
+        let wi = self.app_worker_of(app, map)?;
+        self.alloc_session_parts(wi)
+    }
+
+    /// Records who owns a live session (for ownership checks).
+    pub fn register_owner(&mut self, session: SessionHandle, wi: AppWorkerIndex) {
+        self.owners.insert(session, wi);
+    }
+
+    /// Enters an established session in the table of its owner's namespace.
+    pub fn add_established(&mut self, session: SessionHandle, wi: AppWorkerIndex, tuple: FiveTuple) -> Option<SessionKey> {
+        let app = self.app_workers.get(wi.as_usize())?.app;
+        let ns = self.apps.get(app.as_usize())?.namespace;
+        let fib = self.namespaces.get(ns).map(|n| n.fib_index()).unwrap_or_default();
+        let key = SessionKey::new(fib, tuple);
+        match self.lookup.add_session(key, session) {
+            Ok(()) => Some(key),
+            Err(e) => {
+                warn!(%session, "established table: {e}");
+                None
+            }
+        }
+    }
+
+    /// Forgets a session: its table entry, its owner, its fifo pair; frees a
+    /// dying app worker (and app) it was the last session of.
+    pub fn release_session(
+        &mut self,
+        session: SessionHandle,
+        wi: AppWorkerIndex,
+        key: Option<SessionKey>,
+        pair: Option<(AppWorkerIndex, FifoPair)>,
+    ) {
+        if let Some(k) = key {
+            let _ = self.lookup.del_session(&k, session);
+        }
+        self.owners.remove(&session);
+        if let Some((owner, pair)) = pair {
+            if let Some(w) = self.app_workers.get_mut(owner.as_usize()) {
+                if let Err(e) = w.segment_manager.free_fifo_pair(&pair) {
+                    warn!(%session, "freeing fifos: {e}");
+                }
+                // Segments removed now are not announced to a dying worker.
+                let _ = w.segment_manager.take_events();
+            }
+        }
+        if let Some(w) = self.app_workers.get_mut(wi.as_usize()) {
+            w.sessions = w.sessions.saturating_sub(1);
+            w.counters.closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.reap_worker(wi);
+    }
+
+    /// Drops the session count a planned session took when it never came
+    /// to be (connect failed before a session existed, cut-through refused).
+    pub fn release_unborn(&mut self, wi: AppWorkerIndex, pair: Option<(AppWorkerIndex, FifoPair)>) {
+        if let Some((owner, pair)) = pair {
+            if let Some(w) = self.app_workers.get_mut(owner.as_usize()) {
+                let _ = w.segment_manager.free_fifo_pair(&pair);
+                let _ = w.segment_manager.take_events();
+            }
+        }
+        if let Some(w) = self.app_workers.get_mut(wi.as_usize()) {
+            w.sessions = w.sessions.saturating_sub(1);
+        }
+        self.reap_worker(wi);
+    }
+
+    /// Counts of everything held.
+    pub fn counters(&self) -> LayerCounters {
+        LayerCounters {
+            apps: self.apps.len(),
+            app_workers: self.app_workers.len(),
+            listeners: self.listeners.len(),
+            sessions: self.owners.len(),
+            segments: self.app_workers.iter().map(|(_, w)| w.segment_manager.segment_count()).sum(),
+            fifos: self.app_workers.iter().map(|(_, w)| w.segment_manager.fifos_allocated()).sum(),
+            table_entries: self.lookup.counters().entries(),
+        }
+    }
+}

@@ -1,0 +1,984 @@
+//! The session layer's data plane on one stack thread.
+//!
+//! A `SessionWorker` owns the sessions of its thread. Each
+//! [`poll`](SessionWorker::poll) it: runs the commands the control plane
+//! sent, turns transport events into session changes and app events, moves
+//! received bytes from the transports into rx fifos (stopping at a full
+//! fifo, which closes the TCP window, until the app drains it), moves bytes
+//! apps wrote into tx fifos to the transports, and delivers app events —
+//! to external apps through their event queues as they happen, to builtin
+//! apps by calling their callbacks from a queue at the end of the poll (so a
+//! callback that writes to a cut-through peer never recurses into the
+//! peer's callback).
+//!
+//! Builtin callbacks get an [`AppCx`]: read and write fifos, disconnect,
+//! look sessions up, all on this thread and without locks.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hashbrown::HashMap;
+use slab::Slab;
+use tracing::{debug, warn};
+
+use crate::app_event::{AppEvent, DGRAM_HEADER_SIZE, decode_dgram_header, encode_dgram_header};
+use crate::app_worker::EventSink;
+use crate::endpoint::{Endpoint, FiveTuple, TransportProto};
+use crate::error::{SessionError, SessionResult};
+use crate::handle::{AppWorkerIndex, ListenerHandle, SessionHandle};
+use crate::session::{Session, SessionInfo, SessionKind, SessionState};
+use crate::session_layer::{Deferred, NewSessionParts, SessionLayer, WorkerCommand};
+use crate::transport::{DatagramMeta, Transport, TransportConnId, TransportEvent};
+
+/// The builtin-app events a worker dispatches as callbacks.
+#[derive(Debug, Clone)]
+enum BuiltinEvent {
+    Accept(SessionHandle),
+    Connected(Result<SessionHandle, SessionError>, u64),
+    Disconnect(SessionHandle),
+    Reset(SessionHandle),
+    Rx(SessionHandle),
+    Tx(SessionHandle),
+}
+
+/// Bytes moved per session per direction in one poll, so one busy session
+/// cannot hold the thread.
+const MAX_BYTES_PER_POLL: usize = 1 << 20;
+
+/// The transports of one thread, by protocol.
+pub trait TransportSet {
+    /// The transport for `proto`, if the thread has one.
+    fn transport(&mut self, proto: TransportProto) -> Option<&mut dyn Transport>;
+}
+
+/// A thread without transports (cut-through only).
+#[derive(Debug, Default)]
+pub struct NoTransports;
+
+impl TransportSet for NoTransports {
+    fn transport(&mut self, _proto: TransportProto) -> Option<&mut dyn Transport> {
+        None
+    }
+}
+
+/// One thread's sessions.
+pub struct SessionWorker {
+    thread: u32,
+    layer: Arc<Mutex<SessionLayer>>,
+    commands: Receiver<WorkerCommand>,
+    sessions: Slab<Session>,
+    by_conn: HashMap<(TransportProto, TransportConnId), u32>,
+    listening: HashMap<ListenerHandle, TransportProto>,
+    builtin: VecDeque<(Arc<crate::application::AppCallbacks>, AppWorkerIndex, BuiltinEvent)>,
+    scratch: Vec<u8>,
+    deferred: Vec<Deferred>,
+    pending_disconnects: Vec<SessionHandle>,
+}
+
+impl std::fmt::Debug for SessionWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionWorker")
+            .field("thread", &self.thread)
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(layer: &Mutex<SessionLayer>) -> MutexGuard<'_, SessionLayer> {
+    // A panic elsewhere under the lock leaves tables that are still
+    // consistent per operation; keep serving.
+    layer.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SessionWorker {
+    /// The worker of stack thread `thread`, receiving `commands`.
+    pub fn new(thread: u32, layer: Arc<Mutex<SessionLayer>>, commands: Receiver<WorkerCommand>) -> Self {
+        Self {
+            thread,
+            layer,
+            commands,
+            sessions: Slab::new(),
+            by_conn: HashMap::new(),
+            listening: HashMap::new(),
+            builtin: VecDeque::new(),
+            scratch: vec![0u8; 64 * 1024],
+            deferred: Vec::new(),
+            pending_disconnects: Vec::new(),
+        }
+    }
+
+    /// The thread index.
+    pub fn thread(&self) -> u32 {
+        self.thread
+    }
+
+    /// Sessions alive on this thread.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Summaries of this thread's sessions.
+    pub fn session_infos(&self) -> Vec<SessionInfo> {
+        self.sessions.iter().map(|(_, s)| s.info()).collect()
+    }
+
+    fn handle(&self, idx: u32) -> SessionHandle {
+        SessionHandle::new(self.thread, idx)
+    }
+
+    fn session_mut(&mut self, h: SessionHandle) -> Option<&mut Session> {
+        if h.thread() != self.thread {
+            return None;
+        }
+        self.sessions.get_mut(h.index() as usize)
+    }
+
+    // ---- events to apps ---------------------------------------------
+
+    fn emit(&mut self, sink: &EventSink, counters: &crate::app_worker::AppWorkerCounters, wi: AppWorkerIndex, ev: BuiltinEvent, wire: impl FnOnce() -> AppEvent) {
+        match sink {
+            EventSink::Builtin(cbs) => self.builtin.push_back((cbs.clone(), wi, ev)),
+            EventSink::Queue(_) => {
+                let _ = sink.post(&wire(), counters);
+            }
+        }
+    }
+
+    fn emit_for(&mut self, idx: u32, ev: BuiltinEvent) {
+        let Some(s) = self.sessions.get(idx as usize) else { return };
+        let (sink, counters, wi) = (s.sink.clone(), s.counters.clone(), s.app_worker);
+        let h = s.handle;
+        let wire = match &ev {
+            BuiltinEvent::Disconnect(_) => AppEvent::Disconnected { session: h },
+            BuiltinEvent::Reset(_) => AppEvent::Reset { session: h },
+            BuiltinEvent::Rx(_) => AppEvent::Rx { session: h },
+            BuiltinEvent::Tx(_) => AppEvent::TxSpace { session: h },
+            BuiltinEvent::Accept(_) => AppEvent::Accepted {
+                session: h,
+                listener: s.listener.unwrap_or(ListenerHandle::from_u64(u64::MAX)),
+                proto: s.proto,
+                local: s.local,
+                remote: s.remote,
+                fifos: s.fifo_location,
+            },
+            BuiltinEvent::Connected(_, opaque) => AppEvent::Connected {
+                session: h,
+                opaque: *opaque,
+                error: 0,
+                local: s.local,
+                remote: s.remote,
+                fifos: s.fifo_location,
+            },
+        };
+        self.emit(&sink, &counters, wi, ev, || wire);
+    }
+
+    /// Tells the app data is waiting, once per batch (the fifo's event flag
+    /// dedups until the app clears it).
+    fn notify_rx(&mut self, idx: u32) {
+        let Some(s) = self.sessions.get(idx as usize) else { return };
+        if s.rx_in.fifo().set_event() {
+            let h = s.handle;
+            self.emit_for(idx, BuiltinEvent::Rx(h));
+        }
+    }
+
+    // ---- session birth and death -------------------------------------
+
+    fn insert_session(&mut self, parts: NewSessionParts, proto: TransportProto, state: SessionState, kind: SessionKind, local: Endpoint, remote: Endpoint) -> u32 {
+        let entry = self.sessions.vacant_entry();
+        let idx = entry.key() as u32;
+        let handle = SessionHandle::new(self.thread, idx);
+        let (rx, tx) = parts.fifos;
+        entry.insert(Session {
+            handle,
+            proto,
+            state,
+            kind,
+            local,
+            remote,
+            app: parts.app,
+            app_worker: parts.app_worker,
+            listener: None,
+            owned_pair: parts.owned_pair,
+            fifo_location: parts.location,
+            rx_in: rx.producer(),
+            tx_out: tx.consumer(),
+            app_rx: rx.consumer(),
+            app_tx: tx.producer(),
+            sink: parts.sink,
+            counters: parts.counters,
+            lookup_key: None,
+            rx_blocked: false,
+            tx_pending: false,
+            disconnect_notified: false,
+            opaque: 0,
+        });
+        idx
+    }
+
+    /// Forgets session `idx`: transport index, tables, fifos.
+    fn free_session(&mut self, idx: u32) {
+        if !self.sessions.contains(idx as usize) {
+            return;
+        }
+        let mut s = self.sessions.remove(idx as usize);
+        if let Some(conn) = s.conn() {
+            self.by_conn.remove(&(s.proto, conn));
+        }
+        // A cut-through half whose peer lives on hands the shared fifos over
+        // so they are freed only when neither half can touch them.
+        if let SessionKind::CutThrough { peer } = s.kind {
+            if let Some(p) = self.session_mut(peer) {
+                p.kind = SessionKind::CutThrough { peer: SessionHandle::from_u64(u64::MAX) };
+                if p.owned_pair.is_none() {
+                    p.owned_pair = s.owned_pair.take();
+                }
+            }
+        }
+        let handle = s.handle;
+        if let EventSink::Queue(_) = s.sink {
+            let _ = s.sink.post(&AppEvent::Cleanup { session: handle }, &s.counters);
+        }
+        let mut layer = lock(&self.layer);
+        layer.release_session(handle, s.app_worker, s.lookup_key, s.owned_pair.take());
+        self.deferred.extend(layer.take_deferred());
+    }
+
+    // ---- commands from the control plane -----------------------------
+
+    fn run_command(&mut self, cmd: WorkerCommand, tp: &mut dyn TransportSet) {
+        match cmd {
+            WorkerCommand::Listen { listener, proto, endpoint } => {
+                let Some(t) = tp.transport(proto) else {
+                    warn!(thread = self.thread, ?proto, "no transport for a listen");
+                    return;
+                };
+                match t.listen(listener, endpoint) {
+                    Ok(()) => {
+                        self.listening.insert(listener, proto);
+                    }
+                    Err(e) => warn!(thread = self.thread, %endpoint, "transport listen failed: {e}"),
+                }
+            }
+            WorkerCommand::Unlisten { listener, proto } => {
+                if self.listening.remove(&listener).is_some() {
+                    if let Some(t) = tp.transport(proto) {
+                        t.unlisten(listener);
+                    }
+                }
+                // Datagram sessions of a UDP listener go with it.
+                let dgram: Vec<u32> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.listener == Some(listener) && s.proto == TransportProto::Udp)
+                    .map(|(i, _)| i as u32)
+                    .collect();
+                for i in dgram {
+                    if let Some(conn) = self.sessions[i as usize].conn() {
+                        if let Some(t) = tp.transport(TransportProto::Udp) {
+                            t.close(conn);
+                        }
+                    }
+                    self.free_session(i);
+                }
+            }
+            WorkerCommand::Connect { app_worker, proto, remote, opaque } => self.start_connect(app_worker, proto, remote, opaque, tp),
+            WorkerCommand::CutThrough(plan) => self.start_cut_through(*plan),
+            WorkerCommand::Disconnect { session } => self.app_disconnect(session, tp),
+            WorkerCommand::WakeSession { session } => {
+                if self.session_mut(session).is_some() {
+                    let idx = session.index();
+                    self.emit_for(idx, BuiltinEvent::Rx(session));
+                    self.emit_for(idx, BuiltinEvent::Tx(session));
+                }
+            }
+            WorkerCommand::CloseAppWorkerSessions { app_worker } => {
+                let mine: Vec<u32> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.app_worker == app_worker)
+                    .map(|(i, _)| i as u32)
+                    .collect();
+                for i in mine {
+                    self.abort_session(i, tp);
+                }
+            }
+        }
+    }
+
+    fn start_connect(&mut self, wi: AppWorkerIndex, proto: TransportProto, remote: Endpoint, opaque: u64, tp: &mut dyn TransportSet) {
+        let parts = {
+            let mut layer = lock(&self.layer);
+            let p = layer.alloc_session_parts(wi);
+            self.deferred.extend(layer.take_deferred());
+            p
+        };
+        let parts = match parts {
+            Ok(p) => p,
+            Err(e) => {
+                // Tell the app; it has no session to hang the error on.
+                let sink_counters = lock(&self.layer).app_worker(wi).map(|w| (w.sink.clone(), w.counters.clone()));
+                if let Some((sink, counters)) = sink_counters {
+                    let code = crate::app_event::ErrorCode::of(&e) as u32;
+                    let wire = AppEvent::Connected {
+                        session: SessionHandle::from_u64(u64::MAX),
+                        opaque,
+                        error: code,
+                        local: remote,
+                        remote,
+                        fifos: Default::default(),
+                    };
+                    self.emit(&sink, &counters, wi, BuiltinEvent::Connected(Err(e), opaque), || wire);
+                }
+                return;
+            }
+        };
+        let zero = Endpoint { ip: crate::endpoint::IpFamily::of(&remote.ip).zero_addr(), port: 0 };
+        let idx = self.insert_session(parts, proto, SessionState::Connecting, SessionKind::Transport(None), zero, remote);
+        let handle = self.handle(idx);
+        self.sessions[idx as usize].opaque = opaque;
+        lock(&self.layer).register_owner(handle, wi);
+        let result = match tp.transport(proto) {
+            Some(t) => t.connect(handle, remote),
+            None => Err(SessionError::Transport(format!("no {proto} transport on thread {}", self.thread))),
+        };
+        match result {
+            Ok(conn) => {
+                self.sessions[idx as usize].kind = SessionKind::Transport(Some(conn));
+                self.by_conn.insert((proto, conn), idx);
+            }
+            Err(e) => self.connect_failed(idx, e),
+        }
+    }
+
+    fn connect_failed(&mut self, idx: u32, e: SessionError) {
+        let Some(s) = self.sessions.get(idx as usize) else { return };
+        let (sink, counters, wi, opaque, remote) = (s.sink.clone(), s.counters.clone(), s.app_worker, s.opaque, s.remote);
+        let code = crate::app_event::ErrorCode::of(&e) as u32;
+        let wire = AppEvent::Connected {
+            session: SessionHandle::from_u64(u64::MAX),
+            opaque,
+            error: code,
+            local: remote,
+            remote,
+            fifos: Default::default(),
+        };
+        self.emit(&sink, &counters, wi, BuiltinEvent::Connected(Err(e), opaque), || wire);
+        // No cleanup event: the app never saw this session.
+        if let Some(mut s) = (self.sessions.contains(idx as usize)).then(|| self.sessions.remove(idx as usize)) {
+            if let Some(conn) = s.conn() {
+                self.by_conn.remove(&(s.proto, conn));
+            }
+            let mut layer = lock(&self.layer);
+            layer.release_session(s.handle, s.app_worker, None, s.owned_pair.take());
+            self.deferred.extend(layer.take_deferred());
+        }
+    }
+
+    fn start_cut_through(&mut self, plan: crate::session_layer::CutThroughPlan) {
+        let crate::session_layer::CutThroughPlan { proto, listener, server, client, server_endpoint, opaque } = plan;
+        let (server_wi, client_wi) = (server.app_worker, client.app_worker);
+        let client_ep = Endpoint { ip: server_endpoint.ip, port: 0 };
+        let s_idx = self.insert_session(server, proto, SessionState::Ready, SessionKind::CutThrough { peer: SessionHandle::from_u64(u64::MAX) }, server_endpoint, client_ep);
+        let c_idx = self.insert_session(client, proto, SessionState::Ready, SessionKind::CutThrough { peer: SessionHandle::from_u64(u64::MAX) }, client_ep, server_endpoint);
+        let (sh, ch) = (self.handle(s_idx), self.handle(c_idx));
+        self.sessions[s_idx as usize].kind = SessionKind::CutThrough { peer: ch };
+        self.sessions[s_idx as usize].listener = Some(listener);
+        self.sessions[c_idx as usize].kind = SessionKind::CutThrough { peer: sh };
+        self.sessions[c_idx as usize].opaque = opaque;
+        {
+            let mut layer = lock(&self.layer);
+            layer.register_owner(sh, server_wi);
+            layer.register_owner(ch, client_wi);
+        }
+        self.sessions[s_idx as usize].counters.accepted.fetch_add(1, Relaxed);
+        self.sessions[c_idx as usize].counters.connected.fetch_add(1, Relaxed);
+        self.emit_for(s_idx, BuiltinEvent::Accept(sh));
+        self.emit_for(c_idx, BuiltinEvent::Connected(Ok(ch), opaque));
+    }
+
+    /// The app closes `session`: queued tx data drains first.
+    fn app_disconnect(&mut self, session: SessionHandle, tp: &mut dyn TransportSet) {
+        if session.thread() != self.thread {
+            return;
+        }
+        let idx = session.index();
+        let Some(s) = self.sessions.get_mut(idx as usize) else { return };
+        match s.kind {
+            SessionKind::CutThrough { peer } => {
+                let peer_alive = self.session_mut(peer).map(|p| !p.disconnect_notified).unwrap_or(false);
+                if peer_alive {
+                    if let Some(p) = self.session_mut(peer) {
+                        p.disconnect_notified = true;
+                        p.state = SessionState::RemoteClosed;
+                    }
+                    self.emit_for(peer.index(), BuiltinEvent::Disconnect(peer));
+                }
+                self.free_session(idx);
+            }
+            SessionKind::Transport(None) => self.free_session(idx),
+            SessionKind::Transport(Some(_)) => {
+                if matches!(s.state, SessionState::Closing | SessionState::TransportClosing) {
+                    return;
+                }
+                s.state = SessionState::Closing;
+                self.flush_tx(idx, tp);
+            }
+        }
+    }
+
+    /// Resets a session now (app worker deleted).
+    fn abort_session(&mut self, idx: u32, tp: &mut dyn TransportSet) {
+        let Some(s) = self.sessions.get(idx as usize) else { return };
+        match s.kind {
+            SessionKind::Transport(Some(conn)) => {
+                let proto = s.proto;
+                if let Some(t) = tp.transport(proto) {
+                    if proto == TransportProto::Tcp {
+                        t.reset(conn);
+                    } else {
+                        t.close(conn);
+                    }
+                }
+                self.free_session(idx);
+            }
+            SessionKind::Transport(None) => self.free_session(idx),
+            SessionKind::CutThrough { peer } => {
+                if let Some(p) = self.session_mut(peer) {
+                    if !p.disconnect_notified {
+                        p.disconnect_notified = true;
+                        p.state = SessionState::RemoteClosed;
+                        self.emit_for(peer.index(), BuiltinEvent::Reset(peer));
+                    }
+                }
+                self.free_session(idx);
+            }
+        }
+    }
+
+    // ---- transport events ---------------------------------------------
+
+    fn transport_event(&mut self, proto: TransportProto, ev: TransportEvent, tp: &mut dyn TransportSet) {
+        match ev {
+            TransportEvent::Accepted { listener, conn, tuple } => {
+                let parts = {
+                    let mut layer = lock(&self.layer);
+                    let p = layer.accept_parts(listener);
+                    self.deferred.extend(layer.take_deferred());
+                    p
+                };
+                let parts = match parts {
+                    Ok(p) => p,
+                    Err(e) => {
+                        debug!(thread = self.thread, "refusing a connection: {e}");
+                        if let Some(t) = tp.transport(proto) {
+                            t.reset(conn);
+                        }
+                        return;
+                    }
+                };
+                let wi = parts.app_worker;
+                let idx = self.insert_session(parts, proto, SessionState::Ready, SessionKind::Transport(Some(conn)), tuple.local(), tuple.remote());
+                let handle = self.handle(idx);
+                self.by_conn.insert((proto, conn), idx);
+                let key = {
+                    let mut layer = lock(&self.layer);
+                    layer.register_owner(handle, wi);
+                    if proto == TransportProto::Tcp { layer.add_established(handle, wi, tuple) } else { None }
+                };
+                let s = &mut self.sessions[idx as usize];
+                s.lookup_key = key;
+                s.listener = Some(listener);
+                s.counters.accepted.fetch_add(1, Relaxed);
+                self.emit_for(idx, BuiltinEvent::Accept(handle));
+            }
+            TransportEvent::Connected { session, conn, tuple } => {
+                let idx = session.index();
+                let Some(s) = self.session_mut(session) else {
+                    if let Some(t) = tp.transport(proto) {
+                        t.reset(conn);
+                    }
+                    return;
+                };
+                s.state = SessionState::Ready;
+                s.local = tuple.local();
+                s.remote = tuple.remote();
+                s.kind = SessionKind::Transport(Some(conn));
+                s.counters.connected.fetch_add(1, Relaxed);
+                let (wi, opaque) = (s.app_worker, s.opaque);
+                self.by_conn.insert((proto, conn), idx);
+                let key = if proto == TransportProto::Tcp { lock(&self.layer).add_established(session, wi, tuple) } else { None };
+                self.sessions[idx as usize].lookup_key = key;
+                self.emit_for(idx, BuiltinEvent::Connected(Ok(session), opaque));
+            }
+            TransportEvent::ConnectFailed { session, reason } => {
+                if self.session_mut(session).is_some() {
+                    self.connect_failed(session.index(), SessionError::Transport(reason));
+                }
+            }
+            TransportEvent::RemoteClosed { conn } => {
+                if let Some(&idx) = self.by_conn.get(&(proto, conn)) {
+                    let s = &mut self.sessions[idx as usize];
+                    if s.state == SessionState::Ready {
+                        s.state = SessionState::RemoteClosed;
+                    }
+                }
+            }
+            TransportEvent::Reset { conn } => {
+                if let Some(&idx) = self.by_conn.get(&(proto, conn)) {
+                    let h = self.handle(idx);
+                    let told = self.sessions[idx as usize].state == SessionState::TransportClosing;
+                    if !told {
+                        self.emit_for(idx, BuiltinEvent::Reset(h));
+                    }
+                    self.free_session(idx);
+                }
+            }
+            TransportEvent::Closed { conn } => {
+                if let Some(&idx) = self.by_conn.get(&(proto, conn)) {
+                    let h = self.handle(idx);
+                    let s = &self.sessions[idx as usize];
+                    // Closed without the app having closed: it must hear of
+                    // it before its session disappears.
+                    if !matches!(s.state, SessionState::Closing | SessionState::TransportClosing) && !s.disconnect_notified {
+                        self.emit_for(idx, BuiltinEvent::Reset(h));
+                    }
+                    self.free_session(idx);
+                }
+            }
+        }
+    }
+
+    // ---- moving bytes ---------------------------------------------------
+
+    /// Transport -> rx fifo for one stream session; returns bytes moved.
+    fn pull_stream(&mut self, idx: u32, t: &mut dyn Transport) -> usize {
+        let s = &mut self.sessions[idx as usize];
+        let Some(conn) = s.conn() else { return 0 };
+        let mut moved = 0;
+        loop {
+            let avail = t.recv_available(conn);
+            if avail == 0 {
+                break;
+            }
+            let room = s.rx_in.max_enqueue().unwrap_or(0) as usize;
+            if room == 0 {
+                // Full: stop reading, which lets the transport close its
+                // window; ask the app to say when it made room.
+                s.rx_blocked = true;
+                let _ = s.rx_in.request_dequeue_notification();
+                break;
+            }
+            let want = room.min(avail).min(MAX_BYTES_PER_POLL - moved);
+            let rx = &mut s.rx_in;
+            let n = t.recv(conn, want, &mut |data| rx.enqueue(data).unwrap_or(0));
+            moved += n;
+            if n == 0 || moved >= MAX_BYTES_PER_POLL {
+                break;
+            }
+        }
+        moved
+    }
+
+    /// Transport -> rx fifo for a datagram session: header + payload per
+    /// datagram, never split.
+    fn pull_datagrams(&mut self, idx: u32, t: &mut dyn Transport) -> usize {
+        let s = &mut self.sessions[idx as usize];
+        let Some(conn) = s.conn() else { return 0 };
+        let mut moved = 0;
+        let mut count = 0;
+        loop {
+            let rx = &mut s.rx_in;
+            let mut blocked = false;
+            let took = t.recv_datagram(conn, &mut |meta, payload| {
+                let need = DGRAM_HEADER_SIZE + payload.len();
+                if (rx.max_enqueue().unwrap_or(0) as usize) < need || payload.len() > u16::MAX as usize {
+                    blocked = true;
+                    return false;
+                }
+                let hdr = encode_dgram_header(payload.len() as u16, &meta.remote, &meta.local);
+                let _ = rx.enqueue(&hdr);
+                let _ = rx.enqueue(payload);
+                moved += need;
+                true
+            });
+            if blocked {
+                s.rx_blocked = true;
+                let _ = s.rx_in.request_dequeue_notification();
+                break;
+            }
+            if !took {
+                break;
+            }
+            count += 1;
+            if count >= 256 {
+                break;
+            }
+        }
+        moved
+    }
+
+    /// tx fifo -> transport for one session; returns bytes moved.
+    fn push_tx(&mut self, idx: u32, t: &mut dyn Transport) -> usize {
+        let s = &mut self.sessions[idx as usize];
+        let Some(conn) = s.conn() else { return 0 };
+        let mut moved = 0;
+        if s.proto == TransportProto::Udp {
+            let mut hdr = [0u8; DGRAM_HEADER_SIZE];
+            loop {
+                let avail = s.tx_out.max_dequeue().unwrap_or(0) as usize;
+                if avail < DGRAM_HEADER_SIZE || s.tx_out.peek(0, &mut hdr).unwrap_or(0) < DGRAM_HEADER_SIZE {
+                    break;
+                }
+                let Ok((len, remote, local)) = decode_dgram_header(&hdr) else {
+                    // The app wrote garbage: drop everything it queued.
+                    warn!(session = %s.handle, "bad datagram header in a tx fifo; dropping its contents");
+                    let _ = s.tx_out.drop_bytes(avail as u32);
+                    break;
+                };
+                let len = len as usize;
+                if avail < DGRAM_HEADER_SIZE + len {
+                    break;
+                }
+                self.scratch.resize(len.max(self.scratch.len()), 0);
+                let got = s.tx_out.peek(DGRAM_HEADER_SIZE as u32, &mut self.scratch[..len]).unwrap_or(0);
+                if got < len || !t.send_datagram(conn, DatagramMeta { remote, local }, &self.scratch[..len]) {
+                    break;
+                }
+                let _ = s.tx_out.drop_bytes((DGRAM_HEADER_SIZE + len) as u32);
+                moved += DGRAM_HEADER_SIZE + len;
+            }
+        } else {
+            loop {
+                let avail = s.tx_out.max_dequeue().unwrap_or(0) as usize;
+                let space = t.send_space(conn);
+                let want = avail.min(space).min(MAX_BYTES_PER_POLL - moved);
+                if want == 0 {
+                    break;
+                }
+                let tx = &mut s.tx_out;
+                let n = t.send(conn, want, &mut |buf| tx.dequeue(buf).unwrap_or(0));
+                moved += n;
+                if n == 0 || moved >= MAX_BYTES_PER_POLL {
+                    break;
+                }
+            }
+        }
+        s.tx_pending = s.tx_out.max_dequeue().unwrap_or(0) > 0;
+        if moved > 0 && s.tx_out.take_dequeue_notification_request() {
+            let h = s.handle;
+            self.emit_for(idx, BuiltinEvent::Tx(h));
+        }
+        moved
+    }
+
+    fn flush_tx(&mut self, idx: u32, tp: &mut dyn TransportSet) {
+        let Some(s) = self.sessions.get(idx as usize) else { return };
+        let proto = s.proto;
+        let Some(t) = tp.transport(proto) else { return };
+        self.push_tx(idx, t);
+        let s = &mut self.sessions[idx as usize];
+        if s.state == SessionState::Closing && !s.tx_pending {
+            if let Some(conn) = s.conn() {
+                s.state = SessionState::TransportClosing;
+                t.close(conn);
+            }
+        }
+    }
+
+    // ---- the poll -------------------------------------------------------
+
+    /// One round of session work; returns true when anything happened.
+    pub fn poll(&mut self, tp: &mut dyn TransportSet) -> bool {
+        let mut work = false;
+        while let Ok(cmd) = self.commands.try_recv() {
+            work = true;
+            self.run_command(cmd, tp);
+        }
+        for proto in [TransportProto::Tcp, TransportProto::Udp] {
+            loop {
+                let Some(t) = tp.transport(proto) else { break };
+                let Some(ev) = t.poll_event() else { break };
+                work = true;
+                self.transport_event(proto, ev, tp);
+            }
+        }
+        let indices: Vec<u32> = self.sessions.iter().map(|(i, _)| i as u32).collect();
+        for idx in indices {
+            work |= self.service_session(idx, tp);
+        }
+        loop {
+            work |= self.dispatch_builtin();
+            if self.pending_disconnects.is_empty() {
+                break;
+            }
+            for h in std::mem::take(&mut self.pending_disconnects) {
+                self.app_disconnect(h, tp);
+            }
+        }
+        for d in self.deferred.drain(..) {
+            d();
+        }
+        work
+    }
+
+    /// Moves one session's bytes both ways and raises the events they
+    /// cause.
+    fn service_session(&mut self, idx: u32, tp: &mut dyn TransportSet) -> bool {
+        let Some(s) = self.sessions.get_mut(idx as usize) else { return false };
+        if matches!(s.kind, SessionKind::CutThrough { .. }) || s.conn().is_none() {
+            return false;
+        }
+        let proto = s.proto;
+        let mut work = false;
+        if s.rx_blocked && s.rx_in.max_enqueue().unwrap_or(0) > 0 {
+            s.rx_blocked = false;
+            work = true;
+        }
+        let pulling = !s.rx_blocked && matches!(s.state, SessionState::Ready | SessionState::RemoteClosed | SessionState::Closing);
+        let Some(t) = tp.transport(proto) else { return false };
+        if pulling {
+            let moved = if proto == TransportProto::Udp { self.pull_datagrams(idx, t) } else { self.pull_stream(idx, t) };
+            if moved > 0 {
+                work = true;
+                self.notify_rx(idx);
+            }
+        }
+        let has_tx = self.sessions[idx as usize].tx_out.max_dequeue().unwrap_or(0) > 0;
+        if has_tx {
+            work |= self.push_tx(idx, t) > 0;
+        }
+        let s = &mut self.sessions[idx as usize];
+        if s.state == SessionState::Closing && !s.tx_pending {
+            if let Some(conn) = s.conn() {
+                s.state = SessionState::TransportClosing;
+                t.close(conn);
+                work = true;
+            }
+        }
+        // The peer closed and every byte it sent reached the fifo: tell the
+        // app once.
+        if s.state == SessionState::RemoteClosed && !s.disconnect_notified {
+            if let Some(conn) = s.conn() {
+                if t.recv_available(conn) == 0 {
+                    s.disconnect_notified = true;
+                    let h = s.handle;
+                    self.emit_for(idx, BuiltinEvent::Disconnect(h));
+                    work = true;
+                }
+            }
+        }
+        work
+    }
+
+    fn dispatch_builtin(&mut self) -> bool {
+        let mut any = false;
+        // Callbacks may queue more events (a cut-through write wakes the
+        // peer); bound the rounds so two chatty apps cannot spin forever in
+        // one poll.
+        let mut budget = 4096;
+        while let Some((cbs, wi, ev)) = self.builtin.pop_front() {
+            any = true;
+            let mut cx = AppCx { worker: self, app_worker: wi };
+            match ev {
+                BuiltinEvent::Accept(h) => {
+                    if let Some(f) = &cbs.accept {
+                        f(&mut cx, h);
+                    }
+                }
+                BuiltinEvent::Connected(r, opaque) => {
+                    if let Some(f) = &cbs.connected {
+                        f(&mut cx, r, opaque);
+                    }
+                }
+                BuiltinEvent::Disconnect(h) => {
+                    if let Some(f) = &cbs.disconnect {
+                        f(&mut cx, h);
+                    }
+                }
+                BuiltinEvent::Reset(h) => {
+                    if let Some(f) = &cbs.reset {
+                        f(&mut cx, h);
+                    }
+                }
+                BuiltinEvent::Rx(h) => {
+                    if let Some(s) = cx.worker.session_mut(h) {
+                        s.app_rx.fifo().clear_event();
+                    }
+                    if let Some(f) = &cbs.rx {
+                        f(&mut cx, h);
+                    }
+                }
+                BuiltinEvent::Tx(h) => {
+                    if let Some(f) = &cbs.tx {
+                        f(&mut cx, h);
+                    }
+                }
+            }
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+        }
+        any
+    }
+}
+
+/// What a builtin app's callback may do, on the thread that called it.
+pub struct AppCx<'a> {
+    worker: &'a mut SessionWorker,
+    app_worker: AppWorkerIndex,
+}
+
+impl AppCx<'_> {
+    /// The app worker being called.
+    pub fn app_worker(&self) -> AppWorkerIndex {
+        self.app_worker
+    }
+
+    /// The stack thread the callback runs on.
+    pub fn thread(&self) -> u32 {
+        self.worker.thread
+    }
+
+    fn own(&mut self, h: SessionHandle) -> SessionResult<&mut Session> {
+        let wi = self.app_worker;
+        match self.worker.session_mut(h) {
+            Some(s) if s.app_worker == wi => Ok(s),
+            Some(_) => Err(SessionError::NotOwner(h.as_u64())),
+            None => Err(SessionError::NoSession(h.as_u64())),
+        }
+    }
+
+    /// A session's summary.
+    pub fn info(&mut self, h: SessionHandle) -> SessionResult<SessionInfo> {
+        Ok(self.own(h)?.info())
+    }
+
+    /// Bytes waiting in the rx fifo.
+    pub fn rx_available(&mut self, h: SessionHandle) -> SessionResult<usize> {
+        Ok(self.own(h)?.app_rx.max_dequeue()? as usize)
+    }
+
+    /// Room in the tx fifo.
+    pub fn tx_space(&mut self, h: SessionHandle) -> SessionResult<usize> {
+        Ok(self.own(h)?.app_tx.max_enqueue()? as usize)
+    }
+
+    fn after_read(&mut self, h: SessionHandle) {
+        let Ok(s) = self.own(h) else { return };
+        // The producer of this fifo asked to hear when room appears: the
+        // stack (it stopped reading the transport) or a cut-through peer
+        // (its tx fifo was full).
+        if s.app_rx.take_dequeue_notification_request() {
+            match s.kind {
+                SessionKind::CutThrough { peer } => self.worker.emit_for(peer.index(), BuiltinEvent::Tx(peer)),
+                SessionKind::Transport(_) => s.rx_blocked = false,
+            }
+        }
+    }
+
+    /// Reads from the rx fifo.
+    pub fn read(&mut self, h: SessionHandle, buf: &mut [u8]) -> SessionResult<usize> {
+        let n = self.own(h)?.app_rx.dequeue(buf)?;
+        if n > 0 {
+            self.after_read(h);
+        }
+        Ok(n)
+    }
+
+    /// Copies rx bytes at `offset` without consuming them.
+    pub fn peek(&mut self, h: SessionHandle, offset: u32, buf: &mut [u8]) -> SessionResult<usize> {
+        self.own(h)?.app_rx.peek(offset, buf)
+    }
+
+    /// Consumes `n` rx bytes.
+    pub fn consume(&mut self, h: SessionHandle, n: u32) -> SessionResult<u32> {
+        let n = self.own(h)?.app_rx.drop_bytes(n)?;
+        if n > 0 {
+            self.after_read(h);
+        }
+        Ok(n)
+    }
+
+    /// Writes to the tx fifo and lets the stack (or a cut-through peer)
+    /// know. Returns the bytes taken; fewer than `data.len()` means the fifo
+    /// is full (ask for [`want_tx_space`](Self::want_tx_space)).
+    pub fn write(&mut self, h: SessionHandle, data: &[u8]) -> SessionResult<usize> {
+        let s = self.own(h)?;
+        let n = s.app_tx.enqueue(data)?;
+        if n > 0 {
+            s.tx_pending = true;
+            if let SessionKind::CutThrough { peer } = s.kind {
+                if let Some(p) = self.worker.session_mut(peer) {
+                    let pi = p.handle.index();
+                    if p.app_rx.fifo().set_event() {
+                        self.worker.emit_for(pi, BuiltinEvent::Rx(peer));
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Asks for a tx-space event once the tx fifo drains.
+    pub fn want_tx_space(&mut self, h: SessionHandle) -> SessionResult<()> {
+        let s = self.own(h)?;
+        s.app_tx.request_dequeue_notification()?;
+        Ok(())
+    }
+
+    /// Reads one datagram: its addresses and payload length. `Ok(None)`
+    /// when none is waiting; a payload larger than `buf` is truncated.
+    pub fn recv_datagram(&mut self, h: SessionHandle, buf: &mut [u8]) -> SessionResult<Option<(usize, DatagramMeta)>> {
+        let s = self.own(h)?;
+        let mut hdr = [0u8; DGRAM_HEADER_SIZE];
+        if (s.app_rx.max_dequeue()? as usize) < DGRAM_HEADER_SIZE {
+            return Ok(None);
+        }
+        s.app_rx.peek(0, &mut hdr)?;
+        let (len, remote, local) = decode_dgram_header(&hdr)?;
+        let len = len as usize;
+        if (s.app_rx.max_dequeue()? as usize) < DGRAM_HEADER_SIZE + len {
+            return Ok(None);
+        }
+        let take = len.min(buf.len());
+        s.app_rx.peek(DGRAM_HEADER_SIZE as u32, &mut buf[..take])?;
+        s.app_rx.drop_bytes((DGRAM_HEADER_SIZE + len) as u32)?;
+        self.after_read(h);
+        Ok(Some((take, DatagramMeta { remote, local })))
+    }
+
+    /// Queues one datagram to `meta.remote`; false when the tx fifo lacks
+    /// room for it.
+    pub fn send_datagram(&mut self, h: SessionHandle, meta: DatagramMeta, payload: &[u8]) -> SessionResult<bool> {
+        if payload.len() > u16::MAX as usize {
+            return Err(SessionError::InvalidValue(format!("datagram of {} bytes", payload.len())));
+        }
+        let s = self.own(h)?;
+        if (s.app_tx.max_enqueue()? as usize) < DGRAM_HEADER_SIZE + payload.len() {
+            return Ok(false);
+        }
+        let hdr = encode_dgram_header(payload.len() as u16, &meta.remote, &meta.local);
+        s.app_tx.enqueue(&hdr)?;
+        s.app_tx.enqueue(payload)?;
+        s.tx_pending = true;
+        Ok(true)
+    }
+
+    /// Closes the session (after its queued data is sent).
+    pub fn disconnect(&mut self, h: SessionHandle) -> SessionResult<()> {
+        self.own(h)?;
+        self.worker.pending_disconnects.push(h);
+        Ok(())
+    }
+
+    /// The session's peer for cut-through, its tuple otherwise.
+    pub fn tuple(&mut self, h: SessionHandle) -> SessionResult<Option<FiveTuple>> {
+        let s = self.own(h)?;
+        Ok(FiveTuple::new(s.proto, s.local, s.remote).ok())
+    }
+}
