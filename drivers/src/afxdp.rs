@@ -583,6 +583,19 @@ impl PacketIo for XdpQueue {
         Ok(())
     }
 
+    fn debug_state(&mut self) -> String {
+        let stats = self.rx.fd().xdp_statistics().ok();
+        format!(
+            "free={} fill_free={} rx_avail={} tx_pending={} comp_avail={} stats={:?}",
+            self.free.len(),
+            self.fill.nb_free_exact(),
+            self.rx.nb_avail_exact(),
+            self.ring_size - self.tx.nb_free_exact(),
+            self.comp.nb_avail_exact(),
+            stats
+        )
+    }
+
     fn refresh_stats(&mut self) {
         let Ok(stats) = self.rx.fd().xdp_statistics() else {
             return;

@@ -137,4 +137,10 @@ pub trait PacketIo: Send {
     /// only the kernel can see (for AF_XDP: frames dropped as too large).
     /// Cheap enough to call about once a second.
     fn refresh_stats(&mut self) {}
+
+    /// A one-line description of the queue's internal state, for debug
+    /// logs (free frames, ring fill levels).
+    fn debug_state(&mut self) -> String {
+        String::new()
+    }
 }

@@ -179,9 +179,13 @@ impl ErrorCode {
             5 => SessionError::WrongNamespaceSecret(detail),
             6 => SessionError::NoApp(detail.parse().unwrap_or(0)),
             7 => SessionError::NoListener(detail),
-            8 => SessionError::NotOwner(u64::from_str_radix(detail.trim_start_matches("0x"), 16).unwrap_or(0)),
+            8 => SessionError::NotOwner(
+                u64::from_str_radix(detail.trim_start_matches("0x"), 16).unwrap_or(0),
+            ),
             9 => SessionError::InvalidAppWorker(detail.parse().unwrap_or(0)),
-            10 => SessionError::NoSession(u64::from_str_radix(detail.trim_start_matches("0x"), 16).unwrap_or(0)),
+            10 => SessionError::NoSession(
+                u64::from_str_radix(detail.trim_start_matches("0x"), 16).unwrap_or(0),
+            ),
             11 => SessionError::InvalidRemoteIp(detail),
             12 => SessionError::AlreadyListening(detail),
             13 => SessionError::EndpointNotOnInterface(detail),
@@ -252,7 +256,10 @@ fn bad(what: &str) -> SessionError {
 
 impl Reader<'_> {
     fn bytes(&mut self, n: usize) -> SessionResult<&[u8]> {
-        let b = self.buf.get(self.at..self.at + n).ok_or_else(|| bad("truncated"))?;
+        let b = self
+            .buf
+            .get(self.at..self.at + n)
+            .ok_or_else(|| bad("truncated"))?;
         self.at += n;
         Ok(b)
     }
@@ -284,7 +291,11 @@ impl Reader<'_> {
         Ok(Endpoint { ip, port })
     }
     fn fifos(&mut self) -> SessionResult<FifoLocation> {
-        Ok(FifoLocation { segment: self.u32()?, rx_offset: self.u32()?, tx_offset: self.u32()? })
+        Ok(FifoLocation {
+            segment: self.u32()?,
+            rx_offset: self.u32()?,
+            tx_offset: self.u32()?,
+        })
     }
     fn proto(&mut self) -> SessionResult<TransportProto> {
         match self.u8()? {
@@ -320,9 +331,19 @@ impl AppEvent {
     /// Encodes into one event-queue slot.
     pub fn encode(&self) -> [u8; APP_EVENT_SIZE] {
         let mut buf = [0u8; APP_EVENT_SIZE];
-        let mut w = Writer { buf: &mut buf, at: 0 };
+        let mut w = Writer {
+            buf: &mut buf,
+            at: 0,
+        };
         match self {
-            Self::Accepted { session, listener, proto, local, remote, fifos } => {
+            Self::Accepted {
+                session,
+                listener,
+                proto,
+                local,
+                remote,
+                fifos,
+            } => {
                 w.u8(KIND_ACCEPTED);
                 w.u64(session.as_u64());
                 w.u64(listener.as_u64());
@@ -331,7 +352,14 @@ impl AppEvent {
                 w.endpoint(remote);
                 w.fifos(fifos);
             }
-            Self::Connected { session, opaque, error, local, remote, fifos } => {
+            Self::Connected {
+                session,
+                opaque,
+                error,
+                local,
+                remote,
+                fifos,
+            } => {
                 w.u8(KIND_CONNECTED);
                 w.u64(session.as_u64());
                 w.u64(*opaque);
@@ -395,12 +423,25 @@ impl AppEvent {
                 remote: r.endpoint()?,
                 fifos: r.fifos()?,
             },
-            KIND_DISCONNECTED => Self::Disconnected { session: handle(r.u64()?) },
-            KIND_RESET => Self::Reset { session: handle(r.u64()?) },
-            KIND_CLEANUP => Self::Cleanup { session: handle(r.u64()?) },
-            KIND_RX => Self::Rx { session: handle(r.u64()?) },
-            KIND_TX_SPACE => Self::TxSpace { session: handle(r.u64()?) },
-            KIND_SEGMENT_ADDED => Self::SegmentAdded { index: r.u32()?, size: r.u64()? },
+            KIND_DISCONNECTED => Self::Disconnected {
+                session: handle(r.u64()?),
+            },
+            KIND_RESET => Self::Reset {
+                session: handle(r.u64()?),
+            },
+            KIND_CLEANUP => Self::Cleanup {
+                session: handle(r.u64()?),
+            },
+            KIND_RX => Self::Rx {
+                session: handle(r.u64()?),
+            },
+            KIND_TX_SPACE => Self::TxSpace {
+                session: handle(r.u64()?),
+            },
+            KIND_SEGMENT_ADDED => Self::SegmentAdded {
+                index: r.u32()?,
+                size: r.u64()?,
+            },
             KIND_SEGMENT_REMOVED => Self::SegmentRemoved { index: r.u32()? },
             k => return Err(bad(&format!("unknown kind {k}"))),
         })
@@ -412,9 +453,16 @@ impl AppEvent {
 pub const DGRAM_HEADER_SIZE: usize = 2 + 2 * ENDPOINT_LEN;
 
 /// Encodes a datagram header.
-pub fn encode_dgram_header(len: u16, remote: &Endpoint, local: &Endpoint) -> [u8; DGRAM_HEADER_SIZE] {
+pub fn encode_dgram_header(
+    len: u16,
+    remote: &Endpoint,
+    local: &Endpoint,
+) -> [u8; DGRAM_HEADER_SIZE] {
     let mut full = [0u8; APP_EVENT_SIZE];
-    let mut w = Writer { buf: &mut full, at: 0 };
+    let mut w = Writer {
+        buf: &mut full,
+        at: 0,
+    };
     w.bytes(&len.to_le_bytes());
     w.endpoint(remote);
     w.endpoint(local);
@@ -437,13 +485,20 @@ mod tests {
 
     fn ep(s: &str) -> Endpoint {
         let sa: std::net::SocketAddr = s.parse().unwrap();
-        Endpoint { ip: sa.ip(), port: sa.port() }
+        Endpoint {
+            ip: sa.ip(),
+            port: sa.port(),
+        }
     }
 
     #[test]
     fn every_event_round_trips_through_its_slot() {
         let s = SessionHandle::new(2, 77);
-        let f = FifoLocation { segment: 3, rx_offset: 4096, tx_offset: 8192 };
+        let f = FifoLocation {
+            segment: 3,
+            rx_offset: 4096,
+            tx_offset: 8192,
+        };
         let events = [
             AppEvent::Accepted {
                 session: s,
@@ -453,13 +508,23 @@ mod tests {
                 remote: ep("[fd00::2]:40000"),
                 fifos: f,
             },
-            AppEvent::Connected { session: s, opaque: 99, error: 0, local: ep("1.2.3.4:5"), remote: ep("5.6.7.8:9"), fifos: f },
+            AppEvent::Connected {
+                session: s,
+                opaque: 99,
+                error: 0,
+                local: ep("1.2.3.4:5"),
+                remote: ep("5.6.7.8:9"),
+                fifos: f,
+            },
             AppEvent::Disconnected { session: s },
             AppEvent::Reset { session: s },
             AppEvent::Cleanup { session: s },
             AppEvent::Rx { session: s },
             AppEvent::TxSpace { session: s },
-            AppEvent::SegmentAdded { index: 1, size: 1 << 30 },
+            AppEvent::SegmentAdded {
+                index: 1,
+                size: 1 << 30,
+            },
             AppEvent::SegmentRemoved { index: 1 },
         ];
         for e in events {
@@ -487,7 +552,10 @@ mod tests {
     #[test]
     fn dgram_headers_round_trip() {
         let h = encode_dgram_header(1400, &ep("[fd00::9]:53"), &ep("[fd00::1]:5353"));
-        assert_eq!(decode_dgram_header(&h).unwrap(), (1400, ep("[fd00::9]:53"), ep("[fd00::1]:5353")));
+        assert_eq!(
+            decode_dgram_header(&h).unwrap(),
+            (1400, ep("[fd00::9]:53"), ep("[fd00::1]:5353"))
+        );
     }
 
     #[test]

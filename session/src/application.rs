@@ -155,7 +155,9 @@ impl AppOptions {
             )));
         }
         if self.event_queue_size < 2 {
-            return Err(SessionError::InvalidValue("event queue needs at least 2 slots".into()));
+            return Err(SessionError::InvalidValue(
+                "event queue needs at least 2 slots".into(),
+            ));
         }
         let (local, global) = match (self.scope_local, self.scope_global) {
             (false, false) => (false, true),
@@ -185,7 +187,8 @@ impl AppOptions {
 pub type SessionCallback = Arc<dyn Fn(&mut AppCx<'_>, SessionHandle) + Send + Sync>;
 /// The connected callback: the session, or why the connect failed, and the
 /// opaque value the connect carried.
-pub type ConnectedCallback = Arc<dyn Fn(&mut AppCx<'_>, Result<SessionHandle, SessionError>, u64) + Send + Sync>;
+pub type ConnectedCallback =
+    Arc<dyn Fn(&mut AppCx<'_>, Result<SessionHandle, SessionError>, u64) + Send + Sync>;
 /// A segment callback: segment index and size (0 on removal).
 pub type SegmentCallback = Arc<dyn Fn(u32, usize) + Send + Sync>;
 /// Called when a cert/key pair the app registered interest in is deleted.
@@ -293,38 +296,85 @@ mod tests {
     #[test]
     fn no_scope_flag_means_global_scope() {
         let s = AppOptions::default().validate().unwrap();
-        assert_eq!(s, AppScope { local: false, global: true });
-        let s = AppOptions { scope_local: true, ..Default::default() }.validate().unwrap();
-        assert_eq!(s, AppScope { local: true, global: false });
+        assert_eq!(
+            s,
+            AppScope {
+                local: false,
+                global: true
+            }
+        );
+        let s = AppOptions {
+            scope_local: true,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(
+            s,
+            AppScope {
+                local: true,
+                global: false
+            }
+        );
     }
 
     #[test]
     fn prealloc_pairs_with_prealloc_headers_is_unsupported_config() {
-        let o = AppOptions { prealloc_fifo_pairs: 4, prealloc_fifo_headers: 4, ..Default::default() };
-        assert!(matches!(o.validate(), Err(SessionError::UnsupportedConfig(_))));
+        let o = AppOptions {
+            prealloc_fifo_pairs: 4,
+            prealloc_fifo_headers: 4,
+            ..Default::default()
+        };
+        assert!(matches!(
+            o.validate(),
+            Err(SessionError::UnsupportedConfig(_))
+        ));
     }
 
     #[test]
     fn eventfd_without_memfd_segments_is_unsupported_config() {
-        let o = AppOptions { use_eventfd: true, segment_kind: SegmentKind::Private, ..Default::default() };
-        assert!(matches!(o.validate(), Err(SessionError::UnsupportedConfig(_))));
-        let o = AppOptions { use_eventfd: true, ..Default::default() };
+        let o = AppOptions {
+            use_eventfd: true,
+            segment_kind: SegmentKind::Private,
+            ..Default::default()
+        };
+        assert!(matches!(
+            o.validate(),
+            Err(SessionError::UnsupportedConfig(_))
+        ));
+        let o = AppOptions {
+            use_eventfd: true,
+            ..Default::default()
+        };
         assert!(o.validate().is_ok());
     }
 
     #[test]
     fn bad_watermarks_and_percentages_are_invalid_value() {
-        let o = AppOptions { low_watermark: 90, high_watermark: 10, ..Default::default() };
+        let o = AppOptions {
+            low_watermark: 90,
+            high_watermark: 10,
+            ..Default::default()
+        };
         assert!(matches!(o.validate(), Err(SessionError::InvalidValue(_))));
-        let o = AppOptions { pct_first_alloc: 0, ..Default::default() };
+        let o = AppOptions {
+            pct_first_alloc: 0,
+            ..Default::default()
+        };
         assert!(matches!(o.validate(), Err(SessionError::InvalidValue(_))));
     }
 
     #[test]
     fn missing_callbacks_are_listed() {
         let cbs = AppCallbacks::default();
-        assert_eq!(cbs.missing(), vec!["accept", "connected", "disconnect", "reset"]);
-        let cbs = AppCallbacks { accept: Some(Arc::new(|_, _| {})), ..Default::default() };
+        assert_eq!(
+            cbs.missing(),
+            vec!["accept", "connected", "disconnect", "reset"]
+        );
+        let cbs = AppCallbacks {
+            accept: Some(Arc::new(|_, _| {})),
+            ..Default::default()
+        };
         assert_eq!(cbs.missing(), vec!["connected", "disconnect", "reset"]);
     }
 }

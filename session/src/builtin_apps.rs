@@ -35,7 +35,11 @@ pub struct PatternStream {
 impl PatternStream {
     /// Starts the stream for `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { state: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, word: [0; 8], used: 8 }
+        Self {
+            state: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            word: [0; 8],
+            used: 8,
+        }
     }
 
     /// Fills `out` with the next bytes of the stream.
@@ -97,6 +101,10 @@ pub fn wait_report(slot: &ReportSlot, timeout: Duration) -> Option<TransferRepor
 /// Counters of an echo server app.
 #[derive(Debug, Default)]
 pub struct EchoStats {
+    /// Discard instead of echoing (a sink for one-way benchmarks).
+    pub discard: bool,
+    /// Stream (TCP) sessions accepted.
+    pub streams: AtomicU64,
     /// Stream bytes echoed.
     pub bytes: AtomicU64,
     /// Datagrams echoed.
@@ -106,19 +114,50 @@ pub struct EchoStats {
 }
 
 /// Moves as much of a stream session's rx fifo into its tx fifo as fits;
-/// asks for a tx-space event when it could not move everything.
+/// asks for a tx-space event when it could not move everything. Once the
+/// peer has closed and every byte it sent is echoed, closes too.
 fn echo_stream(cx: &mut AppCx<'_>, s: SessionHandle, stats: &EchoStats) {
+    if stats.discard {
+        while let Ok(avail) = cx.rx_available(s) {
+            if avail == 0 {
+                break;
+            }
+            let n = cx
+                .consume(s, avail.min(u32::MAX as usize) as u32)
+                .unwrap_or(0);
+            stats.bytes.fetch_add(u64::from(n), Relaxed);
+            if n == 0 {
+                break;
+            }
+        }
+        if cx
+            .info(s)
+            .is_ok_and(|i| i.state == crate::session::SessionState::RemoteClosed)
+        {
+            let _ = cx.disconnect(s);
+        }
+        return;
+    }
     let mut buf = [0u8; 16 * 1024];
     loop {
-        let (Ok(avail), Ok(space)) = (cx.rx_available(s), cx.tx_space(s)) else { return };
+        let (Ok(avail), Ok(space)) = (cx.rx_available(s), cx.tx_space(s)) else {
+            return;
+        };
         let n = avail.min(space).min(buf.len());
         if n == 0 {
             if avail > 0 {
                 let _ = cx.want_tx_space(s);
+            } else if cx
+                .info(s)
+                .is_ok_and(|i| i.state == crate::session::SessionState::RemoteClosed)
+            {
+                let _ = cx.disconnect(s);
             }
             return;
         }
-        let Ok(got) = cx.read(s, &mut buf[..n]) else { return };
+        let Ok(got) = cx.read(s, &mut buf[..n]) else {
+            return;
+        };
         let _ = cx.write(s, &buf[..got]);
         stats.bytes.fetch_add(got as u64, Relaxed);
     }
@@ -127,7 +166,14 @@ fn echo_stream(cx: &mut AppCx<'_>, s: SessionHandle, stats: &EchoStats) {
 fn echo_datagrams(cx: &mut AppCx<'_>, s: SessionHandle, stats: &EchoStats) {
     let mut buf = vec![0u8; 65536];
     while let Ok(Some((n, meta))) = cx.recv_datagram(s, &mut buf) {
-        let back = DatagramMeta { remote: meta.remote, local: meta.local };
+        if stats.discard {
+            stats.datagrams.fetch_add(1, Relaxed);
+            continue;
+        }
+        let back = DatagramMeta {
+            remote: meta.remote,
+            local: meta.local,
+        };
         match cx.send_datagram(s, back, &buf[..n]) {
             Ok(true) => stats.datagrams.fetch_add(1, Relaxed),
             _ => stats.dropped.fetch_add(1, Relaxed),
@@ -156,11 +202,22 @@ impl EchoServer {
             Ok(TransportProto::Tcp) => echo_stream(cx, s, &rx_stats),
             Err(_) => {}
         };
+        let accept_stats = stats.clone();
+        let disc_stats = stats.clone();
         AppCallbacks {
-            accept: Some(Arc::new(|_, _| {})),
+            accept: Some(Arc::new(move |cx, s| {
+                if matches!(cx.info(s).map(|i| i.proto), Ok(TransportProto::Tcp)) {
+                    accept_stats.streams.fetch_add(1, Relaxed);
+                }
+            })),
             connected: Some(Arc::new(|_, _, _| {})),
-            disconnect: Some(Arc::new(|cx, s| {
-                let _ = cx.disconnect(s);
+            // Echo what is still buffered, then close (echo_stream closes
+            // once the rx fifo is empty; datagram sessions just close).
+            disconnect: Some(Arc::new(move |cx, s| match cx.info(s).map(|i| i.proto) {
+                Ok(TransportProto::Tcp) => echo_stream(cx, s, &disc_stats),
+                _ => {
+                    let _ = cx.disconnect(s);
+                }
             })),
             reset: Some(Arc::new(|_, _| {})),
             rx: Some(Arc::new(rx)),
@@ -170,21 +227,70 @@ impl EchoServer {
     }
 
     /// Attaches an echo server named `name` with `workers` app workers.
-    pub fn attach(control: &ControlPlane, name: &str, options: AppOptions, workers: u32) -> SessionResult<Self> {
+    pub fn attach(
+        control: &ControlPlane,
+        name: &str,
+        options: AppOptions,
+        workers: u32,
+    ) -> SessionResult<Self> {
+        Self::attach_with(control, name, options, workers, false)
+    }
+
+    /// Like [`attach`](Self::attach); with `discard` the app swallows what
+    /// it receives instead of echoing it.
+    pub fn attach_with(
+        control: &ControlPlane,
+        name: &str,
+        options: AppOptions,
+        workers: u32,
+        discard: bool,
+    ) -> SessionResult<Self> {
         if workers == 0 {
-            return Err(SessionError::InvalidValue("an app needs at least one worker".into()));
+            return Err(SessionError::InvalidValue(
+                "an app needs at least one worker".into(),
+            ));
         }
-        let stats = Arc::new(EchoStats::default());
+        let stats = Arc::new(EchoStats {
+            discard,
+            ..EchoStats::default()
+        });
         let reply = control.attach_builtin(name, options, Self::callbacks(stats.clone()))?;
         let mut ws = vec![WorkerMapIndex(0)];
         for _ in 1..workers {
             ws.push(control.add_worker(reply.app, None)?);
         }
-        Ok(Self { app: reply.app, workers: ws, stats })
+        Ok(Self {
+            app: reply.app,
+            workers: ws,
+            stats,
+        })
+    }
+
+    /// Sessions accepted by each worker, in worker order.
+    pub fn accepted_per_worker(&self, control: &ControlPlane) -> SessionResult<Vec<u64>> {
+        let app = self.app;
+        let ws = self.workers.clone();
+        control.call(move |l| {
+            let a = l.app(app)?;
+            Ok(ws
+                .iter()
+                .map(|m| {
+                    a.workers
+                        .get(m)
+                        .and_then(|wi| l.app_worker(*wi))
+                        .map_or(0, |w| w.counters.accepted.load(Relaxed))
+                })
+                .collect())
+        })?
     }
 
     /// Listens on `endpoint` from every worker.
-    pub fn listen(&self, control: &ControlPlane, proto: TransportProto, endpoint: Endpoint) -> SessionResult<ListenerHandle> {
+    pub fn listen(
+        &self,
+        control: &ControlPlane,
+        proto: TransportProto,
+        endpoint: Endpoint,
+    ) -> SessionResult<ListenerHandle> {
         let mut handle = None;
         for &w in &self.workers {
             handle = Some(control.listen(self.app, w, proto, endpoint)?);
@@ -217,7 +323,12 @@ impl StreamState {
         self.done = true;
         report(
             &self.slot,
-            TransferReport { sent: self.sent, verified: self.verified, elapsed: self.started.elapsed(), error },
+            TransferReport {
+                sent: self.sent,
+                verified: self.verified,
+                elapsed: self.started.elapsed(),
+                error,
+            },
         );
     }
 
@@ -254,7 +365,11 @@ impl StreamState {
             };
             self.rx.fill(&mut expect[..n]);
             if buf[..n] != expect[..n] {
-                let at = buf[..n].iter().zip(&expect[..n]).position(|(a, b)| a != b).unwrap_or(0);
+                let at = buf[..n]
+                    .iter()
+                    .zip(&expect[..n])
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
                 let offset = self.verified + at as u64;
                 let _ = cx.disconnect(s);
                 self.finish(Some(format!("echo differs at byte {offset}")));
@@ -284,7 +399,9 @@ pub struct StreamClient {
 
 impl std::fmt::Debug for StreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamClient").field("app", &self.app).finish_non_exhaustive()
+        f.debug_struct("StreamClient")
+            .field("app", &self.app)
+            .finish_non_exhaustive()
     }
 }
 
@@ -312,7 +429,13 @@ impl StreamClient {
             done: false,
             paused: paused.clone(),
         }));
-        let (c, r, t, d, x) = (state.clone(), state.clone(), state.clone(), state.clone(), state.clone());
+        let (c, r, t, d, x) = (
+            state.clone(),
+            state.clone(),
+            state.clone(),
+            state.clone(),
+            state.clone(),
+        );
         let cbs = AppCallbacks {
             accept: Some(Arc::new(|_, _| {})),
             connected: Some(Arc::new(move |cx, res, _| {
@@ -348,7 +471,13 @@ impl StreamClient {
         let reply = control.attach_builtin(name, options, cbs)?;
         lock(&state).started = Instant::now();
         control.connect(reply.app, WorkerMapIndex(0), TransportProto::Tcp, remote, 0)?;
-        Ok(Self { app: reply.app, report: slot, paused, state, control: control.clone() })
+        Ok(Self {
+            app: reply.app,
+            report: slot,
+            paused,
+            state,
+            control: control.clone(),
+        })
     }
 
     /// Resumes reading after [`paused`](Self::paused) was set: the session's
@@ -400,15 +529,26 @@ impl DatagramState {
         self.done = true;
         report(
             &self.slot,
-            TransferReport { sent: self.next, verified: self.echoed, elapsed: self.started.elapsed(), error },
+            TransferReport {
+                sent: self.next,
+                verified: self.echoed,
+                elapsed: self.started.elapsed(),
+                error,
+            },
         );
     }
 
     fn send_more(&mut self, cx: &mut AppCx<'_>, s: SessionHandle) {
         while self.next < self.count && self.next - self.echoed < self.window {
             let p = datagram_payload(self.next);
-            let local = Endpoint { ip: crate::endpoint::IpFamily::of(&self.remote.ip).zero_addr(), port: 0 };
-            let meta = DatagramMeta { remote: self.remote, local };
+            let local = Endpoint {
+                ip: crate::endpoint::IpFamily::of(&self.remote.ip).zero_addr(),
+                port: 0,
+            };
+            let meta = DatagramMeta {
+                remote: self.remote,
+                local,
+            };
             match cx.send_datagram(s, meta, &p) {
                 Ok(true) => self.next += 1,
                 _ => return,
@@ -424,7 +564,9 @@ impl DatagramState {
             }
             let seq = u64::from_le_bytes(buf[..8].try_into().unwrap_or([0; 8]));
             if seq >= self.count || buf[..n] != datagram_payload(seq)[..] {
-                self.finish(Some(format!("datagram {seq}: {n} bytes came back different")));
+                self.finish(Some(format!(
+                    "datagram {seq}: {n} bytes came back different"
+                )));
                 return;
             }
             if !self.seen[seq as usize] {
@@ -451,7 +593,13 @@ pub struct DatagramClient {
 
 impl DatagramClient {
     /// Attaches the client app and connects it to `remote`.
-    pub fn start(control: &ControlPlane, name: &str, options: AppOptions, remote: Endpoint, count: u64) -> SessionResult<Self> {
+    pub fn start(
+        control: &ControlPlane,
+        name: &str,
+        options: AppOptions,
+        remote: Endpoint,
+        count: u64,
+    ) -> SessionResult<Self> {
         let slot: ReportSlot = Arc::default();
         let state = Arc::new(Mutex::new(DatagramState {
             count,
@@ -480,12 +628,17 @@ impl DatagramClient {
                 st.send_more(cx, s);
             })),
             disconnect: Some(Arc::new(|_, _| {})),
-            reset: Some(Arc::new(move |_, _| lock(&x).finish(Some("session reset".into())))),
+            reset: Some(Arc::new(move |_, _| {
+                lock(&x).finish(Some("session reset".into()))
+            })),
             ..Default::default()
         };
         let reply = control.attach_builtin(name, options, cbs)?;
         control.connect(reply.app, WorkerMapIndex(0), TransportProto::Udp, remote, 0)?;
-        Ok(Self { app: reply.app, report: slot })
+        Ok(Self {
+            app: reply.app,
+            report: slot,
+        })
     }
 }
 

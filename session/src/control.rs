@@ -40,7 +40,9 @@ pub struct ControlPlane {
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlPlane").field("main", &self.shared.main.get()).finish_non_exhaustive()
+        f.debug_struct("ControlPlane")
+            .field("main", &self.shared.main.get())
+            .finish_non_exhaustive()
     }
 }
 
@@ -84,7 +86,12 @@ pub fn control_plane(layer: Arc<Mutex<SessionLayer>>) -> (ControlPlane, ControlT
         forwarded: AtomicU64::new(0),
         direct: AtomicU64::new(0),
     });
-    (ControlPlane { shared: shared.clone() }, ControlThread { shared, jobs: rx })
+    (
+        ControlPlane {
+            shared: shared.clone(),
+        },
+        ControlThread { shared, jobs: rx },
+    )
 }
 
 impl ControlThread {
@@ -93,7 +100,9 @@ impl ControlThread {
         let me = std::thread::current().id();
         let main = *self.shared.main.get_or_init(|| me);
         if main != me {
-            return Err(SessionError::InvalidValue("another thread is already the control thread".into()));
+            return Err(SessionError::InvalidValue(
+                "another thread is already the control thread".into(),
+            ));
         }
         Ok(())
     }
@@ -112,7 +121,9 @@ impl ControlThread {
                     reply();
                     n += 1;
                 }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return Ok(n),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    return Ok(n);
+                }
             }
         }
     }
@@ -153,7 +164,10 @@ impl ControlPlane {
     }
 
     /// Runs `f` on the main thread and returns its result.
-    pub fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut SessionLayer) -> R + Send + 'static) -> SessionResult<R> {
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut SessionLayer) -> R + Send + 'static,
+    ) -> SessionResult<R> {
         if self.shared.main.get() == Some(&std::thread::current().id()) {
             self.shared.direct.fetch_add(1, Ordering::Relaxed);
             return Ok(run_locked(&self.shared.layer, f));
@@ -172,17 +186,28 @@ impl ControlPlane {
             .send(job)
             .map_err(|_| SessionError::InvalidValue("the control thread is gone".into()))?;
         self.shared.forwarded.fetch_add(1, Ordering::Relaxed);
-        rx.recv().map_err(|_| SessionError::InvalidValue("the control thread dropped the call".into()))
+        rx.recv()
+            .map_err(|_| SessionError::InvalidValue("the control thread dropped the call".into()))
     }
 
     /// Attaches a builtin app.
-    pub fn attach_builtin(&self, name: &str, options: AppOptions, callbacks: AppCallbacks) -> SessionResult<AttachReply> {
+    pub fn attach_builtin(
+        &self,
+        name: &str,
+        options: AppOptions,
+        callbacks: AppCallbacks,
+    ) -> SessionResult<AttachReply> {
         let name = name.to_string();
         self.call(move |l| l.attach(AppIdentity::Builtin(name), options, Some(callbacks)))?
     }
 
     /// Attaches an external app for api client `client`.
-    pub fn attach_external(&self, client: u32, name: &str, options: AppOptions) -> SessionResult<AttachReply> {
+    pub fn attach_external(
+        &self,
+        client: u32,
+        name: &str,
+        options: AppOptions,
+    ) -> SessionResult<AttachReply> {
         let name = name.to_string();
         self.call(move |l| l.attach(AppIdentity::External { client, name }, options, None))?
     }
@@ -193,7 +218,11 @@ impl ControlPlane {
     }
 
     /// Adds a worker to an app.
-    pub fn add_worker(&self, app: AppIndex, api_client: Option<u32>) -> SessionResult<WorkerMapIndex> {
+    pub fn add_worker(
+        &self,
+        app: AppIndex,
+        api_client: Option<u32>,
+    ) -> SessionResult<WorkerMapIndex> {
         self.call(move |l| l.add_worker(app, api_client).map(|(m, _)| m))?
     }
 
@@ -203,17 +232,35 @@ impl ControlPlane {
     }
 
     /// Listens.
-    pub fn listen(&self, app: AppIndex, worker: WorkerMapIndex, proto: TransportProto, endpoint: Endpoint) -> SessionResult<ListenerHandle> {
+    pub fn listen(
+        &self,
+        app: AppIndex,
+        worker: WorkerMapIndex,
+        proto: TransportProto,
+        endpoint: Endpoint,
+    ) -> SessionResult<ListenerHandle> {
         self.call(move |l| l.listen(app, worker, proto, endpoint))?
     }
 
     /// Stops listening.
-    pub fn unlisten(&self, app: AppIndex, worker: WorkerMapIndex, listener: ListenerHandle) -> SessionResult<()> {
+    pub fn unlisten(
+        &self,
+        app: AppIndex,
+        worker: WorkerMapIndex,
+        listener: ListenerHandle,
+    ) -> SessionResult<()> {
         self.call(move |l| l.unlisten(app, worker, listener))?
     }
 
     /// Connects; the result comes as a connected event.
-    pub fn connect(&self, app: AppIndex, worker: WorkerMapIndex, proto: TransportProto, remote: Endpoint, opaque: u64) -> SessionResult<()> {
+    pub fn connect(
+        &self,
+        app: AppIndex,
+        worker: WorkerMapIndex,
+        proto: TransportProto,
+        remote: Endpoint,
+        opaque: u64,
+    ) -> SessionResult<()> {
         self.call(move |l| l.connect(app, worker, proto, remote, opaque))?
     }
 

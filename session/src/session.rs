@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use crate::app_event::FifoLocation;
 use crate::app_worker::{AppWorkerCounters, EventSink};
+use crate::endpoint::SessionKey;
 use crate::endpoint::{Endpoint, TransportProto};
 use crate::fifo::{Fifo, FifoConsumer, FifoProducer};
 use crate::handle::{AppIndex, AppWorkerIndex, ListenerHandle, SessionHandle};
-use crate::endpoint::SessionKey;
 use crate::segment_manager::FifoPair;
 use crate::transport::TransportConnId;
 

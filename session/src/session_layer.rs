@@ -22,12 +22,15 @@ use crate::app_listener::AppListener;
 use crate::app_worker::{AppWorker, AppWorkerCounters, EventSink};
 use crate::application::{AppCallbacks, AppIdentity, AppOptions, Application};
 use crate::cert::{CertKeyStore, CryptoEngines};
+use crate::endpoint::SessionKey;
 use crate::endpoint::{Endpoint, FiveTuple, IpFamily, TransportProto};
 use crate::error::{SessionError, SessionResult};
 use crate::eventfd::EventFd;
 use crate::fifo::Fifo;
-use crate::handle::{AppIndex, AppWorkerIndex, CertKeyIndex, ListenerHandle, NamespaceIndex, SessionHandle, WorkerMapIndex};
-use crate::endpoint::SessionKey;
+use crate::handle::{
+    AppIndex, AppWorkerIndex, CertKeyIndex, ListenerHandle, NamespaceIndex, SessionHandle,
+    WorkerMapIndex,
+};
 use crate::lookup::{ListenerQuery, ListenerScope, SessionLookup};
 use crate::message_queue::MessageQueue;
 use crate::namespace::AppNamespaces;
@@ -206,7 +209,9 @@ pub struct SessionLayer {
 
 impl std::fmt::Debug for SessionLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionLayer").field("counters", &self.counters()).finish_non_exhaustive()
+        f.debug_struct("SessionLayer")
+            .field("counters", &self.counters())
+            .finish_non_exhaustive()
     }
 }
 
@@ -288,13 +293,19 @@ impl SessionLayer {
         callbacks: Option<AppCallbacks>,
     ) -> SessionResult<AttachReply> {
         if identity.name().is_empty() {
-            return Err(SessionError::InvalidValue("an app needs a name or an api client".into()));
+            return Err(SessionError::InvalidValue(
+                "an app needs a name or an api client".into(),
+            ));
         }
-        if self.app_ids.contains_key(&identity) || self.app_ids.keys().any(|k| k.name() == identity.name()) {
+        if self.app_ids.contains_key(&identity)
+            || self.app_ids.keys().any(|k| k.name() == identity.name())
+        {
             return Err(SessionError::AlreadyAttached(identity.name().to_string()));
         }
         let scope = options.validate()?;
-        let namespace = self.namespaces.lookup_for_attach(&options.namespace_id, options.namespace_secret)?;
+        let namespace = self
+            .namespaces
+            .lookup_for_attach(&options.namespace_id, options.namespace_secret)?;
         let callbacks = match (&identity, callbacks) {
             (AppIdentity::Builtin(name), cbs) => {
                 let cbs = cbs.unwrap_or_default();
@@ -305,7 +316,9 @@ impl SessionLayer {
                 Some(Arc::new(cbs))
             }
             (AppIdentity::External { .. }, Some(_)) => {
-                return Err(SessionError::InvalidValue("external apps cannot register callbacks".into()));
+                return Err(SessionError::InvalidValue(
+                    "external apps cannot register callbacks".into(),
+                ));
             }
             (AppIdentity::External { .. }, None) => None,
         };
@@ -343,7 +356,9 @@ impl SessionLayer {
 
     /// The app with index `app`.
     pub fn app(&self, app: AppIndex) -> SessionResult<&Application> {
-        self.apps.get(app.as_usize()).ok_or(SessionError::NoApp(app.0))
+        self.apps
+            .get(app.as_usize())
+            .ok_or(SessionError::NoApp(app.0))
     }
 
     /// Every attached app.
@@ -353,14 +368,20 @@ impl SessionLayer {
 
     /// An app by builtin name or client.
     pub fn app_by_name(&self, name: &str) -> Option<AppIndex> {
-        self.app_ids.iter().find(|(k, _)| k.name() == name).map(|(_, v)| *v)
+        self.app_ids
+            .iter()
+            .find(|(k, _)| k.name() == name)
+            .map(|(_, v)| *v)
     }
 
     /// Detaches an app: its listeners go now; its sessions are reset on
     /// their threads, and workers, segments and the app itself are freed as
     /// the last session goes.
     pub fn detach(&mut self, app: AppIndex) -> SessionResult<()> {
-        let a = self.apps.get_mut(app.as_usize()).ok_or(SessionError::NoApp(app.0))?;
+        let a = self
+            .apps
+            .get_mut(app.as_usize())
+            .ok_or(SessionError::NoApp(app.0))?;
         if a.detaching {
             return Ok(());
         }
@@ -373,22 +394,36 @@ impl SessionLayer {
     }
 
     /// Adds a worker to an app; returns its map index and global index.
-    pub fn add_worker(&mut self, app: AppIndex, api_client: Option<u32>) -> SessionResult<(WorkerMapIndex, AppWorkerIndex)> {
+    pub fn add_worker(
+        &mut self,
+        app: AppIndex,
+        api_client: Option<u32>,
+    ) -> SessionResult<(WorkerMapIndex, AppWorkerIndex)> {
         let seq = self.segment_seq;
         self.segment_seq += 1;
-        let a = self.apps.get_mut(app.as_usize()).ok_or(SessionError::NoApp(app.0))?;
+        let a = self
+            .apps
+            .get_mut(app.as_usize())
+            .ok_or(SessionError::NoApp(app.0))?;
         if a.detaching {
             return Err(SessionError::NoApp(app.0));
         }
         let map_index = WorkerMapIndex(a.next_map_index);
-        let mut sm = SegmentManager::new(&format!("hs-{}-{}", a.name(), seq), a.options.segment_manager_config())?;
+        let mut sm = SegmentManager::new(
+            &format!("hs-{}-{}", a.name(), seq),
+            a.options.segment_manager_config(),
+        )?;
         let sink = match &a.callbacks {
             Some(cbs) => EventSink::Builtin(cbs.clone()),
             None => {
                 let offset = sm.event_queue_offset().ok_or_else(|| {
                     SessionError::NoSpace("no room for the event queue in the first segment".into())
                 })?;
-                let efd = if a.options.use_eventfd { Some(EventFd::new()?) } else { None };
+                let efd = if a.options.use_eventfd {
+                    Some(EventFd::new()?)
+                } else {
+                    None
+                };
                 let q = MessageQueue::init_at(
                     sm.first_segment().region(),
                     offset,
@@ -422,24 +457,40 @@ impl SessionLayer {
     /// Deletes worker `map_index` of an app. Deleting an unknown map index
     /// is `InvalidValue`; deleting the last worker frees the app.
     pub fn del_worker(&mut self, app: AppIndex, map_index: WorkerMapIndex) -> SessionResult<()> {
-        let a = self.apps.get(app.as_usize()).ok_or(SessionError::NoApp(app.0))?;
+        let a = self
+            .apps
+            .get(app.as_usize())
+            .ok_or(SessionError::NoApp(app.0))?;
         if !a.workers.contains_key(&map_index) {
-            return Err(SessionError::InvalidValue(format!("app {} has no worker {}", app.0, map_index.0)));
+            return Err(SessionError::InvalidValue(format!(
+                "app {} has no worker {}",
+                app.0, map_index.0
+            )));
         }
         self.del_worker_inner(app, map_index)
     }
 
     fn del_worker_inner(&mut self, app: AppIndex, map_index: WorkerMapIndex) -> SessionResult<()> {
-        let a = self.apps.get_mut(app.as_usize()).ok_or(SessionError::NoApp(app.0))?;
+        let a = self
+            .apps
+            .get_mut(app.as_usize())
+            .ok_or(SessionError::NoApp(app.0))?;
         let Some(wi) = a.workers.remove(&map_index) else {
-            return Err(SessionError::InvalidValue(format!("app {} has no worker {}", app.0, map_index.0)));
+            return Err(SessionError::InvalidValue(format!(
+                "app {} has no worker {}",
+                app.0, map_index.0
+            )));
         };
         if a.workers.is_empty() {
             a.detaching = true;
         }
         // Listeners: this worker leaves each; a listener left without
         // workers goes away.
-        let listeners = self.app_workers.get(wi.as_usize()).map(|w| w.listeners.clone()).unwrap_or_default();
+        let listeners = self
+            .app_workers
+            .get(wi.as_usize())
+            .map(|w| w.listeners.clone())
+            .unwrap_or_default();
         for lh in listeners {
             let gone = match self.listeners.get_mut(lh.index() as usize) {
                 Some(l) => l.listener.remove_worker(map_index),
@@ -463,13 +514,17 @@ impl SessionLayer {
     /// Frees a dying app worker once it has no session, and its app once it
     /// has no worker left.
     fn reap_worker(&mut self, wi: AppWorkerIndex) {
-        let Some(w) = self.app_workers.get(wi.as_usize()) else { return };
+        let Some(w) = self.app_workers.get(wi.as_usize()) else {
+            return;
+        };
         if !w.dying || w.sessions > 0 {
             return;
         }
         let app = w.app;
         self.app_workers.remove(wi.as_usize());
-        let Some(a) = self.apps.get(app.as_usize()) else { return };
+        let Some(a) = self.apps.get(app.as_usize()) else {
+            return;
+        };
         let still_referenced = self.app_workers.iter().any(|(_, w)| w.app == app);
         if a.workers.is_empty() && !still_referenced {
             let a = self.apps.remove(app.as_usize());
@@ -504,9 +559,16 @@ impl SessionLayer {
     }
 
     /// The global index of app `app`'s worker `map_index`.
-    pub fn app_worker_of(&self, app: AppIndex, map_index: WorkerMapIndex) -> SessionResult<AppWorkerIndex> {
+    pub fn app_worker_of(
+        &self,
+        app: AppIndex,
+        map_index: WorkerMapIndex,
+    ) -> SessionResult<AppWorkerIndex> {
         let a = self.app(app)?;
-        a.workers.get(&map_index).copied().ok_or(SessionError::InvalidAppWorker(map_index.0))
+        a.workers
+            .get(&map_index)
+            .copied()
+            .ok_or(SessionError::InvalidAppWorker(map_index.0))
     }
 
     // ---- listeners ---------------------------------------------------
@@ -529,11 +591,18 @@ impl SessionLayer {
         }
         let (ns, scope) = (a.namespace, a.scope);
         let endpoint = self.namespaces.resolve_bind(ns, endpoint)?;
-        let fib = self.namespaces.get(ns).map(|n| n.fib_index()).unwrap_or_default();
+        let fib = self
+            .namespaces
+            .get(ns)
+            .map(|n| n.fib_index())
+            .unwrap_or_default();
         // The same app listening again adds the worker to its listener.
         if let Some(&li) = a.listeners.get(&(proto, endpoint)) {
             let lh = ListenerHandle::new(0, li);
-            let entry = self.listeners.get_mut(li as usize).ok_or_else(|| SessionError::NoListener(endpoint.to_string()))?;
+            let entry = self
+                .listeners
+                .get_mut(li as usize)
+                .ok_or_else(|| SessionError::NoListener(endpoint.to_string()))?;
             if !entry.listener.add_worker(map_index)? {
                 return Err(SessionError::AlreadyListening(endpoint.to_string()));
             }
@@ -544,10 +613,21 @@ impl SessionLayer {
         }
         // Another app on the endpoint?
         let taken_global = scope.global
-            && self.lookup.global_table(fib).and_then(|t| t.lookup_listener_exact(proto, endpoint)).is_some();
-        let local_ep = Endpoint { ip: IpFamily::of(&endpoint.ip).zero_addr(), port: endpoint.port };
-        let taken_local =
-            scope.local && self.lookup.local_table(ns).and_then(|t| t.lookup_listener(proto, local_ep)).is_some();
+            && self
+                .lookup
+                .global_table(fib)
+                .and_then(|t| t.lookup_listener_exact(proto, endpoint))
+                .is_some();
+        let local_ep = Endpoint {
+            ip: IpFamily::of(&endpoint.ip).zero_addr(),
+            port: endpoint.port,
+        };
+        let taken_local = scope.local
+            && self
+                .lookup
+                .local_table(ns)
+                .and_then(|t| t.lookup_listener(proto, local_ep))
+                .is_some();
         if taken_global || taken_local {
             return Err(SessionError::AlreadyListening(endpoint.to_string()));
         }
@@ -556,14 +636,21 @@ impl SessionLayer {
         let lh = ListenerHandle::new(0, li);
         let mut listener = AppListener::new(app, proto, endpoint);
         listener.add_worker(map_index)?;
-        entry.insert(ListenerEntry { listener, namespace: ns, local: false, global: false });
+        entry.insert(ListenerEntry {
+            listener,
+            namespace: ns,
+            local: false,
+            global: false,
+        });
         if scope.local {
             if let Err(e) = self.lookup.add_local_listener(ns, proto, local_ep, lh) {
                 self.listeners.remove(li as usize);
                 return Err(e);
             }
             self.listeners[li as usize].local = true;
-            self.listeners[li as usize].listener.set_local_listener(Some(lh));
+            self.listeners[li as usize]
+                .listener
+                .set_local_listener(Some(lh));
         }
         if scope.global {
             if !self.no_lookup[proto_slot(proto)] {
@@ -576,8 +663,14 @@ impl SessionLayer {
                 }
             }
             self.listeners[li as usize].global = true;
-            self.listeners[li as usize].listener.set_global_listener(Some(lh));
-            self.broadcast(|| WorkerCommand::Listen { listener: lh, proto, endpoint });
+            self.listeners[li as usize]
+                .listener
+                .set_global_listener(Some(lh));
+            self.broadcast(|| WorkerCommand::Listen {
+                listener: lh,
+                proto,
+                endpoint,
+            });
         }
         if let Some(a) = self.apps.get_mut(app.as_usize()) {
             a.listeners.insert((proto, endpoint), li);
@@ -591,7 +684,12 @@ impl SessionLayer {
 
     /// Stops app `app`'s worker `map_index` listening on `listener`; the
     /// listener goes when its last worker leaves.
-    pub fn unlisten(&mut self, app: AppIndex, map_index: WorkerMapIndex, listener: ListenerHandle) -> SessionResult<()> {
+    pub fn unlisten(
+        &mut self,
+        app: AppIndex,
+        map_index: WorkerMapIndex,
+        listener: ListenerHandle,
+    ) -> SessionResult<()> {
         let wi = self.app_worker_of(app, map_index)?;
         let entry = self
             .listeners
@@ -619,17 +717,33 @@ impl SessionLayer {
             return;
         }
         let entry = self.listeners.remove(li);
-        let (proto, endpoint, app) = (entry.listener.proto(), entry.listener.endpoint(), entry.listener.app());
+        let (proto, endpoint, app) = (
+            entry.listener.proto(),
+            entry.listener.endpoint(),
+            entry.listener.app(),
+        );
         if entry.local {
-            let local_ep = Endpoint { ip: IpFamily::of(&endpoint.ip).zero_addr(), port: endpoint.port };
-            let _ = self.lookup.del_local_listener(entry.namespace, proto, local_ep);
+            let local_ep = Endpoint {
+                ip: IpFamily::of(&endpoint.ip).zero_addr(),
+                port: endpoint.port,
+            };
+            let _ = self
+                .lookup
+                .del_local_listener(entry.namespace, proto, local_ep);
         }
         if entry.global {
-            let fib = self.namespaces.get(entry.namespace).map(|n| n.fib_index()).unwrap_or_default();
+            let fib = self
+                .namespaces
+                .get(entry.namespace)
+                .map(|n| n.fib_index())
+                .unwrap_or_default();
             if !self.no_lookup[proto_slot(proto)] {
                 let _ = self.lookup.del_global_listener(fib, proto, endpoint);
             }
-            self.broadcast(|| WorkerCommand::Unlisten { listener: lh, proto });
+            self.broadcast(|| WorkerCommand::Unlisten {
+                listener: lh,
+                proto,
+            });
         }
         if let Some(a) = self.apps.get_mut(app.as_usize()) {
             a.listeners.remove(&(proto, endpoint));
@@ -646,15 +760,26 @@ impl SessionLayer {
 
     /// Every listener.
     pub fn listeners(&self) -> impl Iterator<Item = (ListenerHandle, &ListenerEntry)> {
-        self.listeners.iter().map(|(i, l)| (ListenerHandle::new(0, i as u32), l))
+        self.listeners
+            .iter()
+            .map(|(i, l)| (ListenerHandle::new(0, i as u32), l))
     }
 
     /// Moves every listener of app worker `from` to app worker `to` of the
     /// same app (when `from` dies and another worker takes over).
-    pub fn move_listeners(&mut self, app: AppIndex, from: WorkerMapIndex, to: WorkerMapIndex) -> SessionResult<usize> {
+    pub fn move_listeners(
+        &mut self,
+        app: AppIndex,
+        from: WorkerMapIndex,
+        to: WorkerMapIndex,
+    ) -> SessionResult<usize> {
         let from_wi = self.app_worker_of(app, from)?;
         let to_wi = self.app_worker_of(app, to)?;
-        let hs = self.app_workers.get(from_wi.as_usize()).map(|w| w.listeners.clone()).unwrap_or_default();
+        let hs = self
+            .app_workers
+            .get(from_wi.as_usize())
+            .map(|w| w.listeners.clone())
+            .unwrap_or_default();
         for lh in &hs {
             if let Some(l) = self.listeners.get_mut(lh.index() as usize) {
                 l.listener.move_to_worker(from, to)?;
@@ -700,13 +825,22 @@ impl SessionLayer {
             return Err(SessionError::InvalidRemoteIp(remote.to_string()));
         }
         if remote.port == 0 {
-            return Err(SessionError::InvalidValue(format!("connect to port 0 of {}", remote.ip)));
+            return Err(SessionError::InvalidValue(format!(
+                "connect to port 0 of {}",
+                remote.ip
+            )));
         }
         let (ns, scope) = (a.namespace, a.scope);
         if self.threads.is_empty() {
-            return Err(SessionError::InvalidValue("the session layer has no thread to run sessions on".into()));
+            return Err(SessionError::InvalidValue(
+                "the session layer has no thread to run sessions on".into(),
+            ));
         }
-        let fib = self.namespaces.get(ns).map(|n| n.fib_index()).unwrap_or_default();
+        let fib = self
+            .namespaces
+            .get(ns)
+            .map(|n| n.fib_index())
+            .unwrap_or_default();
         let query = ListenerQuery {
             proto,
             endpoint: remote,
@@ -721,11 +855,21 @@ impl SessionLayer {
             }
         }
         if !scope.global {
-            return Err(SessionError::NoListener(format!("no local listener on {remote}")));
+            return Err(SessionError::NoListener(format!(
+                "no local listener on {remote}"
+            )));
         }
         let thread = self.next_thread % self.threads.len();
         self.next_thread = self.next_thread.wrapping_add(1);
-        self.send(thread, WorkerCommand::Connect { app_worker: wi, proto, remote, opaque });
+        self.send(
+            thread,
+            WorkerCommand::Connect {
+                app_worker: wi,
+                proto,
+                remote,
+                opaque,
+            },
+        );
         Ok(())
     }
 
@@ -742,12 +886,18 @@ impl SessionLayer {
             .get_mut(lh.index() as usize)
             .ok_or_else(|| SessionError::NoListener(remote.to_string()))?;
         let server_app = entry.listener.app();
-        let server_map = entry.listener.select_worker().ok_or_else(|| SessionError::NoListener(remote.to_string()))?;
+        let server_map = entry
+            .listener
+            .select_worker()
+            .ok_or_else(|| SessionError::NoListener(remote.to_string()))?;
         let server_wi = self.app_worker_of(server_app, server_map)?;
         let server = self.alloc_session_parts(server_wi)?;
         // The client reads what the server writes and the other way round;
         // both map the server worker's segment.
-        let client_w = self.app_workers.get(client_wi.as_usize()).ok_or(SessionError::InvalidAppWorker(client_wi.0))?;
+        let client_w = self
+            .app_workers
+            .get(client_wi.as_usize())
+            .ok_or(SessionError::InvalidAppWorker(client_wi.0))?;
         let client = NewSessionParts {
             app: client_w.app,
             app_worker: client_wi,
@@ -766,7 +916,14 @@ impl SessionLayer {
         }
         let thread = self.next_thread % self.threads.len();
         self.next_thread = self.next_thread.wrapping_add(1);
-        let plan = CutThroughPlan { proto, listener: lh, server, client, server_endpoint: remote, opaque };
+        let plan = CutThroughPlan {
+            proto,
+            listener: lh,
+            server,
+            client,
+            server_endpoint: remote,
+            opaque,
+        };
         self.send(thread, WorkerCommand::CutThrough(Box::new(plan)));
         Ok(())
     }
@@ -775,7 +932,10 @@ impl SessionLayer {
     /// it.
     pub fn disconnect(&mut self, app: AppIndex, session: SessionHandle) -> SessionResult<()> {
         self.check_owner(app, session)?;
-        self.send(session.thread() as usize, WorkerCommand::Disconnect { session });
+        self.send(
+            session.thread() as usize,
+            WorkerCommand::Disconnect { session },
+        );
         Ok(())
     }
 
@@ -783,14 +943,24 @@ impl SessionLayer {
     /// owns it).
     pub fn wake_session(&mut self, app: AppIndex, session: SessionHandle) -> SessionResult<()> {
         self.check_owner(app, session)?;
-        self.send(session.thread() as usize, WorkerCommand::WakeSession { session });
+        self.send(
+            session.thread() as usize,
+            WorkerCommand::WakeSession { session },
+        );
         Ok(())
     }
 
     /// Checks that `session` exists and belongs to `app`.
-    pub fn check_owner(&self, app: AppIndex, session: SessionHandle) -> SessionResult<AppWorkerIndex> {
+    pub fn check_owner(
+        &self,
+        app: AppIndex,
+        session: SessionHandle,
+    ) -> SessionResult<AppWorkerIndex> {
         self.app(app)?;
-        let wi = *self.owners.get(&session).ok_or(SessionError::NoSession(session.as_u64()))?;
+        let wi = *self
+            .owners
+            .get(&session)
+            .ok_or(SessionError::NoSession(session.as_u64()))?;
         let owner = self.app_workers.get(wi.as_usize()).map(|w| w.app);
         if owner != Some(app) {
             return Err(SessionError::NotOwner(session.as_u64()));
@@ -811,7 +981,11 @@ impl SessionLayer {
     pub fn del_cert(&mut self, cert: CertKeyIndex) -> SessionResult<Vec<AppIndex>> {
         let apps = self.certs.del(cert)?;
         for app in &apps {
-            if let Some(cb) = self.apps.get(app.as_usize()).and_then(|a| a.callbacks.clone()) {
+            if let Some(cb) = self
+                .apps
+                .get(app.as_usize())
+                .and_then(|a| a.callbacks.clone())
+            {
                 if let Some(f) = cb.cert_deleted.clone() {
                     let idx = cert.0;
                     self.deferred.push(Box::new(move || f(idx)));
@@ -827,7 +1001,10 @@ impl SessionLayer {
     /// new session's side; segment changes become deferred callbacks (and
     /// events for external apps).
     pub fn alloc_session_parts(&mut self, wi: AppWorkerIndex) -> SessionResult<NewSessionParts> {
-        let w = self.app_workers.get_mut(wi.as_usize()).ok_or(SessionError::InvalidAppWorker(wi.0))?;
+        let w = self
+            .app_workers
+            .get_mut(wi.as_usize())
+            .ok_or(SessionError::InvalidAppWorker(wi.0))?;
         if w.dying {
             return Err(SessionError::InvalidAppWorker(wi.0));
         }
@@ -836,7 +1013,10 @@ impl SessionLayer {
         let deferred = &mut self.deferred;
         for ev in w.segment_manager.take_events() {
             let event = match &ev {
-                SegmentEvent::Added { index, size, .. } => AppEvent::SegmentAdded { index: *index, size: *size as u64 },
+                SegmentEvent::Added { index, size, .. } => AppEvent::SegmentAdded {
+                    index: *index,
+                    size: *size as u64,
+                },
                 SegmentEvent::Removed { index } => AppEvent::SegmentRemoved { index: *index },
             };
             match &w.sink {
@@ -884,7 +1064,10 @@ impl SessionLayer {
             .get_mut(lh.index() as usize)
             .ok_or_else(|| SessionError::NoListener(lh.to_string()))?;
         let app = entry.listener.app();
-        let map = entry.listener.select_worker().ok_or_else(|| SessionError::NoListener(lh.to_string()))?;
+        let map = entry
+            .listener
+            .select_worker()
+            .ok_or_else(|| SessionError::NoListener(lh.to_string()))?;
         let wi = self.app_worker_of(app, map)?;
         self.alloc_session_parts(wi)
     }
@@ -895,10 +1078,19 @@ impl SessionLayer {
     }
 
     /// Enters an established session in the table of its owner's namespace.
-    pub fn add_established(&mut self, session: SessionHandle, wi: AppWorkerIndex, tuple: FiveTuple) -> Option<SessionKey> {
+    pub fn add_established(
+        &mut self,
+        session: SessionHandle,
+        wi: AppWorkerIndex,
+        tuple: FiveTuple,
+    ) -> Option<SessionKey> {
         let app = self.app_workers.get(wi.as_usize())?.app;
         let ns = self.apps.get(app.as_usize())?.namespace;
-        let fib = self.namespaces.get(ns).map(|n| n.fib_index()).unwrap_or_default();
+        let fib = self
+            .namespaces
+            .get(ns)
+            .map(|n| n.fib_index())
+            .unwrap_or_default();
         let key = SessionKey::new(fib, tuple);
         match self.lookup.add_session(key, session) {
             Ok(()) => Some(key),
@@ -933,7 +1125,9 @@ impl SessionLayer {
         }
         if let Some(w) = self.app_workers.get_mut(wi.as_usize()) {
             w.sessions = w.sessions.saturating_sub(1);
-            w.counters.closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            w.counters
+                .closed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.reap_worker(wi);
     }
@@ -960,8 +1154,16 @@ impl SessionLayer {
             app_workers: self.app_workers.len(),
             listeners: self.listeners.len(),
             sessions: self.owners.len(),
-            segments: self.app_workers.iter().map(|(_, w)| w.segment_manager.segment_count()).sum(),
-            fifos: self.app_workers.iter().map(|(_, w)| w.segment_manager.fifos_allocated()).sum(),
+            segments: self
+                .app_workers
+                .iter()
+                .map(|(_, w)| w.segment_manager.segment_count())
+                .sum(),
+            fifos: self
+                .app_workers
+                .iter()
+                .map(|(_, w)| w.segment_manager.fifos_allocated())
+                .sum(),
             table_entries: self.lookup.counters().entries(),
         }
     }

@@ -71,7 +71,11 @@ pub struct SessionWorker {
     sessions: Slab<Session>,
     by_conn: HashMap<(TransportProto, TransportConnId), u32>,
     listening: HashMap<ListenerHandle, TransportProto>,
-    builtin: VecDeque<(Arc<crate::application::AppCallbacks>, AppWorkerIndex, BuiltinEvent)>,
+    builtin: VecDeque<(
+        Arc<crate::application::AppCallbacks>,
+        AppWorkerIndex,
+        BuiltinEvent,
+    )>,
     scratch: Vec<u8>,
     deferred: Vec<Deferred>,
     pending_disconnects: Vec<SessionHandle>,
@@ -94,7 +98,11 @@ fn lock(layer: &Mutex<SessionLayer>) -> MutexGuard<'_, SessionLayer> {
 
 impl SessionWorker {
     /// The worker of stack thread `thread`, receiving `commands`.
-    pub fn new(thread: u32, layer: Arc<Mutex<SessionLayer>>, commands: Receiver<WorkerCommand>) -> Self {
+    pub fn new(
+        thread: u32,
+        layer: Arc<Mutex<SessionLayer>>,
+        commands: Receiver<WorkerCommand>,
+    ) -> Self {
         Self {
             thread,
             layer,
@@ -137,7 +145,14 @@ impl SessionWorker {
 
     // ---- events to apps ---------------------------------------------
 
-    fn emit(&mut self, sink: &EventSink, counters: &crate::app_worker::AppWorkerCounters, wi: AppWorkerIndex, ev: BuiltinEvent, wire: impl FnOnce() -> AppEvent) {
+    fn emit(
+        &mut self,
+        sink: &EventSink,
+        counters: &crate::app_worker::AppWorkerCounters,
+        wi: AppWorkerIndex,
+        ev: BuiltinEvent,
+        wire: impl FnOnce() -> AppEvent,
+    ) {
         match sink {
             EventSink::Builtin(cbs) => self.builtin.push_back((cbs.clone(), wi, ev)),
             EventSink::Queue(_) => {
@@ -147,7 +162,9 @@ impl SessionWorker {
     }
 
     fn emit_for(&mut self, idx: u32, ev: BuiltinEvent) {
-        let Some(s) = self.sessions.get(idx as usize) else { return };
+        let Some(s) = self.sessions.get(idx as usize) else {
+            return;
+        };
         let (sink, counters, wi) = (s.sink.clone(), s.counters.clone(), s.app_worker);
         let h = s.handle;
         let wire = match &ev {
@@ -178,7 +195,9 @@ impl SessionWorker {
     /// Tells the app data is waiting, once per batch (the fifo's event flag
     /// dedups until the app clears it).
     fn notify_rx(&mut self, idx: u32) {
-        let Some(s) = self.sessions.get(idx as usize) else { return };
+        let Some(s) = self.sessions.get(idx as usize) else {
+            return;
+        };
         if s.rx_in.fifo().set_event() {
             let h = s.handle;
             self.emit_for(idx, BuiltinEvent::Rx(h));
@@ -187,7 +206,15 @@ impl SessionWorker {
 
     // ---- session birth and death -------------------------------------
 
-    fn insert_session(&mut self, parts: NewSessionParts, proto: TransportProto, state: SessionState, kind: SessionKind, local: Endpoint, remote: Endpoint) -> u32 {
+    fn insert_session(
+        &mut self,
+        parts: NewSessionParts,
+        proto: TransportProto,
+        state: SessionState,
+        kind: SessionKind,
+        local: Endpoint,
+        remote: Endpoint,
+    ) -> u32 {
         let entry = self.sessions.vacant_entry();
         let idx = entry.key() as u32;
         let handle = SessionHandle::new(self.thread, idx);
@@ -232,7 +259,9 @@ impl SessionWorker {
         // so they are freed only when neither half can touch them.
         if let SessionKind::CutThrough { peer } = s.kind {
             if let Some(p) = self.session_mut(peer) {
-                p.kind = SessionKind::CutThrough { peer: SessionHandle::from_u64(u64::MAX) };
+                p.kind = SessionKind::CutThrough {
+                    peer: SessionHandle::from_u64(u64::MAX),
+                };
                 if p.owned_pair.is_none() {
                     p.owned_pair = s.owned_pair.take();
                 }
@@ -240,7 +269,9 @@ impl SessionWorker {
         }
         let handle = s.handle;
         if let EventSink::Queue(_) = s.sink {
-            let _ = s.sink.post(&AppEvent::Cleanup { session: handle }, &s.counters);
+            let _ = s
+                .sink
+                .post(&AppEvent::Cleanup { session: handle }, &s.counters);
         }
         let mut layer = lock(&self.layer);
         layer.release_session(handle, s.app_worker, s.lookup_key, s.owned_pair.take());
@@ -251,7 +282,11 @@ impl SessionWorker {
 
     fn run_command(&mut self, cmd: WorkerCommand, tp: &mut dyn TransportSet) {
         match cmd {
-            WorkerCommand::Listen { listener, proto, endpoint } => {
+            WorkerCommand::Listen {
+                listener,
+                proto,
+                endpoint,
+            } => {
                 let Some(t) = tp.transport(proto) else {
                     warn!(thread = self.thread, ?proto, "no transport for a listen");
                     return;
@@ -260,7 +295,9 @@ impl SessionWorker {
                     Ok(()) => {
                         self.listening.insert(listener, proto);
                     }
-                    Err(e) => warn!(thread = self.thread, %endpoint, "transport listen failed: {e}"),
+                    Err(e) => {
+                        warn!(thread = self.thread, %endpoint, "transport listen failed: {e}")
+                    }
                 }
             }
             WorkerCommand::Unlisten { listener, proto } => {
@@ -285,7 +322,12 @@ impl SessionWorker {
                     self.free_session(i);
                 }
             }
-            WorkerCommand::Connect { app_worker, proto, remote, opaque } => self.start_connect(app_worker, proto, remote, opaque, tp),
+            WorkerCommand::Connect {
+                app_worker,
+                proto,
+                remote,
+                opaque,
+            } => self.start_connect(app_worker, proto, remote, opaque, tp),
             WorkerCommand::CutThrough(plan) => self.start_cut_through(*plan),
             WorkerCommand::Disconnect { session } => self.app_disconnect(session, tp),
             WorkerCommand::WakeSession { session } => {
@@ -309,7 +351,14 @@ impl SessionWorker {
         }
     }
 
-    fn start_connect(&mut self, wi: AppWorkerIndex, proto: TransportProto, remote: Endpoint, opaque: u64, tp: &mut dyn TransportSet) {
+    fn start_connect(
+        &mut self,
+        wi: AppWorkerIndex,
+        proto: TransportProto,
+        remote: Endpoint,
+        opaque: u64,
+        tp: &mut dyn TransportSet,
+    ) {
         let parts = {
             let mut layer = lock(&self.layer);
             let p = layer.alloc_session_parts(wi);
@@ -320,7 +369,9 @@ impl SessionWorker {
             Ok(p) => p,
             Err(e) => {
                 // Tell the app; it has no session to hang the error on.
-                let sink_counters = lock(&self.layer).app_worker(wi).map(|w| (w.sink.clone(), w.counters.clone()));
+                let sink_counters = lock(&self.layer)
+                    .app_worker(wi)
+                    .map(|w| (w.sink.clone(), w.counters.clone()));
                 if let Some((sink, counters)) = sink_counters {
                     let code = crate::app_event::ErrorCode::of(&e) as u32;
                     let wire = AppEvent::Connected {
@@ -331,19 +382,38 @@ impl SessionWorker {
                         remote,
                         fifos: Default::default(),
                     };
-                    self.emit(&sink, &counters, wi, BuiltinEvent::Connected(Err(e), opaque), || wire);
+                    self.emit(
+                        &sink,
+                        &counters,
+                        wi,
+                        BuiltinEvent::Connected(Err(e), opaque),
+                        || wire,
+                    );
                 }
                 return;
             }
         };
-        let zero = Endpoint { ip: crate::endpoint::IpFamily::of(&remote.ip).zero_addr(), port: 0 };
-        let idx = self.insert_session(parts, proto, SessionState::Connecting, SessionKind::Transport(None), zero, remote);
+        let zero = Endpoint {
+            ip: crate::endpoint::IpFamily::of(&remote.ip).zero_addr(),
+            port: 0,
+        };
+        let idx = self.insert_session(
+            parts,
+            proto,
+            SessionState::Connecting,
+            SessionKind::Transport(None),
+            zero,
+            remote,
+        );
         let handle = self.handle(idx);
         self.sessions[idx as usize].opaque = opaque;
         lock(&self.layer).register_owner(handle, wi);
         let result = match tp.transport(proto) {
             Some(t) => t.connect(handle, remote),
-            None => Err(SessionError::Transport(format!("no {proto} transport on thread {}", self.thread))),
+            None => Err(SessionError::Transport(format!(
+                "no {proto} transport on thread {}",
+                self.thread
+            ))),
         };
         match result {
             Ok(conn) => {
@@ -355,8 +425,16 @@ impl SessionWorker {
     }
 
     fn connect_failed(&mut self, idx: u32, e: SessionError) {
-        let Some(s) = self.sessions.get(idx as usize) else { return };
-        let (sink, counters, wi, opaque, remote) = (s.sink.clone(), s.counters.clone(), s.app_worker, s.opaque, s.remote);
+        let Some(s) = self.sessions.get(idx as usize) else {
+            return;
+        };
+        let (sink, counters, wi, opaque, remote) = (
+            s.sink.clone(),
+            s.counters.clone(),
+            s.app_worker,
+            s.opaque,
+            s.remote,
+        );
         let code = crate::app_event::ErrorCode::of(&e) as u32;
         let wire = AppEvent::Connected {
             session: SessionHandle::from_u64(u64::MAX),
@@ -366,9 +444,17 @@ impl SessionWorker {
             remote,
             fifos: Default::default(),
         };
-        self.emit(&sink, &counters, wi, BuiltinEvent::Connected(Err(e), opaque), || wire);
+        self.emit(
+            &sink,
+            &counters,
+            wi,
+            BuiltinEvent::Connected(Err(e), opaque),
+            || wire,
+        );
         // No cleanup event: the app never saw this session.
-        if let Some(mut s) = (self.sessions.contains(idx as usize)).then(|| self.sessions.remove(idx as usize)) {
+        if let Some(mut s) =
+            (self.sessions.contains(idx as usize)).then(|| self.sessions.remove(idx as usize))
+        {
             if let Some(conn) = s.conn() {
                 self.by_conn.remove(&(s.proto, conn));
             }
@@ -379,11 +465,39 @@ impl SessionWorker {
     }
 
     fn start_cut_through(&mut self, plan: crate::session_layer::CutThroughPlan) {
-        let crate::session_layer::CutThroughPlan { proto, listener, server, client, server_endpoint, opaque } = plan;
+        let crate::session_layer::CutThroughPlan {
+            proto,
+            listener,
+            server,
+            client,
+            server_endpoint,
+            opaque,
+        } = plan;
         let (server_wi, client_wi) = (server.app_worker, client.app_worker);
-        let client_ep = Endpoint { ip: server_endpoint.ip, port: 0 };
-        let s_idx = self.insert_session(server, proto, SessionState::Ready, SessionKind::CutThrough { peer: SessionHandle::from_u64(u64::MAX) }, server_endpoint, client_ep);
-        let c_idx = self.insert_session(client, proto, SessionState::Ready, SessionKind::CutThrough { peer: SessionHandle::from_u64(u64::MAX) }, client_ep, server_endpoint);
+        let client_ep = Endpoint {
+            ip: server_endpoint.ip,
+            port: 0,
+        };
+        let s_idx = self.insert_session(
+            server,
+            proto,
+            SessionState::Ready,
+            SessionKind::CutThrough {
+                peer: SessionHandle::from_u64(u64::MAX),
+            },
+            server_endpoint,
+            client_ep,
+        );
+        let c_idx = self.insert_session(
+            client,
+            proto,
+            SessionState::Ready,
+            SessionKind::CutThrough {
+                peer: SessionHandle::from_u64(u64::MAX),
+            },
+            client_ep,
+            server_endpoint,
+        );
         let (sh, ch) = (self.handle(s_idx), self.handle(c_idx));
         self.sessions[s_idx as usize].kind = SessionKind::CutThrough { peer: ch };
         self.sessions[s_idx as usize].listener = Some(listener);
@@ -394,8 +508,14 @@ impl SessionWorker {
             layer.register_owner(sh, server_wi);
             layer.register_owner(ch, client_wi);
         }
-        self.sessions[s_idx as usize].counters.accepted.fetch_add(1, Relaxed);
-        self.sessions[c_idx as usize].counters.connected.fetch_add(1, Relaxed);
+        self.sessions[s_idx as usize]
+            .counters
+            .accepted
+            .fetch_add(1, Relaxed);
+        self.sessions[c_idx as usize]
+            .counters
+            .connected
+            .fetch_add(1, Relaxed);
         self.emit_for(s_idx, BuiltinEvent::Accept(sh));
         self.emit_for(c_idx, BuiltinEvent::Connected(Ok(ch), opaque));
     }
@@ -406,10 +526,15 @@ impl SessionWorker {
             return;
         }
         let idx = session.index();
-        let Some(s) = self.sessions.get_mut(idx as usize) else { return };
+        let Some(s) = self.sessions.get_mut(idx as usize) else {
+            return;
+        };
         match s.kind {
             SessionKind::CutThrough { peer } => {
-                let peer_alive = self.session_mut(peer).map(|p| !p.disconnect_notified).unwrap_or(false);
+                let peer_alive = self
+                    .session_mut(peer)
+                    .map(|p| !p.disconnect_notified)
+                    .unwrap_or(false);
                 if peer_alive {
                     if let Some(p) = self.session_mut(peer) {
                         p.disconnect_notified = true;
@@ -421,7 +546,10 @@ impl SessionWorker {
             }
             SessionKind::Transport(None) => self.free_session(idx),
             SessionKind::Transport(Some(_)) => {
-                if matches!(s.state, SessionState::Closing | SessionState::TransportClosing) {
+                if matches!(
+                    s.state,
+                    SessionState::Closing | SessionState::TransportClosing
+                ) {
                     return;
                 }
                 s.state = SessionState::Closing;
@@ -432,7 +560,9 @@ impl SessionWorker {
 
     /// Resets a session now (app worker deleted).
     fn abort_session(&mut self, idx: u32, tp: &mut dyn TransportSet) {
-        let Some(s) = self.sessions.get(idx as usize) else { return };
+        let Some(s) = self.sessions.get(idx as usize) else {
+            return;
+        };
         match s.kind {
             SessionKind::Transport(Some(conn)) => {
                 let proto = s.proto;
@@ -461,9 +591,18 @@ impl SessionWorker {
 
     // ---- transport events ---------------------------------------------
 
-    fn transport_event(&mut self, proto: TransportProto, ev: TransportEvent, tp: &mut dyn TransportSet) {
+    fn transport_event(
+        &mut self,
+        proto: TransportProto,
+        ev: TransportEvent,
+        tp: &mut dyn TransportSet,
+    ) {
         match ev {
-            TransportEvent::Accepted { listener, conn, tuple } => {
+            TransportEvent::Accepted {
+                listener,
+                conn,
+                tuple,
+            } => {
                 let parts = {
                     let mut layer = lock(&self.layer);
                     let p = layer.accept_parts(listener);
@@ -481,13 +620,24 @@ impl SessionWorker {
                     }
                 };
                 let wi = parts.app_worker;
-                let idx = self.insert_session(parts, proto, SessionState::Ready, SessionKind::Transport(Some(conn)), tuple.local(), tuple.remote());
+                let idx = self.insert_session(
+                    parts,
+                    proto,
+                    SessionState::Ready,
+                    SessionKind::Transport(Some(conn)),
+                    tuple.local(),
+                    tuple.remote(),
+                );
                 let handle = self.handle(idx);
                 self.by_conn.insert((proto, conn), idx);
                 let key = {
                     let mut layer = lock(&self.layer);
                     layer.register_owner(handle, wi);
-                    if proto == TransportProto::Tcp { layer.add_established(handle, wi, tuple) } else { None }
+                    if proto == TransportProto::Tcp {
+                        layer.add_established(handle, wi, tuple)
+                    } else {
+                        None
+                    }
                 };
                 let s = &mut self.sessions[idx as usize];
                 s.lookup_key = key;
@@ -495,7 +645,11 @@ impl SessionWorker {
                 s.counters.accepted.fetch_add(1, Relaxed);
                 self.emit_for(idx, BuiltinEvent::Accept(handle));
             }
-            TransportEvent::Connected { session, conn, tuple } => {
+            TransportEvent::Connected {
+                session,
+                conn,
+                tuple,
+            } => {
                 let idx = session.index();
                 let Some(s) = self.session_mut(session) else {
                     if let Some(t) = tp.transport(proto) {
@@ -510,7 +664,11 @@ impl SessionWorker {
                 s.counters.connected.fetch_add(1, Relaxed);
                 let (wi, opaque) = (s.app_worker, s.opaque);
                 self.by_conn.insert((proto, conn), idx);
-                let key = if proto == TransportProto::Tcp { lock(&self.layer).add_established(session, wi, tuple) } else { None };
+                let key = if proto == TransportProto::Tcp {
+                    lock(&self.layer).add_established(session, wi, tuple)
+                } else {
+                    None
+                };
                 self.sessions[idx as usize].lookup_key = key;
                 self.emit_for(idx, BuiltinEvent::Connected(Ok(session), opaque));
             }
@@ -543,7 +701,11 @@ impl SessionWorker {
                     let s = &self.sessions[idx as usize];
                     // Closed without the app having closed: it must hear of
                     // it before its session disappears.
-                    if !matches!(s.state, SessionState::Closing | SessionState::TransportClosing) && !s.disconnect_notified {
+                    if !matches!(
+                        s.state,
+                        SessionState::Closing | SessionState::TransportClosing
+                    ) && !s.disconnect_notified
+                    {
                         self.emit_for(idx, BuiltinEvent::Reset(h));
                     }
                     self.free_session(idx);
@@ -595,7 +757,9 @@ impl SessionWorker {
             let mut blocked = false;
             let took = t.recv_datagram(conn, &mut |meta, payload| {
                 let need = DGRAM_HEADER_SIZE + payload.len();
-                if (rx.max_enqueue().unwrap_or(0) as usize) < need || payload.len() > u16::MAX as usize {
+                if (rx.max_enqueue().unwrap_or(0) as usize) < need
+                    || payload.len() > u16::MAX as usize
+                {
                     blocked = true;
                     return false;
                 }
@@ -630,7 +794,9 @@ impl SessionWorker {
             let mut hdr = [0u8; DGRAM_HEADER_SIZE];
             loop {
                 let avail = s.tx_out.max_dequeue().unwrap_or(0) as usize;
-                if avail < DGRAM_HEADER_SIZE || s.tx_out.peek(0, &mut hdr).unwrap_or(0) < DGRAM_HEADER_SIZE {
+                if avail < DGRAM_HEADER_SIZE
+                    || s.tx_out.peek(0, &mut hdr).unwrap_or(0) < DGRAM_HEADER_SIZE
+                {
                     break;
                 }
                 let Ok((len, remote, local)) = decode_dgram_header(&hdr) else {
@@ -644,8 +810,13 @@ impl SessionWorker {
                     break;
                 }
                 self.scratch.resize(len.max(self.scratch.len()), 0);
-                let got = s.tx_out.peek(DGRAM_HEADER_SIZE as u32, &mut self.scratch[..len]).unwrap_or(0);
-                if got < len || !t.send_datagram(conn, DatagramMeta { remote, local }, &self.scratch[..len]) {
+                let got = s
+                    .tx_out
+                    .peek(DGRAM_HEADER_SIZE as u32, &mut self.scratch[..len])
+                    .unwrap_or(0);
+                if got < len
+                    || !t.send_datagram(conn, DatagramMeta { remote, local }, &self.scratch[..len])
+                {
                     break;
                 }
                 let _ = s.tx_out.drop_bytes((DGRAM_HEADER_SIZE + len) as u32);
@@ -676,7 +847,9 @@ impl SessionWorker {
     }
 
     fn flush_tx(&mut self, idx: u32, tp: &mut dyn TransportSet) {
-        let Some(s) = self.sessions.get(idx as usize) else { return };
+        let Some(s) = self.sessions.get(idx as usize) else {
+            return;
+        };
         let proto = s.proto;
         let Some(t) = tp.transport(proto) else { return };
         self.push_tx(idx, t);
@@ -699,9 +872,7 @@ impl SessionWorker {
             self.run_command(cmd, tp);
         }
         for proto in [TransportProto::Tcp, TransportProto::Udp] {
-            loop {
-                let Some(t) = tp.transport(proto) else { break };
-                let Some(ev) = t.poll_event() else { break };
+            while let Some(ev) = tp.transport(proto).and_then(|t| t.poll_event()) {
                 work = true;
                 self.transport_event(proto, ev, tp);
             }
@@ -728,7 +899,9 @@ impl SessionWorker {
     /// Moves one session's bytes both ways and raises the events they
     /// cause.
     fn service_session(&mut self, idx: u32, tp: &mut dyn TransportSet) -> bool {
-        let Some(s) = self.sessions.get_mut(idx as usize) else { return false };
+        let Some(s) = self.sessions.get_mut(idx as usize) else {
+            return false;
+        };
         if matches!(s.kind, SessionKind::CutThrough { .. }) || s.conn().is_none() {
             return false;
         }
@@ -738,16 +911,30 @@ impl SessionWorker {
             s.rx_blocked = false;
             work = true;
         }
-        let pulling = !s.rx_blocked && matches!(s.state, SessionState::Ready | SessionState::RemoteClosed | SessionState::Closing);
-        let Some(t) = tp.transport(proto) else { return false };
+        let pulling = !s.rx_blocked
+            && matches!(
+                s.state,
+                SessionState::Ready | SessionState::RemoteClosed | SessionState::Closing
+            );
+        let Some(t) = tp.transport(proto) else {
+            return false;
+        };
         if pulling {
-            let moved = if proto == TransportProto::Udp { self.pull_datagrams(idx, t) } else { self.pull_stream(idx, t) };
+            let moved = if proto == TransportProto::Udp {
+                self.pull_datagrams(idx, t)
+            } else {
+                self.pull_stream(idx, t)
+            };
             if moved > 0 {
                 work = true;
                 self.notify_rx(idx);
             }
         }
-        let has_tx = self.sessions[idx as usize].tx_out.max_dequeue().unwrap_or(0) > 0;
+        let has_tx = self.sessions[idx as usize]
+            .tx_out
+            .max_dequeue()
+            .unwrap_or(0)
+            > 0;
         if has_tx {
             work |= self.push_tx(idx, t) > 0;
         }
@@ -782,7 +969,10 @@ impl SessionWorker {
         let mut budget = 4096;
         while let Some((cbs, wi, ev)) = self.builtin.pop_front() {
             any = true;
-            let mut cx = AppCx { worker: self, app_worker: wi };
+            let mut cx = AppCx {
+                worker: self,
+                app_worker: wi,
+            };
             match ev {
                 BuiltinEvent::Accept(h) => {
                     if let Some(f) = &cbs.accept {
@@ -875,7 +1065,9 @@ impl AppCx<'_> {
         // (its tx fifo was full).
         if s.app_rx.take_dequeue_notification_request() {
             match s.kind {
-                SessionKind::CutThrough { peer } => self.worker.emit_for(peer.index(), BuiltinEvent::Tx(peer)),
+                SessionKind::CutThrough { peer } => {
+                    self.worker.emit_for(peer.index(), BuiltinEvent::Tx(peer))
+                }
                 SessionKind::Transport(_) => s.rx_blocked = false,
             }
         }
@@ -933,7 +1125,11 @@ impl AppCx<'_> {
 
     /// Reads one datagram: its addresses and payload length. `Ok(None)`
     /// when none is waiting; a payload larger than `buf` is truncated.
-    pub fn recv_datagram(&mut self, h: SessionHandle, buf: &mut [u8]) -> SessionResult<Option<(usize, DatagramMeta)>> {
+    pub fn recv_datagram(
+        &mut self,
+        h: SessionHandle,
+        buf: &mut [u8],
+    ) -> SessionResult<Option<(usize, DatagramMeta)>> {
         let s = self.own(h)?;
         let mut hdr = [0u8; DGRAM_HEADER_SIZE];
         if (s.app_rx.max_dequeue()? as usize) < DGRAM_HEADER_SIZE {
@@ -954,9 +1150,17 @@ impl AppCx<'_> {
 
     /// Queues one datagram to `meta.remote`; false when the tx fifo lacks
     /// room for it.
-    pub fn send_datagram(&mut self, h: SessionHandle, meta: DatagramMeta, payload: &[u8]) -> SessionResult<bool> {
+    pub fn send_datagram(
+        &mut self,
+        h: SessionHandle,
+        meta: DatagramMeta,
+        payload: &[u8],
+    ) -> SessionResult<bool> {
         if payload.len() > u16::MAX as usize {
-            return Err(SessionError::InvalidValue(format!("datagram of {} bytes", payload.len())));
+            return Err(SessionError::InvalidValue(format!(
+                "datagram of {} bytes",
+                payload.len()
+            )));
         }
         let s = self.own(h)?;
         if (s.app_tx.max_enqueue()? as usize) < DGRAM_HEADER_SIZE + payload.len() {

@@ -94,26 +94,44 @@ pub trait Transport {
     /// Starts a connection to `remote` on behalf of `session`; completion is
     /// reported as [`TransportEvent::Connected`] or
     /// [`TransportEvent::ConnectFailed`].
-    fn connect(&mut self, session: SessionHandle, remote: Endpoint) -> SessionResult<TransportConnId>;
+    fn connect(
+        &mut self,
+        session: SessionHandle,
+        remote: Endpoint,
+    ) -> SessionResult<TransportConnId>;
 
     /// Bytes (stream) waiting to be read on `conn`.
     fn recv_available(&self, conn: TransportConnId) -> usize;
 
     /// Hands up to `max` received bytes of `conn` to `sink`, which returns
     /// how many it took; returns that number.
-    fn recv(&mut self, conn: TransportConnId, max: usize, sink: &mut dyn FnMut(&[u8]) -> usize) -> usize;
+    fn recv(
+        &mut self,
+        conn: TransportConnId,
+        max: usize,
+        sink: &mut dyn FnMut(&[u8]) -> usize,
+    ) -> usize;
 
     /// Bytes `conn` can take for sending now.
     fn send_space(&self, conn: TransportConnId) -> usize;
 
     /// Lets `source` fill up to `max` bytes of `conn`'s send buffer; it
     /// returns how many it wrote, which this returns.
-    fn send(&mut self, conn: TransportConnId, max: usize, source: &mut dyn FnMut(&mut [u8]) -> usize) -> usize;
+    fn send(
+        &mut self,
+        conn: TransportConnId,
+        max: usize,
+        source: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> usize;
 
     /// Takes one received datagram of `conn`: `sink` gets its addresses and
     /// payload and returns false to leave it queued (no room). Returns
     /// whether one was taken.
-    fn recv_datagram(&mut self, conn: TransportConnId, sink: &mut dyn FnMut(DatagramMeta, &[u8]) -> bool) -> bool;
+    fn recv_datagram(
+        &mut self,
+        conn: TransportConnId,
+        sink: &mut dyn FnMut(DatagramMeta, &[u8]) -> bool,
+    ) -> bool;
 
     /// Queues one datagram on `conn`; false when the transport has no room.
     fn send_datagram(&mut self, conn: TransportConnId, meta: DatagramMeta, payload: &[u8]) -> bool;

@@ -1,24 +1,24 @@
 //! `hoststack demo`: the whole datapath in one command on a fresh machine.
 //!
-//! Builds a veth lab, runs hoststack on the host end over AF_XDP with a TCP
-//! and a UDP echo server and an outbound TCP client, drives them from the
-//! kernel side in the namespace with real kernel sockets, prints what moved,
-//! and tears the lab down — also on Ctrl-C or error.
+//! Builds a veth lab, runs hoststack on the host end over AF_XDP with two
+//! builtin apps on its session layer — an echo server (TCP and UDP, two app
+//! workers) and an outbound TCP client — drives them from the kernel side in
+//! the namespace with real kernel sockets, prints what moved, and tears the
+//! lab down — also on Ctrl-C or error.
 
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use hoststack_session::application::AppOptions;
+use hoststack_session::builtin_apps::{EchoServer, StreamClient};
+use hoststack_session::endpoint::{Endpoint, TransportProto};
 use serde_json::Value;
-use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use crate::cli::Shutdown;
 use crate::config::StackConfig;
-use crate::echo::{EchoStats, TcpEchoServer, UdpEchoServer};
 use crate::error::{StackError, StackResult};
 use crate::lab::{Lab, LabConfig};
 use crate::runtime::Stack;
-use crate::service::Service;
-use crate::transfer::{TcpTransferClient, TransferReport};
 use crate::worker::WorkerMode;
 
 /// What the demo does.
@@ -87,30 +87,31 @@ pub fn run_demo(cfg: &DemoConfig, shutdown: &Shutdown) -> StackResult<()> {
 }
 
 fn run_with_lab(cfg: &DemoConfig, lab: &Lab, shutdown: &Shutdown) -> StackResult<()> {
-    let mut stack_cfg = StackConfig::new(&lab.host_if, lab.host_addresses());
-    stack_cfg.validate()?;
-    let tcp_stats = Arc::new(EchoStats::default());
-    let udp_stats = Arc::new(EchoStats::default());
-    let outbound: Arc<Mutex<Option<TransferReport>>> = Arc::default();
-    let peer_ep = IpEndpoint::new(IpAddress::from(lab.cfg.peer4.addr), KERNEL_ECHO_PORT);
-    stack_cfg.seed = 0;
+    let stack_cfg = StackConfig::new(&lab.host_if, lab.host_addresses());
     // Give the kernel echo server a moment to listen.
     std::thread::sleep(Duration::from_millis(300));
-    let (t, u, o) = (tcp_stats.clone(), udp_stats.clone(), outbound.clone());
-    let outbound_bytes = cfg.outbound_bytes;
-    let stack = Stack::start(&stack_cfg, cfg.mode, move |_| {
-        let v: Vec<Box<dyn Service>> = vec![
-            Box::new(TcpEchoServer::new(ECHO_PORT, t.clone())),
-            Box::new(UdpEchoServer::new(ECHO_PORT, u.clone())),
-            Box::new(TcpTransferClient::new(
-                peer_ep,
-                outbound_bytes,
-                7,
-                o.clone(),
-            )),
-        ];
-        v
-    })?;
+    let stack = Stack::start(&stack_cfg, cfg.mode)?;
+    let control = stack.control().clone();
+    let session_err = |e: hoststack_session::SessionError| StackError::Socket(e.to_string());
+    let fifos = AppOptions {
+        rx_fifo_size: 512 << 10,
+        tx_fifo_size: 512 << 10,
+        ..AppOptions::default()
+    };
+    let echo =
+        EchoServer::attach(&control, "echo-server", fifos.clone(), 2).map_err(session_err)?;
+    let any = |port| Endpoint {
+        ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        port,
+    };
+    echo.listen(&control, TransportProto::Tcp, any(ECHO_PORT))
+        .map_err(session_err)?;
+    echo.listen(&control, TransportProto::Udp, any(ECHO_PORT))
+        .map_err(session_err)?;
+    let peer_ep = Endpoint {
+        ip: lab.cfg.peer4.addr,
+        port: KERNEL_ECHO_PORT,
+    };
     let w = &stack.workers()[0];
     println!(
         "  stack up: {} queue {} ({}), {:?} mode",
@@ -125,9 +126,23 @@ fn run_with_lab(cfg: &DemoConfig, lab: &Lab, shutdown: &Shutdown) -> StackResult
         "\n[1] hoststack TCP client -> kernel TCP echo server, {} MiB",
         cfg.outbound_bytes >> 20
     );
+    let client = StreamClient::start(
+        &control,
+        "tcp-client",
+        fifos,
+        peer_ep,
+        cfg.outbound_bytes,
+        7,
+    )
+    .map_err(session_err)?;
     let started = Instant::now();
     let report = loop {
-        if let Some(r) = outbound.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(r) = client
+            .report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             break r;
         }
         if shutdown.wait(Duration::from_millis(50)) || started.elapsed() > Duration::from_secs(60) {
@@ -182,23 +197,26 @@ fn run_with_lab(cfg: &DemoConfig, lab: &Lab, shutdown: &Shutdown) -> StackResult
     }
 
     let c = stack.totals();
-    let tcp = &tcp_stats;
     let r = std::sync::atomic::Ordering::Relaxed;
+    let per_worker = echo.accepted_per_worker(&control).unwrap_or_default();
     println!("\nhoststack counters");
     println!(
         "    frames rx {} tx {}, bytes rx {} tx {}",
         c.rx_frames, c.tx_frames, c.rx_bytes, c.tx_bytes
     );
     println!(
-        "    tcp echo: {} connections, {} bytes; udp echo: {} datagrams",
-        tcp.accepted.load(r),
-        tcp.bytes.load(r),
-        udp_stats.accepted.load(r)
+        "    echo app: {} TCP sessions, {} bytes, {} datagrams; sessions per app worker (round robin): {:?}",
+        echo.stats.streams.load(r),
+        echo.stats.bytes.load(r),
+        echo.stats.datagrams.load(r),
+        per_worker
     );
     println!(
         "    checksums left unverified (veth partial): {}, bad: {}, malformed: {}, kernel drops: {}",
         c.rx_checksum_unverified, c.rx_bad_checksum, c.rx_malformed, c.rx_kernel_drops
     );
+    let _ = control.detach(client.app);
+    let _ = control.detach(echo.app);
     stack.stop()?;
     Ok(())
 }

@@ -12,15 +12,12 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod device;
-pub mod echo;
 pub mod error;
 pub mod lab;
 pub mod runtime;
-pub mod service;
 mod sys;
 pub mod tcp_listener;
 pub mod transport;
-pub mod transfer;
 pub mod worker;
 
 pub use config::{AddrPrefix, DriverKind, StackConfig, TcpTuning};

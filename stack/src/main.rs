@@ -2,19 +2,20 @@
 
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hoststack_session::application::AppOptions;
+use hoststack_session::builtin_apps::{
+    DatagramClient, EchoServer, ReportSlot, StreamClient, TransferReport,
+};
+use hoststack_session::endpoint::{Endpoint, TransportProto};
 use hoststack_stack::cli::{Shutdown, StackArgs, enter_netns};
 use hoststack_stack::demo::{DemoConfig, run_demo};
-use hoststack_stack::echo::{EchoStats, TcpEchoServer, UdpEchoServer};
 use hoststack_stack::lab::{Lab, LabConfig};
-use hoststack_stack::service::Service;
-use hoststack_stack::transfer::{TcpTransferClient, TransferReport, UdpReport, UdpTransferClient};
 use hoststack_stack::{AddrPrefix, Stack, WorkerMode};
-use smoltcp::wire::{IpAddress, IpEndpoint};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// hoststack: a user-space TCP/UDP host stack on AF_XDP and io_uring.
 #[derive(Debug, Parser)]
@@ -58,6 +59,15 @@ enum Command {
         /// UDP echo port (0: none).
         #[arg(long, default_value_t = 7)]
         udp_port: u16,
+        /// App workers sessions are spread over (round robin).
+        #[arg(long, default_value_t = 1)]
+        app_workers: u32,
+        /// rx and tx fifo size per session, bytes.
+        #[arg(long, default_value_t = 512 * 1024)]
+        fifo_size: u32,
+        /// Swallow what arrives instead of echoing it (a sink).
+        #[arg(long)]
+        discard: bool,
     },
     /// Connect out, send a seeded stream, verify the echo, print a JSON report.
     TcpClient {
@@ -65,7 +75,7 @@ enum Command {
         stack: StackArgs,
         /// Server to connect to, IP:PORT.
         #[arg(long)]
-        connect: std::net::SocketAddr,
+        connect: SocketAddr,
         /// Bytes to send (and verify back).
         #[arg(long, default_value_t = 16 << 20)]
         bytes: u64,
@@ -83,7 +93,7 @@ enum Command {
         stack: StackArgs,
         /// Server to send to, IP:PORT.
         #[arg(long)]
-        connect: std::net::SocketAddr,
+        connect: SocketAddr,
         /// Datagrams to exchange.
         #[arg(long, default_value_t = 1000)]
         count: u64,
@@ -179,7 +189,10 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             stack,
             tcp_port,
             udp_port,
-        } => echo_server(&stack, tcp_port, udp_port),
+            app_workers,
+            fifo_size,
+            discard,
+        } => echo_server(&stack, tcp_port, udp_port, app_workers, fifo_size, discard),
         Command::TcpClient {
             stack,
             connect,
@@ -197,36 +210,53 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn start_stack(
-    args: &StackArgs,
-    services: impl FnMut(usize) -> Vec<Box<dyn Service>>,
-) -> anyhow::Result<(Stack, Shutdown)> {
+fn start_stack(args: &StackArgs) -> anyhow::Result<(Stack, Shutdown)> {
     let shutdown = Shutdown::install()?;
     if let Some(ns) = &args.netns {
         enter_netns(ns)?;
     }
     let cfg = args.config()?;
-    let stack = Stack::start(&cfg, args.mode, services)?;
+    let stack = Stack::start(&cfg, args.mode)?;
     Ok((stack, shutdown))
 }
 
-fn echo_server(args: &StackArgs, tcp_port: u16, udp_port: u16) -> anyhow::Result<ExitCode> {
+fn any_ip(port: u16) -> Endpoint {
+    Endpoint {
+        ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        port,
+    }
+}
+
+fn echo_server(
+    args: &StackArgs,
+    tcp_port: u16,
+    udp_port: u16,
+    app_workers: u32,
+    fifo: u32,
+    discard: bool,
+) -> anyhow::Result<ExitCode> {
     if tcp_port == 0 && udp_port == 0 {
         anyhow::bail!("nothing to serve: both --tcp-port and --udp-port are 0");
     }
-    let tcp_stats = Arc::new(EchoStats::default());
-    let udp_stats = Arc::new(EchoStats::default());
-    let (t, u) = (tcp_stats.clone(), udp_stats.clone());
-    let (stack, shutdown) = start_stack(args, move |_| {
-        let mut v: Vec<Box<dyn Service>> = Vec::new();
-        if tcp_port != 0 {
-            v.push(Box::new(TcpEchoServer::new(tcp_port, t.clone())));
-        }
-        if udp_port != 0 {
-            v.push(Box::new(UdpEchoServer::new(udp_port, u.clone())));
-        }
-        v
-    })?;
+    let (stack, shutdown) = start_stack(args)?;
+    let control = stack.control().clone();
+    let opts = AppOptions {
+        rx_fifo_size: fifo,
+        tx_fifo_size: fifo,
+        ..AppOptions::default()
+    };
+    let server = EchoServer::attach_with(&control, "echo-server", opts, app_workers, discard)
+        .context("attaching the echo app")?;
+    if tcp_port != 0 {
+        server
+            .listen(&control, TransportProto::Tcp, any_ip(tcp_port))
+            .context("TCP listen")?;
+    }
+    if udp_port != 0 {
+        server
+            .listen(&control, TransportProto::Udp, any_ip(udp_port))
+            .context("UDP listen")?;
+    }
     for w in stack.workers() {
         eprintln!(
             "hoststack: echo server on {} queue {} ({})",
@@ -240,14 +270,17 @@ fn echo_server(args: &StackArgs, tcp_port: u16, udp_port: u16) -> anyhow::Result
             break;
         }
     }
+    let per_worker = server.accepted_per_worker(&control).unwrap_or_default();
+    let _ = control.detach(server.app);
     let totals = stack.totals();
     let result = stack.stop();
     println!(
         "{}",
         serde_json::json!({
-            "tcp_connections": tcp_stats.accepted.load(Relaxed),
-            "tcp_bytes": tcp_stats.bytes.load(Relaxed),
-            "udp_datagrams": udp_stats.accepted.load(Relaxed),
+            "tcp_connections": server.stats.streams.load(Relaxed),
+            "tcp_bytes": server.stats.bytes.load(Relaxed),
+            "udp_datagrams": server.stats.datagrams.load(Relaxed),
+            "accepted_per_app_worker": per_worker,
             "rx_frames": totals.rx_frames,
             "tx_frames": totals.tx_frames,
             "rx_bad_checksum": totals.rx_bad_checksum,
@@ -260,57 +293,65 @@ fn echo_server(args: &StackArgs, tcp_port: u16, udp_port: u16) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-fn tcp_client(
-    args: &StackArgs,
-    connect: std::net::SocketAddr,
-    bytes: u64,
-    seed: u64,
+/// Waits for a client's report, a signal, a dead worker or the timeout.
+fn wait_client(
+    stack: &Stack,
+    shutdown: &Shutdown,
+    slot: &ReportSlot,
     timeout: Duration,
-) -> anyhow::Result<ExitCode> {
-    let report: Arc<Mutex<Option<TransferReport>>> = Arc::default();
-    let remote = IpEndpoint::new(IpAddress::from(connect.ip()), connect.port());
-    let r = report.clone();
-    let (stack, shutdown) = start_stack(args, move |q| {
-        let mut v: Vec<Box<dyn Service>> = Vec::new();
-        if q == 0 {
-            v.push(Box::new(TcpTransferClient::new(
-                remote,
-                bytes,
-                seed,
-                r.clone(),
-            )));
-        }
-        v
-    })?;
+) -> TransferReport {
     let started = std::time::Instant::now();
-    let outcome = loop {
-        if let Some(rep) = report.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            break rep;
+    loop {
+        if let Some(r) = slot.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return r;
         }
         if shutdown.wait(Duration::from_millis(20))
             || started.elapsed() > timeout
             || stack.any_worker_exited()
         {
-            break TransferReport {
+            return TransferReport {
                 sent: 0,
                 verified: 0,
                 elapsed: started.elapsed(),
                 error: Some("timed out or interrupted".into()),
             };
         }
+    }
+}
+
+fn tcp_client(
+    args: &StackArgs,
+    connect: SocketAddr,
+    bytes: u64,
+    seed: u64,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let (stack, shutdown) = start_stack(args)?;
+    let opts = AppOptions {
+        rx_fifo_size: 1 << 20,
+        tx_fifo_size: 1 << 20,
+        ..AppOptions::default()
     };
+    let remote = Endpoint {
+        ip: connect.ip(),
+        port: connect.port(),
+    };
+    let client = StreamClient::start(stack.control(), "tcp-client", opts, remote, bytes, seed)?;
+    let outcome = wait_client(&stack, &shutdown, &client.report, timeout);
+    let _ = stack.control().detach(client.app);
     stack.stop()?;
+    let ok = outcome.error.is_none() && outcome.verified == bytes;
     println!(
         "{}",
         serde_json::json!({
             "sent": outcome.sent,
             "verified": outcome.verified,
             "seconds": outcome.elapsed.as_secs_f64(),
-            "ok": outcome.error.is_none() && outcome.verified == bytes,
+            "ok": ok,
             "error": outcome.error,
         })
     );
-    Ok(if outcome.error.is_none() {
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -319,45 +360,31 @@ fn tcp_client(
 
 fn udp_client(
     args: &StackArgs,
-    connect: std::net::SocketAddr,
+    connect: SocketAddr,
     count: u64,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let report: Arc<Mutex<Option<UdpReport>>> = Arc::default();
-    let remote = IpEndpoint::new(IpAddress::from(connect.ip()), connect.port());
-    let r = report.clone();
-    let (stack, shutdown) = start_stack(args, move |q| {
-        let mut v: Vec<Box<dyn Service>> = Vec::new();
-        if q == 0 {
-            v.push(Box::new(UdpTransferClient::new(remote, count, r.clone())));
-        }
-        v
-    })?;
-    let started = std::time::Instant::now();
-    let outcome = loop {
-        if let Some(rep) = report.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            break rep;
-        }
-        if shutdown.wait(Duration::from_millis(20))
-            || started.elapsed() > timeout
-            || stack.any_worker_exited()
-        {
-            break UdpReport {
-                sent: 0,
-                echoed: 0,
-                retries: 0,
-                error: Some("timed out or interrupted".into()),
-            };
-        }
+    let (stack, shutdown) = start_stack(args)?;
+    let remote = Endpoint {
+        ip: connect.ip(),
+        port: connect.port(),
     };
+    let client = DatagramClient::start(
+        stack.control(),
+        "udp-client",
+        AppOptions::default(),
+        remote,
+        count,
+    )?;
+    let outcome = wait_client(&stack, &shutdown, &client.report, timeout);
+    let _ = stack.control().detach(client.app);
     stack.stop()?;
-    let ok = outcome.error.is_none() && outcome.echoed == count;
+    let ok = outcome.error.is_none() && outcome.verified == count;
     println!(
         "{}",
         serde_json::json!({
             "sent": outcome.sent,
-            "echoed": outcome.echoed,
-            "retries": outcome.retries,
+            "echoed": outcome.verified,
             "ok": ok,
             "error": outcome.error,
         })

@@ -23,7 +23,6 @@ use tracing::{error, info};
 
 use crate::config::{DriverKind, StackConfig};
 use crate::error::{StackError, StackResult};
-use crate::service::Service;
 use crate::worker::{Worker, WorkerControl, WorkerMode, WorkerStats};
 
 /// What a caller sees of one running worker.
@@ -51,14 +50,17 @@ pub struct Stack {
 type Ready = StackResult<(DeviceInfo, Arc<DriverCounters>)>;
 
 /// A worker thread that has not reported ready yet.
-type PendingWorker = (Arc<WorkerControl>, Arc<WorkerStats>, JoinHandle<StackResult<()>>);
+type PendingWorker = (
+    Arc<WorkerControl>,
+    Arc<WorkerStats>,
+    JoinHandle<StackResult<()>>,
+);
 
 /// What a worker thread gets besides its driver.
 struct WorkerSetup {
     index: usize,
     cfg: StackConfig,
     mode: WorkerMode,
-    services: Vec<Box<dyn Service>>,
     session: SessionWorker,
     control: Arc<WorkerControl>,
     stats: Arc<WorkerStats>,
@@ -67,18 +69,25 @@ struct WorkerSetup {
 
 /// Builds the worker over `driver`, reports ready (or the error), runs it.
 fn run_worker<D: PacketIo>(driver: StackResult<D>, setup: WorkerSetup) -> StackResult<()> {
-    let WorkerSetup { index, cfg, mode, services, session, control, stats, ready } = setup;
+    let WorkerSetup {
+        index,
+        cfg,
+        mode,
+        session,
+        control,
+        stats,
+        ready,
+    } = setup;
     let worker = driver.and_then(|d| {
         let info = d.info().clone();
         let counters = d.counters().clone();
-        let mut w = Worker::new(index, d, &cfg, mode, services, Some(session), control, stats)?;
-        w.start()?;
+        let w = Worker::new(index, d, &cfg, mode, session, control, stats)?;
         Ok((w, info, counters))
     });
     match worker {
         Ok((w, info, counters)) => {
             let _ = ready.send(Ok((info, counters)));
-            w.run_started()
+            w.run()
         }
         Err(e) => {
             let msg = e.to_string();
@@ -104,23 +113,26 @@ fn session_setup(threads: usize, cfg: &StackConfig) -> StackResult<SessionSetup>
         let control = Arc::new(WorkerControl::new()?);
         let (tx, rx) = mpsc::channel();
         let c = control.clone();
-        ports.push(ThreadPort { commands: tx, wake: Arc::new(move || c.wake()) });
+        ports.push(ThreadPort {
+            commands: tx,
+            wake: Arc::new(move || c.wake()),
+        });
         controls.push(control);
         inboxes.push(rx);
     }
     let mut layer = SessionLayer::new(ports);
     layer.set_local_addresses(cfg.addresses.iter().map(|a| a.addr).collect());
-    Ok(SessionSetup { layer: Arc::new(Mutex::new(layer)), controls, inboxes })
+    Ok(SessionSetup {
+        layer: Arc::new(Mutex::new(layer)),
+        controls,
+        inboxes,
+    })
 }
 
 impl Stack {
     /// Opens the configured interface's queues and starts one worker per
-    /// queue, with the services `services(worker_index)` returns.
-    pub fn start(
-        cfg: &StackConfig,
-        mode: WorkerMode,
-        mut services: impl FnMut(usize) -> Vec<Box<dyn Service>>,
-    ) -> StackResult<Self> {
+    /// queue; apps attach through [`control`](Self::control).
+    pub fn start(cfg: &StackConfig, mode: WorkerMode) -> StackResult<Self> {
         cfg.validate()?;
         let (tx, rx) = mpsc::channel::<Ready>();
         let core_ids = core_affinity::get_core_ids().unwrap_or_default();
@@ -129,9 +141,16 @@ impl Stack {
         for (q, (control, inbox)) in setup.controls.into_iter().zip(setup.inboxes).enumerate() {
             let stats = Arc::new(WorkerStats::default());
             let core = match cfg.cores.get(q) {
-                Some(&c) => core_ids.iter().find(|id| id.id == c).copied().ok_or_else(|| {
-                    StackError::Config(format!("core {c} does not exist ({} cores)", core_ids.len()))
-                })?,
+                Some(&c) => core_ids
+                    .iter()
+                    .find(|id| id.id == c)
+                    .copied()
+                    .ok_or_else(|| {
+                        StackError::Config(format!(
+                            "core {c} does not exist ({} cores)",
+                            core_ids.len()
+                        ))
+                    })?,
                 None => match core_ids.get(q % core_ids.len().max(1)) {
                     Some(&c) => c,
                     None => core_affinity::CoreId { id: 0 },
@@ -141,7 +160,6 @@ impl Stack {
                 index: q,
                 cfg: cfg.clone(),
                 mode,
-                services: services(q),
                 session: SessionWorker::new(q as u32, setup.layer.clone(), inbox),
                 control: control.clone(),
                 stats: stats.clone(),
@@ -177,17 +195,20 @@ impl Stack {
         driver: D,
         cfg: &StackConfig,
         mode: WorkerMode,
-        services: Vec<Box<dyn Service>>,
     ) -> StackResult<Self> {
         let (tx, rx) = mpsc::channel::<Ready>();
         let setup = session_setup(1, cfg)?;
-        let (control, inbox) = setup.controls.into_iter().zip(setup.inboxes).next().expect("one thread");
+        let (control, inbox) = setup
+            .controls
+            .into_iter()
+            .zip(setup.inboxes)
+            .next()
+            .expect("one thread");
         let stats = Arc::new(WorkerStats::default());
         let ws = WorkerSetup {
             index: 0,
             cfg: cfg.clone(),
             mode,
-            services,
             session: SessionWorker::new(0, setup.layer.clone(), inbox),
             control: control.clone(),
             stats: stats.clone(),
@@ -200,7 +221,11 @@ impl Stack {
         Self::collect(vec![(control, stats, thread)], rx, setup.layer)
     }
 
-    fn collect(pending: Vec<PendingWorker>, rx: mpsc::Receiver<Ready>, layer: Arc<Mutex<SessionLayer>>) -> StackResult<Self> {
+    fn collect(
+        pending: Vec<PendingWorker>,
+        rx: mpsc::Receiver<Ready>,
+        layer: Arc<Mutex<SessionLayer>>,
+    ) -> StackResult<Self> {
         let mut readies = Vec::new();
         let mut first_err = None;
         for _ in 0..pending.len() {
@@ -210,7 +235,9 @@ impl Stack {
                     first_err.get_or_insert(e);
                 }
                 Err(_) => {
-                    first_err.get_or_insert(StackError::Config("a worker did not start within 30 s".into()));
+                    first_err.get_or_insert(StackError::Config(
+                        "a worker did not start within 30 s".into(),
+                    ));
                     break;
                 }
             }
@@ -229,7 +256,13 @@ impl Stack {
             .zip(readies)
             .map(|((control, stats, thread), (info, counters))| {
                 info!(queue = info.queue, mode = %info.mode, "worker running on {}", info.name);
-                WorkerHandle { info, counters, stats, control, thread: Some(thread) }
+                WorkerHandle {
+                    info,
+                    counters,
+                    stats,
+                    control,
+                    thread: Some(thread),
+                }
             })
             .collect();
         let (control, runner) = control_plane(layer);
@@ -243,7 +276,12 @@ impl Stack {
                 }
             })
             .map_err(|e| StackError::os("spawning the control thread", e))?;
-        Ok(Self { workers, control, main_stop, main: Some(main) })
+        Ok(Self {
+            workers,
+            control,
+            main_stop,
+            main: Some(main),
+        })
     }
 
     /// The workers.
@@ -267,7 +305,9 @@ impl Stack {
 
     /// True when a worker thread has exited (finished or failed).
     pub fn any_worker_exited(&self) -> bool {
-        self.workers.iter().any(|w| w.thread.as_ref().is_none_or(|t| t.is_finished()))
+        self.workers
+            .iter()
+            .any(|w| w.thread.as_ref().is_none_or(|t| t.is_finished()))
     }
 
     /// Stops every worker and waits for them; returns the first error.

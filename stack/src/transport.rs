@@ -25,8 +25,45 @@ use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
 use tracing::debug;
 
 use crate::config::TcpTuning;
-use crate::service::EphemeralPorts;
 use crate::tcp_listener::{TcpListenerPool, new_tcp_socket};
+
+/// Ephemeral TCP/UDP source ports of one worker.
+#[derive(Debug)]
+pub struct EphemeralPorts {
+    state: u64,
+}
+
+/// The IANA dynamic range.
+const EPHEMERAL_LOW: u16 = 49152;
+
+impl EphemeralPorts {
+    /// Seeds the choice.
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed | 1 }
+    }
+
+    /// A port in 49152..=65535 no socket of `sockets` uses locally.
+    pub fn next(&mut self, sockets: &SocketSet<'static>) -> u16 {
+        loop {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            let port =
+                EPHEMERAL_LOW + (self.state % u64::from(u16::MAX - EPHEMERAL_LOW + 1)) as u16;
+            let used = sockets.iter().any(|(_, s)| match s {
+                smoltcp::socket::Socket::Tcp(t) => {
+                    t.local_endpoint().map(|e| e.port) == Some(port)
+                        || t.listen_endpoint().port == port
+                }
+                smoltcp::socket::Socket::Udp(u) => u.endpoint().port == port,
+                _ => false,
+            });
+            if !used {
+                return port;
+            }
+        }
+    }
+}
 
 /// Where a connection is, as far as the session layer was told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +115,10 @@ fn to_std(a: IpAddress) -> IpAddr {
 }
 
 fn endpoint(e: IpEndpoint) -> Endpoint {
-    Endpoint { ip: to_std(e.addr), port: e.port }
+    Endpoint {
+        ip: to_std(e.addr),
+        port: e.port,
+    }
 }
 
 fn tcp_tuple(s: &tcp::Socket<'_>) -> Option<FiveTuple> {
@@ -98,9 +138,17 @@ impl SmolTransportState {
     }
 
     /// Grows the pools on ports that have SYNs in the coming burst.
-    pub fn top_up_listeners(&mut self, syns: &[(u16, usize)], tuning: &TcpTuning, sockets: &mut SocketSet<'static>) {
+    pub fn top_up_listeners(
+        &mut self,
+        syns: &[(u16, usize)],
+        tuning: &TcpTuning,
+        sockets: &mut SocketSet<'static>,
+    ) {
         for pool in self.tcp_listeners.values_mut() {
-            let n = syns.iter().find(|(p, _)| *p == pool.port()).map_or(0, |(_, n)| *n);
+            let n = syns
+                .iter()
+                .find(|(p, _)| *p == pool.port())
+                .map_or(0, |(_, n)| *n);
             if n > 0 {
                 if let Err(e) = pool.top_up(n, tuning, sockets) {
                     debug!("listener pool: {e}");
@@ -114,8 +162,17 @@ impl SmolTransportState {
         self.conns.len()
     }
 
-    fn new_conn(&mut self, socket: SocketHandle, proto: TransportProto, phase: Phase) -> TransportConnId {
-        TransportConnId(self.conns.insert(Conn { socket, proto, phase }) as u64)
+    fn new_conn(
+        &mut self,
+        socket: SocketHandle,
+        proto: TransportProto,
+        phase: Phase,
+    ) -> TransportConnId {
+        TransportConnId(self.conns.insert(Conn {
+            socket,
+            proto,
+            phase,
+        }) as u64)
     }
 
     /// Turns socket state changes since the last scan into events.
@@ -137,7 +194,11 @@ impl SmolTransportState {
                 match tcp_tuple(s) {
                     Some(tuple) => {
                         let conn = self.new_conn(h, TransportProto::Tcp, Phase::Established);
-                        self.tcp_events.push_back(TransportEvent::Accepted { listener: lh, conn, tuple });
+                        self.tcp_events.push_back(TransportEvent::Accepted {
+                            listener: lh,
+                            conn,
+                            tuple,
+                        });
                     }
                     None => {
                         sockets.remove(h);
@@ -160,7 +221,11 @@ impl SmolTransportState {
                     tcp::State::Established | tcp::State::CloseWait => {
                         if let Some(tuple) = tcp_tuple(s) {
                             c.phase = Phase::Established;
-                            self.tcp_events.push_back(TransportEvent::Connected { session, conn, tuple });
+                            self.tcp_events.push_back(TransportEvent::Connected {
+                                session,
+                                conn,
+                                tuple,
+                            });
                         }
                     }
                     tcp::State::Closed => {
@@ -175,7 +240,8 @@ impl SmolTransportState {
                 Phase::Established => match state {
                     tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing => {
                         c.phase = Phase::RemoteClosed;
-                        self.tcp_events.push_back(TransportEvent::RemoteClosed { conn });
+                        self.tcp_events
+                            .push_back(TransportEvent::RemoteClosed { conn });
                     }
                     tcp::State::Closed | tcp::State::TimeWait => {
                         self.tcp_events.push_back(TransportEvent::Reset { conn });
@@ -259,11 +325,21 @@ impl<'a> SmolTransports<'a> {
         tuning: &'a TcpTuning,
         ports: &'a mut EphemeralPorts,
     ) -> Self {
-        Self { state, sockets, iface, tuning, ports, proto: TransportProto::Tcp }
+        Self {
+            state,
+            sockets,
+            iface,
+            tuning,
+            ports,
+            proto: TransportProto::Tcp,
+        }
     }
 
     fn conn(&self, c: TransportConnId) -> Option<&Conn> {
-        self.state.conns.get(c.0 as usize).filter(|x| x.proto == self.proto)
+        self.state
+            .conns
+            .get(c.0 as usize)
+            .filter(|x| x.proto == self.proto)
     }
 
     fn tcp(&mut self, c: TransportConnId) -> Option<&mut tcp::Socket<'static>> {
@@ -282,7 +358,8 @@ impl<'a> SmolTransports<'a> {
             udp::PacketBuffer::new(meta(), vec![0u8; UDP_BYTES]),
             udp::PacketBuffer::new(meta(), vec![0u8; UDP_BYTES]),
         );
-        s.bind(bind).map_err(|e| SessionError::Transport(format!("UDP bind to {}: {e}", bind.port)))?;
+        s.bind(bind)
+            .map_err(|e| SessionError::Transport(format!("UDP bind to {}: {e}", bind.port)))?;
         Ok(self.sockets.add(s))
     }
 }
@@ -296,7 +373,11 @@ impl TransportSet for SmolTransports<'_> {
 
 fn listen_endpoint(e: Endpoint) -> IpListenEndpoint {
     IpListenEndpoint {
-        addr: if e.is_zero_ip() { None } else { Some(IpAddress::from(e.ip)) },
+        addr: if e.is_zero_ip() {
+            None
+        } else {
+            Some(IpAddress::from(e.ip))
+        },
         port: e.port,
     }
 }
@@ -316,9 +397,16 @@ impl Transport for SmolTransports<'_> {
             TransportProto::Udp => {
                 let h = self.new_udp_socket(listen_endpoint(ep))?;
                 let conn = self.state.new_conn(h, TransportProto::Udp, Phase::Bound);
-                let remote = Endpoint { ip: hoststack_session::endpoint::IpFamily::of(&ep.ip).zero_addr(), port: 0 };
+                let remote = Endpoint {
+                    ip: hoststack_session::endpoint::IpFamily::of(&ep.ip).zero_addr(),
+                    port: 0,
+                };
                 let tuple = FiveTuple::new(TransportProto::Udp, ep, remote)?;
-                self.state.udp_events.push_back(TransportEvent::Accepted { listener, conn, tuple });
+                self.state.udp_events.push_back(TransportEvent::Accepted {
+                    listener,
+                    conn,
+                    tuple,
+                });
             }
         }
         Ok(())
@@ -330,7 +418,11 @@ impl Transport for SmolTransports<'_> {
         }
     }
 
-    fn connect(&mut self, session: SessionHandle, remote: Endpoint) -> SessionResult<TransportConnId> {
+    fn connect(
+        &mut self,
+        session: SessionHandle,
+        remote: Endpoint,
+    ) -> SessionResult<TransportConnId> {
         let remote_ep = IpEndpoint::new(IpAddress::from(remote.ip), remote.port);
         match self.proto {
             TransportProto::Tcp => {
@@ -339,18 +431,36 @@ impl Transport for SmolTransports<'_> {
                 s.connect(self.iface.context(), remote_ep, port)
                     .map_err(|e| SessionError::Transport(format!("connect to {remote}: {e}")))?;
                 let h = self.sockets.add(s);
-                Ok(self.state.new_conn(h, TransportProto::Tcp, Phase::Connecting(session)))
+                Ok(self
+                    .state
+                    .new_conn(h, TransportProto::Tcp, Phase::Connecting(session)))
             }
             TransportProto::Udp => {
                 let local_ip = self
                     .iface
                     .get_source_address(&remote_ep.addr)
-                    .ok_or_else(|| SessionError::Transport(format!("no source address to reach {remote}")))?;
+                    .ok_or_else(|| {
+                        SessionError::Transport(format!("no source address to reach {remote}"))
+                    })?;
                 let port = self.ports.next(self.sockets);
-                let h = self.new_udp_socket(IpListenEndpoint { addr: Some(local_ip), port })?;
+                let h = self.new_udp_socket(IpListenEndpoint {
+                    addr: Some(local_ip),
+                    port,
+                })?;
                 let conn = self.state.new_conn(h, TransportProto::Udp, Phase::Bound);
-                let tuple = FiveTuple::new(TransportProto::Udp, Endpoint { ip: to_std(local_ip), port }, remote)?;
-                self.state.udp_events.push_back(TransportEvent::Connected { session, conn, tuple });
+                let tuple = FiveTuple::new(
+                    TransportProto::Udp,
+                    Endpoint {
+                        ip: to_std(local_ip),
+                        port,
+                    },
+                    remote,
+                )?;
+                self.state.udp_events.push_back(TransportEvent::Connected {
+                    session,
+                    conn,
+                    tuple,
+                });
                 Ok(conn)
             }
         }
@@ -358,12 +468,19 @@ impl Transport for SmolTransports<'_> {
 
     fn recv_available(&self, conn: TransportConnId) -> usize {
         match self.conn(conn) {
-            Some(c) if c.proto == TransportProto::Tcp => self.sockets.get::<tcp::Socket<'_>>(c.socket).recv_queue(),
+            Some(c) if c.proto == TransportProto::Tcp => {
+                self.sockets.get::<tcp::Socket<'_>>(c.socket).recv_queue()
+            }
             _ => 0,
         }
     }
 
-    fn recv(&mut self, conn: TransportConnId, max: usize, sink: &mut dyn FnMut(&[u8]) -> usize) -> usize {
+    fn recv(
+        &mut self,
+        conn: TransportConnId,
+        max: usize,
+        sink: &mut dyn FnMut(&[u8]) -> usize,
+    ) -> usize {
         let Some(s) = self.tcp(conn) else { return 0 };
         s.recv(|buf| {
             let n = sink(&buf[..buf.len().min(max)]);
@@ -376,13 +493,22 @@ impl Transport for SmolTransports<'_> {
         match self.conn(conn) {
             Some(c) if c.proto == TransportProto::Tcp => {
                 let s = self.sockets.get::<tcp::Socket<'_>>(c.socket);
-                if s.may_send() { s.send_capacity() - s.send_queue() } else { 0 }
+                if s.may_send() {
+                    s.send_capacity() - s.send_queue()
+                } else {
+                    0
+                }
             }
             _ => 0,
         }
     }
 
-    fn send(&mut self, conn: TransportConnId, max: usize, source: &mut dyn FnMut(&mut [u8]) -> usize) -> usize {
+    fn send(
+        &mut self,
+        conn: TransportConnId,
+        max: usize,
+        source: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> usize {
         let Some(s) = self.tcp(conn) else { return 0 };
         s.send(|buf| {
             let l = buf.len().min(max);
@@ -392,8 +518,14 @@ impl Transport for SmolTransports<'_> {
         .unwrap_or(0)
     }
 
-    fn recv_datagram(&mut self, conn: TransportConnId, sink: &mut dyn FnMut(DatagramMeta, &[u8]) -> bool) -> bool {
-        let Some(s) = self.udp(conn) else { return false };
+    fn recv_datagram(
+        &mut self,
+        conn: TransportConnId,
+        sink: &mut dyn FnMut(DatagramMeta, &[u8]) -> bool,
+    ) -> bool {
+        let Some(s) = self.udp(conn) else {
+            return false;
+        };
         let local_default = s.endpoint();
         let taken = match s.peek() {
             Ok((payload, meta)) => {
@@ -407,7 +539,10 @@ impl Transport for SmolTransports<'_> {
                     });
                 let m = DatagramMeta {
                     remote: endpoint(meta.endpoint),
-                    local: Endpoint { ip: local_ip, port: local_default.port },
+                    local: Endpoint {
+                        ip: local_ip,
+                        port: local_default.port,
+                    },
                 };
                 sink(m, payload)
             }
@@ -420,10 +555,16 @@ impl Transport for SmolTransports<'_> {
     }
 
     fn send_datagram(&mut self, conn: TransportConnId, meta: DatagramMeta, payload: &[u8]) -> bool {
-        let Some(s) = self.udp(conn) else { return false };
+        let Some(s) = self.udp(conn) else {
+            return false;
+        };
         let md = udp::UdpMetadata {
             endpoint: IpEndpoint::new(IpAddress::from(meta.remote.ip), meta.remote.port),
-            local_address: if meta.local.is_zero_ip() { None } else { Some(IpAddress::from(meta.local.ip)) },
+            local_address: if meta.local.is_zero_ip() {
+                None
+            } else {
+                Some(IpAddress::from(meta.local.ip))
+            },
             meta: Default::default(),
         };
         s.send_slice(payload, md).is_ok()
@@ -431,7 +572,14 @@ impl Transport for SmolTransports<'_> {
 
     fn close(&mut self, conn: TransportConnId) {
         let proto = self.proto;
-        let Some(c) = self.state.conns.get_mut(conn.0 as usize).filter(|c| c.proto == proto) else { return };
+        let Some(c) = self
+            .state
+            .conns
+            .get_mut(conn.0 as usize)
+            .filter(|c| c.proto == proto)
+        else {
+            return;
+        };
         match proto {
             TransportProto::Tcp => {
                 c.phase = Phase::Closing;
@@ -441,14 +589,23 @@ impl Transport for SmolTransports<'_> {
             TransportProto::Udp => {
                 let c = self.state.conns.remove(conn.0 as usize);
                 self.sockets.remove(c.socket);
-                self.state.udp_events.push_back(TransportEvent::Closed { conn });
+                self.state
+                    .udp_events
+                    .push_back(TransportEvent::Closed { conn });
             }
         }
     }
 
     fn reset(&mut self, conn: TransportConnId) {
         let proto = self.proto;
-        let Some(c) = self.state.conns.get_mut(conn.0 as usize).filter(|c| c.proto == proto) else { return };
+        let Some(c) = self
+            .state
+            .conns
+            .get_mut(conn.0 as usize)
+            .filter(|c| c.proto == proto)
+        else {
+            return;
+        };
         match proto {
             TransportProto::Tcp => {
                 c.phase = Phase::Aborted;

@@ -1,9 +1,12 @@
 //! One worker: a thread pinned to a core that owns one NIC queue, one
-//! smoltcp interface and its sockets, and the services running on them.
+//! smoltcp interface and its sockets, and the session layer's sessions of
+//! that thread.
 //!
 //! Each loop iteration: pull a burst from the driver, count the SYNs in it
-//! so listener pools can grow first, let smoltcp process the burst, let the
-//! services move data, let smoltcp emit, flush the transmit burst. A worker
+//! so listener pools can grow first, let smoltcp process the burst, turn
+//! socket changes into transport events, let the session worker move data
+//! between sockets and fifos and call apps, let smoltcp emit, flush the
+//! transmit burst. A worker
 //! in polling mode loops without pause; in interrupt mode it sleeps after a
 //! run of idle iterations until the queue's fd, its control eventfd or the
 //! transports' next timer wakes it.
@@ -22,9 +25,8 @@ use tracing::{debug, warn};
 use crate::config::{StackConfig, TcpTuning};
 use crate::device::StackDevice;
 use crate::error::{StackError, StackResult};
-use crate::service::{EphemeralPorts, Service, ServiceContext};
 use crate::tcp_listener::count_syns;
-use crate::transport::{SmolTransportState, SmolTransports};
+use crate::transport::{EphemeralPorts, SmolTransportState, SmolTransports};
 use hoststack_session::session_worker::SessionWorker;
 
 /// How a worker waits for work.
@@ -103,13 +105,11 @@ pub struct Worker<D: PacketIo> {
     device: StackDevice<D>,
     iface: Interface,
     sockets: SocketSet<'static>,
-    services: Vec<Box<dyn Service>>,
     tuning: TcpTuning,
     ports: EphemeralPorts,
     syn_counts: Vec<(u16, usize)>,
-    service_ports: Vec<u16>,
     transport: SmolTransportState,
-    session: Option<SessionWorker>,
+    session: SessionWorker,
     mode: WorkerMode,
     control: Arc<WorkerControl>,
     stats: Arc<WorkerStats>,
@@ -123,8 +123,7 @@ impl<D: PacketIo> Worker<D> {
         driver: D,
         cfg: &StackConfig,
         mode: WorkerMode,
-        services: Vec<Box<dyn Service>>,
-        session: Option<SessionWorker>,
+        session: SessionWorker,
         control: Arc<WorkerControl>,
         stats: Arc<WorkerStats>,
     ) -> StackResult<Self> {
@@ -167,19 +166,14 @@ impl<D: PacketIo> Worker<D> {
             };
             res.map_err(|_| StackError::Config(format!("cannot add default route via {gw}")))?;
         }
-        let mut ports_seen: Vec<u16> = services.iter().flat_map(|s| s.listen_ports()).collect();
-        ports_seen.sort_unstable();
-        ports_seen.dedup();
         Ok(Self {
             index,
             device,
             iface,
             sockets: SocketSet::new(Vec::new()),
-            services,
             tuning: cfg.tcp.clone(),
             ports: EphemeralPorts::new(seed),
             syn_counts: Vec::new(),
-            service_ports: ports_seen,
             transport: SmolTransportState::default(),
             session,
             mode,
@@ -193,58 +187,28 @@ impl<D: PacketIo> Worker<D> {
         &self.device
     }
 
-    fn for_each_service(
-        &mut self,
-        now: Instant,
-        mut f: impl FnMut(&mut dyn Service, &mut ServiceContext<'_>) -> StackResult<bool>,
-    ) -> StackResult<bool> {
-        let mut cx = ServiceContext {
-            now,
-            iface: &mut self.iface,
-            sockets: &mut self.sockets,
-            worker: self.index,
-            tuning: &self.tuning,
-            ports: &mut self.ports,
-        };
-        let mut any = false;
-        for s in &mut self.services {
-            any |= f(s.as_mut(), &mut cx)?;
-        }
-        Ok(any)
-    }
-
-    /// Starts the services (listen, connect).
-    pub fn start(&mut self) -> StackResult<()> {
-        self.for_each_service(Instant::now(), |s, cx| s.start(cx).map(|_| false))?;
-        Ok(())
-    }
-
     /// One loop iteration; returns true when anything happened.
     pub fn poll_once(&mut self) -> StackResult<bool> {
         let now = Instant::now();
         let received = self.device.receive_burst()?;
         if received > 0 {
-            self.prescan_syns(now)?;
+            self.prescan_syns();
         }
         self.device.stock_tx();
         self.iface.poll(now, &mut self.device, &mut self.sockets);
         let mut work = received > 0;
         self.transport.scan(&mut self.sockets, &self.tuning);
-        if let Some(sw) = &mut self.session {
-            let mut tp = SmolTransports::new(
-                &mut self.transport,
-                &mut self.sockets,
-                &mut self.iface,
-                &self.tuning,
-                &mut self.ports,
-            );
-            work |= sw.poll(&mut tp);
-        }
-        if !self.services.is_empty() {
-            work |= self.for_each_service(now, |s, cx| Ok(s.poll(cx)))?;
-        }
+        let mut tp = SmolTransports::new(
+            &mut self.transport,
+            &mut self.sockets,
+            &mut self.iface,
+            &self.tuning,
+            &mut self.ports,
+        );
+        work |= self.session.poll(&mut tp);
         if work {
-            self.iface.poll_egress(now, &mut self.device, &mut self.sockets);
+            self.iface
+                .poll_egress(now, &mut self.device, &mut self.sockets);
         }
         let sent = self.device.flush()?;
         self.stats.loops.fetch_add(1, Ordering::Relaxed);
@@ -253,33 +217,30 @@ impl<D: PacketIo> Worker<D> {
 
     /// Counts the SYNs of the waiting burst per listened port and grows the
     /// listener pools before smoltcp sees them.
-    fn prescan_syns(&mut self, now: Instant) -> StackResult<()> {
+    fn prescan_syns(&mut self) {
         self.transport.tcp_listen_ports(&mut self.syn_counts);
-        for &p in &self.service_ports {
-            if !self.syn_counts.iter().any(|(q, _)| *q == p) {
-                self.syn_counts.push((p, 0));
-            }
-        }
         if self.syn_counts.is_empty() {
-            return Ok(());
+            return;
         }
         count_syns(self.device.pending_frames(), &mut self.syn_counts);
-        if !self.syn_counts.iter().any(|c| c.1 > 0) {
-            return Ok(());
+        if self.syn_counts.iter().any(|c| c.1 > 0) {
+            self.transport
+                .top_up_listeners(&self.syn_counts, &self.tuning, &mut self.sockets);
         }
-        self.transport.top_up_listeners(&self.syn_counts, &self.tuning, &mut self.sockets);
-        if !self.service_ports.is_empty() {
-            let syns = std::mem::take(&mut self.syn_counts);
-            let r = self.for_each_service(now, |s, cx| s.before_ingress(&syns, cx).map(|_| false));
-            self.syn_counts = syns;
-            r?;
-        }
-        Ok(())
     }
 
-    /// True when every service has finished (only clients ever do).
-    pub fn services_finished(&self) -> bool {
-        !self.services.is_empty() && self.services.iter().all(|s| s.finished())
+    fn log_state(&mut self) {
+        debug!(worker = self.index, driver = %self.device.driver_mut().debug_state(), rx_pending = self.device.rx_pending(), tx_backlog = self.device.tx_backlog(), "queue");
+        for (h, s) in self.sockets.iter() {
+            if let smoltcp::socket::Socket::Tcp(t) = s {
+                if t.state() != smoltcp::socket::tcp::State::Listen {
+                    debug!(worker = self.index, socket = %h, state = %t.state(), recv_queue = t.recv_queue(), send_queue = t.send_queue(), "tcp");
+                }
+            }
+        }
+        for i in self.session.session_infos() {
+            debug!(worker = self.index, session = %i.handle, state = %i.state, rx_fill = i.rx_fill, tx_fill = i.tx_fill, "session");
+        }
     }
 
     /// Sleeps until the queue, the control eventfd or the next transport
@@ -310,15 +271,8 @@ impl<D: PacketIo> Worker<D> {
         Ok(())
     }
 
-    /// Starts the services and runs until a stop is requested.
+    /// Runs until a stop is requested, then closes every socket.
     pub fn run(mut self) -> StackResult<()> {
-        self.start()?;
-        self.run_started()
-    }
-
-    /// Runs an already started worker until a stop is requested, then stops
-    /// the services.
-    pub fn run_started(mut self) -> StackResult<()> {
         let mut idle = 0u32;
         let mut last_stats = StdInstant::now();
         let result = loop {
@@ -333,6 +287,9 @@ impl<D: PacketIo> Worker<D> {
             if last_stats.elapsed() >= Duration::from_secs(1) {
                 self.device.driver_mut().refresh_stats();
                 last_stats = StdInstant::now();
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    self.log_state();
+                }
             }
             if self.mode == WorkerMode::Interrupt && idle >= IDLE_LOOPS_BEFORE_SLEEP {
                 if let Err(e) = self.sleep() {
@@ -344,11 +301,6 @@ impl<D: PacketIo> Worker<D> {
         if let Err(e) = &result {
             warn!(worker = self.index, "worker stopping on error: {e}");
         }
-        let now = Instant::now();
-        let _ = self.for_each_service(now, |s, cx| {
-            s.stop(cx);
-            Ok(false)
-        });
         self.transport.shutdown(&mut self.sockets);
         // Let aborts (RSTs) and closes go out before the queue closes.
         for _ in 0..4 {

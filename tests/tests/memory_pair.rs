@@ -1,36 +1,34 @@
 //! Two hoststack instances joined by the in-memory pair: the whole stack
-//! (ARP/ND, TCP, UDP) with no kernel and no root.
+//! (ARP/ND, TCP, UDP, the session layer and builtin apps) with no kernel
+//! and no root.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
 use hoststack_drivers::memory_pair::{MemoryPairConfig, memory_pair};
-use hoststack_stack::echo::{EchoStats, TcpEchoServer, UdpEchoServer};
-use hoststack_stack::service::Service;
-use hoststack_stack::transfer::{TcpTransferClient, TransferReport, UdpReport, UdpTransferClient};
+use hoststack_session::application::AppOptions;
+use hoststack_session::builtin_apps::{DatagramClient, EchoServer, StreamClient, wait_report};
+use hoststack_session::endpoint::{Endpoint, TransportProto};
 use hoststack_stack::{Stack, StackConfig, WorkerMode};
-use smoltcp::wire::{IpAddress, IpEndpoint};
 
-fn wait<T: Clone>(slot: &Mutex<Option<T>>, what: &str) -> Result<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = slot.lock().unwrap().clone() {
-            return Ok(v);
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("{what} did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+fn fifos(size: u32) -> AppOptions {
+    AppOptions {
+        rx_fifo_size: size,
+        tx_fifo_size: size,
+        ..AppOptions::default()
     }
 }
 
-fn run_pair(
-    server_addr: &str,
-    client_addr: &str,
-    server_ip: IpAddress,
-    mode: WorkerMode,
-) -> Result<()> {
+struct Pair {
+    server: Stack,
+    client: Stack,
+    echo: EchoServer,
+    server_ip: IpAddr,
+}
+
+fn pair(server_addr: &str, client_addr: &str, mode: WorkerMode, fifo: u32) -> Result<Pair> {
     let (a, b) = memory_pair(MemoryPairConfig::default())?;
     let server_cfg = StackConfig::new(
         "mem0",
@@ -40,69 +38,138 @@ fn run_pair(
         "mem1",
         vec![client_addr.parse().map_err(anyhow::Error::msg)?],
     );
-    let tcp_stats = Arc::new(EchoStats::default());
-    let server: Vec<Box<dyn Service>> = vec![
-        Box::new(TcpEchoServer::new(7, tcp_stats.clone())),
-        Box::new(UdpEchoServer::new(7, Arc::default())),
-    ];
-    let server = Stack::start_with_driver(a, &server_cfg, mode, server)?;
-    let tcp: Arc<Mutex<Option<TransferReport>>> = Arc::default();
-    let udp: Arc<Mutex<Option<UdpReport>>> = Arc::default();
-    let client: Vec<Box<dyn Service>> = vec![
-        Box::new(TcpTransferClient::new(
-            IpEndpoint::new(server_ip, 7),
-            8 << 20,
-            3,
-            tcp.clone(),
-        )),
-        Box::new(UdpTransferClient::new(
-            IpEndpoint::new(server_ip, 7),
-            300,
-            udp.clone(),
-        )),
-    ];
-    let client = Stack::start_with_driver(b, &client_cfg, mode, client)?;
-    let t = wait(&tcp, "TCP transfer")?;
-    let u = wait(&udp, "UDP exchange")?;
-    client.stop()?;
-    server.stop()?;
+    let server = Stack::start_with_driver(a, &server_cfg, mode)?;
+    let client = Stack::start_with_driver(b, &client_cfg, mode)?;
+    let echo = EchoServer::attach(server.control(), "echo", fifos(fifo), 1)?;
+    let server_ip = server_cfg.addresses[0].addr;
+    let any = Endpoint {
+        ip: server_ip,
+        port: 7,
+    };
+    echo.listen(server.control(), TransportProto::Tcp, any)?;
+    echo.listen(server.control(), TransportProto::Udp, any)?;
+    Ok(Pair {
+        server,
+        client,
+        echo,
+        server_ip,
+    })
+}
+
+fn run_pair(server_addr: &str, client_addr: &str, mode: WorkerMode) -> Result<()> {
+    let p = pair(server_addr, client_addr, mode, 256 << 10)?;
+    let remote = Endpoint {
+        ip: p.server_ip,
+        port: 7,
+    };
+    let tcp = StreamClient::start(
+        p.client.control(),
+        "tcp",
+        fifos(256 << 10),
+        remote,
+        8 << 20,
+        3,
+    )?;
+    let udp = DatagramClient::start(
+        p.client.control(),
+        "udp",
+        AppOptions::default(),
+        remote,
+        300,
+    )?;
+    let t =
+        wait_report(&tcp.report, Duration::from_secs(60)).context("TCP transfer did not finish")?;
+    let u =
+        wait_report(&udp.report, Duration::from_secs(60)).context("UDP exchange did not finish")?;
     assert_eq!(t.error, None);
     assert_eq!(t.verified, 8 << 20);
     assert_eq!(u.error, None);
-    assert_eq!(u.echoed, 300);
-    assert_eq!(
-        tcp_stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
-        8 << 20
-    );
+    assert_eq!(u.verified, 300);
+    assert_eq!(p.echo.stats.bytes.load(Ordering::Relaxed), 8 << 20);
+    assert_eq!(p.echo.stats.datagrams.load(Ordering::Relaxed), 300);
+    p.client.stop()?;
+    p.server.stop()?;
     Ok(())
 }
 
 #[test]
 fn two_stacks_over_the_memory_pair_move_tcp_and_udp_over_ipv4() -> Result<()> {
-    run_pair(
-        "10.9.0.1/24",
-        "10.9.0.2/24",
-        IpAddress::v4(10, 9, 0, 1),
-        WorkerMode::Interrupt,
-    )
+    run_pair("10.9.0.1/24", "10.9.0.2/24", WorkerMode::Interrupt)
 }
 
 #[test]
 fn two_stacks_over_the_memory_pair_move_tcp_and_udp_over_ipv6() -> Result<()> {
-    run_pair(
-        "fd09::1/64",
-        "fd09::2/64",
-        IpAddress::v6(0xfd09, 0, 0, 0, 0, 0, 0, 1),
-        WorkerMode::Interrupt,
-    )
+    run_pair("fd09::1/64", "fd09::2/64", WorkerMode::Interrupt)
 }
 
 #[test]
 fn two_stacks_over_the_memory_pair_in_polling_mode() -> Result<()> {
-    run_pair(
-        "10.9.1.1/24",
-        "10.9.1.2/24",
-        IpAddress::v4(10, 9, 1, 1),
-        WorkerMode::Poll,
-    )
+    run_pair("10.9.1.1/24", "10.9.1.2/24", WorkerMode::Poll)
+}
+
+/// A full rx fifo closes the TCP window; draining it reopens the window and
+/// the transfer finishes byte-identical.
+#[test]
+fn a_reader_that_stops_until_its_fifo_is_full_then_drains_completes_byte_identical() -> Result<()> {
+    let p = pair(
+        "10.9.2.1/24",
+        "10.9.2.2/24",
+        WorkerMode::Interrupt,
+        64 << 10,
+    )?;
+    let remote = Endpoint {
+        ip: p.server_ip,
+        port: 7,
+    };
+    let total = 32u64 << 20;
+    let client = StreamClient::start(
+        p.client.control(),
+        "slow",
+        fifos(64 << 10),
+        remote,
+        total,
+        9,
+    )?;
+    client.paused.store(true, Ordering::SeqCst);
+    // Wait until the client's rx fifo is full and the whole pipe stalls:
+    // echo bytes stop growing.
+    let mut last = u64::MAX;
+    let mut stalled_for = 0;
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = p.echo.stats.bytes.load(Ordering::Relaxed);
+        if now == last {
+            stalled_for += 1;
+            if stalled_for >= 10 {
+                break;
+            }
+        } else {
+            stalled_for = 0;
+        }
+        last = now;
+    }
+    assert!(
+        stalled_for >= 10,
+        "the transfer never stalled while the reader was paused"
+    );
+    assert!(
+        last < total,
+        "everything was echoed although the reader never read"
+    );
+    let full = p
+        .client
+        .control()
+        .call(|l| l.counters().sessions)
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(full, 1);
+    // Hold it a while with the window closed, then drain.
+    std::thread::sleep(Duration::from_millis(300));
+    client.resume()?;
+    let r = wait_report(&client.report, Duration::from_secs(60))
+        .context("did not finish after resuming")?;
+    assert_eq!(r.error, None);
+    assert_eq!(r.verified, total);
+    p.client.stop()?;
+    p.server.stop()?;
+    Ok(())
 }
