@@ -1010,6 +1010,15 @@ impl SessionLayer {
         }
         let pair = w.segment_manager.alloc_fifo_pair()?;
         let fifos = w.segment_manager.fifos(&pair)?;
+        // The app's watermarks, in percent of the tx fifo: crossing below
+        // low after going above high raises a tx-space event.
+        if let Some(a) = self.apps.get(w.app.as_usize()) {
+            let size = u64::from(fifos.1.size());
+            let pct = |p: u8| (size * u64::from(p) / 100) as u32;
+            fifos
+                .1
+                .set_watermarks(pct(a.options.high_watermark), pct(a.options.low_watermark))?;
+        }
         let deferred = &mut self.deferred;
         for ev in w.segment_manager.take_events() {
             let event = match &ev {

@@ -839,7 +839,8 @@ impl SessionWorker {
             }
         }
         s.tx_pending = s.tx_out.max_dequeue().unwrap_or(0) > 0;
-        if moved > 0 && s.tx_out.take_dequeue_notification_request() {
+        let below_low = moved > 0 && s.tx_out.crossed_below_low_watermark().unwrap_or(false);
+        if moved > 0 && (s.tx_out.take_dequeue_notification_request() | below_low) {
             let h = s.handle;
             self.emit_for(idx, BuiltinEvent::Tx(h));
         }
@@ -1103,6 +1104,8 @@ impl AppCx<'_> {
         let s = self.own(h)?;
         let n = s.app_tx.enqueue(data)?;
         if n > 0 {
+            // Arms the low-watermark tx-space event.
+            let _ = s.app_tx.crossed_above_high_watermark();
             s.tx_pending = true;
             if let SessionKind::CutThrough { peer } = s.kind {
                 if let Some(p) = self.worker.session_mut(peer) {

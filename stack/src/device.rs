@@ -18,6 +18,8 @@ use hoststack_drivers::{PacketIo, RxChecksumVerdict, checksum};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
+use crate::zero_window::ZeroWindowGuard;
+
 /// A driver queue as smoltcp sees it.
 pub struct StackDevice<D: PacketIo> {
     driver: D,
@@ -26,6 +28,8 @@ pub struct StackDevice<D: PacketIo> {
     tx_stock: Vec<D::Frame>,
     tx_filled: Vec<D::Frame>,
     max_burst: usize,
+    guard: ZeroWindowGuard,
+    rewritten: Vec<u8>,
     // Per-burst tallies, folded into the driver counters on flush.
     unverified: u64,
     bad_checksum: u64,
@@ -43,6 +47,8 @@ impl<D: PacketIo> StackDevice<D> {
             tx_stock: Vec::with_capacity(max_burst),
             tx_filled: Vec::with_capacity(max_burst * 2),
             max_burst,
+            guard: ZeroWindowGuard::default(),
+            rewritten: Vec::new(),
             unverified: 0,
             bad_checksum: 0,
             malformed: 0,
@@ -107,6 +113,11 @@ impl<D: PacketIo> StackDevice<D> {
         self.driver.tx_burst(&mut self.tx_filled)
     }
 
+    /// Segments handed to smoltcp as bare ACKs because our window was zero.
+    pub fn zero_window_acks(&self) -> u64 {
+        self.guard.salvaged
+    }
+
     /// Frames filled by smoltcp and not yet accepted by the driver.
     pub fn tx_backlog(&self) -> usize {
         self.tx_filled.len()
@@ -137,11 +148,13 @@ pub fn capabilities(info: &hoststack_drivers::DeviceInfo) -> DeviceCapabilities 
     caps
 }
 
-/// smoltcp's receive token: one received frame, read in place.
+/// smoltcp's receive token: one received frame, read in place (or its
+/// rewritten form, see `zero_window`).
 pub struct RxToken<'a, D: PacketIo> {
     driver: &'a D,
     frame: D::Frame,
     spent: &'a mut Vec<D::Frame>,
+    replacement: Option<&'a [u8]>,
 }
 
 /// smoltcp's transmit token: fills a frame from the stock.
@@ -149,11 +162,15 @@ pub struct TxToken<'a, D: PacketIo> {
     driver: &'a D,
     stock: &'a mut Vec<D::Frame>,
     filled: &'a mut Vec<D::Frame>,
+    guard: &'a mut ZeroWindowGuard,
 }
 
 impl<D: PacketIo> phy::RxToken for RxToken<'_, D> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let r = f(self.driver.rx_bytes(&self.frame));
+        let r = match self.replacement {
+            Some(bytes) => f(bytes),
+            None => f(self.driver.rx_bytes(&self.frame)),
+        };
         self.spent.push(self.frame);
         r
     }
@@ -165,8 +182,11 @@ impl<D: PacketIo> phy::TxToken for TxToken<'_, D> {
         // frame, and smoltcp never asks for more than the MTU it was given.
         let mut frame = self.stock.pop().expect("tx token without a stocked frame");
         let mut f = Some(f);
+        let guard = self.guard;
         let r = self.driver.write_frame(&mut frame, len, |buf| {
-            (f.take().expect("fill runs once"))(buf)
+            let r = (f.take().expect("fill runs once"))(buf);
+            guard.observe_tx(buf);
+            r
         });
         match r {
             Some(r) => {
@@ -213,16 +233,21 @@ impl<D: PacketIo> phy::Device for StackDevice<D> {
                     if v == RxChecksumVerdict::Unverified {
                         self.unverified += 1;
                     }
+                    let rewritten = self
+                        .guard
+                        .rewrite_rx(self.driver.rx_bytes(&frame), &mut self.rewritten);
                     return Some((
                         RxToken {
                             driver: &self.driver,
                             frame,
                             spent: &mut self.spent,
+                            replacement: rewritten.then_some(self.rewritten.as_slice()),
                         },
                         TxToken {
                             driver: &self.driver,
                             stock: &mut self.tx_stock,
                             filled: &mut self.tx_filled,
+                            guard: &mut self.guard,
                         },
                     ));
                 }
@@ -247,6 +272,7 @@ impl<D: PacketIo> phy::Device for StackDevice<D> {
             driver: &self.driver,
             stock: &mut self.tx_stock,
             filled: &mut self.tx_filled,
+            guard: &mut self.guard,
         })
     }
 

@@ -19,6 +19,7 @@ mod sys;
 pub mod tcp_listener;
 pub mod transport;
 pub mod worker;
+pub mod zero_window;
 
 pub use config::{AddrPrefix, DriverKind, StackConfig, TcpTuning};
 pub use error::{StackError, StackResult};

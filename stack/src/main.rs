@@ -272,8 +272,13 @@ fn echo_server(
     }
     let per_worker = server.accepted_per_worker(&control).unwrap_or_default();
     let _ = control.detach(server.app);
+    let workers: Vec<_> = stack.workers().iter().map(|w| w.stats.clone()).collect();
     let totals = stack.totals();
     let result = stack.stop();
+    let zero_window_acks: u64 = workers
+        .iter()
+        .map(|s| s.zero_window_acks.load(Relaxed))
+        .sum();
     println!(
         "{}",
         serde_json::json!({
@@ -287,6 +292,7 @@ fn echo_server(
             "rx_malformed": totals.rx_malformed,
             "rx_checksum_unverified": totals.rx_checksum_unverified,
             "rx_kernel_drops": totals.rx_kernel_drops,
+            "zero_window_acks": zero_window_acks,
         })
     );
     result?;

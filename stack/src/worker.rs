@@ -64,6 +64,9 @@ pub struct WorkerStats {
     pub sleeps: AtomicU64,
     /// Times it woke up.
     pub wakeups: AtomicU64,
+    /// Segments handed to smoltcp as bare ACKs while our window was zero
+    /// (see `zero_window`).
+    pub zero_window_acks: AtomicU64,
 }
 
 /// What other threads use to talk to a worker.
@@ -286,6 +289,9 @@ impl<D: PacketIo> Worker<D> {
             }
             if last_stats.elapsed() >= Duration::from_secs(1) {
                 self.device.driver_mut().refresh_stats();
+                self.stats
+                    .zero_window_acks
+                    .store(self.device.zero_window_acks(), Ordering::Relaxed);
                 last_stats = StdInstant::now();
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     self.log_state();
@@ -309,6 +315,9 @@ impl<D: PacketIo> Worker<D> {
             let _ = self.device.flush();
         }
         self.device.driver_mut().refresh_stats();
+        self.stats
+            .zero_window_acks
+            .store(self.device.zero_window_acks(), Ordering::Relaxed);
         debug!(worker = self.index, "worker stopped");
         result
     }

@@ -89,14 +89,23 @@ fn hoststack_client_sends_16mib_to_kernel_echo_server_and_verifies_it() -> Resul
 }
 
 #[test]
-fn two_hundred_concurrent_kernel_clients_on_one_listener() -> Result<()> {
+fn two_hundred_concurrent_kernel_clients_spread_round_robin_over_two_app_workers() -> Result<()> {
     let lab = lab("cc")?;
-    let server = start_echo_server(&lab, &[])?;
+    let server = start_echo_server(&lab, &["--app-workers", "2", "--udp-port", "0"])?;
     let host = lab.cfg.host4.addr.to_string();
     let v = peer(&lab, &["many", &host, "7", "200", "65536"])?;
     assert_eq!(v["ok"], true, "{v}");
     let stats = finish(&lab, server)?;
-    assert!(stats["tcp_connections"].as_u64() >= Some(200), "{stats}");
+    assert_eq!(stats["tcp_connections"].as_u64(), Some(200), "{stats}");
+    // Every connection went through listener -> session -> app worker,
+    // alternating between the two workers.
+    let per_worker: Vec<u64> = stats["accepted_per_app_worker"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_u64())
+        .collect();
+    assert_eq!(per_worker, vec![100, 100], "{stats}");
     Ok(())
 }
 
