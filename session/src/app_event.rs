@@ -97,6 +97,16 @@ pub enum AppEvent {
         /// Segment index.
         index: u32,
     },
+    /// The answer to a control message the app sent on its rx queue
+    /// (listen, unlisten, connect, disconnect).
+    Reply {
+        /// The request id the app chose.
+        request: u32,
+        /// 0 on success, else an [`ErrorCode`].
+        error: u32,
+        /// A listener handle (listen) or 0.
+        handle: u64,
+    },
 }
 
 /// Error codes carried in events and replies.
@@ -206,6 +216,7 @@ const KIND_RX: u8 = 6;
 const KIND_TX_SPACE: u8 = 7;
 const KIND_SEGMENT_ADDED: u8 = 8;
 const KIND_SEGMENT_REMOVED: u8 = 9;
+const KIND_REPLY: u8 = 10;
 
 /// Bytes of an encoded endpoint: family (1), port (2), address (16).
 const ENDPOINT_LEN: usize = 19;
@@ -397,6 +408,16 @@ impl AppEvent {
                 w.u8(KIND_SEGMENT_REMOVED);
                 w.u32(*index);
             }
+            Self::Reply {
+                request,
+                error,
+                handle,
+            } => {
+                w.u8(KIND_REPLY);
+                w.u32(*request);
+                w.u32(*error);
+                w.u64(*handle);
+            }
         }
         debug_assert!(w.at <= APP_EVENT_SIZE, "event does not fit its slot");
         buf
@@ -443,6 +464,11 @@ impl AppEvent {
                 size: r.u64()?,
             },
             KIND_SEGMENT_REMOVED => Self::SegmentRemoved { index: r.u32()? },
+            KIND_REPLY => Self::Reply {
+                request: r.u32()?,
+                error: r.u32()?,
+                handle: r.u64()?,
+            },
             k => return Err(bad(&format!("unknown kind {k}"))),
         })
     }
@@ -526,6 +552,11 @@ mod tests {
                 size: 1 << 30,
             },
             AppEvent::SegmentRemoved { index: 1 },
+            AppEvent::Reply {
+                request: 7,
+                error: 12,
+                handle: 0x1_0000_0002,
+            },
         ];
         for e in events {
             assert_eq!(AppEvent::decode(&e.encode()).unwrap(), e);

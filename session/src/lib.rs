@@ -18,6 +18,7 @@
 
 pub mod app_event;
 pub mod app_listener;
+pub mod app_wire;
 pub mod app_worker;
 pub mod application;
 pub mod builtin_apps;
@@ -26,11 +27,13 @@ pub mod control;
 pub mod endpoint;
 pub mod error;
 pub mod eventfd;
+pub mod fd_passing;
 pub mod fifo;
 pub mod handle;
 pub mod lookup;
 pub mod message_queue;
 pub mod namespace;
+pub mod pending_rx_queues;
 pub mod segment;
 pub mod segment_manager;
 pub mod session;

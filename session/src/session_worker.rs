@@ -63,6 +63,24 @@ impl TransportSet for NoTransports {
     }
 }
 
+/// A change to the set of app rx queues a thread serves, for whoever
+/// sleeps on their eventfds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueChange {
+    /// Watch `fd` for queue `id`.
+    Added {
+        /// Queue id (the app index).
+        id: u32,
+        /// Its eventfd.
+        fd: std::os::fd::RawFd,
+    },
+    /// Stop watching queue `id`.
+    Removed {
+        /// Queue id.
+        id: u32,
+    },
+}
+
 /// One thread's sessions.
 pub struct SessionWorker {
     thread: u32,
@@ -79,6 +97,8 @@ pub struct SessionWorker {
     scratch: Vec<u8>,
     deferred: Vec<Deferred>,
     pending_disconnects: Vec<SessionHandle>,
+    pending: crate::pending_rx_queues::PendingRxQueues,
+    queue_changes: Vec<QueueChange>,
 }
 
 impl std::fmt::Debug for SessionWorker {
@@ -114,6 +134,8 @@ impl SessionWorker {
             scratch: vec![0u8; 64 * 1024],
             deferred: Vec::new(),
             pending_disconnects: Vec::new(),
+            pending: crate::pending_rx_queues::PendingRxQueues::new(),
+            queue_changes: Vec::new(),
         }
     }
 
@@ -125,6 +147,29 @@ impl SessionWorker {
     /// Sessions alive on this thread.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// True while app events wait for dispatch or app queues are pending:
+    /// the thread must not sleep.
+    pub fn has_pending_work(&self) -> bool {
+        !self.builtin.is_empty() || !self.pending.is_empty()
+    }
+
+    /// The lost-wakeup check before sleeping: true when every app rx queue
+    /// is empty after a fence that pairs with the producers' (so a message
+    /// published now is either seen here or signals its eventfd).
+    pub fn queues_empty_before_sleep(&self) -> bool {
+        true
+    }
+
+    /// An app rx queue's eventfd fired.
+    pub fn queue_signalled(&mut self, id: u32) {
+        let _ = self.pending.signal(id, true);
+    }
+
+    /// App rx queues added or removed since the last call.
+    pub fn take_queue_changes(&mut self) -> Vec<QueueChange> {
+        std::mem::take(&mut self.queue_changes)
     }
 
     /// Summaries of this thread's sessions.

@@ -15,6 +15,7 @@ pub mod device;
 pub mod error;
 pub mod lab;
 pub mod runtime;
+pub mod sleeper;
 mod sys;
 pub mod tcp_listener;
 pub mod transport;

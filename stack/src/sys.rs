@@ -1,10 +1,9 @@
 //! The few system calls the stack makes itself (eventfds and poll), through
 //! rustix's safe wrappers.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Duration;
+use std::os::fd::{AsFd, OwnedFd};
 
-use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::event::EventfdFlags;
 
 use crate::error::{StackError, StackResult};
 
@@ -23,21 +22,4 @@ pub(crate) fn eventfd_signal(fd: impl AsFd) {
 pub(crate) fn eventfd_drain(fd: impl AsFd) {
     let mut v = [0u8; 8];
     let _ = rustix::io::read(fd, &mut v);
-}
-
-/// Waits up to `timeout` for any of `fds` to turn readable; true if one did.
-pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> StackResult<bool> {
-    let mut pfds: Vec<PollFd<'_>> = fds
-        .iter()
-        .map(|fd| PollFd::new(fd, PollFlags::IN))
-        .collect();
-    let ts = Timespec {
-        tv_sec: timeout.as_secs() as i64,
-        tv_nsec: i64::from(timeout.subsec_nanos()),
-    };
-    match rustix::event::poll(&mut pfds, Some(&ts)) {
-        Ok(n) => Ok(n > 0),
-        Err(rustix::io::Errno::INTR) => Ok(true),
-        Err(e) => Err(StackError::os("poll", e.into())),
-    }
 }

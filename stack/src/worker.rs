@@ -11,7 +11,7 @@
 //! run of idle iterations until the queue's fd, its control eventfd or the
 //! transports' next timer wakes it.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant as StdInstant};
@@ -25,9 +25,10 @@ use tracing::{debug, warn};
 use crate::config::{StackConfig, TcpTuning};
 use crate::device::StackDevice;
 use crate::error::{StackError, StackResult};
+use crate::sleeper::{Sleeper, WakeSource};
 use crate::tcp_listener::count_syns;
 use crate::transport::{EphemeralPorts, SmolTransportState, SmolTransports};
-use hoststack_session::session_worker::SessionWorker;
+use hoststack_session::session_worker::{QueueChange, SessionWorker};
 
 /// How a worker waits for work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,8 +36,12 @@ pub enum WorkerMode {
     /// Busy loop: lowest latency, one core at 100 %.
     #[default]
     Poll,
-    /// Sleep on the queue fd and timers after a run of idle loops.
+    /// Sleep until work arrives (NIC queue, app queues, timers, commands)
+    /// as soon as a short run of loops found nothing to do.
     Interrupt,
+    /// Poll while traffic keeps the worker busy; sleep like interrupt mode
+    /// once it has been idle for the adaptive idle period.
+    Adaptive,
 }
 
 impl std::str::FromStr for WorkerMode {
@@ -45,15 +50,30 @@ impl std::str::FromStr for WorkerMode {
         match s {
             "poll" | "polling" => Ok(Self::Poll),
             "interrupt" => Ok(Self::Interrupt),
+            "adaptive" => Ok(Self::Adaptive),
             _ => Err(format!(
-                "unknown worker mode '{s}' (expected poll or interrupt)"
+                "unknown worker mode '{s}' (expected poll, interrupt or adaptive)"
             )),
         }
     }
 }
 
-/// Idle loops before an interrupt-mode worker goes to sleep.
-const IDLE_LOOPS_BEFORE_SLEEP: u32 = 256;
+impl std::fmt::Display for WorkerMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Poll => "poll",
+            Self::Interrupt => "interrupt",
+            Self::Adaptive => "adaptive",
+        })
+    }
+}
+
+/// Idle loops before an interrupt-mode worker goes to sleep (a few
+/// microseconds of spinning catch back-to-back work cheaply).
+const IDLE_LOOPS_BEFORE_SLEEP: u32 = 64;
+
+/// How long an adaptive worker keeps polling after its last work.
+pub const ADAPTIVE_IDLE: Duration = Duration::from_millis(5);
 
 /// Counters of one worker, readable from any thread.
 #[derive(Debug, Default)]
@@ -64,6 +84,9 @@ pub struct WorkerStats {
     pub sleeps: AtomicU64,
     /// Times it woke up.
     pub wakeups: AtomicU64,
+    /// 1 while the worker is asleep or sleeping between polls (interrupt
+    /// behaviour), 0 while busy polling.
+    pub interrupt_state: AtomicU64,
     /// Segments handed to smoltcp as bare ACKs while our window was zero
     /// (see `zero_window`).
     pub zero_window_acks: AtomicU64,
@@ -113,6 +136,8 @@ pub struct Worker<D: PacketIo> {
     syn_counts: Vec<(u16, usize)>,
     transport: SmolTransportState,
     session: SessionWorker,
+    sleeper: Option<Sleeper>,
+    fired: Vec<WakeSource>,
     mode: WorkerMode,
     control: Arc<WorkerControl>,
     stats: Arc<WorkerStats>,
@@ -169,6 +194,13 @@ impl<D: PacketIo> Worker<D> {
             };
             res.map_err(|_| StackError::Config(format!("cannot add default route via {gw}")))?;
         }
+        let sleeper = match mode {
+            WorkerMode::Poll => None,
+            _ => Some(Sleeper::new(
+                device.driver().poll_fd().as_raw_fd(),
+                control.wake.as_raw_fd(),
+            )?),
+        };
         Ok(Self {
             index,
             device,
@@ -179,6 +211,8 @@ impl<D: PacketIo> Worker<D> {
             syn_counts: Vec::new(),
             transport: SmolTransportState::default(),
             session,
+            sleeper,
+            fired: Vec::new(),
             mode,
             control,
             stats,
@@ -209,6 +243,14 @@ impl<D: PacketIo> Worker<D> {
             &mut self.ports,
         );
         work |= self.session.poll(&mut tp);
+        if let Some(sl) = &mut self.sleeper {
+            for change in self.session.take_queue_changes() {
+                match change {
+                    QueueChange::Added { id, fd } => sl.add_queue(id, fd)?,
+                    QueueChange::Removed { id } => sl.remove_queue(id)?,
+                }
+            }
+        }
         if work {
             self.iface
                 .poll_egress(now, &mut self.device, &mut self.sockets);
@@ -246,8 +288,8 @@ impl<D: PacketIo> Worker<D> {
         }
     }
 
-    /// Sleeps until the queue, the control eventfd or the next transport
-    /// timer needs the worker.
+    /// Sleeps until the queue, the control eventfd, an app queue or the
+    /// next transport timer needs the worker.
     fn sleep(&mut self) -> StackResult<()> {
         let now = Instant::now();
         let delay = self
@@ -257,33 +299,51 @@ impl<D: PacketIo> Worker<D> {
                 Duration::from_micros(d.total_micros())
             })
             .min(Duration::from_millis(1000));
-        if delay.is_zero() {
+        if delay.is_zero() || self.session.has_pending_work() {
             return Ok(());
         }
         self.device.driver_mut().prepare_sleep()?;
-        if self.device.rx_pending() > 0 {
+        if self.device.rx_pending() > 0 || !self.session.queues_empty_before_sleep() {
             return Ok(());
         }
+        let Some(sleeper) = &mut self.sleeper else {
+            return Ok(());
+        };
         self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
-        let fds = [self.device.driver().poll_fd(), self.control.wake.as_fd()];
-        let woke = crate::sys::poll_readable(&fds, delay)?;
-        crate::sys::eventfd_drain(&self.control.wake);
-        if woke {
+        self.fired.clear();
+        sleeper.sleep(delay, &mut self.fired)?;
+        if !self.fired.is_empty() {
             self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
         }
+        self.handle_wakes();
         Ok(())
+    }
+
+    /// Acts on what woke the worker (or fired while it was awake).
+    fn handle_wakes(&mut self) {
+        for w in std::mem::take(&mut self.fired) {
+            match w {
+                WakeSource::Control => crate::sys::eventfd_drain(&self.control.wake),
+                WakeSource::Device => {}
+                WakeSource::AppQueue(id) => self.session.queue_signalled(id),
+            }
+        }
     }
 
     /// Runs until a stop is requested, then closes every socket.
     pub fn run(mut self) -> StackResult<()> {
         let mut idle = 0u32;
         let mut last_stats = StdInstant::now();
+        let mut last_work = StdInstant::now();
         let result = loop {
             if self.control.stop_requested() {
                 break Ok(());
             }
             match self.poll_once() {
-                Ok(true) => idle = 0,
+                Ok(true) => {
+                    idle = 0;
+                    last_work = StdInstant::now();
+                }
                 Ok(false) => idle = idle.saturating_add(1),
                 Err(e) => break Err(e),
             }
@@ -297,11 +357,30 @@ impl<D: PacketIo> Worker<D> {
                     self.log_state();
                 }
             }
-            if self.mode == WorkerMode::Interrupt && idle >= IDLE_LOOPS_BEFORE_SLEEP {
+            let sleepy = match self.mode {
+                WorkerMode::Poll => false,
+                WorkerMode::Interrupt => idle >= IDLE_LOOPS_BEFORE_SLEEP,
+                WorkerMode::Adaptive => {
+                    idle >= IDLE_LOOPS_BEFORE_SLEEP && last_work.elapsed() >= ADAPTIVE_IDLE
+                }
+            };
+            self.stats
+                .interrupt_state
+                .store(u64::from(sleepy), Ordering::Relaxed);
+            if sleepy {
                 if let Err(e) = self.sleep() {
                     break Err(e);
                 }
                 idle = 0;
+            } else if self.mode != WorkerMode::Poll {
+                // Awake: sources that fired meanwhile still feed the pending
+                // list, so no app queue signal is lost.
+                if let Some(s) = &mut self.sleeper {
+                    if let Err(e) = s.reap(&mut self.fired) {
+                        break Err(e);
+                    }
+                    self.handle_wakes();
+                }
             }
         };
         if let Err(e) = &result {
