@@ -18,6 +18,7 @@
 
 pub mod app_event;
 pub mod app_listener;
+pub mod app_rx_queue;
 pub mod app_wire;
 pub mod app_worker;
 pub mod application;

@@ -71,7 +71,7 @@ impl PendingRxQueues {
     }
 
     /// Takes the head of the list for a batch.
-    pub fn next(&mut self) -> Option<PendingTurn> {
+    pub fn pop(&mut self) -> Option<PendingTurn> {
         let queue = self.order.pop_front()?;
         let postponed = self.state.remove(&queue).unwrap_or(false);
         Some(PendingTurn { queue, postponed })
@@ -110,7 +110,7 @@ mod tests {
 
     fn drain_order(p: &mut PendingRxQueues) -> Vec<(u32, bool)> {
         let mut v = Vec::new();
-        while let Some(t) = p.next() {
+        while let Some(t) = p.pop() {
             v.push((t.queue, t.postponed));
         }
         v
@@ -143,7 +143,7 @@ mod tests {
         let mut p = PendingRxQueues::new();
         p.signal(1, true);
         p.signal(2, true);
-        let t = p.next().unwrap();
+        let t = p.pop().unwrap();
         assert_eq!(
             t,
             PendingTurn {
@@ -168,10 +168,10 @@ mod tests {
         );
         // A signal for a postponed queue does not change its place or flag.
         assert!(!p.signal(1, true));
-        let t = p.next().unwrap();
+        let t = p.pop().unwrap();
         p.finish(t.queue, false);
         assert_eq!(
-            p.next(),
+            p.pop(),
             Some(PendingTurn {
                 queue: 1,
                 postponed: true
@@ -185,14 +185,14 @@ mod tests {
     fn a_finished_queue_can_be_signalled_again_and_is_not_postponed() {
         let mut p = PendingRxQueues::new();
         p.signal(7, true);
-        let t = p.next().unwrap();
+        let t = p.pop().unwrap();
         p.finish(t.queue, true);
-        let t = p.next().unwrap();
+        let t = p.pop().unwrap();
         assert!(t.postponed);
         p.finish(7, false);
         assert!(p.signal(7, true));
         assert_eq!(
-            p.next(),
+            p.pop(),
             Some(PendingTurn {
                 queue: 7,
                 postponed: false
@@ -218,7 +218,7 @@ mod tests {
         p.signal(2, true);
         assert!(p.remove(1));
         assert_eq!(
-            p.next(),
+            p.pop(),
             Some(PendingTurn {
                 queue: 2,
                 postponed: false
@@ -231,7 +231,7 @@ mod tests {
         let mut p = PendingRxQueues::new();
         p.signal(9, true);
         for round in 0..5 {
-            let t = p.next().unwrap();
+            let t = p.pop().unwrap();
             assert_eq!(t.postponed, round > 0);
             p.finish(9, round < 4);
         }
@@ -242,7 +242,7 @@ mod tests {
     fn a_queue_removed_during_its_batch_is_not_requeued_by_finish_after_remove() {
         let mut p = PendingRxQueues::new();
         p.signal(4, true);
-        let t = p.next().unwrap();
+        let t = p.pop().unwrap();
         // Its app detached while the batch ran: the caller removes it and
         // must not finish it; finish of an unknown queue with no content is
         // a no-op either way.
