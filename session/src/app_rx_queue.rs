@@ -480,6 +480,11 @@ impl AppRxQueue {
         })
     }
 
+    /// Eventfd writes (system calls) this handle made while sending.
+    pub fn notifications(&self) -> u64 {
+        self.events.notifications() + self.control.notifications()
+    }
+
     /// Posts an io notification. `QueueFull` when the events ring is full
     /// (the stack thread is behind: retry later); signals the eventfd if
     /// the ring was empty.
@@ -553,7 +558,18 @@ impl AppRxQueue {
     /// describes; a message either shows up here or its producer signals
     /// the eventfd.
     pub fn empty_before_sleep(&self) -> bool {
-        self.control.empty_before_sleep() && self.events.empty_before_sleep()
+        let empty = self.control.empty_before_sleep() && self.events.empty_before_sleep();
+        if !empty {
+            self.awake();
+        }
+        empty
+    }
+
+    /// After a sleep (or an announced one not taken): producers stop
+    /// writing the eventfd.
+    pub fn awake(&self) {
+        self.control.awake();
+        self.events.awake();
     }
 
     /// Consumer: sleeps until a message may be ready or `timeout` passes.
@@ -564,7 +580,9 @@ impl AppRxQueue {
         if !self.empty_before_sleep() {
             return Ok(true);
         }
-        let woken = self.eventfd.wait(timeout)?;
+        let woken = self.eventfd.wait(timeout);
+        self.awake();
+        let woken = woken?;
         if woken {
             self.eventfd.drain()?;
         }

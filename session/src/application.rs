@@ -275,6 +275,22 @@ pub struct Application {
     pub next_map_index: u32,
     /// Set once detach started; sessions are being torn down.
     pub detaching: bool,
+    /// What an external app needs beyond its workers: its rx queues.
+    pub external: Option<ExternalParts>,
+}
+
+/// An external app's app -> stack queues, kept until the app socket hands
+/// them out.
+#[derive(Debug)]
+pub struct ExternalParts {
+    /// Where the queues are, for the attach reply.
+    pub rx_info: crate::app_wire::RxQueuesInfo,
+    /// The queues' segment (its fd goes to the app).
+    pub rx_segment: crate::segment::Segment,
+    /// A copy of each queue's eventfd, in thread order (they go to the app).
+    pub rx_eventfds: Vec<crate::eventfd::EventFd>,
+    /// The main thread's queue, until the app socket server takes it.
+    pub main_queue: Option<crate::app_rx_queue::AppRxQueue>,
 }
 
 impl Application {

@@ -16,9 +16,11 @@
 
 #![deny(unsafe_code)]
 
+pub mod app_client;
 pub mod app_event;
 pub mod app_listener;
 pub mod app_rx_queue;
+pub mod app_socket;
 pub mod app_wire;
 pub mod app_worker;
 pub mod application;

@@ -93,6 +93,9 @@ struct ConfigLine {
     magic: AtomicU32,
     slot_count: AtomicU32,
     slot_size: AtomicU32,
+    /// 1 while the consumer is (about to be) asleep on the eventfd:
+    /// producers write the eventfd only then.
+    sleeping: AtomicU32,
 }
 
 /// The in-segment queue header; all atomics, as the peer may write it.
@@ -151,6 +154,8 @@ pub struct MessageQueue {
     slot_size: u32,
     stride: usize,
     eventfd: Option<EventFd>,
+    /// Eventfd writes this handle made (each one a system call).
+    notifications: std::sync::atomic::AtomicU64,
 }
 
 // SAFETY: the pointers point into the mapping `region` keeps alive; the
@@ -256,6 +261,7 @@ impl MessageQueue {
             slot_size,
             stride: slot_stride(slot_size),
             eventfd,
+            notifications: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -361,13 +367,25 @@ impl MessageQueue {
         let Some(eventfd) = &self.eventfd else {
             return Ok(());
         };
-        // Store (sequence, above) -> fence -> load (head): pairs with the
-        // fence in `empty_before_sleep`.
+        // Store (sequence, above) -> fence -> load (sleeping, head): pairs
+        // with the fence in `empty_before_sleep`. Only the message that
+        // made the queue non-empty while the consumer sleeps signals: a
+        // busy consumer costs producers no system call.
         fence(Ordering::SeqCst);
-        if self.header().head.value.load(Ordering::Relaxed) == position {
+        let header = self.header();
+        if header.config.sleeping.load(Ordering::Relaxed) != 0
+            && header.head.value.load(Ordering::Relaxed) == position
+        {
             eventfd.notify()?;
+            self.notifications.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Eventfd writes (system calls) this handle made when sending: one per
+    /// empty-to-non-empty edge it caused, none otherwise.
+    pub fn notifications(&self) -> u64 {
+        self.notifications.load(Ordering::Relaxed)
     }
 
     /// Takes the next message into `buf` (which must hold `slot_size()`
@@ -427,20 +445,34 @@ impl MessageQueue {
         Ok(Some(len))
     }
 
-    /// Consumer, before sleeping on the eventfd: returns `true` if the
-    /// queue is still empty and sleeping is safe, `false` if a message is
-    /// ready (receive it instead).
+    /// Consumer, before sleeping on the eventfd: announces the sleep and
+    /// returns `true` if the queue is still empty and sleeping is safe,
+    /// `false` if a message is ready (receive it instead; the announcement
+    /// is withdrawn). After a sleep, call [`awake`](Self::awake).
     ///
-    /// Our last `head` store (in `try_recv`) -> `fence(SeqCst)` -> load of
-    /// the head slot's sequence. This pairs with the producer's publish ->
-    /// fence -> load of `head` in [`MessageQueue::try_send`]: if this check
-    /// misses a message, its producer's later load sees our head at that
-    /// message and signals the eventfd, which then stays readable until
-    /// drained, so the sleep returns at once.
+    /// Our stores of `sleeping` and (in `try_recv`) `head` ->
+    /// `fence(SeqCst)` -> load of the head slot's sequence. This pairs with
+    /// the producer's publish -> fence -> loads of `sleeping` and `head` in
+    /// [`MessageQueue::try_send`]: if this check misses a message, its
+    /// producer's later loads see us sleeping with our head at that message
+    /// and signal the eventfd, which then stays readable until drained, so
+    /// the sleep returns at once.
     pub fn empty_before_sleep(&self) -> bool {
+        self.header().config.sleeping.store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         let position = self.header().head.value.load(Ordering::Relaxed);
-        self.slot_header(position).sequence.load(Ordering::Acquire) != position.wrapping_add(1)
+        let empty =
+            self.slot_header(position).sequence.load(Ordering::Acquire) != position.wrapping_add(1);
+        if !empty {
+            self.awake();
+        }
+        empty
+    }
+
+    /// Consumer, after a sleep (or an announced sleep it did not take):
+    /// producers stop writing the eventfd.
+    pub fn awake(&self) {
+        self.header().config.sleeping.store(0, Ordering::Relaxed);
     }
 
     /// Consumer: sleeps until a message may be ready or `timeout` passes.
@@ -456,7 +488,9 @@ impl MessageQueue {
         if !self.empty_before_sleep() {
             return Ok(true);
         }
-        let woken = eventfd.wait(timeout)?;
+        let woken = eventfd.wait(timeout);
+        self.awake();
+        let woken = woken?;
         if woken {
             eventfd.drain()?;
         }
@@ -516,6 +550,7 @@ impl MessageQueue {
             slot_size: self.slot_size,
             stride: self.stride,
             eventfd,
+            notifications: std::sync::atomic::AtomicU64::new(0),
         })
     }
 }
@@ -614,20 +649,37 @@ mod tests {
     }
 
     #[test]
-    fn eventfd_is_signalled_only_on_the_empty_to_non_empty_edge() {
+    fn eventfd_is_signalled_only_on_the_empty_to_non_empty_edge_of_a_sleeping_consumer() {
         let efd = EventFd::new().unwrap();
         let watcher = efd.try_clone().unwrap();
         let (_seg, mut mq) = queue(8, 64, Some(efd));
+        // An awake (polling) consumer costs producers no eventfd write.
+        mq.try_send(b"a").unwrap();
+        assert_eq!(
+            watcher.drain().unwrap(),
+            0,
+            "signalled a consumer that never slept"
+        );
+        while recv(&mut mq).is_some() {}
+        assert!(mq.empty_before_sleep());
         mq.try_send(b"a").unwrap();
         mq.try_send(b"b").unwrap();
         mq.try_send(b"c").unwrap();
         assert_eq!(watcher.drain().unwrap(), 1, "one signal for three messages");
+        mq.awake();
         recv(&mut mq).unwrap();
+        assert!(!mq.empty_before_sleep(), "messages are waiting");
         mq.try_send(b"d").unwrap();
-        assert_eq!(watcher.drain().unwrap(), 0, "queue was not empty");
+        assert_eq!(
+            watcher.drain().unwrap(),
+            0,
+            "queue was not empty and the consumer is awake"
+        );
         while recv(&mut mq).is_some() {}
+        assert!(mq.empty_before_sleep());
         mq.try_send(b"e").unwrap();
         assert_eq!(watcher.drain().unwrap(), 1);
+        assert_eq!(mq.notifications(), 2);
     }
 
     #[test]

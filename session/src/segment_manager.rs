@@ -17,6 +17,8 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
 
 use hashbrown::HashMap;
 
@@ -167,6 +169,9 @@ pub struct SegmentManager {
     segments: BTreeMap<u32, Segment>,
     first_segment_index: u32,
     next_segment_index: u32,
+    /// Where segment indices come from when they must be unique across
+    /// managers (a process may map segments of several app workers).
+    ids: Option<Arc<AtomicU32>>,
     event_queue_offset: Option<usize>,
     free_preallocated_pairs: Vec<PairRecord>,
     free_pooled_headers: Vec<usize>,
@@ -184,8 +189,21 @@ impl SegmentManager {
     /// `UnsupportedConfig` when both preallocation kinds are asked for;
     /// `InvalidValue` for zero or out-of-range sizes.
     pub fn new(name_prefix: &str, config: SegmentManagerConfig) -> SessionResult<Self> {
+        Self::with_ids(name_prefix, config, None)
+    }
+
+    /// Like [`new`](Self::new), with segment indices taken from `ids`
+    /// (shared by every manager of a session layer, so an index names one
+    /// segment whichever app maps it).
+    pub fn with_ids(
+        name_prefix: &str,
+        config: SegmentManagerConfig,
+        ids: Option<Arc<AtomicU32>>,
+    ) -> SessionResult<Self> {
         validate_config(&config)?;
-        let first_segment_index = 0;
+        let first_segment_index = ids
+            .as_ref()
+            .map_or(0, |a| a.fetch_add(1, AtomicOrdering::Relaxed));
         let first = Segment::create(
             &segment_name(name_prefix, first_segment_index),
             config.first_segment_size,
@@ -195,6 +213,7 @@ impl SegmentManager {
             segments: BTreeMap::from([(first_segment_index, first)]),
             first_segment_index,
             next_segment_index: first_segment_index + 1,
+            ids,
             event_queue_offset: None,
             free_preallocated_pairs: Vec::new(),
             free_pooled_headers: Vec::new(),
@@ -447,7 +466,10 @@ impl SegmentManager {
     }
 
     fn add_segment(&mut self, size: usize) -> SessionResult<u32> {
-        let index = self.next_segment_index;
+        let index = match &self.ids {
+            Some(a) => a.fetch_add(1, AtomicOrdering::Relaxed),
+            None => self.next_segment_index,
+        };
         let next = index
             .checked_add(1)
             .ok_or_else(|| SessionError::NoSpace("segment indices exhausted".into()))?;

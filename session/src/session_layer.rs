@@ -79,6 +79,18 @@ pub enum WorkerCommand {
         /// The session.
         session: SessionHandle,
     },
+    /// Serve an external app's rx queue on this thread.
+    AddAppQueue {
+        /// The app.
+        app: AppIndex,
+        /// Its queue for this thread.
+        queue: Box<crate::app_rx_queue::AppRxQueue>,
+    },
+    /// Stop serving an app's rx queue (the app is detaching).
+    RemoveAppQueue {
+        /// The app.
+        app: AppIndex,
+    },
     /// Reset every session of an app that is detaching or whose workers
     /// are deleted.
     CloseAppWorkerSessions {
@@ -165,6 +177,22 @@ pub struct AttachReply {
 /// run under the layer lock).
 pub type Deferred = Box<dyn FnOnce() + Send>;
 
+/// A segment added to an external app worker, whose fd the app socket
+/// must pass to the app.
+#[derive(Debug)]
+pub struct PendingSegmentFd {
+    /// The api client of the worker.
+    pub client: u32,
+    /// The worker's map index.
+    pub worker: u32,
+    /// Segment index.
+    pub index: u32,
+    /// Its size.
+    pub size: u64,
+    /// The segment's fd.
+    pub fd: std::os::fd::OwnedFd,
+}
+
 /// Counts of everything the layer holds, to prove detach frees it all.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LayerCounters {
@@ -205,6 +233,8 @@ pub struct SessionLayer {
     no_lookup: [bool; 2],
     segment_seq: u64,
     deferred: Vec<Deferred>,
+    segment_fds: Vec<PendingSegmentFd>,
+    segment_ids: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl std::fmt::Debug for SessionLayer {
@@ -241,7 +271,14 @@ impl SessionLayer {
             no_lookup: [false; 2],
             segment_seq: 0,
             deferred: Vec::new(),
+            segment_fds: Vec::new(),
+            segment_ids: Arc::default(),
         }
+    }
+
+    /// Segment fds the app socket must still send.
+    pub fn take_segment_fds(&mut self) -> Vec<PendingSegmentFd> {
+        std::mem::take(&mut self.segment_fds)
     }
 
     /// Callbacks queued while the lock was held; run them after releasing
@@ -335,8 +372,16 @@ impl SessionLayer {
             listeners: HashMap::new(),
             next_map_index: 0,
             detaching: false,
+            external: None,
         });
         self.app_ids.insert(identity.clone(), index);
+        if matches!(identity, AppIdentity::External { .. }) {
+            if let Err(e) = self.create_rx_queues(index) {
+                self.app_ids.remove(&identity);
+                self.apps.remove(index.as_usize());
+                return Err(e);
+            }
+        }
         let api_client = match identity {
             AppIdentity::External { client, .. } => Some(client),
             AppIdentity::Builtin(_) => None,
@@ -352,6 +397,127 @@ impl SessionLayer {
                 Err(e)
             }
         }
+    }
+
+    /// Creates an external app's rx queues (one per stack thread and one
+    /// for the main thread, last) and hands each stack thread its own.
+    fn create_rx_queues(&mut self, app: AppIndex) -> SessionResult<()> {
+        let a = self
+            .apps
+            .get(app.as_usize())
+            .ok_or(SessionError::NoApp(app.0))?;
+        let slots = crate::app_rx_queue::rx_queue_slots(a.options.event_queue_size);
+        let name = format!("hs-{}-rxq", a.name());
+        let threads = self.threads.len() as u32 + 1;
+        let queues = crate::app_rx_queue::AppRxQueues::create(&name, threads, slots)?;
+        let rx_info = queues.info();
+        let rx_eventfds = queues
+            .queues()
+            .iter()
+            .map(|q| q.eventfd().try_clone())
+            .collect::<SessionResult<Vec<_>>>()?;
+        let (rx_segment, mut list) = queues.into_parts();
+        let main_queue = list.pop();
+        for (t, q) in list.into_iter().enumerate() {
+            self.send(
+                t,
+                WorkerCommand::AddAppQueue {
+                    app,
+                    queue: Box::new(q),
+                },
+            );
+        }
+        if let Some(a) = self.apps.get_mut(app.as_usize()) {
+            a.external = Some(crate::application::ExternalParts {
+                rx_info,
+                rx_segment,
+                rx_eventfds,
+                main_queue,
+            });
+        }
+        Ok(())
+    }
+
+    /// The main thread's rx queue of an external app (once).
+    pub fn take_main_queue(&mut self, app: AppIndex) -> Option<crate::app_rx_queue::AppRxQueue> {
+        self.apps
+            .get_mut(app.as_usize())?
+            .external
+            .as_mut()?
+            .main_queue
+            .take()
+    }
+
+    /// What an app worker's process needs to map its segment and event
+    /// queue, and the fds that go with it (segment, then eventfd if any).
+    pub fn worker_info(
+        &self,
+        wi: AppWorkerIndex,
+    ) -> SessionResult<(crate::app_wire::WorkerInfo, Vec<std::os::fd::OwnedFd>)> {
+        let w = self
+            .app_workers
+            .get(wi.as_usize())
+            .ok_or(SessionError::InvalidAppWorker(wi.0))?;
+        let sm = &w.segment_manager;
+        let EventSink::Queue(q) = &w.sink else {
+            return Err(SessionError::InvalidValue(
+                "a builtin app worker has no event queue".into(),
+            ));
+        };
+        let mut fds = vec![sm.first_segment().try_clone_fd()?];
+        if let Some(e) = q.eventfd() {
+            fds.push(e.try_clone()?.into_owned_fd());
+        }
+        let info = crate::app_wire::WorkerInfo {
+            worker: w.map_index.0,
+            segment_index: sm.first_segment_index(),
+            segment_size: sm.first_segment().size() as u64,
+            event_queue_offset: sm.event_queue_offset().unwrap_or(0) as u64,
+            event_queue_slots: q.capacity() as u32,
+            event_queue_slot_size: q.slot_size() as u32,
+            event_queue_eventfd: q.eventfd().is_some(),
+        };
+        Ok((info, fds))
+    }
+
+    /// The attach reply of an external app and its fds, in wire order.
+    pub fn attach_info(
+        &self,
+        app: AppIndex,
+        wi: AppWorkerIndex,
+    ) -> SessionResult<(crate::app_wire::AttachInfo, Vec<std::os::fd::OwnedFd>)> {
+        let (worker, mut fds) = self.worker_info(wi)?;
+        let a = self.app(app)?;
+        let ext = a
+            .external
+            .as_ref()
+            .ok_or_else(|| SessionError::InvalidValue("not an external app".into()))?;
+        fds.push(ext.rx_segment.try_clone_fd()?);
+        for e in &ext.rx_eventfds {
+            fds.push(e.try_clone()?.into_owned_fd());
+        }
+        let info = crate::app_wire::AttachInfo {
+            app: app.0,
+            worker,
+            threads: self.threads.len() as u32 + 1,
+            rx_queues: ext.rx_info.clone(),
+        };
+        Ok((info, fds))
+    }
+
+    /// Posts an event to app `app`'s worker `map_index` (external apps).
+    pub fn post_to_worker(
+        &self,
+        app: AppIndex,
+        map_index: WorkerMapIndex,
+        event: &AppEvent,
+    ) -> SessionResult<()> {
+        let wi = self.app_worker_of(app, map_index)?;
+        let w = self
+            .app_workers
+            .get(wi.as_usize())
+            .ok_or(SessionError::InvalidAppWorker(wi.0))?;
+        w.sink.post(event, &w.counters)
     }
 
     /// The app with index `app`.
@@ -386,9 +552,13 @@ impl SessionLayer {
             return Ok(());
         }
         a.detaching = true;
+        let external = a.external.is_some();
         let workers: Vec<WorkerMapIndex> = a.workers.keys().copied().collect();
         for w in workers {
             self.del_worker_inner(app, w)?;
+        }
+        if external {
+            self.broadcast(|| WorkerCommand::RemoveAppQueue { app });
         }
         Ok(())
     }
@@ -409,9 +579,10 @@ impl SessionLayer {
             return Err(SessionError::NoApp(app.0));
         }
         let map_index = WorkerMapIndex(a.next_map_index);
-        let mut sm = SegmentManager::new(
+        let mut sm = SegmentManager::with_ids(
             &format!("hs-{}-{}", a.name(), seq),
             a.options.segment_manager_config(),
+            Some(self.segment_ids.clone()),
         )?;
         let sink = match &a.callbacks {
             Some(cbs) => EventSink::Builtin(cbs.clone()),
@@ -483,6 +654,9 @@ impl SessionLayer {
         };
         if a.workers.is_empty() {
             a.detaching = true;
+            if a.external.is_some() {
+                self.broadcast(|| WorkerCommand::RemoveAppQueue { app });
+            }
         }
         // Listeners: this worker leaves each; a listener left without
         // workers goes away.
@@ -914,6 +1088,28 @@ impl SessionLayer {
         if let Some(w) = self.app_workers.get_mut(client_wi.as_usize()) {
             w.sessions += 1;
         }
+        // An external client maps the server worker's segment the fifos
+        // live in; send it its fd (the client keeps mappings by index).
+        let client_w = &self.app_workers[client_wi.as_usize()];
+        if let (EventSink::Queue(_), Some(client)) = (&client_w.sink, client_w.api_client) {
+            let worker = client_w.map_index.0;
+            let index = server.location.segment;
+            if let Some(seg) = self.app_workers[server_wi.as_usize()]
+                .segment_manager
+                .segment(index)
+            {
+                let size = seg.size() as u64;
+                if let Ok(fd) = seg.try_clone_fd() {
+                    self.segment_fds.push(PendingSegmentFd {
+                        client,
+                        worker,
+                        index,
+                        size,
+                        fd,
+                    });
+                }
+            }
+        }
         let thread = self.next_thread % self.threads.len();
         self.next_thread = self.next_thread.wrapping_add(1);
         let plan = CutThroughPlan {
@@ -1044,6 +1240,20 @@ impl SessionLayer {
                 }
                 EventSink::Queue(_) => {
                     let _ = w.sink.post(&event, &w.counters);
+                    if let (SegmentEvent::Added { index, size, .. }, Some(client)) =
+                        (&ev, w.api_client)
+                    {
+                        let (index, size) = (*index, *size as u64);
+                        if let SegmentEvent::Added { fd, .. } = ev {
+                            self.segment_fds.push(PendingSegmentFd {
+                                client,
+                                worker: w.map_index.0,
+                                index,
+                                size,
+                                fd,
+                            });
+                        }
+                    }
                 }
             }
         }

@@ -24,10 +24,11 @@ use slab::Slab;
 use tracing::{debug, warn};
 
 use crate::app_event::{AppEvent, DGRAM_HEADER_SIZE, decode_dgram_header, encode_dgram_header};
+use crate::app_rx_queue::{AppRxQueue, ControlMessage, IoMessage, RxMessage};
 use crate::app_worker::EventSink;
 use crate::endpoint::{Endpoint, FiveTuple, TransportProto};
 use crate::error::{SessionError, SessionResult};
-use crate::handle::{AppWorkerIndex, ListenerHandle, SessionHandle};
+use crate::handle::{AppIndex, AppWorkerIndex, ListenerHandle, SessionHandle};
 use crate::session::{Session, SessionInfo, SessionKind, SessionState};
 use crate::session_layer::{Deferred, NewSessionParts, SessionLayer, WorkerCommand};
 use crate::transport::{DatagramMeta, Transport, TransportConnId, TransportEvent};
@@ -46,6 +47,10 @@ enum BuiltinEvent {
 /// Bytes moved per session per direction in one poll, so one busy session
 /// cannot hold the thread.
 const MAX_BYTES_PER_POLL: usize = 1 << 20;
+
+/// Messages taken from one app rx queue per turn, so one chatty app cannot
+/// starve the others.
+pub const APP_QUEUE_BATCH: usize = 64;
 
 /// The transports of one thread, by protocol.
 pub trait TransportSet {
@@ -99,6 +104,7 @@ pub struct SessionWorker {
     pending_disconnects: Vec<SessionHandle>,
     pending: crate::pending_rx_queues::PendingRxQueues,
     queue_changes: Vec<QueueChange>,
+    app_queues: HashMap<u32, AppRxQueue>,
 }
 
 impl std::fmt::Debug for SessionWorker {
@@ -136,6 +142,7 @@ impl SessionWorker {
             pending_disconnects: Vec::new(),
             pending: crate::pending_rx_queues::PendingRxQueues::new(),
             queue_changes: Vec::new(),
+            app_queues: HashMap::new(),
         }
     }
 
@@ -159,12 +166,30 @@ impl SessionWorker {
     /// is empty after a fence that pairs with the producers' (so a message
     /// published now is either seen here or signals its eventfd).
     pub fn queues_empty_before_sleep(&self) -> bool {
-        true
+        let empty = self.app_queues.values().all(|q| q.empty_before_sleep());
+        if !empty {
+            self.queues_awake();
+        }
+        empty
+    }
+
+    /// After a sleep: apps stop writing the queues' eventfds.
+    pub fn queues_awake(&self) {
+        for q in self.app_queues.values() {
+            q.awake();
+        }
     }
 
     /// An app rx queue's eventfd fired.
     pub fn queue_signalled(&mut self, id: u32) {
-        let _ = self.pending.signal(id, true);
+        if let Some(q) = self.app_queues.get(&id) {
+            let _ = self.pending.signal(id, !q.is_empty());
+        }
+    }
+
+    /// External apps whose rx queue this thread serves.
+    pub fn app_queue_count(&self) -> usize {
+        self.app_queues.len()
     }
 
     /// App rx queues added or removed since the last call.
@@ -380,6 +405,20 @@ impl SessionWorker {
                     let idx = session.index();
                     self.emit_for(idx, BuiltinEvent::Rx(session));
                     self.emit_for(idx, BuiltinEvent::Tx(session));
+                }
+            }
+            WorkerCommand::AddAppQueue { app, queue } => {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(queue.eventfd());
+                self.app_queues.insert(app.0, *queue);
+                self.queue_changes
+                    .push(QueueChange::Added { id: app.0, fd });
+                // Messages may already wait: look at it once.
+                self.queue_signalled(app.0);
+            }
+            WorkerCommand::RemoveAppQueue { app } => {
+                self.pending.remove(app.0);
+                if self.app_queues.remove(&app.0).is_some() {
+                    self.queue_changes.push(QueueChange::Removed { id: app.0 });
                 }
             }
             WorkerCommand::CloseAppWorkerSessions { app_worker } => {
@@ -923,6 +962,7 @@ impl SessionWorker {
                 self.transport_event(proto, ev, tp);
             }
         }
+        work |= self.serve_app_queues(tp);
         let indices: Vec<u32> = self.sessions.iter().map(|(i, _)| i as u32).collect();
         for idx in indices {
             work |= self.service_session(idx, tp);
@@ -940,6 +980,97 @@ impl SessionWorker {
             d();
         }
         work
+    }
+
+    /// Serves the pending app rx queues in order, a bounded batch each; a
+    /// queue with messages left goes back to the tail, postponed. Queues
+    /// are also looked at directly (cheap), so a polling thread needs no
+    /// eventfd.
+    fn serve_app_queues(&mut self, tp: &mut dyn TransportSet) -> bool {
+        if self.app_queues.is_empty() {
+            return false;
+        }
+        for (&id, q) in &self.app_queues {
+            if !q.is_empty() {
+                self.pending.signal(id, true);
+            }
+        }
+        let turns = self.pending.len();
+        let mut work = false;
+        for _ in 0..turns {
+            let Some(turn) = self.pending.pop() else {
+                break;
+            };
+            let Some(mut q) = self.app_queues.remove(&turn.queue) else {
+                continue;
+            };
+            if !turn.postponed {
+                let _ = q.eventfd().drain();
+            }
+            for _ in 0..APP_QUEUE_BATCH {
+                match q.recv() {
+                    Ok(Some(m)) => {
+                        work = true;
+                        self.app_message(AppIndex(turn.queue), m, tp);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(thread = self.thread, app = turn.queue, "app rx queue: {e}");
+                    }
+                }
+            }
+            let left = !q.is_empty();
+            self.app_queues.insert(turn.queue, q);
+            self.pending.finish(turn.queue, left);
+        }
+        work
+    }
+
+    /// One message an external app sent this thread.
+    fn app_message(&mut self, app: AppIndex, m: RxMessage, tp: &mut dyn TransportSet) {
+        let session = match &m {
+            RxMessage::Io(io) => SessionHandle::from_u64(io.session()),
+            RxMessage::Control(ControlMessage::Disconnect { session, .. }) => {
+                SessionHandle::from_u64(*session)
+            }
+            RxMessage::Control(other) => {
+                warn!(
+                    thread = self.thread,
+                    app = app.0,
+                    "control message {other:?} sent to a worker thread; ignored"
+                );
+                return;
+            }
+        };
+        let Some(s) = self.session_mut(session) else {
+            return;
+        };
+        if s.app != app {
+            warn!(thread = self.thread, app = app.0, %session, "app named a session it does not own; ignored");
+            return;
+        }
+        let idx = session.index();
+        match m {
+            RxMessage::Io(IoMessage::Tx { .. }) => match s.kind {
+                SessionKind::CutThrough { peer } => {
+                    self.emit_for(peer.index(), BuiltinEvent::Rx(peer))
+                }
+                SessionKind::Transport(_) => {
+                    s.tx_out.fifo().clear_event();
+                    s.tx_pending = true;
+                }
+            },
+            RxMessage::Io(IoMessage::DequeueNotify { .. }) => match s.kind {
+                SessionKind::CutThrough { peer } => {
+                    self.emit_for(peer.index(), BuiltinEvent::Tx(peer))
+                }
+                SessionKind::Transport(_) => s.rx_blocked = false,
+            },
+            RxMessage::Io(IoMessage::Disconnect { .. }) | RxMessage::Control(_) => {
+                let _ = idx;
+                self.app_disconnect(session, tp);
+            }
+        }
     }
 
     /// Moves one session's bytes both ways and raises the events they

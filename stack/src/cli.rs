@@ -49,6 +49,9 @@ pub struct StackArgs {
     /// Enter this network namespace (from `ip netns`) before opening the interface.
     #[arg(long)]
     pub netns: Option<String>,
+    /// Serve external apps on this Unix socket (the default app namespace).
+    #[arg(long)]
+    pub app_socket: Option<std::path::PathBuf>,
 }
 
 impl StackArgs {

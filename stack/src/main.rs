@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
 use hoststack_session::application::AppOptions;
 use hoststack_session::builtin_apps::{
     DatagramClient, EchoServer, ReportSlot, StreamClient, TransferReport,
@@ -68,6 +69,12 @@ enum Command {
         /// Swallow what arrives instead of echoing it (a sink).
         #[arg(long)]
         discard: bool,
+    },
+    /// Run the stack and serve external apps on --app-socket until
+    /// SIGINT/SIGTERM (no builtin app).
+    Serve {
+        #[command(flatten)]
+        stack: StackArgs,
     },
     /// Connect out, send a seeded stream, verify the echo, print a JSON report.
     TcpClient {
@@ -206,18 +213,61 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             count,
             timeout,
         } => udp_client(&stack, connect, count, Duration::from_secs(timeout)),
+        Command::Serve { stack } => serve(&stack),
         Command::Lab { action } => lab(action),
     }
 }
 
-fn start_stack(args: &StackArgs) -> anyhow::Result<(Stack, Shutdown)> {
+fn start_stack(args: &StackArgs) -> anyhow::Result<(Stack, Shutdown, Option<AppSocketServer>)> {
     let shutdown = Shutdown::install()?;
     if let Some(ns) = &args.netns {
         enter_netns(ns)?;
     }
     let cfg = args.config()?;
     let stack = Stack::start(&cfg, args.mode)?;
-    Ok((stack, shutdown))
+    let apps = match &args.app_socket {
+        Some(path) => Some(
+            stack
+                .serve_apps(AppSocketConfig::new(path))
+                .context("starting the app socket")?,
+        ),
+        None => None,
+    };
+    Ok((stack, shutdown, apps))
+}
+
+fn serve(args: &StackArgs) -> anyhow::Result<ExitCode> {
+    if args.app_socket.is_none() {
+        anyhow::bail!("serve needs --app-socket PATH (where external apps attach)");
+    }
+    let (stack, shutdown, apps) = start_stack(args)?;
+    for w in stack.workers() {
+        eprintln!(
+            "hoststack: serving on {} queue {} ({})",
+            w.info.name, w.info.queue, w.info.mode
+        );
+    }
+    println!(
+        "ready app-socket={}",
+        args.app_socket
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    );
+    while !shutdown.wait(Duration::from_millis(200)) {
+        if stack.any_worker_exited() {
+            break;
+        }
+    }
+    drop(apps);
+    let counters = stack.control().call(|l| l.counters()).ok();
+    let result = stack.stop();
+    println!(
+        "{}",
+        serde_json::json!({ "layer": format!("{counters:?}") })
+    );
+    result?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn any_ip(port: u16) -> Endpoint {
@@ -238,7 +288,7 @@ fn echo_server(
     if tcp_port == 0 && udp_port == 0 {
         anyhow::bail!("nothing to serve: both --tcp-port and --udp-port are 0");
     }
-    let (stack, shutdown) = start_stack(args)?;
+    let (stack, shutdown, _apps) = start_stack(args)?;
     let control = stack.control().clone();
     let opts = AppOptions {
         rx_fifo_size: fifo,
@@ -332,7 +382,7 @@ fn tcp_client(
     seed: u64,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let (stack, shutdown) = start_stack(args)?;
+    let (stack, shutdown, _apps) = start_stack(args)?;
     let opts = AppOptions {
         rx_fifo_size: 1 << 20,
         tx_fifo_size: 1 << 20,
@@ -370,7 +420,7 @@ fn udp_client(
     count: u64,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let (stack, shutdown) = start_stack(args)?;
+    let (stack, shutdown, _apps) = start_stack(args)?;
     let remote = Endpoint {
         ip: connect.ip(),
         port: connect.port(),

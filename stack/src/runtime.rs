@@ -16,6 +16,7 @@ use hoststack_drivers::afxdp::{XdpConfig, XdpQueue};
 use hoststack_drivers::counters::{DriverCounters, DriverCountersSnapshot};
 use hoststack_drivers::uring_tap::{TapConfig, TapQueue};
 use hoststack_drivers::{DeviceInfo, PacketIo};
+use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
 use hoststack_session::control::{ControlPlane, control_plane};
 use hoststack_session::session_layer::{SessionLayer, ThreadPort, WorkerCommand};
 use hoststack_session::session_worker::SessionWorker;
@@ -292,6 +293,13 @@ impl Stack {
     /// The session layer's control plane (attach, listen, connect, ...).
     pub fn control(&self) -> &ControlPlane {
         &self.control
+    }
+
+    /// Starts serving external apps on a Unix socket; the server stops (and
+    /// its socket file goes) when the returned value is dropped.
+    pub fn serve_apps(&self, cfg: AppSocketConfig) -> StackResult<AppSocketServer> {
+        AppSocketServer::start(cfg, self.control.clone())
+            .map_err(|e| StackError::Socket(e.to_string()))
     }
 
     /// Driver counters summed over every queue.

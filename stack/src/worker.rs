@@ -311,7 +311,9 @@ impl<D: PacketIo> Worker<D> {
         };
         self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
         self.fired.clear();
-        sleeper.sleep(delay, &mut self.fired)?;
+        let slept = sleeper.sleep(delay, &mut self.fired);
+        self.session.queues_awake();
+        slept?;
         if !self.fired.is_empty() {
             self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
         }

@@ -47,6 +47,18 @@ pub fn hoststack_bin() -> PathBuf {
     bin
 }
 
+/// Path of a `hoststack-session` example built alongside the tests
+/// (`cargo build --release --examples -p hoststack-session`).
+pub fn example_bin(name: &str) -> PathBuf {
+    let bin = hoststack_bin().with_file_name("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --release --examples -p hoststack-session)",
+        bin.display()
+    );
+    bin
+}
+
 /// A child process that is killed (SIGTERM, then SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct Proc {
@@ -118,6 +130,44 @@ impl Proc {
             let _ = std::io::Read::read_to_string(&mut out, &mut rest);
         }
         Ok((status.success(), rest))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Reads stdout lines until `pred` says stop or `timeout` passes;
+    /// returns the lines read.
+    pub fn read_lines_until(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Result<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        let out = self.stdout.as_mut().context("stdout not piped")?;
+        let mut lines = Vec::new();
+        let mut line = String::new();
+        while Instant::now() < deadline {
+            line.clear();
+            if out.read_line(&mut line)? == 0 {
+                break;
+            }
+            let done = pred(line.trim());
+            lines.push(line.trim().to_string());
+            if done {
+                break;
+            }
+        }
+        Ok(lines)
     }
 
     /// Waits for the process to exit by itself; returns (success, stdout).

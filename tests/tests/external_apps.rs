@@ -1,0 +1,433 @@
+//! External applications: separate processes (the `hoststack-session`
+//! examples) attach to a hoststack running in this test process over its
+//! app socket, map its segments and move data through shared-memory fifos.
+//! Needs root (AF_XDP on a veth lab).
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hoststack_session::app_client::App;
+use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
+use hoststack_session::app_wire::{AppRequest, encode_request};
+use hoststack_session::application::AppOptions;
+use hoststack_session::error::SessionError;
+use hoststack_session::namespace::NamespaceConfig;
+use hoststack_session::session_layer::LayerCounters;
+use hoststack_stack::{Stack, StackConfig, WorkerMode};
+use hoststack_tests::{
+    Lab, LabConfig, Proc, example_bin, last_json, peer, require_root, unique_lab_name,
+};
+
+/// A lab, hoststack on its host end, and an app socket.
+struct Host {
+    apps: Option<AppSocketServer>,
+    stack: Option<Stack>,
+    socket: PathBuf,
+    lab: Lab,
+}
+
+impl Host {
+    fn new(tag: &str) -> Result<Self> {
+        require_root();
+        let lab = Lab::up(LabConfig::new(&unique_lab_name(tag)))?;
+        let cfg = StackConfig::new(&lab.host_if, lab.host_addresses());
+        let stack = Stack::start(&cfg, WorkerMode::Poll)?;
+        let socket = std::env::temp_dir().join(format!("{}.sock", lab.netns));
+        let apps = stack.serve_apps(AppSocketConfig::new(&socket))?;
+        Ok(Self {
+            apps: Some(apps),
+            stack: Some(stack),
+            socket,
+            lab,
+        })
+    }
+
+    fn stack(&self) -> &Stack {
+        self.stack.as_ref().expect("stack running")
+    }
+
+    fn counters(&self) -> LayerCounters {
+        self.stack()
+            .control()
+            .call(|l| l.counters())
+            .expect("control plane")
+    }
+
+    fn wait_counters(&self, want: LayerCounters, timeout: Duration) -> LayerCounters {
+        let end = Instant::now() + timeout;
+        loop {
+            let c = self.counters();
+            if c == want || Instant::now() > end {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn echo_server(&self, args: &[&str]) -> Result<Proc> {
+        let mut cmd = Command::new(example_bin("echo_server"));
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        let mut p = Proc::spawn("external echo server", cmd)?;
+        p.wait_for_line("ready", Duration::from_secs(20))?;
+        Ok(p)
+    }
+
+    fn client(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut cmd = Command::new(example_bin("throughput_client"));
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        let (ok, out) = Proc::spawn("external client", cmd)?.wait(Duration::from_secs(180))?;
+        let v = last_json(&out)?;
+        if !ok || v["ok"] != true {
+            bail!("client failed: {v}");
+        }
+        Ok(v)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        drop(self.apps.take());
+        if let Some(s) = self.stack.take() {
+            let _ = s.stop();
+        }
+    }
+}
+
+#[test]
+fn an_external_echo_server_serves_a_kernel_client_64mib_byte_identical() -> Result<()> {
+    let h = Host::new("xe")?;
+    let _server = h.echo_server(&["--listen", "0.0.0.0:7"])?;
+    let host = h.lab.cfg.host4.addr.to_string();
+    let v = peer(&h.lab, &["stream", &host, "7", &(64u64 << 20).to_string()])?;
+    assert_eq!(v["ok"], true, "{v}");
+    Ok(())
+}
+
+/// One-way throughput of a Unix-domain socket pair in this process, for
+/// comparison with cut-through.
+fn unix_pair_gbytes_per_s(total: usize) -> Result<f64> {
+    use std::io::Read;
+    let (mut a, mut b) = UnixStream::pair()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<usize> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while got < total {
+            let n = b.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok(got)
+    });
+    let buf = vec![7u8; 1 << 20];
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < total {
+        a.write_all(&buf)?;
+        sent += buf.len();
+    }
+    let got = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    assert_eq!(got, total);
+    Ok(total as f64 / start.elapsed().as_secs_f64() / 1e9)
+}
+
+#[test]
+fn two_external_processes_cut_through_1gib_with_no_syscall_per_write() -> Result<()> {
+    let h = Host::new("xc")?;
+    let _server = h.echo_server(&[
+        "--listen",
+        "0.0.0.0:9",
+        "--local-scope",
+        "--name",
+        "ct-echo",
+    ])?;
+    let total = 1u64 << 30;
+    let v = h.client(&[
+        "--connect",
+        "127.0.0.1:9",
+        "--local-scope",
+        "--bytes",
+        &total.to_string(),
+    ])?;
+    assert_eq!(v["verified"].as_u64(), Some(total), "{v}");
+    let writes = v["writes"].as_u64().unwrap_or(0);
+    let syscalls = v["data_path_syscalls"].as_u64().unwrap_or(u64::MAX);
+    assert!(writes > 10_000, "{v}");
+    assert!(
+        syscalls * 20 < writes,
+        "reads and writes made system calls: {v}"
+    );
+    let unix = unix_pair_gbytes_per_s(1 << 30)?;
+    eprintln!(
+        "cut-through echo: {:.2} GB/s each way ({writes} writes, {syscalls} syscalls); Unix socket pair one way: {unix:.2} GB/s",
+        v["gbytes_per_s"].as_f64().unwrap_or(0.0)
+    );
+    Ok(())
+}
+
+#[test]
+fn an_external_client_connects_out_to_a_kernel_server_16mib_both_ways() -> Result<()> {
+    let h = Host::new("xo")?;
+    let mut kernel = Proc::spawn("kernel echo server", h.lab.peer(&["echo-server", "9007"]))?;
+    kernel.wait_for_line("{\"listening\"", Duration::from_secs(10))?;
+    let remote = format!("{}:9007", h.lab.cfg.peer4.addr);
+    let v = h.client(&["--connect", &remote, "--bytes", &(16u64 << 20).to_string()])?;
+    assert_eq!(v["verified"].as_u64(), Some(16 << 20), "{v}");
+    Ok(())
+}
+
+#[test]
+fn a_four_worker_external_server_gets_400_connections_round_robin() -> Result<()> {
+    let h = Host::new("x4")?;
+    let mut server = h.echo_server(&["--listen", "0.0.0.0:7", "--workers", "4"])?;
+    let host = h.lab.cfg.host4.addr.to_string();
+    let v = peer(&h.lab, &["many", &host, "7", "400", "4096"])?;
+    assert_eq!(v["ok"], true, "{v}");
+    let lines = server.read_lines_until(Duration::from_secs(20), |l| l.ends_with("total=400"))?;
+    let mut per = [0u32; 4];
+    for l in &lines {
+        if let Some(w) = l
+            .strip_prefix("accepted worker=")
+            .and_then(|r| r.split(' ').next())
+        {
+            per[w.parse::<usize>()?] += 1;
+        }
+    }
+    assert_eq!(per.iter().sum::<u32>(), 400, "{lines:?}");
+    let (min, max) = (
+        per.iter().min().copied().unwrap_or(0),
+        per.iter().max().copied().unwrap_or(0),
+    );
+    assert!(max - min <= 1, "not round robin: {per:?}");
+    Ok(())
+}
+
+#[test]
+fn kill9_of_an_external_server_mid_transfer_frees_it_and_spares_its_neighbour() -> Result<()> {
+    let h = Host::new("xk")?;
+    let baseline = h.counters();
+    let victim = h.echo_server(&["--listen", "0.0.0.0:7", "--name", "victim"])?;
+    let neighbour = h.echo_server(&["--listen", "0.0.0.0:8", "--name", "neighbour"])?;
+    let host = h.lab.cfg.host4.addr.to_string();
+    // The neighbour's transfer runs throughout; the victim's is cut short.
+    let (lab_ns, host2) = (h.lab.netns.clone(), host.clone());
+    let neighbour_run = std::thread::spawn(move || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab_ns,
+                "python3",
+                "-c",
+                hoststack_stack::lab::PEER_SCRIPT,
+                "stream",
+                &host2,
+                "8",
+            ])
+            .arg((256u64 << 20).to_string())
+            .output()
+    });
+    let mut victim_client = Proc::spawn(
+        "victim client",
+        h.lab
+            .peer(&["stream", &host, "7", &(1u64 << 30).to_string()]),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    victim.kill9();
+    // Its port can be listened on again within a second.
+    let start = Instant::now();
+    let again = loop {
+        let opts = AppOptions {
+            use_eventfd: true,
+            ..AppOptions::default()
+        };
+        let mut app = App::attach(&h.socket, "successor", opts)?;
+        let mut w = app.worker().context("worker")?;
+        match w.listen("0.0.0.0:7".parse()?) {
+            Ok(_) => break start.elapsed(),
+            Err(SessionError::AlreadyListening(_)) if start.elapsed() < Duration::from_secs(1) => {
+                drop(w);
+                app.detach()?;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => bail!(
+                "port 7 still taken {:?} after the kill: {e}",
+                start.elapsed()
+            ),
+        }
+    };
+    eprintln!("port listenable again {again:?} after kill -9");
+    let out = neighbour_run
+        .join()
+        .map_err(|_| anyhow::anyhow!("neighbour thread"))??;
+    let v = last_json(&String::from_utf8_lossy(&out.stdout))?;
+    assert_eq!(v["ok"], true, "the neighbour's transfer suffered: {v}");
+    let _ = victim_client.wait_for_line("{", Duration::from_secs(30));
+    drop(victim_client);
+    drop(neighbour);
+    // The successor app went with the `app` above; everything else too.
+    let after = h.wait_counters(baseline, Duration::from_secs(10));
+    assert_eq!(
+        after, baseline,
+        "segments, sessions or apps were left behind"
+    );
+    Ok(())
+}
+
+#[test]
+fn typed_errors_reach_the_library() -> Result<()> {
+    let h = Host::new("xt")?;
+    h.stack().control().call(|l| {
+        l.namespaces.add(
+            "blue",
+            NamespaceConfig {
+                secret: 42,
+                ..Default::default()
+            },
+        )
+    })??;
+    let blue_path = std::env::temp_dir().join(format!("{}-blue.sock", h.lab.netns));
+    let _blue = AppSocketServer::start(
+        AppSocketConfig {
+            path: blue_path.clone(),
+            namespace: "blue".into(),
+            mode: 0o600,
+        },
+        h.stack().control().clone(),
+    )?;
+    let ns = |id: &str, secret| AppOptions {
+        namespace_id: id.into(),
+        namespace_secret: secret,
+        ..AppOptions::default()
+    };
+    let e = App::attach(&blue_path, "wrong-secret", ns("blue", 41)).unwrap_err();
+    assert!(matches!(e, SessionError::WrongNamespaceSecret(_)), "{e}");
+    let e = App::attach(&blue_path, "unknown-ns", ns("nope", 0)).unwrap_err();
+    assert!(matches!(e, SessionError::InvalidNamespace(_)), "{e}");
+    let _blue_ok = App::attach(&blue_path, "blue-app", ns("blue", 42))?;
+
+    let local = AppOptions {
+        scope_local: true,
+        scope_global: true,
+        use_eventfd: true,
+        ..AppOptions::default()
+    };
+    let mut a = App::attach(&h.socket, "holder", local.clone())?;
+    let e = App::attach(&h.socket, "holder", local.clone()).unwrap_err();
+    assert!(matches!(e, SessionError::AlreadyAttached(_)), "{e}");
+    let mut aw = a.worker().context("worker")?;
+    aw.listen("0.0.0.0:6000".parse()?)?;
+    let mut b = App::attach(&h.socket, "intruder", local.clone())?;
+    let mut bw = b.worker().context("worker")?;
+    let e = bw.listen("0.0.0.0:6000".parse()?).unwrap_err();
+    assert!(matches!(e, SessionError::AlreadyListening(_)), "{e}");
+    // A third app connects (cut through) to the holder; the intruder may
+    // not close that session.
+    let mut c = App::attach(&h.socket, "owner", local)?;
+    let mut cw = c.worker().context("worker")?;
+    let s = cw.connect("127.0.0.1:6000".parse()?)?;
+    let e = bw.disconnect(s.handle()).unwrap_err();
+    assert!(matches!(e, SessionError::NotOwner(_)), "{e}");
+    cw.disconnect(s.handle())?;
+    Ok(())
+}
+
+#[test]
+fn ten_thousand_hostile_messages_leave_the_stack_up_and_an_honest_app_finishes() -> Result<()> {
+    let h = Host::new("xf")?;
+    let _server = h.echo_server(&[
+        "--listen",
+        "0.0.0.0:9",
+        "--local-scope",
+        "--name",
+        "honest-echo",
+    ])?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (socket, st) = (h.socket.clone(), stop.clone());
+    let fuzzer = std::thread::spawn(move || -> Result<u32> {
+        let mut sent = 0u32;
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = [
+            encode_request(1, &AppRequest::attach("fuzz", &AppOptions::default())),
+            encode_request(2, &AppRequest::AddWorker),
+            encode_request(3, &AppRequest::DelWorker { worker: 3 }),
+            encode_request(4, &AppRequest::Detach),
+        ];
+        while sent < 10_000 && !st.load(Ordering::Relaxed) {
+            let Ok(mut conn) = UnixStream::connect(&socket) else {
+                continue;
+            };
+            conn.set_write_timeout(Some(Duration::from_millis(200)))?;
+            for _ in 0..50 {
+                let r = next();
+                let mut msg = match r % 4 {
+                    0 => (0..(next() % 300))
+                        .map(|_| next() as u8)
+                        .collect::<Vec<u8>>(),
+                    _ => valid[(next() % 4) as usize].clone(),
+                };
+                // Mutate: flip bytes, truncate, or extend.
+                for _ in 0..(next() % 4) {
+                    if !msg.is_empty() {
+                        let i = (next() as usize) % msg.len();
+                        msg[i] ^= next() as u8 | 1;
+                    }
+                }
+                if next() % 5 == 0 {
+                    msg.truncate((next() as usize) % (msg.len() + 1));
+                }
+                if next() % 7 == 0 {
+                    msg.extend((0..(next() % 64)).map(|_| next() as u8));
+                }
+                sent += 1;
+                if conn.write_all(&msg).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(sent)
+    });
+    let total = 256u64 << 20;
+    let v = h.client(&[
+        "--connect",
+        "127.0.0.1:9",
+        "--local-scope",
+        "--bytes",
+        &total.to_string(),
+        "--name",
+        "honest",
+    ])?;
+    let sent = fuzzer
+        .join()
+        .map_err(|_| anyhow::anyhow!("fuzzer panicked"))??;
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(v["verified"].as_u64(), Some(total), "{v}");
+    assert!(sent >= 10_000, "only {sent} hostile messages were sent");
+    // Still up: a new app attaches and listens.
+    let mut app = App::attach(
+        &h.socket,
+        "after-the-storm",
+        AppOptions {
+            use_eventfd: true,
+            ..AppOptions::default()
+        },
+    )?;
+    let mut w = app.worker().context("worker")?;
+    w.listen("0.0.0.0:7777".parse()?)?;
+    Ok(())
+}
