@@ -378,6 +378,20 @@ impl App {
         Worker::new(self.shared.clone(), &info, seg, efd)
     }
 
+    /// Posts a ping to stack thread `thread`: the thread counts it and how
+    /// long it waited (`QueueFull` when its queue is full).
+    pub fn ping(&self, thread: u32) -> SessionResult<()> {
+        let q = self
+            .shared
+            .rx
+            .get(thread as usize)
+            .filter(|_| thread + 1 < self.shared.threads)
+            .ok_or_else(|| SessionError::InvalidValue(format!("no stack thread {thread}")))?;
+        q.send_io(&IoMessage::Ping {
+            sent_ns: crate::app_rx_queue::monotonic_ns(),
+        })
+    }
+
     /// Detaches: the stack frees every worker, listener, session and
     /// segment of the app.
     pub fn detach(self) -> SessionResult<()> {

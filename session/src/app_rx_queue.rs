@@ -71,6 +71,7 @@ pub const IO_MESSAGE_LEN: usize = 9;
 const IO_TX: u8 = 0x01;
 const IO_DEQUEUE_NOTIFY: u8 = 0x02;
 const IO_DISCONNECT: u8 = 0x03;
+const IO_PING: u8 = 4;
 const CONTROL_LISTEN: u8 = 0x11;
 const CONTROL_UNLISTEN: u8 = 0x12;
 const CONTROL_CONNECT: u8 = 0x13;
@@ -111,6 +112,22 @@ pub enum IoMessage {
         /// The session handle.
         session: u64,
     },
+    /// A probe with no effect but to be counted: measures how long a
+    /// message waits for its stack thread (the stress and fairness tests
+    /// of interrupt mode use it).
+    Ping {
+        /// The sender's CLOCK_MONOTONIC time, in nanoseconds.
+        sent_ns: u64,
+    },
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the
+/// machine, for [`IoMessage::Ping`].
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
 }
 
 impl IoMessage {
@@ -120,6 +137,7 @@ impl IoMessage {
             Self::Tx { session } => (IO_TX, session),
             Self::DequeueNotify { session } => (IO_DEQUEUE_NOTIFY, session),
             Self::Disconnect { session } => (IO_DISCONNECT, session),
+            Self::Ping { sent_ns } => (IO_PING, sent_ns),
         };
         let mut out = [0u8; IO_MESSAGE_LEN];
         out[0] = kind;
@@ -134,17 +152,19 @@ impl IoMessage {
             IO_TX => Self::Tx { session: r.u64()? },
             IO_DEQUEUE_NOTIFY => Self::DequeueNotify { session: r.u64()? },
             IO_DISCONNECT => Self::Disconnect { session: r.u64()? },
+            IO_PING => Self::Ping { sent_ns: r.u64()? },
             k => return Err(bad(format_args!("unknown io message kind {k:#x}"))),
         };
         r.finish(message)
     }
 
-    /// The session the message is about.
+    /// The session the message is about (0 for a ping).
     pub fn session(&self) -> u64 {
         match *self {
             Self::Tx { session }
             | Self::DequeueNotify { session }
             | Self::Disconnect { session } => session,
+            Self::Ping { .. } => 0,
         }
     }
 }

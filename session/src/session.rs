@@ -95,6 +95,9 @@ pub struct Session {
     pub counters: Arc<AppWorkerCounters>,
     /// Its entry in the established table, when it has one.
     pub lookup_key: Option<SessionKey>,
+    /// The transport saw the peer's FIN (bytes before it may still wait in
+    /// the transport until the rx fifo has room).
+    pub peer_finished: bool,
     /// The rx fifo was full; the transport is not read until it drains.
     pub rx_blocked: bool,
     /// The tx fifo has data the transport has not taken.

@@ -86,6 +86,40 @@ pub enum QueueChange {
     },
 }
 
+/// Pings one app sent a thread, as the thread saw them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PingStats {
+    /// Pings handled.
+    pub count: u64,
+    /// Longest a ping waited between being sent and being handled.
+    pub max_wait_ns: u64,
+    /// Sum of the waits.
+    pub total_wait_ns: u64,
+}
+
+/// Counters of one thread's session work, readable from anywhere.
+#[derive(Debug, Default)]
+pub struct SessionWorkerStats {
+    /// Messages taken from app rx queues.
+    pub app_messages: std::sync::atomic::AtomicU64,
+    /// Batches served from the pending list.
+    pub batches: std::sync::atomic::AtomicU64,
+    /// Pings per app.
+    pub pings: Mutex<HashMap<u32, PingStats>>,
+}
+
+impl SessionWorkerStats {
+    /// The pings app `app` sent this thread.
+    pub fn pings_of(&self, app: u32) -> PingStats {
+        self.pings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&app)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
 /// One thread's sessions.
 pub struct SessionWorker {
     thread: u32,
@@ -105,6 +139,7 @@ pub struct SessionWorker {
     pending: crate::pending_rx_queues::PendingRxQueues,
     queue_changes: Vec<QueueChange>,
     app_queues: HashMap<u32, AppRxQueue>,
+    stats: Arc<SessionWorkerStats>,
 }
 
 impl std::fmt::Debug for SessionWorker {
@@ -143,7 +178,13 @@ impl SessionWorker {
             pending: crate::pending_rx_queues::PendingRxQueues::new(),
             queue_changes: Vec::new(),
             app_queues: HashMap::new(),
+            stats: Arc::default(),
         }
+    }
+
+    /// The thread's counters.
+    pub fn stats(&self) -> Arc<SessionWorkerStats> {
+        self.stats.clone()
     }
 
     /// The thread index.
@@ -308,6 +349,7 @@ impl SessionWorker {
             sink: parts.sink,
             counters: parts.counters,
             lookup_key: None,
+            peer_finished: false,
             rx_blocked: false,
             tx_pending: false,
             disconnect_notified: false,
@@ -762,11 +804,11 @@ impl SessionWorker {
                 }
             }
             TransportEvent::RemoteClosed { conn } => {
+                // The session becomes REMOTE-CLOSED only once every byte the
+                // peer sent is in the rx fifo (see `service_session`): an
+                // app that sees the state may trust the fifo holds the rest.
                 if let Some(&idx) = self.by_conn.get(&(proto, conn)) {
-                    let s = &mut self.sessions[idx as usize];
-                    if s.state == SessionState::Ready {
-                        s.state = SessionState::RemoteClosed;
-                    }
+                    self.sessions[idx as usize].peer_finished = true;
                 }
             }
             TransportEvent::Reset { conn } => {
@@ -1007,10 +1049,12 @@ impl SessionWorker {
             if !turn.postponed {
                 let _ = q.eventfd().drain();
             }
+            self.stats.batches.fetch_add(1, Relaxed);
             for _ in 0..APP_QUEUE_BATCH {
                 match q.recv() {
                     Ok(Some(m)) => {
                         work = true;
+                        self.stats.app_messages.fetch_add(1, Relaxed);
                         self.app_message(AppIndex(turn.queue), m, tp);
                     }
                     Ok(None) => break,
@@ -1028,6 +1072,15 @@ impl SessionWorker {
 
     /// One message an external app sent this thread.
     fn app_message(&mut self, app: AppIndex, m: RxMessage, tp: &mut dyn TransportSet) {
+        if let RxMessage::Io(IoMessage::Ping { sent_ns }) = m {
+            let wait = crate::app_rx_queue::monotonic_ns().saturating_sub(sent_ns);
+            let mut pings = self.stats.pings.lock().unwrap_or_else(|p| p.into_inner());
+            let p = pings.entry(app.0).or_default();
+            p.count += 1;
+            p.max_wait_ns = p.max_wait_ns.max(wait);
+            p.total_wait_ns += wait;
+            return;
+        }
         let session = match &m {
             RxMessage::Io(io) => SessionHandle::from_u64(io.session()),
             RxMessage::Control(ControlMessage::Disconnect { session, .. }) => {
@@ -1066,6 +1119,7 @@ impl SessionWorker {
                 }
                 SessionKind::Transport(_) => s.rx_blocked = false,
             },
+            RxMessage::Io(IoMessage::Ping { .. }) => {}
             RxMessage::Io(IoMessage::Disconnect { .. }) | RxMessage::Control(_) => {
                 let _ = idx;
                 self.app_disconnect(session, tp);
@@ -1125,9 +1179,12 @@ impl SessionWorker {
         }
         // The peer closed and every byte it sent reached the fifo: tell the
         // app once.
-        if s.state == SessionState::RemoteClosed && !s.disconnect_notified {
+        if s.peer_finished && !s.disconnect_notified {
             if let Some(conn) = s.conn() {
                 if t.recv_available(conn) == 0 {
+                    if s.state == SessionState::Ready {
+                        s.state = SessionState::RemoteClosed;
+                    }
                     s.disconnect_notified = true;
                     let h = s.handle;
                     self.emit_for(idx, BuiltinEvent::Disconnect(h));

@@ -49,6 +49,9 @@ pub struct StackArgs {
     /// Enter this network namespace (from `ip netns`) before opening the interface.
     #[arg(long)]
     pub netns: Option<String>,
+    /// Drop this percentage of frames in each direction on purpose (testing).
+    #[arg(long, default_value_t = 0)]
+    pub inject_loss: u8,
     /// Serve external apps on this Unix socket (the default app namespace).
     #[arg(long)]
     pub app_socket: Option<std::path::PathBuf>,
@@ -71,6 +74,7 @@ impl StackArgs {
                 ..TcpTuning::default()
             },
             seed: 0,
+            inject_loss: self.inject_loss,
         };
         c.validate()?;
         Ok(c)

@@ -130,6 +130,8 @@ pub struct StackConfig {
     pub tcp: TcpTuning,
     /// Seed for ISNs and ephemeral ports; 0 picks one from the clock.
     pub seed: u64,
+    /// Percent of frames dropped on purpose in each direction (testing).
+    pub inject_loss: u8,
 }
 
 impl StackConfig {
@@ -146,6 +148,7 @@ impl StackConfig {
             gateway: None,
             tcp: TcpTuning::default(),
             seed: 0,
+            inject_loss: 0,
         }
     }
 
@@ -178,6 +181,12 @@ impl StackConfig {
             return Err(StackError::Config(format!(
                 "TCP buffer {} is outside 4 KiB..1 GiB",
                 self.tcp.buffer
+            )));
+        }
+        if self.inject_loss > 50 {
+            return Err(StackError::Config(format!(
+                "--inject-loss {} is above 50 %",
+                self.inject_loss
             )));
         }
         if self.tcp.listen_spare == 0 || self.tcp.listen_max < self.tcp.listen_spare {

@@ -19,7 +19,7 @@ use hoststack_drivers::{DeviceInfo, PacketIo};
 use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
 use hoststack_session::control::{ControlPlane, control_plane};
 use hoststack_session::session_layer::{SessionLayer, ThreadPort, WorkerCommand};
-use hoststack_session::session_worker::SessionWorker;
+use hoststack_session::session_worker::{SessionWorker, SessionWorkerStats};
 use tracing::{error, info};
 
 use crate::config::{DriverKind, StackConfig};
@@ -35,6 +35,8 @@ pub struct WorkerHandle {
     pub counters: Arc<DriverCounters>,
     /// Its loop counters.
     pub stats: Arc<WorkerStats>,
+    /// Its session layer counters (app messages, pings).
+    pub session_stats: Arc<SessionWorkerStats>,
     control: Arc<WorkerControl>,
     thread: Option<JoinHandle<StackResult<()>>>,
 }
@@ -54,6 +56,7 @@ type Ready = StackResult<(DeviceInfo, Arc<DriverCounters>)>;
 type PendingWorker = (
     Arc<WorkerControl>,
     Arc<WorkerStats>,
+    Arc<SessionWorkerStats>,
     JoinHandle<StackResult<()>>,
 );
 
@@ -157,11 +160,13 @@ impl Stack {
                     None => core_affinity::CoreId { id: 0 },
                 },
             };
+            let session = SessionWorker::new(q as u32, setup.layer.clone(), inbox);
+            let session_stats = session.stats();
             let ws = WorkerSetup {
                 index: q,
                 cfg: cfg.clone(),
                 mode,
-                session: SessionWorker::new(q as u32, setup.layer.clone(), inbox),
+                session,
                 control: control.clone(),
                 stats: stats.clone(),
                 ready: tx.clone(),
@@ -184,7 +189,7 @@ impl Stack {
                     }
                 })
                 .map_err(|e| StackError::os("spawning a worker thread", e))?;
-            pending.push((control, stats, thread));
+            pending.push((control, stats, session_stats, thread));
         }
         drop(tx);
         Self::collect(pending, rx, setup.layer)
@@ -206,11 +211,13 @@ impl Stack {
             .next()
             .expect("one thread");
         let stats = Arc::new(WorkerStats::default());
+        let session = SessionWorker::new(0, setup.layer.clone(), inbox);
+        let session_stats = session.stats();
         let ws = WorkerSetup {
             index: 0,
             cfg: cfg.clone(),
             mode,
-            session: SessionWorker::new(0, setup.layer.clone(), inbox),
+            session,
             control: control.clone(),
             stats: stats.clone(),
             ready: tx,
@@ -219,7 +226,11 @@ impl Stack {
             .name("hs-worker-0".into())
             .spawn(move || run_worker(Ok(driver), ws))
             .map_err(|e| StackError::os("spawning a worker thread", e))?;
-        Self::collect(vec![(control, stats, thread)], rx, setup.layer)
+        Self::collect(
+            vec![(control, stats, session_stats, thread)],
+            rx,
+            setup.layer,
+        )
     }
 
     fn collect(
@@ -244,7 +255,7 @@ impl Stack {
             }
         }
         if let Some(e) = first_err {
-            for (control, _, thread) in pending {
+            for (control, _, _, thread) in pending {
                 control.request_stop();
                 let _ = thread.join();
             }
@@ -255,16 +266,19 @@ impl Stack {
         let workers = pending
             .into_iter()
             .zip(readies)
-            .map(|((control, stats, thread), (info, counters))| {
-                info!(queue = info.queue, mode = %info.mode, "worker running on {}", info.name);
-                WorkerHandle {
-                    info,
-                    counters,
-                    stats,
-                    control,
-                    thread: Some(thread),
-                }
-            })
+            .map(
+                |((control, stats, session_stats, thread), (info, counters))| {
+                    info!(queue = info.queue, mode = %info.mode, "worker running on {}", info.name);
+                    WorkerHandle {
+                        info,
+                        counters,
+                        stats,
+                        session_stats,
+                        control,
+                        thread: Some(thread),
+                    }
+                },
+            )
             .collect();
         let (control, runner) = control_plane(layer);
         let main_stop = Arc::new(AtomicBool::new(false));

@@ -162,6 +162,9 @@ impl<D: PacketIo> Worker<D> {
             )));
         }
         let mut device = StackDevice::new(driver);
+        if cfg.inject_loss > 0 {
+            device.set_loss(cfg.inject_loss, cfg.seed ^ 0x5eed ^ index as u64);
+        }
         let seed = if cfg.seed != 0 {
             cfg.seed.wrapping_add(index as u64)
         } else {
