@@ -264,6 +264,26 @@ impl ControlPlane {
         self.call(move |l| l.connect(app, worker, proto, remote, opaque))?
     }
 
+    /// Every session of every stack thread, by thread (threads that do not
+    /// answer within `timeout` are left out).
+    pub fn sessions(
+        &self,
+        timeout: Duration,
+    ) -> SessionResult<Vec<(u32, Vec<crate::session::SessionInfo>)>> {
+        let (rx, n) = self.call(|l| l.request_sessions())?;
+        let end = std::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(r) => out.push(r),
+                Err(_) => break,
+            }
+        }
+        out.sort_by_key(|(t, _)| *t);
+        Ok(out)
+    }
+
     /// Disconnects a session the app owns.
     pub fn disconnect(&self, app: AppIndex, session: SessionHandle) -> SessionResult<()> {
         self.call(move |l| l.disconnect(app, session))?

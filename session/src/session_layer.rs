@@ -91,6 +91,11 @@ pub enum WorkerCommand {
         /// The app.
         app: AppIndex,
     },
+    /// Report this thread's sessions (for `show session`).
+    ShowSessions {
+        /// Where the answer goes: the thread index and its sessions.
+        reply: Sender<(u32, Vec<crate::session::SessionInfo>)>,
+    },
     /// Reset every session of an app that is detaching or whose workers
     /// are deleted.
     CloseAppWorkerSessions {
@@ -1122,6 +1127,22 @@ impl SessionLayer {
         };
         self.send(thread, WorkerCommand::CutThrough(Box::new(plan)));
         Ok(())
+    }
+
+    /// Asks every stack thread for its sessions; collect the answers from
+    /// the returned receiver (one message per thread) after releasing the
+    /// lock.
+    pub fn request_sessions(
+        &self,
+    ) -> (
+        std::sync::mpsc::Receiver<(u32, Vec<crate::session::SessionInfo>)>,
+        usize,
+    ) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for t in 0..self.threads.len() {
+            self.send(t, WorkerCommand::ShowSessions { reply: tx.clone() });
+        }
+        (rx, self.threads.len())
     }
 
     /// Checks that `session` belongs to `app` and asks its thread to close

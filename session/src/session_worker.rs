@@ -449,6 +449,9 @@ impl SessionWorker {
                     self.emit_for(idx, BuiltinEvent::Tx(session));
                 }
             }
+            WorkerCommand::ShowSessions { reply } => {
+                let _ = reply.send((self.thread, self.session_infos()));
+            }
             WorkerCommand::AddAppQueue { app, queue } => {
                 let fd = std::os::fd::AsRawFd::as_raw_fd(queue.eventfd());
                 self.app_queues.insert(app.0, *queue);

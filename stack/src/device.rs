@@ -18,6 +18,9 @@ use hoststack_drivers::{PacketIo, RxChecksumVerdict, checksum};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
+use std::sync::Arc;
+
+use crate::pcap::Capture;
 use crate::zero_window::ZeroWindowGuard;
 
 /// A driver queue as smoltcp sees it.
@@ -31,6 +34,7 @@ pub struct StackDevice<D: PacketIo> {
     guard: ZeroWindowGuard,
     rewritten: Vec<u8>,
     loss: LossInjector,
+    capture: Arc<Capture>,
     // Per-burst tallies, folded into the driver counters on flush.
     unverified: u64,
     bad_checksum: u64,
@@ -51,6 +55,7 @@ impl<D: PacketIo> StackDevice<D> {
             guard: ZeroWindowGuard::default(),
             rewritten: Vec::new(),
             loss: LossInjector::default(),
+            capture: Arc::default(),
             unverified: 0,
             bad_checksum: 0,
             malformed: 0,
@@ -125,6 +130,11 @@ impl<D: PacketIo> StackDevice<D> {
         // Called with nothing new too: the driver may still hold frames an
         // earlier kick did not get out.
         self.driver.tx_burst(&mut self.tx_filled)
+    }
+
+    /// Records frames into `capture` whenever it runs.
+    pub fn set_capture(&mut self, capture: Arc<Capture>) {
+        self.capture = capture;
     }
 
     /// Drops `percent` of the frames in each direction on purpose (for
@@ -214,6 +224,7 @@ pub struct TxToken<'a, D: PacketIo> {
     stock: &'a mut Vec<D::Frame>,
     filled: &'a mut Vec<D::Frame>,
     guard: &'a mut ZeroWindowGuard,
+    capture: &'a Capture,
 }
 
 impl<D: PacketIo> phy::RxToken for RxToken<'_, D> {
@@ -234,9 +245,13 @@ impl<D: PacketIo> phy::TxToken for TxToken<'_, D> {
         let mut frame = self.stock.pop().expect("tx token without a stocked frame");
         let mut f = Some(f);
         let guard = self.guard;
+        let capture = self.capture;
         let r = self.driver.write_frame(&mut frame, len, |buf| {
             let r = (f.take().expect("fill runs once"))(buf);
             guard.observe_tx(buf);
+            if capture.is_active() {
+                capture.record(buf);
+            }
             r
         });
         match r {
@@ -277,6 +292,9 @@ impl<D: PacketIo> phy::Device for StackDevice<D> {
         let policy = self.driver.info().rx_checksum;
         loop {
             let frame = self.rx_ready.pop_front()?;
+            if self.capture.is_active() {
+                self.capture.record(self.driver.rx_bytes(&frame));
+            }
             if self.loss.drop_this() {
                 self.spent.push(frame);
                 continue;
@@ -303,6 +321,7 @@ impl<D: PacketIo> phy::Device for StackDevice<D> {
                             stock: &mut self.tx_stock,
                             filled: &mut self.tx_filled,
                             guard: &mut self.guard,
+                            capture: &self.capture,
                         },
                     ));
                 }
@@ -328,6 +347,7 @@ impl<D: PacketIo> phy::Device for StackDevice<D> {
             stock: &mut self.tx_stock,
             filled: &mut self.tx_filled,
             guard: &mut self.guard,
+            capture: &self.capture,
         })
     }
 

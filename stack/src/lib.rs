@@ -14,6 +14,7 @@ pub mod demo;
 pub mod device;
 pub mod error;
 pub mod lab;
+pub mod pcap;
 pub mod runtime;
 pub mod sleeper;
 mod sys;

@@ -24,6 +24,7 @@ use tracing::{error, info};
 
 use crate::config::{DriverKind, StackConfig};
 use crate::error::{StackError, StackResult};
+use crate::pcap::Capture;
 use crate::worker::{Worker, WorkerControl, WorkerMode, WorkerStats};
 
 /// What a caller sees of one running worker.
@@ -48,6 +49,7 @@ pub struct Stack {
     control: ControlPlane,
     main_stop: Arc<AtomicBool>,
     main: Option<JoinHandle<()>>,
+    capture: Arc<Capture>,
 }
 
 type Ready = StackResult<(DeviceInfo, Arc<DriverCounters>)>;
@@ -69,6 +71,7 @@ struct WorkerSetup {
     control: Arc<WorkerControl>,
     stats: Arc<WorkerStats>,
     ready: mpsc::Sender<Ready>,
+    capture: Arc<Capture>,
 }
 
 /// Builds the worker over `driver`, reports ready (or the error), runs it.
@@ -81,11 +84,13 @@ fn run_worker<D: PacketIo>(driver: StackResult<D>, setup: WorkerSetup) -> StackR
         control,
         stats,
         ready,
+        capture,
     } = setup;
     let worker = driver.and_then(|d| {
         let info = d.info().clone();
         let counters = d.counters().clone();
-        let w = Worker::new(index, d, &cfg, mode, session, control, stats)?;
+        let mut w = Worker::new(index, d, &cfg, mode, session, control, stats)?;
+        w.device_mut().set_capture(capture);
         Ok((w, info, counters))
     });
     match worker {
@@ -107,6 +112,7 @@ struct SessionSetup {
     layer: Arc<Mutex<SessionLayer>>,
     controls: Vec<Arc<WorkerControl>>,
     inboxes: Vec<Receiver<WorkerCommand>>,
+    capture: Arc<Capture>,
 }
 
 fn session_setup(threads: usize, cfg: &StackConfig) -> StackResult<SessionSetup> {
@@ -130,6 +136,7 @@ fn session_setup(threads: usize, cfg: &StackConfig) -> StackResult<SessionSetup>
         layer: Arc::new(Mutex::new(layer)),
         controls,
         inboxes,
+        capture: Arc::default(),
     })
 }
 
@@ -170,6 +177,7 @@ impl Stack {
                 control: control.clone(),
                 stats: stats.clone(),
                 ready: tx.clone(),
+                capture: setup.capture.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("hs-worker-{q}"))
@@ -192,7 +200,7 @@ impl Stack {
             pending.push((control, stats, session_stats, thread));
         }
         drop(tx);
-        Self::collect(pending, rx, setup.layer)
+        Self::collect(pending, rx, setup.layer, setup.capture)
     }
 
     /// Starts one worker over an already-open driver queue (the in-memory
@@ -221,6 +229,7 @@ impl Stack {
             control: control.clone(),
             stats: stats.clone(),
             ready: tx,
+            capture: setup.capture.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("hs-worker-0".into())
@@ -230,6 +239,7 @@ impl Stack {
             vec![(control, stats, session_stats, thread)],
             rx,
             setup.layer,
+            setup.capture,
         )
     }
 
@@ -237,6 +247,7 @@ impl Stack {
         pending: Vec<PendingWorker>,
         rx: mpsc::Receiver<Ready>,
         layer: Arc<Mutex<SessionLayer>>,
+        capture: Arc<Capture>,
     ) -> StackResult<Self> {
         let mut readies = Vec::new();
         let mut first_err = None;
@@ -296,6 +307,7 @@ impl Stack {
             control,
             main_stop,
             main: Some(main),
+            capture,
         })
     }
 
@@ -307,6 +319,11 @@ impl Stack {
     /// The session layer's control plane (attach, listen, connect, ...).
     pub fn control(&self) -> &ControlPlane {
         &self.control
+    }
+
+    /// The stack's packet capture switch.
+    pub fn capture(&self) -> &Arc<Capture> {
+        &self.capture
     }
 
     /// Starts serving external apps on a Unix socket; the server stops (and

@@ -227,6 +227,11 @@ impl<D: PacketIo> Worker<D> {
         &self.device
     }
 
+    /// The driver queue, mutably (to attach a capture).
+    pub fn device_mut(&mut self) -> &mut StackDevice<D> {
+        &mut self.device
+    }
+
     /// One loop iteration; returns true when anything happened.
     pub fn poll_once(&mut self) -> StackResult<bool> {
         let now = Instant::now();
