@@ -2,7 +2,10 @@
 //! echo every session, one thread per app worker.
 //!
 //! `echo_server --socket PATH [--listen 0.0.0.0:7] [--workers N]
-//!  [--local-scope] [--name NAME]`
+//!  [--local-scope] [--discard] [--name NAME]`
+//!
+//! With `--discard` it is a sink: what arrives is read (copied out, as an
+//! app would) and dropped, never sent back.
 //!
 //! Prints `ready` once every worker listens, then one line per accepted
 //! session: `accepted worker=W total=N`.
@@ -21,6 +24,7 @@ struct Args {
     listen: SocketAddr,
     workers: u32,
     local: bool,
+    discard: bool,
     name: String,
 }
 
@@ -30,6 +34,7 @@ fn args() -> Args {
         listen: "0.0.0.0:7".parse().expect("valid"),
         workers: 1,
         local: false,
+        discard: false,
         name: "echo-server".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -41,6 +46,7 @@ fn args() -> Args {
             "--workers" => a.workers = v().parse().expect("--workers N"),
             "--name" => a.name = v(),
             "--local-scope" => a.local = true,
+            "--discard" => a.discard = true,
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -48,8 +54,13 @@ fn args() -> Args {
     a
 }
 
-/// Echoes what fits; true when the session still has unsent bytes.
-fn echo(s: &mut Session, buf: &mut [u8]) -> SessionResult<bool> {
+/// Echoes what fits (or, discarding, drops everything); true when the
+/// session still has unsent bytes.
+fn echo(s: &mut Session, buf: &mut [u8], discard: bool) -> SessionResult<bool> {
+    if discard {
+        while s.read(buf)? > 0 {}
+        return Ok(false);
+    }
     loop {
         let n = s.readable().min(s.write_space()).min(buf.len());
         if n == 0 {
@@ -63,6 +74,7 @@ fn echo(s: &mut Session, buf: &mut [u8]) -> SessionResult<bool> {
 fn serve(
     mut w: Worker,
     listen: SocketAddr,
+    discard: bool,
     total: Arc<AtomicU64>,
     ready: std::sync::mpsc::Sender<()>,
 ) -> SessionResult<()> {
@@ -87,9 +99,9 @@ fn serve(
                     let Some(s) = sessions.get_mut(&h) else {
                         continue;
                     };
-                    let mut left = echo(s, &mut buf)?;
+                    let mut left = echo(s, &mut buf, discard)?;
                     if left && s.want_writable()? {
-                        left = echo(s, &mut buf)?;
+                        left = echo(s, &mut buf, discard)?;
                     }
                     if !left && closing.remove(&h) {
                         if let Some(s) = sessions.remove(&h) {
@@ -128,8 +140,8 @@ fn main() -> SessionResult<()> {
         .into_iter()
         .map(|w| {
             let (t, tx) = (total.clone(), tx.clone());
-            let listen = a.listen;
-            std::thread::spawn(move || serve(w, listen, t, tx))
+            let (listen, discard) = (a.listen, a.discard);
+            std::thread::spawn(move || serve(w, listen, discard, t, tx))
         })
         .collect();
     for _ in 0..a.workers {

@@ -2,7 +2,10 @@
 //! to an echo server, verify every byte that comes back, print a JSON line.
 //!
 //! `throughput_client --socket PATH --connect IP:PORT [--bytes N]
-//!  [--local-scope] [--name NAME]`
+//!  [--local-scope] [--one-way] [--name NAME]`
+//!
+//! With `--one-way` it only writes (to a discarding server) and reports how
+//! fast the bytes left: the data is not verified.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -17,6 +20,7 @@ fn main() -> SessionResult<()> {
     let mut connect: Option<SocketAddr> = None;
     let mut total: u64 = 64 << 20;
     let mut local = false;
+    let mut one_way = false;
     let mut name = "throughput-client".to_string();
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -27,6 +31,7 @@ fn main() -> SessionResult<()> {
             "--bytes" => total = v().parse().expect("--bytes N"),
             "--name" => name = v(),
             "--local-scope" => local = true,
+            "--one-way" => one_way = true,
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -50,6 +55,26 @@ fn main() -> SessionResult<()> {
     let mut back = vec![0u8; 256 * 1024];
     let mut expect = vec![0u8; 256 * 1024];
     let mut error = None;
+    if one_way {
+        // Nothing comes back: count what the peer has taken as verified.
+        let capacity = s.write_space();
+        while sent < total {
+            let room = s.write_space().min(out.len()).min((total - sent) as usize);
+            if room == 0 {
+                if !s.want_writable()? {
+                    w.wait(Some(std::time::Duration::from_millis(100)))?;
+                }
+                continue;
+            }
+            sent += s.write(&out[..room])? as u64;
+        }
+        while s.write_space() < capacity {
+            if !s.want_writable()? {
+                w.wait(Some(std::time::Duration::from_millis(100)))?;
+            }
+        }
+        verified = sent;
+    }
     'run: while verified < total {
         // Write what fits, read what came, then wait only when neither moved.
         let mut moved = false;

@@ -212,6 +212,31 @@ impl Shared {
         Ok(())
     }
 
+    /// Fails when the stack has closed the app socket (it stopped or
+    /// detached every app), so an app waiting for events learns it is
+    /// alone. Skipped while another thread holds the connection.
+    fn check_stack(&self) -> SessionResult<()> {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let Ok(conn) = self.conn.try_lock() else {
+            return Ok(());
+        };
+        let mut fds = [PollFd::new(&conn.stream, PollFlags::RDHUP)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let hung_up = rustix::event::poll(&mut fds, Some(&zero)).is_ok()
+            && fds[0]
+                .revents()
+                .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR);
+        if hung_up {
+            return Err(SessionError::Transport(
+                "the stack closed the app socket".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Sends a request and waits for its reply.
     fn call(&self, req: &AppRequest) -> SessionResult<(AppReply, Vec<OwnedFd>)> {
         req.validate()?;
@@ -756,6 +781,7 @@ impl Worker {
     pub fn wait(&mut self, timeout: Option<Duration>) -> SessionResult<Vec<Event>> {
         let end = timeout.map(|t| Instant::now() + t);
         let mut out = Vec::new();
+        let mut last_check = Instant::now();
         loop {
             while let Some(ev) = self.backlog.pop_front() {
                 self.translate(ev, &mut out)?;
@@ -780,6 +806,12 @@ impl Worker {
                 None => Duration::from_millis(100),
             };
             self.sleep(left.min(Duration::from_millis(100)))?;
+            // An idle app looks at its socket once a second: a stack that
+            // went away ends the wait with an error instead of a hang.
+            if last_check.elapsed() >= Duration::from_secs(1) {
+                last_check = Instant::now();
+                self.shared.check_stack()?;
+            }
         }
     }
 

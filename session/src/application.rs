@@ -183,6 +183,57 @@ impl AppOptions {
     }
 }
 
+/// Sizes an app gets when it asks for 0: a daemon's configured defaults
+/// for segment, fifo and event-queue sizes. Sizes an app names itself are
+/// kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppSizeDefaults {
+    /// First segment size.
+    pub segment_size: usize,
+    /// Additional segment size.
+    pub add_segment_size: usize,
+    /// rx fifo size.
+    pub rx_fifo_size: u32,
+    /// tx fifo size.
+    pub tx_fifo_size: u32,
+    /// Event queue slots.
+    pub event_queue_size: u32,
+}
+
+impl Default for AppSizeDefaults {
+    fn default() -> Self {
+        let o = AppOptions::default();
+        Self {
+            segment_size: o.segment_size,
+            add_segment_size: o.add_segment_size,
+            rx_fifo_size: o.rx_fifo_size,
+            tx_fifo_size: o.tx_fifo_size,
+            event_queue_size: o.event_queue_size,
+        }
+    }
+}
+
+impl AppSizeDefaults {
+    /// Replaces every size of `o` that is 0 by its default.
+    pub fn fill(&self, o: &mut AppOptions) {
+        if o.segment_size == 0 {
+            o.segment_size = self.segment_size;
+        }
+        if o.add_segment_size == 0 {
+            o.add_segment_size = self.add_segment_size;
+        }
+        if o.rx_fifo_size == 0 {
+            o.rx_fifo_size = self.rx_fifo_size;
+        }
+        if o.tx_fifo_size == 0 {
+            o.tx_fifo_size = self.tx_fifo_size;
+        }
+        if o.event_queue_size == 0 {
+            o.event_queue_size = self.event_queue_size;
+        }
+    }
+}
+
 /// A session callback of a builtin app.
 pub type SessionCallback = Arc<dyn Fn(&mut AppCx<'_>, SessionHandle) + Send + Sync>;
 /// The connected callback: the session, or why the connect failed, and the
@@ -392,5 +443,30 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(cbs.missing(), vec!["connected", "disconnect", "reset"]);
+    }
+
+    #[test]
+    fn size_defaults_fill_only_the_sizes_an_app_left_at_zero() {
+        let d = AppSizeDefaults {
+            segment_size: 8 << 20,
+            add_segment_size: 4 << 20,
+            rx_fifo_size: 128 << 10,
+            tx_fifo_size: 256 << 10,
+            event_queue_size: 512,
+        };
+        let mut o = AppOptions {
+            segment_size: 0,
+            add_segment_size: 0,
+            rx_fifo_size: 0,
+            tx_fifo_size: 32 << 10,
+            event_queue_size: 0,
+            ..AppOptions::default()
+        };
+        d.fill(&mut o);
+        assert_eq!(o.segment_size, 8 << 20);
+        assert_eq!(o.add_segment_size, 4 << 20);
+        assert_eq!(o.rx_fifo_size, 128 << 10);
+        assert_eq!(o.tx_fifo_size, 32 << 10, "an explicit size was replaced");
+        assert_eq!(o.event_queue_size, 512);
     }
 }

@@ -42,18 +42,32 @@ impl PatternStream {
         }
     }
 
+    fn next_word(&mut self) -> [u8; 8] {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes()
+    }
+
     /// Fills `out` with the next bytes of the stream.
     pub fn fill(&mut self, out: &mut [u8]) {
-        for b in out {
-            if self.used == 8 {
-                self.state ^= self.state << 13;
-                self.state ^= self.state >> 7;
-                self.state ^= self.state << 17;
-                self.word = self.state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
-                self.used = 0;
-            }
-            *b = self.word[self.used];
+        let mut out = out;
+        // Finish the current word byte by byte, then go a word at a time.
+        while self.used < 8 && !out.is_empty() {
+            out[0] = self.word[self.used];
             self.used += 1;
+            out = &mut out[1..];
+        }
+        let mut chunks = out.chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&self.next_word());
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            self.word = self.next_word();
+            let n = rest.len();
+            rest.copy_from_slice(&self.word[..n]);
+            self.used = n;
         }
     }
 }

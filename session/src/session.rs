@@ -160,6 +160,9 @@ pub struct SessionInfo {
     pub tx_fill: u32,
     /// Cut-through or not.
     pub cut_through: bool,
+    /// The listener it was accepted on; `None` for a session the app
+    /// connected (what `show app client` lists).
+    pub listener: Option<ListenerHandle>,
 }
 
 impl Session {
@@ -176,6 +179,7 @@ impl Session {
             rx_fill: self.rx_in.fifo().max_dequeue().unwrap_or(0),
             tx_fill: self.tx_out.fifo().max_dequeue().unwrap_or(0),
             cut_through: matches!(self.kind, SessionKind::CutThrough { .. }),
+            listener: self.listener,
         }
     }
 }

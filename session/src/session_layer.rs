@@ -231,6 +231,8 @@ pub struct SessionLayer {
     pub certs: CertKeyStore,
     /// Crypto engines.
     pub engines: CryptoEngines,
+    /// Sizes an app that asks for 0 gets (a daemon's configured defaults).
+    pub app_defaults: crate::application::AppSizeDefaults,
     owners: HashMap<SessionHandle, AppWorkerIndex>,
     threads: Vec<ThreadPort>,
     next_thread: usize,
@@ -269,6 +271,7 @@ impl SessionLayer {
             lookup: SessionLookup::new(),
             certs: CertKeyStore::new(),
             engines: CryptoEngines::new(),
+            app_defaults: crate::application::AppSizeDefaults::default(),
             owners: HashMap::new(),
             threads,
             next_thread: 0,
@@ -344,6 +347,8 @@ impl SessionLayer {
         {
             return Err(SessionError::AlreadyAttached(identity.name().to_string()));
         }
+        let mut options = options;
+        self.app_defaults.fill(&mut options);
         let scope = options.validate()?;
         let namespace = self
             .namespaces

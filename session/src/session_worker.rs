@@ -104,6 +104,11 @@ pub struct SessionWorkerStats {
     pub app_messages: std::sync::atomic::AtomicU64,
     /// Batches served from the pending list.
     pub batches: std::sync::atomic::AtomicU64,
+    /// App rx queues left on the pending list after the last round
+    /// (postponed ones), a gauge for `show worker`.
+    pub pending_queues: std::sync::atomic::AtomicU64,
+    /// App rx queues this thread serves, a gauge for `show worker`.
+    pub app_queues: std::sync::atomic::AtomicU64,
     /// Pings per app.
     pub pings: Mutex<HashMap<u32, PingStats>>,
 }
@@ -1008,6 +1013,12 @@ impl SessionWorker {
             }
         }
         work |= self.serve_app_queues(tp);
+        self.stats
+            .pending_queues
+            .store(self.pending.len() as u64, Relaxed);
+        self.stats
+            .app_queues
+            .store(self.app_queues.len() as u64, Relaxed);
         let indices: Vec<u32> = self.sessions.iter().map(|(i, _)| i as u32).collect();
         for idx in indices {
             work |= self.service_session(idx, tp);
