@@ -662,26 +662,53 @@ impl SessionLayer {
                 app.0, map_index.0
             )));
         };
-        if a.workers.is_empty() {
+        let last = a.workers.is_empty();
+        let external = a.external.is_some();
+        if last {
             a.detaching = true;
-            if a.external.is_some() {
-                self.broadcast(|| WorkerCommand::RemoveAppQueue { app });
-            }
         }
-        // Listeners: this worker leaves each; a listener left without
-        // workers goes away.
+        // Listeners: this worker leaves each. A listener it was the only
+        // worker of moves to another worker of the app (the lowest-numbered
+        // one left); with none left, it goes away.
+        let successor = a
+            .workers
+            .iter()
+            .min_by_key(|(m, _)| m.0)
+            .map(|(m, wi)| (*m, *wi));
+        if last && external {
+            self.broadcast(|| WorkerCommand::RemoveAppQueue { app });
+        }
         let listeners = self
             .app_workers
             .get(wi.as_usize())
             .map(|w| w.listeners.clone())
             .unwrap_or_default();
         for lh in listeners {
-            let gone = match self.listeners.get_mut(lh.index() as usize) {
-                Some(l) => l.listener.remove_worker(map_index),
-                None => false,
+            let only_worker = match self.listeners.get(lh.index() as usize) {
+                Some(l) => l.listener.n_workers() == 1 && l.listener.workers().is_set(map_index),
+                None => continue,
             };
-            if gone {
-                self.remove_listener(lh);
+            match (only_worker, successor) {
+                (true, Some((to, to_wi))) => {
+                    if let Some(l) = self.listeners.get_mut(lh.index() as usize) {
+                        l.listener.move_to_worker(map_index, to)?;
+                    }
+                    if let Some(w) = self.app_workers.get_mut(to_wi.as_usize()) {
+                        if !w.listeners.contains(&lh) {
+                            w.listeners.push(lh);
+                        }
+                    }
+                    debug!(app = app.0, listener = %lh, from = map_index.0, to = to.0, "listener moved to another worker");
+                }
+                _ => {
+                    let gone = match self.listeners.get_mut(lh.index() as usize) {
+                        Some(l) => l.listener.remove_worker(map_index),
+                        None => false,
+                    };
+                    if gone {
+                        self.remove_listener(lh);
+                    }
+                }
             }
         }
         if let Some(w) = self.app_workers.get_mut(wi.as_usize()) {

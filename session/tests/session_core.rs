@@ -650,3 +650,51 @@ fn an_external_app_worker_gets_its_accept_event_in_its_shared_memory_queue() {
     );
     let _ = AppIdentity::Builtin(String::new());
 }
+
+#[test]
+fn a_listener_whose_only_worker_is_deleted_moves_to_another_worker_of_the_app() {
+    let h = Harness::new(1);
+    let server = EchoServer::attach(&h.control, "mv-echo", local_scope(), 2).unwrap();
+    // Only worker 1 listens; then worker 1 goes away.
+    let l = h
+        .control
+        .listen(
+            server.app,
+            WorkerMapIndex(1),
+            TransportProto::Tcp,
+            ep("0.0.0.0:14"),
+        )
+        .unwrap();
+    h.control.del_worker(server.app, WorkerMapIndex(1)).unwrap();
+    let workers = h
+        .control
+        .call(move |lay| {
+            lay.listener(l)
+                .map(|e| e.listener.workers().iter().collect::<Vec<_>>())
+        })
+        .unwrap();
+    assert_eq!(
+        workers,
+        Some(vec![WorkerMapIndex(0)]),
+        "the listener did not move to worker 0"
+    );
+    // And it still accepts: a connect reaches worker 0.
+    let c = StreamClient::start(
+        &h.control,
+        "mv-client",
+        local_scope(),
+        ep("127.0.0.1:14"),
+        4096,
+        2,
+    )
+    .unwrap();
+    let r = wait_report(&c.report, Duration::from_secs(10)).expect("no report");
+    assert_eq!(r.error, None);
+    // With no worker left at all, the listener goes.
+    h.control.del_worker(server.app, WorkerMapIndex(0)).unwrap();
+    assert!(
+        h.control
+            .call(move |lay| lay.listener(l).is_none())
+            .unwrap()
+    );
+}
