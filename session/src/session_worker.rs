@@ -145,6 +145,7 @@ pub struct SessionWorker {
     queue_changes: Vec<QueueChange>,
     app_queues: HashMap<u32, AppRxQueue>,
     stats: Arc<SessionWorkerStats>,
+    scratch_indices: Vec<u32>,
 }
 
 impl std::fmt::Debug for SessionWorker {
@@ -184,6 +185,7 @@ impl SessionWorker {
             queue_changes: Vec::new(),
             app_queues: HashMap::new(),
             stats: Arc::default(),
+            scratch_indices: Vec::new(),
         }
     }
 
@@ -1019,10 +1021,13 @@ impl SessionWorker {
         self.stats
             .app_queues
             .store(self.app_queues.len() as u64, Relaxed);
-        let indices: Vec<u32> = self.sessions.iter().map(|(i, _)| i as u32).collect();
-        for idx in indices {
+        let mut indices = std::mem::take(&mut self.scratch_indices);
+        indices.clear();
+        indices.extend(self.sessions.iter().map(|(i, _)| i as u32));
+        for &idx in &indices {
             work |= self.service_session(idx, tp);
         }
+        self.scratch_indices = indices;
         loop {
             work |= self.dispatch_builtin();
             if self.pending_disconnects.is_empty() {

@@ -105,6 +105,7 @@ pub struct SmolTransportState {
     /// connection of anyone.
     lingering: Vec<SocketHandle>,
     accepted: Vec<SocketHandle>,
+    listener_scratch: Vec<ListenerHandle>,
 }
 
 fn to_std(a: IpAddress) -> IpAddr {
@@ -175,12 +176,24 @@ impl SmolTransportState {
         }) as u64)
     }
 
-    /// Turns socket state changes since the last scan into events.
-    pub fn scan(&mut self, sockets: &mut SocketSet<'static>, tuning: &TcpTuning) {
+    /// Turns socket state changes since the last scan into events. The
+    /// listener pools are only looked at with `check_listeners` (a SYN
+    /// arrived lately, or the periodic sweep): a busy worker need not walk
+    /// its idle listening sockets on every loop.
+    pub fn scan(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        tuning: &TcpTuning,
+        check_listeners: bool,
+    ) {
         // New connections on the listener pools.
-        let mut listeners: Vec<ListenerHandle> = self.tcp_listeners.keys().copied().collect();
-        listeners.sort_unstable_by_key(|l| l.as_u64());
-        for lh in listeners {
+        let mut listeners = std::mem::take(&mut self.listener_scratch);
+        listeners.clear();
+        if check_listeners {
+            listeners.extend(self.tcp_listeners.keys().copied());
+            listeners.sort_unstable_by_key(|l| l.as_u64());
+        }
+        for &lh in &listeners {
             let mut accepted = std::mem::take(&mut self.accepted);
             accepted.clear();
             if let Some(pool) = self.tcp_listeners.get_mut(&lh) {
@@ -207,6 +220,7 @@ impl SmolTransportState {
             }
             self.accepted = accepted;
         }
+        self.listener_scratch = listeners;
         // State changes of known TCP connections.
         let mut gone = Vec::new();
         for (i, c) in self.conns.iter_mut() {

@@ -75,6 +75,30 @@ const IDLE_LOOPS_BEFORE_SLEEP: u32 = 64;
 /// How long an adaptive worker keeps polling after its last work.
 pub const ADAPTIVE_IDLE: Duration = Duration::from_millis(5);
 
+/// The worker's clock: one monotonic read per loop, handed to smoltcp as
+/// its `Instant` (smoltcp's own `Instant::now` reads the wall clock, which
+/// costs more and can jump).
+#[derive(Debug, Clone, Copy)]
+struct LoopClock {
+    base: StdInstant,
+}
+
+impl LoopClock {
+    fn new() -> Self {
+        Self {
+            base: StdInstant::now(),
+        }
+    }
+
+    /// smoltcp's time for monotonic instant `t`.
+    fn smol(&self, t: StdInstant) -> Instant {
+        Instant::from_micros(t.duration_since(self.base).as_micros() as i64)
+    }
+}
+
+/// Listener pools are swept at least this often (loops) even without SYNs.
+const ACCEPT_SWEEP_LOOPS: u64 = 256;
+
 /// Counters of one worker, readable from any thread.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -134,6 +158,10 @@ pub struct Worker<D: PacketIo> {
     tuning: TcpTuning,
     ports: EphemeralPorts,
     syn_counts: Vec<(u16, usize)>,
+    /// Loops left in which listener pools are checked for new connections.
+    accept_window: u32,
+    loops: u64,
+    clock: LoopClock,
     transport: SmolTransportState,
     session: SessionWorker,
     sleeper: Option<Sleeper>,
@@ -176,7 +204,8 @@ impl<D: PacketIo> Worker<D> {
         };
         let mut icfg = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         icfg.random_seed = seed;
-        let mut iface = Interface::new(icfg, &mut device, Instant::now());
+        let clock = LoopClock::new();
+        let mut iface = Interface::new(icfg, &mut device, clock.smol(StdInstant::now()));
         let mut too_many = false;
         iface.update_ip_addrs(|addrs| {
             for a in &cfg.addresses {
@@ -212,6 +241,9 @@ impl<D: PacketIo> Worker<D> {
             tuning: cfg.tcp.clone(),
             ports: EphemeralPorts::new(seed),
             syn_counts: Vec::new(),
+            accept_window: 0,
+            loops: 0,
+            clock,
             transport: SmolTransportState::default(),
             session,
             sleeper,
@@ -232,9 +264,11 @@ impl<D: PacketIo> Worker<D> {
         &mut self.device
     }
 
-    /// One loop iteration; returns true when anything happened.
-    pub fn poll_once(&mut self) -> StackResult<bool> {
-        let now = Instant::now();
+    /// One loop iteration at monotonic time `at`; returns true when
+    /// anything happened.
+    pub fn poll_once(&mut self, at: StdInstant) -> StackResult<bool> {
+        let now = self.clock.smol(at);
+        self.loops += 1;
         let received = self.device.receive_burst()?;
         if received > 0 {
             self.prescan_syns();
@@ -242,7 +276,10 @@ impl<D: PacketIo> Worker<D> {
         self.device.stock_tx();
         self.iface.poll(now, &mut self.device, &mut self.sockets);
         let mut work = received > 0;
-        self.transport.scan(&mut self.sockets, &self.tuning);
+        let check_listeners = self.accept_window > 0 || self.loops % ACCEPT_SWEEP_LOOPS == 0;
+        self.accept_window = self.accept_window.saturating_sub(1);
+        self.transport
+            .scan(&mut self.sockets, &self.tuning, check_listeners);
         let mut tp = SmolTransports::new(
             &mut self.transport,
             &mut self.sockets,
@@ -277,6 +314,8 @@ impl<D: PacketIo> Worker<D> {
         }
         count_syns(self.device.pending_frames(), &mut self.syn_counts);
         if self.syn_counts.iter().any(|c| c.1 > 0) {
+            // The handshake completes over the next loops: watch the pools.
+            self.accept_window = 4;
             self.transport
                 .top_up_listeners(&self.syn_counts, &self.tuning, &mut self.sockets);
         }
@@ -299,7 +338,7 @@ impl<D: PacketIo> Worker<D> {
     /// Sleeps until the queue, the control eventfd, an app queue or the
     /// next transport timer needs the worker.
     fn sleep(&mut self) -> StackResult<()> {
-        let now = Instant::now();
+        let now = self.clock.smol(StdInstant::now());
         let delay = self
             .iface
             .poll_delay(now, &self.sockets)
@@ -349,15 +388,16 @@ impl<D: PacketIo> Worker<D> {
             if self.control.stop_requested() {
                 break Ok(());
             }
-            match self.poll_once() {
+            let at = StdInstant::now();
+            match self.poll_once(at) {
                 Ok(true) => {
                     idle = 0;
-                    last_work = StdInstant::now();
+                    last_work = at;
                 }
                 Ok(false) => idle = idle.saturating_add(1),
                 Err(e) => break Err(e),
             }
-            if last_stats.elapsed() >= Duration::from_secs(1) {
+            if at.duration_since(last_stats) >= Duration::from_secs(1) {
                 self.device.driver_mut().refresh_stats();
                 self.stats
                     .zero_window_acks
@@ -371,7 +411,7 @@ impl<D: PacketIo> Worker<D> {
                 WorkerMode::Poll => false,
                 WorkerMode::Interrupt => idle >= IDLE_LOOPS_BEFORE_SLEEP,
                 WorkerMode::Adaptive => {
-                    idle >= IDLE_LOOPS_BEFORE_SLEEP && last_work.elapsed() >= ADAPTIVE_IDLE
+                    idle >= IDLE_LOOPS_BEFORE_SLEEP && at.duration_since(last_work) >= ADAPTIVE_IDLE
                 }
             };
             self.stats
@@ -399,8 +439,11 @@ impl<D: PacketIo> Worker<D> {
         self.transport.shutdown(&mut self.sockets);
         // Let aborts (RSTs) and closes go out before the queue closes.
         for _ in 0..4 {
-            self.iface
-                .poll(Instant::now(), &mut self.device, &mut self.sockets);
+            self.iface.poll(
+                self.clock.smol(StdInstant::now()),
+                &mut self.device,
+                &mut self.sockets,
+            );
             let _ = self.device.flush();
         }
         self.device.driver_mut().refresh_stats();
