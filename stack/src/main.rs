@@ -13,26 +13,64 @@ use hoststack_session::builtin_apps::{
 };
 use hoststack_session::endpoint::{Endpoint, TransportProto};
 use hoststack_stack::cli::{Shutdown, StackArgs, enter_netns};
+use hoststack_stack::daemon::config::DEFAULT_CONTROL_SOCKET;
+use hoststack_stack::daemon::control::{self, Request};
+use hoststack_stack::daemon::show::parse_show;
+use hoststack_stack::daemon::{Daemon, DaemonConfig};
 use hoststack_stack::demo::{DemoConfig, run_demo};
 use hoststack_stack::lab::{Lab, LabConfig};
 use hoststack_stack::{AddrPrefix, Stack, WorkerMode};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 /// hoststack: a user-space TCP/UDP host stack on AF_XDP and io_uring.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Log filter (error, warn, info, debug, trace, or a tracing filter).
-    #[arg(long, global = true, default_value = "warn", env = "HOSTSTACK_LOG")]
-    log: String,
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter);
+    /// default warn, or the config file's daemon.log for `run`.
+    #[arg(long, global = true, env = "HOSTSTACK_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Build a veth lab, run echo servers on hoststack, drive them from the
-    /// kernel side, print the figures, remove the lab.
+    /// Run the daemon: the stack on the configured interface, app sockets,
+    /// the control socket `show` talks to, until SIGINT/SIGTERM.
+    Run {
+        /// The TOML config (hoststack.toml.example documents every key).
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+    /// Ask the running daemon: app [INDEX] [server|client] [mq] [verbose],
+    /// app certificate, session [verbose], interface, worker, namespace.
+    Show {
+        /// What to show, e.g. `app 1 verbose` or `session`.
+        #[arg(required = true, num_args = 1..)]
+        what: Vec<String>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Add or delete app namespaces of the running daemon.
+    Namespace {
+        #[command(subcommand)]
+        action: NamespaceAction,
+    },
+    /// Add or delete cert/key pairs in the running daemon's store.
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+    /// Capture the running daemon's frames to a pcap file.
+    Pcap {
+        #[command(subcommand)]
+        action: PcapAction,
+    },
+    /// Build a veth lab, start the daemon with an external echo app and
+    /// builtin apps, drive them from the kernel side, show apps and
+    /// sessions mid-run, print the figures, tear everything down.
     Demo {
         /// Lab name.
         #[arg(long, default_value = "demo")]
@@ -115,6 +153,98 @@ enum Command {
     },
 }
 
+/// How to reach the running daemon and how to print its answer.
+#[derive(Debug, Clone, clap::Args)]
+struct DaemonArgs {
+    /// The daemon's control socket.
+    #[arg(long, env = "HOSTSTACK_CONTROL", default_value = DEFAULT_CONTROL_SOCKET)]
+    control: PathBuf,
+    /// Print the answer as JSON (for scripts).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum NamespaceAction {
+    /// Add a namespace and start its app socket.
+    Add {
+        /// Namespace id.
+        #[arg(long)]
+        id: String,
+        /// Secret apps must present to attach.
+        #[arg(long, default_value_t = 0)]
+        secret: u64,
+        /// Bind it to the daemon's interface (give its name).
+        #[arg(long)]
+        interface: Option<String>,
+        /// FIB (table) index.
+        #[arg(long, default_value_t = 0)]
+        table: u32,
+        /// Its app socket (default: the daemon's runtime dir, app-ID.sock).
+        #[arg(long)]
+        app_socket: Option<PathBuf>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Delete a namespace (refused while apps are attached to it).
+    Del {
+        /// Namespace id.
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertAction {
+    /// Add a cert/key pair from two files; prints its index.
+    Add {
+        /// Certificate file (PEM or DER).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Key file (PEM or DER).
+        #[arg(long)]
+        key: PathBuf,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Delete a cert/key pair (apps that registered interest are told).
+    Del {
+        /// Its index (0 is the reserved default).
+        #[arg(long)]
+        index: u32,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PcapAction {
+    /// Start writing every frame in and out of the interface to FILE.
+    Start {
+        /// The daemon's interface.
+        #[arg(long, short = 'i')]
+        interface: String,
+        /// Output pcap file (replaced).
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        /// Stop after this many frames (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        max: u64,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Stop the capture and close the file.
+    Stop {
+        /// The daemon's interface.
+        #[arg(long, short = 'i')]
+        interface: String,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum LabAction {
     /// Create namespace hs-NAME with veth hsNAMEh (host) / hsNAMEp (peer).
@@ -157,13 +287,37 @@ enum LabAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+    // `run` reads its config before logging starts: the file may set the
+    // log filter, and a bad file is reported as it is, line and all.
+    let daemon_cfg = match &cli.command {
+        Command::Run { config } => match DaemonConfig::load(config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("hoststack: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let log = cli
+        .log
+        .clone()
+        .or_else(|| daemon_cfg.as_ref().and_then(|c| c.log.clone()))
+        .unwrap_or_else(|| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    match run(cli.command) {
+    if let Some(cfg) = daemon_cfg {
+        return exit(run_daemon(cfg));
+    }
+    exit(run(cli.command))
+}
+
+fn exit(r: anyhow::Result<ExitCode>) -> ExitCode {
+    match r {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hoststack: {e:#}");
@@ -174,6 +328,71 @@ fn main() -> ExitCode {
 
 fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
+        Command::Run { .. } => unreachable!("run is handled before"),
+        Command::Show { what, daemon } => {
+            let show = match parse_show(&what) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("hoststack: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            ask(&daemon, &Request::Show { show })
+        }
+        Command::Namespace { action } => match action {
+            NamespaceAction::Add {
+                id,
+                secret,
+                interface,
+                table,
+                app_socket,
+                daemon,
+            } => {
+                let app_socket = app_socket.map(|p| absolute(&p)).transpose()?;
+                ask(
+                    &daemon,
+                    &Request::NamespaceAdd {
+                        id,
+                        secret,
+                        interface,
+                        table,
+                        app_socket,
+                    },
+                )
+            }
+            NamespaceAction::Del { id, daemon } => ask(&daemon, &Request::NamespaceDel { id }),
+        },
+        Command::Cert { action } => match action {
+            CertAction::Add { cert, key, daemon } => {
+                let cert = std::fs::read(&cert)
+                    .with_context(|| format!("reading the certificate {}", cert.display()))?;
+                let key = std::fs::read(&key)
+                    .with_context(|| format!("reading the key {}", key.display()))?;
+                ask(&daemon, &Request::CertAdd { cert, key })
+            }
+            CertAction::Del { index, daemon } => ask(&daemon, &Request::CertDel { index }),
+        },
+        Command::Pcap { action } => match action {
+            PcapAction::Start {
+                interface,
+                file,
+                max,
+                daemon,
+            } => {
+                let file = absolute(&file)?;
+                ask(
+                    &daemon,
+                    &Request::PcapStart {
+                        interface,
+                        file,
+                        max,
+                    },
+                )
+            }
+            PcapAction::Stop { interface, daemon } => {
+                ask(&daemon, &Request::PcapStop { interface })
+            }
+        },
         Command::Demo {
             lab,
             stream_bytes,
@@ -216,6 +435,70 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Serve { stack } => serve(&stack),
         Command::Lab { action } => lab(action),
     }
+}
+
+/// `path` made absolute against the current directory (the daemon has
+/// its own).
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
+/// Sends one request to the daemon and prints its answer: the text, or
+/// the JSON with `--json`; an error the daemon reports goes to stderr and
+/// exits 1.
+fn ask(daemon: &DaemonArgs, req: &Request) -> anyhow::Result<ExitCode> {
+    let r = control::request(&daemon.control, req, Duration::from_secs(30))?;
+    if !r.ok {
+        eprintln!(
+            "hoststack: {}",
+            r.error.as_deref().unwrap_or("the daemon refused")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if daemon.json {
+        println!("{}", serde_json::to_string_pretty(&r.data)?);
+    } else {
+        print!("{}", r.text);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hoststack run`: the daemon until SIGINT/SIGTERM.
+fn run_daemon(cfg: DaemonConfig) -> anyhow::Result<ExitCode> {
+    let shutdown = Shutdown::install()?;
+    let daemon = Daemon::start(&cfg).context("starting the daemon")?;
+    for w in daemon.stack().workers() {
+        eprintln!(
+            "hoststack: running on {} queue {} ({}), {} mode",
+            w.info.name, w.info.queue, w.info.mode, cfg.mode
+        );
+    }
+    let metrics = daemon
+        .metrics_addr()
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
+    // The line scripts and tests wait for.
+    println!(
+        "ready control={} app-socket={} metrics={metrics}",
+        daemon.control_socket().display(),
+        daemon.app_socket().display()
+    );
+    let mut worker_died = false;
+    while !shutdown.wait(Duration::from_millis(200)) {
+        if daemon.stack().any_worker_exited() {
+            worker_died = true;
+            break;
+        }
+    }
+    let report = daemon.stop().context("stopping the daemon")?;
+    eprintln!(
+        "hoststack: stopped ({} apps detached, {} sessions closed)",
+        report.apps_detached,
+        report.sessions - report.sessions_left.min(report.sessions)
+    );
+    if worker_died {
+        anyhow::bail!("a worker stopped unexpectedly; the daemon shut down");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn start_stack(args: &StackArgs) -> anyhow::Result<(Stack, Shutdown, Option<AppSocketServer>)> {
