@@ -907,6 +907,12 @@ fn gbytes(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64().max(1e-9) / 1e9
 }
 
+/// Fifo size of both cut-through apps, and the Unix socket's send buffer:
+/// with less, a reader faster than its writer empties the fifo after every
+/// few writes and each refill costs a wakeup through the stack's worker.
+const CUT_THROUGH_BUFFER: usize = 4 << 20;
+const CUT_THROUGH_BUFFER_ARG: &str = "4194304";
+
 fn cut_through(s: &Settings) -> Result<Outcome> {
     const B: &str = "cut-through";
     let (load_core, test_core) = s.cores();
@@ -957,6 +963,8 @@ fn cut_through(s: &Settings) -> Result<Outcome> {
                         "0.0.0.0:9",
                         "--local-scope",
                         "--discard",
+                        "--fifo-size",
+                        CUT_THROUGH_BUFFER_ARG,
                     ],
                 ),
                 "the echo_server example (discarding)",
@@ -975,6 +983,8 @@ fn cut_through(s: &Settings) -> Result<Outcome> {
                         "--one-way",
                         "--bytes",
                         &bytes.to_string(),
+                        "--fifo-size",
+                        CUT_THROUGH_BUFFER_ARG,
                     ],
                 ),
                 "the throughput_client example",
@@ -1006,6 +1016,14 @@ fn cut_through(s: &Settings) -> Result<Outcome> {
             let t = kernel::spawn_in("unix-client", None, load_core, move || {
                 let c = std::os::unix::net::UnixStream::connect(&path)
                     .context("connecting to the Unix socket")?;
+                // A Unix stream queues on the sender's buffer: give it what
+                // the fifos get (the kernel caps it at wmem_max, then doubles).
+                nix::sys::socket::setsockopt(
+                    &c,
+                    nix::sys::socket::sockopt::SndBuf,
+                    &CUT_THROUGH_BUFFER,
+                )
+                .context("setting SO_SNDBUF on the Unix socket")?;
                 kernel::stream_one_way(c, bytes, |c| c.shutdown(std::net::Shutdown::Write))
             })?;
             let d = kernel::join(t);
@@ -1044,8 +1062,9 @@ fn cut_through(s: &Settings) -> Result<Outcome> {
                 .labelled("cut-through GB/s vs TCP loopback"),
         ],
         notes: vec![format!(
-            "cut-through: {} MiB per run in 64 KiB writes; hoststack = the throughput_client and echo_server --discard examples attached with local scope to `hoststack serve --mode interrupt`",
-            bytes >> 20
+            "cut-through: {} MiB per run in 64 KiB writes, {} MiB fifos and Unix send buffer; hoststack = the throughput_client and echo_server --discard examples attached with local scope to `hoststack serve --mode interrupt`",
+            bytes >> 20,
+            CUT_THROUGH_BUFFER >> 20
         )],
     })
 }

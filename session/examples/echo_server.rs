@@ -2,7 +2,7 @@
 //! echo every session, one thread per app worker.
 //!
 //! `echo_server --socket PATH [--listen 0.0.0.0:7] [--workers N]
-//!  [--local-scope] [--discard] [--name NAME]`
+//!  [--local-scope] [--discard] [--fifo-size BYTES] [--name NAME]`
 //!
 //! With `--discard` it is a sink: what arrives is read (copied out, as an
 //! app would) and dropped, never sent back.
@@ -25,7 +25,22 @@ struct Args {
     workers: u32,
     local: bool,
     discard: bool,
+    fifo_size: u32,
     name: String,
+}
+
+const USAGE: &str = "usage: echo_server --socket PATH [--listen IP:PORT] [--workers N] \
+[--local-scope] [--discard] [--fifo-size BYTES] [--name NAME]";
+
+/// Bad command line: the reason and the usage on stderr, exit status 2.
+fn usage_error(why: &str) -> ! {
+    eprintln!("echo_server: {why}\n{USAGE}");
+    std::process::exit(2)
+}
+
+fn parsed<T: std::str::FromStr>(flag: &str, v: String) -> T {
+    v.parse()
+        .unwrap_or_else(|_| usage_error(&format!("{flag}: cannot parse {v:?}")))
 }
 
 fn args() -> Args {
@@ -35,22 +50,33 @@ fn args() -> Args {
         workers: 1,
         local: false,
         discard: false,
+        fifo_size: 512 << 10,
         name: "echo-server".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
-        let mut v = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        let mut v = || {
+            it.next()
+                .unwrap_or_else(|| usage_error(&format!("{k} needs a value")))
+        };
         match k.as_str() {
             "--socket" => a.socket = v(),
-            "--listen" => a.listen = v().parse().expect("--listen IP:PORT"),
-            "--workers" => a.workers = v().parse().expect("--workers N"),
+            "--listen" => a.listen = parsed(&k, v()),
+            "--workers" => a.workers = parsed(&k, v()),
+            "--fifo-size" => a.fifo_size = parsed(&k, v()),
             "--name" => a.name = v(),
             "--local-scope" => a.local = true,
             "--discard" => a.discard = true,
-            _ => panic!("unknown argument {k}"),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0)
+            }
+            _ => usage_error(&format!("unknown argument {k}")),
         }
     }
-    assert!(!a.socket.is_empty(), "--socket PATH is required");
+    if a.socket.is_empty() {
+        usage_error("--socket PATH is required");
+    }
     a
 }
 
@@ -125,8 +151,8 @@ fn main() -> SessionResult<()> {
         scope_local: a.local,
         scope_global: true,
         use_eventfd: true,
-        rx_fifo_size: 512 << 10,
-        tx_fifo_size: 512 << 10,
+        rx_fifo_size: a.fifo_size,
+        tx_fifo_size: a.fifo_size,
         ..AppOptions::default()
     };
     let mut app = App::attach(&a.socket, &a.name, opts)?;

@@ -2,7 +2,7 @@
 //! to an echo server, verify every byte that comes back, print a JSON line.
 //!
 //! `throughput_client --socket PATH --connect IP:PORT [--bytes N]
-//!  [--local-scope] [--one-way] [--name NAME]`
+//!  [--local-scope] [--one-way] [--fifo-size BYTES] [--name NAME]`
 //!
 //! With `--one-way` it only writes (to a discarding server) and reports how
 //! fast the bytes left: the data is not verified.
@@ -15,33 +15,56 @@ use hoststack_session::app_client::{App, Event};
 use hoststack_session::application::AppOptions;
 use hoststack_session::builtin_apps::PatternStream;
 
+const USAGE: &str = "usage: throughput_client --socket PATH --connect IP:PORT [--bytes N] \
+[--local-scope] [--one-way] [--fifo-size BYTES] [--name NAME]";
+
+/// Bad command line: the reason and the usage on stderr, exit status 2.
+fn usage_error(why: &str) -> ! {
+    eprintln!("throughput_client: {why}\n{USAGE}");
+    std::process::exit(2)
+}
+
+fn parsed<T: std::str::FromStr>(flag: &str, v: String) -> T {
+    v.parse()
+        .unwrap_or_else(|_| usage_error(&format!("{flag}: cannot parse {v:?}")))
+}
+
 fn main() -> SessionResult<()> {
     let mut socket = String::new();
     let mut connect: Option<SocketAddr> = None;
     let mut total: u64 = 64 << 20;
     let mut local = false;
     let mut one_way = false;
+    let mut fifo_size: u32 = 1 << 20;
     let mut name = "throughput-client".to_string();
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
-        let mut v = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        let mut v = || {
+            it.next()
+                .unwrap_or_else(|| usage_error(&format!("{k} needs a value")))
+        };
         match k.as_str() {
             "--socket" => socket = v(),
-            "--connect" => connect = Some(v().parse().expect("--connect IP:PORT")),
-            "--bytes" => total = v().parse().expect("--bytes N"),
+            "--connect" => connect = Some(parsed(&k, v())),
+            "--bytes" => total = parsed(&k, v()),
+            "--fifo-size" => fifo_size = parsed(&k, v()),
             "--name" => name = v(),
             "--local-scope" => local = true,
             "--one-way" => one_way = true,
-            _ => panic!("unknown argument {k}"),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0)
+            }
+            _ => usage_error(&format!("unknown argument {k}")),
         }
     }
-    let remote = connect.expect("--connect IP:PORT is required");
+    let remote = connect.unwrap_or_else(|| usage_error("--connect IP:PORT is required"));
     let opts = AppOptions {
         scope_local: local,
         scope_global: true,
         use_eventfd: true,
-        rx_fifo_size: 1 << 20,
-        tx_fifo_size: 1 << 20,
+        rx_fifo_size: fifo_size,
+        tx_fifo_size: fifo_size,
         ..AppOptions::default()
     };
     let mut app = App::attach(&socket, &name, opts)?;
