@@ -150,6 +150,9 @@ pub struct XdpQueue {
     umem: Umem,
     free: Vec<FrameDesc>,
     scratch: Vec<FrameDesc>,
+    /// Descriptors of one transmit burst; kept apart from `scratch` so a
+    /// one-frame burst does not rewrite a whole ring's worth of it.
+    tx_batch: Vec<FrameDesc>,
     ring_size: u32,
     /// Frames kept back from the fill ring so transmit never starves.
     tx_reserve: usize,
@@ -396,6 +399,7 @@ impl XdpQueue {
             umem,
             free: descs,
             scratch: vec![FrameDesc::default(); ring_size as usize],
+            tx_batch: Vec::with_capacity(ring_size as usize),
             ring_size,
             tx_reserve: (cfg.frame_count - ring_size) as usize / 2,
             generic,
@@ -513,6 +517,12 @@ impl PacketIo for XdpQueue {
     }
 
     fn tx_burst(&mut self, frames: &mut Vec<XdpFrame>) -> DriverResult<usize> {
+        if frames.is_empty() {
+            // The idle loop's call: only push out what an earlier kick left.
+            self.kick_tx()?;
+            self.reap_completions();
+            return Ok(0);
+        }
         self.reap_completions();
         let room = self.tx.nb_free(self.ring_size) as usize;
         let n = room.min(frames.len());
@@ -522,17 +532,15 @@ impl PacketIo for XdpQueue {
         let mut bytes = 0;
         let mut sent = 0;
         if n > 0 {
-            self.scratch.clear();
+            self.tx_batch.clear();
             for f in &frames[..n] {
                 bytes += f.0.lengths().data();
-                self.scratch.push(f.0);
+                self.tx_batch.push(f.0);
             }
             // SAFETY: the frames are ours (XdpFrame handles, taken out of
             // `frames` right below) and belong to this UMEM; the kernel owns
             // them until they show up on the completion ring.
-            sent = unsafe { self.tx.produce(&self.scratch) };
-            self.scratch
-                .resize(self.ring_size as usize, FrameDesc::default());
+            sent = unsafe { self.tx.produce(&self.tx_batch) };
             frames.drain(..sent);
         }
         // Kick even when nothing new was queued: frames a previous kick left

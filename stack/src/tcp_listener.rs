@@ -29,6 +29,47 @@ pub fn new_tcp_socket(tuning: &TcpTuning) -> tcp::Socket<'static> {
     s
 }
 
+/// Closed TCP sockets kept for reuse. A new connection takes one instead of
+/// allocating two fresh buffers, which at `TcpTuning::buffer` (1 MiB by
+/// default) means an mmap, page faults and an munmap each; smoltcp's
+/// `listen` and `connect` reset everything but the buffers and the tuning.
+#[derive(Debug, Default)]
+pub struct SpareTcpSockets {
+    sockets: Vec<tcp::Socket<'static>>,
+}
+
+impl SpareTcpSockets {
+    /// Sockets kept at most (each holds two buffers).
+    pub const MAX: usize = 16;
+
+    /// A closed socket with the stack's tuning: a spare one, or a new one.
+    pub fn take(&mut self, tuning: &TcpTuning) -> tcp::Socket<'static> {
+        self.sockets.pop().unwrap_or_else(|| new_tcp_socket(tuning))
+    }
+
+    /// Removes `h` from the set and keeps it if it is a TCP socket and
+    /// there is room.
+    pub fn recycle(&mut self, sockets: &mut SocketSet<'static>, h: SocketHandle) {
+        if let smoltcp::socket::Socket::Tcp(mut s) = sockets.remove(h) {
+            if self.sockets.len() < Self::MAX {
+                // Out of the set nothing it would still send can leave.
+                s.abort();
+                self.sockets.push(s);
+            }
+        }
+    }
+
+    /// Sockets waiting for reuse.
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+}
+
 /// Listening sockets on one endpoint.
 #[derive(Debug)]
 pub struct TcpListenerPool {
@@ -44,6 +85,7 @@ impl TcpListenerPool {
         endpoint: IpListenEndpoint,
         tuning: &TcpTuning,
         sockets: &mut SocketSet<'static>,
+        spares: &mut SpareTcpSockets,
     ) -> StackResult<Self> {
         if endpoint.port == 0 {
             return Err(StackError::Socket("cannot listen on port 0".into()));
@@ -54,7 +96,7 @@ impl TcpListenerPool {
             spare: tuning.listen_spare,
             max: tuning.listen_max,
         };
-        pool.top_up(0, tuning, sockets)?;
+        pool.top_up(0, tuning, sockets, spares)?;
         Ok(pool)
     }
 
@@ -75,10 +117,11 @@ impl TcpListenerPool {
         incoming_syns: usize,
         tuning: &TcpTuning,
         sockets: &mut SocketSet<'static>,
+        spares: &mut SpareTcpSockets,
     ) -> StackResult<()> {
         let want = (incoming_syns + self.spare).min(self.max);
         while self.listening.len() < want {
-            let mut s = new_tcp_socket(tuning);
+            let mut s = spares.take(tuning);
             s.listen(self.endpoint).map_err(|e| {
                 StackError::Socket(format!("listen on port {}: {e}", self.endpoint.port))
             })?;
@@ -105,9 +148,9 @@ impl TcpListenerPool {
     }
 
     /// Closes every listening socket.
-    pub fn close(&mut self, sockets: &mut SocketSet<'static>) {
+    pub fn close(&mut self, sockets: &mut SocketSet<'static>, spares: &mut SpareTcpSockets) {
         for h in self.listening.drain(..) {
-            sockets.remove(h);
+            spares.recycle(sockets, h);
         }
     }
 }
@@ -191,6 +234,7 @@ mod tests {
             ..Default::default()
         };
         let mut sockets = SocketSet::new(Vec::new());
+        let mut spares = SpareTcpSockets::default();
         let mut pool = TcpListenerPool::open(
             IpListenEndpoint {
                 addr: None,
@@ -198,15 +242,47 @@ mod tests {
             },
             &tuning,
             &mut sockets,
+            &mut spares,
         )
         .unwrap();
         assert_eq!(pool.listening(), 2);
-        pool.top_up(2, &tuning, &mut sockets).unwrap();
+        pool.top_up(2, &tuning, &mut sockets, &mut spares).unwrap();
         assert_eq!(pool.listening(), 4);
-        pool.top_up(100, &tuning, &mut sockets).unwrap();
+        pool.top_up(100, &tuning, &mut sockets, &mut spares)
+            .unwrap();
         assert_eq!(pool.listening(), 5);
-        pool.close(&mut sockets);
+        pool.close(&mut sockets, &mut spares);
         assert_eq!(sockets.iter().count(), 0);
+        assert_eq!(spares.len(), 5, "closed listeners are kept for reuse");
+    }
+
+    #[test]
+    fn spare_sockets_are_reused_reset_and_capped() {
+        let tuning = TcpTuning {
+            buffer: 4096,
+            listen_spare: 1,
+            listen_max: 64,
+            ..Default::default()
+        };
+        let ep = |port| IpListenEndpoint { addr: None, port };
+        let mut sockets = SocketSet::new(Vec::new());
+        let mut spares = SpareTcpSockets::default();
+        let mut pool = TcpListenerPool::open(ep(7), &tuning, &mut sockets, &mut spares).unwrap();
+        pool.close(&mut sockets, &mut spares);
+        assert_eq!(spares.len(), 1);
+        // The spare comes back listening on another port, in a fresh state.
+        let mut pool = TcpListenerPool::open(ep(9), &tuning, &mut sockets, &mut spares).unwrap();
+        assert!(spares.is_empty());
+        let (_, s) = sockets.iter().next().unwrap();
+        let smoltcp::socket::Socket::Tcp(t) = s else {
+            panic!("not a TCP socket")
+        };
+        assert_eq!(t.state(), tcp::State::Listen);
+        assert_eq!(t.listen_endpoint().port, 9);
+        assert_eq!(t.recv_capacity(), 4096);
+        pool.top_up(60, &tuning, &mut sockets, &mut spares).unwrap();
+        pool.close(&mut sockets, &mut spares);
+        assert_eq!(spares.len(), SpareTcpSockets::MAX);
     }
 
     #[test]
@@ -219,6 +295,7 @@ mod tests {
             },
             &TcpTuning::default(),
             &mut sockets,
+            &mut SpareTcpSockets::default(),
         );
         assert!(err.is_err());
     }

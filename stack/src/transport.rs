@@ -25,7 +25,7 @@ use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
 use tracing::debug;
 
 use crate::config::TcpTuning;
-use crate::tcp_listener::{TcpListenerPool, new_tcp_socket};
+use crate::tcp_listener::{SpareTcpSockets, TcpListenerPool};
 
 /// Ephemeral TCP/UDP source ports of one worker.
 #[derive(Debug)]
@@ -106,6 +106,12 @@ pub struct SmolTransportState {
     lingering: Vec<SocketHandle>,
     accepted: Vec<SocketHandle>,
     listener_scratch: Vec<ListenerHandle>,
+    /// Closed TCP sockets for the next connections.
+    spares: SpareTcpSockets,
+    /// A socket was changed outside the interface's poll (data queued or
+    /// taken, closed, added): the worker must poll it before trusting its
+    /// cached next deadline.
+    touched: bool,
 }
 
 fn to_std(a: IpAddress) -> IpAddr {
@@ -151,7 +157,7 @@ impl SmolTransportState {
                 .find(|(p, _)| *p == pool.port())
                 .map_or(0, |(_, n)| *n);
             if n > 0 {
-                if let Err(e) = pool.top_up(n, tuning, sockets) {
+                if let Err(e) = pool.top_up(n, tuning, sockets, &mut self.spares) {
                     debug!("listener pool: {e}");
                 }
             }
@@ -199,7 +205,7 @@ impl SmolTransportState {
             if let Some(pool) = self.tcp_listeners.get_mut(&lh) {
                 pool.take_accepted(sockets, &mut accepted);
                 if !accepted.is_empty() {
-                    let _ = pool.top_up(0, tuning, sockets);
+                    let _ = pool.top_up(0, tuning, sockets, &mut self.spares);
                 }
             }
             for &h in &accepted {
@@ -213,9 +219,7 @@ impl SmolTransportState {
                             tuple,
                         });
                     }
-                    None => {
-                        sockets.remove(h);
-                    }
+                    None => self.spares.recycle(sockets, h),
                 }
             }
             self.accepted = accepted;
@@ -289,22 +293,28 @@ impl SmolTransportState {
         for i in gone {
             let c = self.conns.remove(i);
             if !self.lingering.contains(&c.socket) {
-                sockets.remove(c.socket);
+                self.spares.recycle(sockets, c.socket);
             }
         }
+        let spares = &mut self.spares;
         self.lingering.retain(|&h| {
             let closed = sockets.get::<tcp::Socket<'_>>(h).state() == tcp::State::Closed;
             if closed {
-                sockets.remove(h);
+                spares.recycle(sockets, h);
             }
             !closed
         });
     }
 
+    /// Whether the session layer changed a socket since the last call.
+    pub fn take_touched(&mut self) -> bool {
+        std::mem::take(&mut self.touched)
+    }
+
     /// Closes everything (worker shutdown).
     pub fn shutdown(&mut self, sockets: &mut SocketSet<'static>) {
         for (_, mut pool) in self.tcp_listeners.drain() {
-            pool.close(sockets);
+            pool.close(sockets, &mut self.spares);
         }
         for (_, c) in self.conns.iter() {
             match c.proto {
@@ -349,6 +359,12 @@ impl<'a> SmolTransports<'a> {
         }
     }
 
+    /// The socket set for a change; marks the worker's deadline stale.
+    fn sockets_mut(&mut self) -> &mut SocketSet<'static> {
+        self.state.touched = true;
+        self.sockets
+    }
+
     fn conn(&self, c: TransportConnId) -> Option<&Conn> {
         self.state
             .conns
@@ -374,7 +390,7 @@ impl<'a> SmolTransports<'a> {
         );
         s.bind(bind)
             .map_err(|e| SessionError::Transport(format!("UDP bind to {}: {e}", bind.port)))?;
-        Ok(self.sockets.add(s))
+        Ok(self.sockets_mut().add(s))
     }
 }
 
@@ -404,8 +420,13 @@ impl Transport for SmolTransports<'_> {
     fn listen(&mut self, listener: ListenerHandle, ep: Endpoint) -> SessionResult<()> {
         match self.proto {
             TransportProto::Tcp => {
-                let pool = TcpListenerPool::open(listen_endpoint(ep), self.tuning, self.sockets)
-                    .map_err(|e| SessionError::Transport(e.to_string()))?;
+                let pool = TcpListenerPool::open(
+                    listen_endpoint(ep),
+                    self.tuning,
+                    self.sockets,
+                    &mut self.state.spares,
+                )
+                .map_err(|e| SessionError::Transport(e.to_string()))?;
                 self.state.tcp_listeners.insert(listener, pool);
             }
             TransportProto::Udp => {
@@ -428,7 +449,8 @@ impl Transport for SmolTransports<'_> {
 
     fn unlisten(&mut self, listener: ListenerHandle) {
         if let Some(mut pool) = self.state.tcp_listeners.remove(&listener) {
-            pool.close(self.sockets);
+            pool.close(self.sockets, &mut self.state.spares);
+            self.state.touched = true;
         }
     }
 
@@ -440,11 +462,11 @@ impl Transport for SmolTransports<'_> {
         let remote_ep = IpEndpoint::new(IpAddress::from(remote.ip), remote.port);
         match self.proto {
             TransportProto::Tcp => {
-                let mut s = new_tcp_socket(self.tuning);
+                let mut s = self.state.spares.take(self.tuning);
                 let port = self.ports.next(self.sockets);
                 s.connect(self.iface.context(), remote_ep, port)
                     .map_err(|e| SessionError::Transport(format!("connect to {remote}: {e}")))?;
-                let h = self.sockets.add(s);
+                let h = self.sockets_mut().add(s);
                 Ok(self
                     .state
                     .new_conn(h, TransportProto::Tcp, Phase::Connecting(session)))
@@ -496,11 +518,15 @@ impl Transport for SmolTransports<'_> {
         sink: &mut dyn FnMut(&[u8]) -> usize,
     ) -> usize {
         let Some(s) = self.tcp(conn) else { return 0 };
-        s.recv(|buf| {
-            let n = sink(&buf[..buf.len().min(max)]);
-            (n, n)
-        })
-        .unwrap_or(0)
+        let n = s
+            .recv(|buf| {
+                let n = sink(&buf[..buf.len().min(max)]);
+                (n, n)
+            })
+            .unwrap_or(0);
+        // Taking data may reopen the window: an update is due.
+        self.state.touched |= n > 0;
+        n
     }
 
     fn send_space(&self, conn: TransportConnId) -> usize {
@@ -524,12 +550,15 @@ impl Transport for SmolTransports<'_> {
         source: &mut dyn FnMut(&mut [u8]) -> usize,
     ) -> usize {
         let Some(s) = self.tcp(conn) else { return 0 };
-        s.send(|buf| {
-            let l = buf.len().min(max);
-            let n = source(&mut buf[..l]);
-            (n, n)
-        })
-        .unwrap_or(0)
+        let n = s
+            .send(|buf| {
+                let l = buf.len().min(max);
+                let n = source(&mut buf[..l]);
+                (n, n)
+            })
+            .unwrap_or(0);
+        self.state.touched |= n > 0;
+        n
     }
 
     fn recv_datagram(
@@ -565,6 +594,7 @@ impl Transport for SmolTransports<'_> {
         if taken {
             let _ = s.recv();
         }
+        self.state.touched |= taken;
         taken
     }
 
@@ -581,7 +611,9 @@ impl Transport for SmolTransports<'_> {
             },
             meta: Default::default(),
         };
-        s.send_slice(payload, md).is_ok()
+        let sent = s.send_slice(payload, md).is_ok();
+        self.state.touched |= sent;
+        sent
     }
 
     fn close(&mut self, conn: TransportConnId) {
@@ -598,11 +630,11 @@ impl Transport for SmolTransports<'_> {
             TransportProto::Tcp => {
                 c.phase = Phase::Closing;
                 let h = c.socket;
-                self.sockets.get_mut::<tcp::Socket<'_>>(h).close();
+                self.sockets_mut().get_mut::<tcp::Socket<'_>>(h).close();
             }
             TransportProto::Udp => {
                 let c = self.state.conns.remove(conn.0 as usize);
-                self.sockets.remove(c.socket);
+                self.sockets_mut().remove(c.socket);
                 self.state
                     .udp_events
                     .push_back(TransportEvent::Closed { conn });
@@ -624,11 +656,11 @@ impl Transport for SmolTransports<'_> {
             TransportProto::Tcp => {
                 c.phase = Phase::Aborted;
                 let h = c.socket;
-                self.sockets.get_mut::<tcp::Socket<'_>>(h).abort();
+                self.sockets_mut().get_mut::<tcp::Socket<'_>>(h).abort();
             }
             TransportProto::Udp => {
                 let c = self.state.conns.remove(conn.0 as usize);
-                self.sockets.remove(c.socket);
+                self.sockets_mut().remove(c.socket);
             }
         }
     }

@@ -98,6 +98,10 @@ impl LoopClock {
 
 /// Listener pools are swept at least this often (loops) even without SYNs.
 const ACCEPT_SWEEP_LOOPS: u64 = 256;
+/// How long after a SYN the listener pools are checked on every burst: the
+/// handshake's last ACK comes one round trip later, or after a retransmitted
+/// SYN-ACK (smoltcp's first RTO is one second).
+const HANDSHAKE_WINDOW: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(1500);
 
 /// Counters of one worker, readable from any thread.
 #[derive(Debug, Default)]
@@ -159,8 +163,15 @@ pub struct Worker<D: PacketIo> {
     ports: EphemeralPorts,
     syn_counts: Vec<(u16, usize)>,
     /// Loops left in which listener pools are checked for new connections.
-    accept_window: u32,
+    /// Until when arriving frames may complete a handshake on a listener
+    /// pool (set by SYNs); the pools are checked after each burst till then.
+    accept_until: smoltcp::time::Instant,
     loops: u64,
+    /// When smoltcp next needs a poll with nothing arriving (None: now).
+    next_poll: Option<smoltcp::time::Instant>,
+    /// The last loop changed sockets outside a full poll: look at their
+    /// states again.
+    rescan: bool,
     clock: LoopClock,
     transport: SmolTransportState,
     session: SessionWorker,
@@ -241,8 +252,10 @@ impl<D: PacketIo> Worker<D> {
             tuning: cfg.tcp.clone(),
             ports: EphemeralPorts::new(seed),
             syn_counts: Vec::new(),
-            accept_window: 0,
+            accept_until: smoltcp::time::Instant::ZERO,
             loops: 0,
+            next_poll: None,
+            rescan: true,
             clock,
             transport: SmolTransportState::default(),
             session,
@@ -271,15 +284,23 @@ impl<D: PacketIo> Worker<D> {
         self.loops += 1;
         let received = self.device.receive_burst()?;
         if received > 0 {
-            self.prescan_syns();
+            self.prescan_syns(now);
         }
         self.device.stock_tx();
-        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        // smoltcp walks every socket in a poll; with no frame in and no
+        // socket changed since the last one, only a due timer needs it.
+        let polled =
+            received > 0 || self.device.rx_pending() > 0 || self.next_poll.is_none_or(|t| now >= t);
+        if polled {
+            self.iface.poll(now, &mut self.device, &mut self.sockets);
+        }
         let mut work = received > 0;
-        let check_listeners = self.accept_window > 0 || self.loops % ACCEPT_SWEEP_LOOPS == 0;
-        self.accept_window = self.accept_window.saturating_sub(1);
-        self.transport
-            .scan(&mut self.sockets, &self.tuning, check_listeners);
+        let check_listeners =
+            (received > 0 && now <= self.accept_until) || self.loops % ACCEPT_SWEEP_LOOPS == 0;
+        if polled || check_listeners || self.rescan {
+            self.transport
+                .scan(&mut self.sockets, &self.tuning, check_listeners);
+        }
         let mut tp = SmolTransports::new(
             &mut self.transport,
             &mut self.sockets,
@@ -296,10 +317,21 @@ impl<D: PacketIo> Worker<D> {
                 }
             }
         }
-        if work {
+        let touched = self.transport.take_touched();
+        if work || touched {
             self.iface
                 .poll_egress(now, &mut self.device, &mut self.sockets);
         }
+        if polled || work || touched {
+            // `Some(0)` when a socket still has something to send; None
+            // when no socket waits on a timer.
+            self.next_poll = Some(
+                self.iface
+                    .poll_at(now, &self.sockets)
+                    .unwrap_or(now + smoltcp::time::Duration::from_millis(100)),
+            );
+        }
+        self.rescan = work || touched;
         let sent = self.device.flush()?;
         self.stats.loops.fetch_add(1, Ordering::Relaxed);
         Ok(work || sent > 0 || self.device.tx_backlog() > 0)
@@ -307,7 +339,7 @@ impl<D: PacketIo> Worker<D> {
 
     /// Counts the SYNs of the waiting burst per listened port and grows the
     /// listener pools before smoltcp sees them.
-    fn prescan_syns(&mut self) {
+    fn prescan_syns(&mut self, now: Instant) {
         self.transport.tcp_listen_ports(&mut self.syn_counts);
         if self.syn_counts.is_empty() {
             return;
@@ -315,7 +347,7 @@ impl<D: PacketIo> Worker<D> {
         count_syns(self.device.pending_frames(), &mut self.syn_counts);
         if self.syn_counts.iter().any(|c| c.1 > 0) {
             // The handshake completes over the next loops: watch the pools.
-            self.accept_window = 4;
+            self.accept_until = now + HANDSHAKE_WINDOW;
             self.transport
                 .top_up_listeners(&self.syn_counts, &self.tuning, &mut self.sockets);
         }
