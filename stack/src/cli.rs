@@ -49,7 +49,8 @@ pub struct StackArgs {
     /// Enter this network namespace (from `ip netns`) before opening the interface.
     #[arg(long)]
     pub netns: Option<String>,
-    /// Drop this percentage of frames in each direction on purpose (testing).
+    /// Drop this percentage of frames in each direction on purpose (testing),
+    /// through smoltcp's FaultInjector (interface MTU 1522 or less).
     #[arg(long, default_value_t = 0)]
     pub inject_loss: u8,
     /// Serve external apps on this Unix socket (the default app namespace).

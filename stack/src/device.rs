@@ -33,7 +33,6 @@ pub struct StackDevice<D: PacketIo> {
     max_burst: usize,
     guard: ZeroWindowGuard,
     rewritten: Vec<u8>,
-    loss: LossInjector,
     capture: Arc<Capture>,
     // Per-burst tallies, folded into the driver counters on flush.
     unverified: u64,
@@ -54,7 +53,6 @@ impl<D: PacketIo> StackDevice<D> {
             max_burst,
             guard: ZeroWindowGuard::default(),
             rewritten: Vec::new(),
-            loss: LossInjector::default(),
             capture: Arc::default(),
             unverified: 0,
             bad_checksum: 0,
@@ -115,18 +113,6 @@ impl<D: PacketIo> StackDevice<D> {
             DriverCounters::bump(&c.rx_bad_checksum, std::mem::take(&mut self.bad_checksum));
             DriverCounters::bump(&c.rx_malformed, std::mem::take(&mut self.malformed));
         }
-        if self.loss.percent > 0 && !self.tx_filled.is_empty() {
-            let mut kept = Vec::with_capacity(self.tx_filled.len());
-            for f in self.tx_filled.drain(..) {
-                if self.loss.drop_this() {
-                    self.spent.push(f);
-                } else {
-                    kept.push(f);
-                }
-            }
-            self.tx_filled = kept;
-            self.driver.release(&mut self.spent);
-        }
         // Called with nothing new too: the driver may still hold frames an
         // earlier kick did not get out.
         self.driver.tx_burst(&mut self.tx_filled)
@@ -137,21 +123,6 @@ impl<D: PacketIo> StackDevice<D> {
         self.capture = capture;
     }
 
-    /// Drops `percent` of the frames in each direction on purpose (for
-    /// testing retransmission timers), with a seeded generator.
-    pub fn set_loss(&mut self, percent: u8, seed: u64) {
-        self.loss = LossInjector {
-            percent: percent.min(100),
-            state: seed | 1,
-            dropped: 0,
-        };
-    }
-
-    /// Frames dropped on purpose so far.
-    pub fn injected_drops(&self) -> u64 {
-        self.loss.dropped
-    }
-
     /// Segments handed to smoltcp as bare ACKs because our window was zero.
     pub fn zero_window_acks(&self) -> u64 {
         self.guard.salvaged
@@ -160,28 +131,6 @@ impl<D: PacketIo> StackDevice<D> {
     /// Frames filled by smoltcp and not yet accepted by the driver.
     pub fn tx_backlog(&self) -> usize {
         self.tx_filled.len()
-    }
-}
-
-/// Seeded random frame loss, off (0 %) unless asked for.
-#[derive(Debug, Default)]
-struct LossInjector {
-    percent: u8,
-    state: u64,
-    dropped: u64,
-}
-
-impl LossInjector {
-    fn drop_this(&mut self) -> bool {
-        if self.percent == 0 {
-            return false;
-        }
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 7;
-        self.state ^= self.state << 17;
-        let hit = (self.state % 100) < u64::from(self.percent);
-        self.dropped += u64::from(hit);
-        hit
     }
 }
 
@@ -294,10 +243,6 @@ impl<D: PacketIo> phy::Device for StackDevice<D> {
             let frame = self.rx_ready.pop_front()?;
             if self.capture.is_active() {
                 self.capture.record(self.driver.rx_bytes(&frame));
-            }
-            if self.loss.drop_this() {
-                self.spent.push(frame);
-                continue;
             }
             match checksum::check_rx(self.driver.rx_bytes(&frame), policy) {
                 RxChecksumVerdict::Bad => self.bad_checksum += 1,

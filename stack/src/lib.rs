@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod demo;
 pub mod device;
 pub mod error;
+pub mod fault_injection;
 pub mod lab;
 pub mod pcap;
 pub mod runtime;

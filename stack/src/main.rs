@@ -612,6 +612,14 @@ fn echo_server(
         .iter()
         .map(|s| s.zero_window_acks.load(Relaxed))
         .sum();
+    let injected_rx_drops: u64 = workers
+        .iter()
+        .map(|s| s.injected_rx_drops.load(Relaxed))
+        .sum();
+    let injected_tx_drops: u64 = workers
+        .iter()
+        .map(|s| s.injected_tx_drops.load(Relaxed))
+        .sum();
     println!(
         "{}",
         serde_json::json!({
@@ -626,6 +634,8 @@ fn echo_server(
             "rx_checksum_unverified": totals.rx_checksum_unverified,
             "rx_kernel_drops": totals.rx_kernel_drops,
             "zero_window_acks": zero_window_acks,
+            "injected_rx_drops": injected_rx_drops,
+            "injected_tx_drops": injected_tx_drops,
         })
     );
     result?;

@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 use crate::config::{StackConfig, TcpTuning};
 use crate::device::StackDevice;
 use crate::error::{StackError, StackResult};
+use crate::fault_injection::FaultInjection;
 use crate::sleeper::{Sleeper, WakeSource};
 use crate::tcp_listener::count_syns;
 use crate::transport::{EphemeralPorts, SmolTransportState, SmolTransports};
@@ -118,6 +119,10 @@ pub struct WorkerStats {
     /// Segments handed to smoltcp as bare ACKs while our window was zero
     /// (see `zero_window`).
     pub zero_window_acks: AtomicU64,
+    /// Frames `--inject-loss` dropped on receive and on transmit.
+    pub injected_rx_drops: AtomicU64,
+    /// See `injected_rx_drops`.
+    pub injected_tx_drops: AtomicU64,
 }
 
 /// What other threads use to talk to a worker.
@@ -173,6 +178,8 @@ pub struct Worker<D: PacketIo> {
     /// states again.
     rescan: bool,
     clock: LoopClock,
+    /// `--inject-loss`: smoltcp's fault injector around the device.
+    faults: Option<FaultInjection>,
     transport: SmolTransportState,
     session: SessionWorker,
     sleeper: Option<Sleeper>,
@@ -201,9 +208,15 @@ impl<D: PacketIo> Worker<D> {
             )));
         }
         let mut device = StackDevice::new(driver);
-        if cfg.inject_loss > 0 {
-            device.set_loss(cfg.inject_loss, cfg.seed ^ 0x5eed ^ index as u64);
-        }
+        let faults = if cfg.inject_loss > 0 {
+            Some(FaultInjection::new(
+                cfg.inject_loss,
+                cfg.seed ^ 0x5eed ^ index as u64,
+                device.driver().info().mtu,
+            )?)
+        } else {
+            None
+        };
         let seed = if cfg.seed != 0 {
             cfg.seed.wrapping_add(index as u64)
         } else {
@@ -257,6 +270,7 @@ impl<D: PacketIo> Worker<D> {
             next_poll: None,
             rescan: true,
             clock,
+            faults,
             transport: SmolTransportState::default(),
             session,
             sleeper,
@@ -277,6 +291,25 @@ impl<D: PacketIo> Worker<D> {
         &mut self.device
     }
 
+    /// smoltcp's full poll, through the fault injector when there is one.
+    fn poll_iface(&mut self, now: smoltcp::time::Instant) {
+        match &mut self.faults {
+            None => self.iface.poll(now, &mut self.device, &mut self.sockets),
+            Some(f) => f.poll(&mut self.iface, now, &mut self.device, &mut self.sockets),
+        };
+    }
+
+    fn publish_device_stats(&self) {
+        self.stats
+            .zero_window_acks
+            .store(self.device.zero_window_acks(), Ordering::Relaxed);
+        if let Some(f) = &self.faults {
+            let (rx, tx) = f.dropped();
+            self.stats.injected_rx_drops.store(rx, Ordering::Relaxed);
+            self.stats.injected_tx_drops.store(tx, Ordering::Relaxed);
+        }
+    }
+
     /// One loop iteration at monotonic time `at`; returns true when
     /// anything happened.
     pub fn poll_once(&mut self, at: StdInstant) -> StackResult<bool> {
@@ -292,7 +325,7 @@ impl<D: PacketIo> Worker<D> {
         let polled =
             received > 0 || self.device.rx_pending() > 0 || self.next_poll.is_none_or(|t| now >= t);
         if polled {
-            self.iface.poll(now, &mut self.device, &mut self.sockets);
+            self.poll_iface(now);
         }
         let mut work = received > 0;
         let check_listeners =
@@ -319,8 +352,12 @@ impl<D: PacketIo> Worker<D> {
         }
         let touched = self.transport.take_touched();
         if work || touched {
-            self.iface
-                .poll_egress(now, &mut self.device, &mut self.sockets);
+            match &mut self.faults {
+                None => self
+                    .iface
+                    .poll_egress(now, &mut self.device, &mut self.sockets),
+                Some(f) => f.poll_egress(&mut self.iface, now, &mut self.device, &mut self.sockets),
+            };
         }
         if polled || work || touched {
             // `Some(0)` when a socket still has something to send; None
@@ -431,9 +468,7 @@ impl<D: PacketIo> Worker<D> {
             }
             if at.duration_since(last_stats) >= Duration::from_secs(1) {
                 self.device.driver_mut().refresh_stats();
-                self.stats
-                    .zero_window_acks
-                    .store(self.device.zero_window_acks(), Ordering::Relaxed);
+                self.publish_device_stats();
                 last_stats = StdInstant::now();
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     self.log_state();
@@ -471,17 +506,11 @@ impl<D: PacketIo> Worker<D> {
         self.transport.shutdown(&mut self.sockets);
         // Let aborts (RSTs) and closes go out before the queue closes.
         for _ in 0..4 {
-            self.iface.poll(
-                self.clock.smol(StdInstant::now()),
-                &mut self.device,
-                &mut self.sockets,
-            );
+            self.poll_iface(self.clock.smol(StdInstant::now()));
             let _ = self.device.flush();
         }
         self.device.driver_mut().refresh_stats();
-        self.stats
-            .zero_window_acks
-            .store(self.device.zero_window_acks(), Ordering::Relaxed);
+        self.publish_device_stats();
         debug!(worker = self.index, "worker stopped");
         result
     }

@@ -280,7 +280,7 @@ fn an_idle_interrupt_mode_worker_uses_under_2_percent_cpu_and_a_polling_one_near
 /// nftables rules in the lab namespace dropping `pct` % of packets each way.
 fn add_nft_loss(lab: &Lab, pct: u32) -> Result<()> {
     let rules = format!(
-        "table inet hsloss {{\n chain out {{ type filter hook output priority 0; numgen random mod 100 < {pct} drop; }}\n chain inp {{ type filter hook input priority 0; numgen random mod 100 < {pct} drop; }}\n}}\n"
+        "table inet hsloss {{\n chain out {{ type filter hook output priority 0; numgen random mod 100 < {pct} counter drop; }}\n chain inp {{ type filter hook input priority 0; numgen random mod 100 < {pct} counter drop; }}\n}}\n"
     );
     let mut child = lab
         .command("nft")
@@ -314,12 +314,26 @@ fn tcp_timers_fire_while_asleep_a_transfer_with_1_percent_loss_each_way_complete
     let (ok, out) = server.terminate()?;
     assert!(ok, "{out}");
     let stats = hoststack_tests::last_json(&out)?;
-    let drops = Command::new("ip")
+    // Loss really happened, on both sides and both ways.
+    let ruleset = Command::new("ip")
         .args(["netns", "exec", &lab.netns, "nft", "list", "ruleset"])
         .output()?;
+    let ruleset = String::from_utf8_lossy(&ruleset.stdout).into_owned();
+    let nft_drops: Vec<u64> = ruleset
+        .split("counter packets ")
+        .skip(1)
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect();
     assert!(
-        String::from_utf8_lossy(&drops.stdout).contains("numgen"),
-        "the loss rules vanished"
+        nft_drops.len() == 2 && nft_drops.iter().all(|&n| n > 0),
+        "nftables dropped nothing in one direction: {ruleset}"
+    );
+    for key in ["injected_rx_drops", "injected_tx_drops"] {
+        assert!(stats[key].as_u64() > Some(0), "{key}: {stats}");
+    }
+    eprintln!(
+        "dropped: nftables {nft_drops:?} (out, in), stack side {} rx / {} tx",
+        stats["injected_rx_drops"], stats["injected_tx_drops"]
     );
     assert!(stats["tcp_bytes"].as_u64() >= Some(4 << 20), "{stats}");
     Ok(())

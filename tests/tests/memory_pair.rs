@@ -28,12 +28,44 @@ struct Pair {
     server_ip: IpAddr,
 }
 
+impl Pair {
+    /// A client app streaming `total` bytes to the echo server and checking
+    /// them as they come back.
+    fn stream_client(&self, name: &str, fifo: u32, total: u64, seed: u64) -> Result<StreamClient> {
+        let remote = Endpoint {
+            ip: self.server_ip,
+            port: 7,
+        };
+        Ok(StreamClient::start(
+            self.client.control(),
+            name,
+            fifos(fifo),
+            remote,
+            total,
+            seed,
+        )?)
+    }
+}
+
 fn pair(server_addr: &str, client_addr: &str, mode: WorkerMode, fifo: u32) -> Result<Pair> {
+    lossy_pair(server_addr, client_addr, mode, fifo, 0)
+}
+
+/// A pair whose server stack drops `loss` % of its frames each way.
+fn lossy_pair(
+    server_addr: &str,
+    client_addr: &str,
+    mode: WorkerMode,
+    fifo: u32,
+    loss: u8,
+) -> Result<Pair> {
     let (a, b) = memory_pair(MemoryPairConfig::default())?;
-    let server_cfg = StackConfig::new(
+    let mut server_cfg = StackConfig::new(
         "mem0",
         vec![server_addr.parse().map_err(anyhow::Error::msg)?],
     );
+    server_cfg.inject_loss = loss;
+    server_cfg.seed = 42;
     let client_cfg = StackConfig::new(
         "mem1",
         vec![client_addr.parse().map_err(anyhow::Error::msg)?],
@@ -117,19 +149,8 @@ fn a_reader_that_stops_until_its_fifo_is_full_then_drains_completes_byte_identic
         WorkerMode::Interrupt,
         64 << 10,
     )?;
-    let remote = Endpoint {
-        ip: p.server_ip,
-        port: 7,
-    };
     let total = 32u64 << 20;
-    let client = StreamClient::start(
-        p.client.control(),
-        "slow",
-        fifos(64 << 10),
-        remote,
-        total,
-        9,
-    )?;
+    let client = p.stream_client("slow", 64 << 10, total, 9)?;
     client.paused.store(true, Ordering::SeqCst);
     // Wait until the client's rx fifo is full and the whole pipe stalls:
     // echo bytes stop growing.
@@ -171,5 +192,49 @@ fn a_reader_that_stops_until_its_fifo_is_full_then_drains_completes_byte_identic
     assert_eq!(r.verified, total);
     p.client.stop()?;
     p.server.stop()?;
+    Ok(())
+}
+
+/// smoltcp's fault injector drops frames each way on the server's side;
+/// retransmissions still deliver every byte, and the drops are counted.
+#[test]
+fn a_transfer_through_injected_loss_each_way_completes_byte_identical() -> Result<()> {
+    let p = lossy_pair(
+        "10.9.3.1/24",
+        "10.9.3.2/24",
+        WorkerMode::Interrupt,
+        256 << 10,
+        1,
+    )?;
+    let remote = Endpoint {
+        ip: p.server_ip,
+        port: 7,
+    };
+    let total = 512u64 << 10;
+    let tcp = StreamClient::start(
+        p.client.control(),
+        "tcp",
+        fifos(256 << 10),
+        remote,
+        total,
+        5,
+    )?;
+    let t = wait_report(&tcp.report, Duration::from_secs(120))
+        .context("TCP transfer through loss did not finish")?;
+    assert_eq!(t.error, None);
+    assert_eq!(t.verified, total);
+    let stats: Vec<_> = p.server.workers().iter().map(|w| w.stats.clone()).collect();
+    p.client.stop()?;
+    p.server.stop()?;
+    let rx: u64 = stats
+        .iter()
+        .map(|s| s.injected_rx_drops.load(Ordering::Relaxed))
+        .sum();
+    let tx: u64 = stats
+        .iter()
+        .map(|s| s.injected_tx_drops.load(Ordering::Relaxed))
+        .sum();
+    assert!(rx > 0 && tx > 0, "no loss injected: rx {rx} tx {tx}");
+    eprintln!("{total} bytes echoed through {rx} received and {tx} sent frames dropped");
     Ok(())
 }
