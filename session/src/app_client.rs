@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 
 use crate::app_event::{AppEvent, ErrorCode, FifoLocation};
-use crate::app_rx_queue::{AppRxQueue, AppRxQueues, ControlMessage, IoMessage};
+use crate::app_rx_queue::{AppRxQueue, AppRxQueues, ControlMessage, IoMessage, RxMessage};
 use crate::app_wire::{AppReply, AppRequest, FrameReader, WorkerInfo, encode_request};
 use crate::application::AppOptions;
 use crate::endpoint::{Endpoint, TransportProto};
@@ -73,6 +73,9 @@ pub struct AppStats {
     pub notifications: AtomicU64,
     /// Eventfd reads the library made while waiting for events.
     pub eventfd_reads: AtomicU64,
+    /// Messages sent over the app socket because the stack gave this app
+    /// no private rx queues (one system call each).
+    pub socket_posts: AtomicU64,
 }
 
 /// A copy of [`AppStats`] plus the eventfd writes of the rx queues.
@@ -85,7 +88,8 @@ pub struct AppStatsSnapshot {
     /// Notifications posted to the stack.
     pub notifications: u64,
     /// System calls reads and writes made: eventfd writes, only when a
-    /// notification found a stack thread asleep on an empty queue.
+    /// notification found a stack thread asleep on an empty queue, or one
+    /// socket send per notification when the app has no private rx queues.
     pub data_path_syscalls: u64,
     /// System calls made while waiting for events (eventfd reads after a
     /// sleep): the cost of idling, not of moving data.
@@ -106,7 +110,8 @@ struct Shared {
     segments: Mutex<HashMap<u32, SharedRegion>>,
     next_request: AtomicU32,
     stats: AppStats,
-    _rx_segment: Segment,
+    /// None when the stack gave the app no private rx queues.
+    _rx_segment: Option<Segment>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,7 +142,35 @@ impl Shared {
             .ok_or(SessionError::NoSession(session.as_u64()))
     }
 
+    /// True when the stack gave the app no private rx queues: messages go
+    /// over the app socket.
+    fn posts_over_socket(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Sends what would go through stack thread `thread`'s rx queue over
+    /// the app socket instead (never answered).
+    fn post_over_socket(&self, thread: u32, message: RxMessage) -> SessionResult<()> {
+        let id = self.request_id();
+        let conn = lock(&self.conn);
+        send_with_fds(
+            &conn.stream,
+            &encode_request(id, &AppRequest::Post { thread, message }),
+            &[],
+        )?;
+        self.stats.socket_posts.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
     fn post_io(&self, session: SessionHandle, m: &IoMessage) -> SessionResult<()> {
+        if self.posts_over_socket() {
+            if session.thread() + 1 >= self.threads {
+                return Err(SessionError::NoSession(session.as_u64()));
+            }
+            self.post_over_socket(session.thread(), RxMessage::Io(*m))?;
+            self.stats.notifications.fetch_add(1, Relaxed);
+            return Ok(());
+        }
         let q = self.thread_queue(session)?;
         // A full queue means the stack thread is behind: give it a moment.
         let mut tries = 0;
@@ -352,12 +385,18 @@ impl App {
         };
         let mut fds = fds.into_iter();
         let (worker_seg, worker_efd) = worker_fds(&info.worker, &mut fds)?;
-        let rx_seg_fd = fds
-            .next()
-            .ok_or_else(|| SessionError::Corrupted("no rx-queue segment fd".into()))?;
-        let rx_segment = Segment::map(rx_seg_fd, info.rx_queues.segment_size as usize)?;
-        let rx = AppRxQueues::attach(rx_segment, &info.rx_queues, fds.collect())?;
-        let (rx_segment, rx) = rx.into_parts();
+        // No queues: the stack wants messages over this socket.
+        let (rx_segment, rx) = if info.rx_queues.queues.is_empty() {
+            (None, Vec::new())
+        } else {
+            let rx_seg_fd = fds
+                .next()
+                .ok_or_else(|| SessionError::Corrupted("no rx-queue segment fd".into()))?;
+            let rx_segment = Segment::map(rx_seg_fd, info.rx_queues.segment_size as usize)?;
+            let rx = AppRxQueues::attach(rx_segment, &info.rx_queues, fds.collect())?;
+            let (rx_segment, rx) = rx.into_parts();
+            (Some(rx_segment), rx)
+        };
         let shared = Arc::new(Shared {
             conn: Mutex::new(conn),
             app: info.app,
@@ -406,15 +445,24 @@ impl App {
     /// Posts a ping to stack thread `thread`: the thread counts it and how
     /// long it waited (`QueueFull` when its queue is full).
     pub fn ping(&self, thread: u32) -> SessionResult<()> {
+        let ping = IoMessage::Ping {
+            sent_ns: crate::app_rx_queue::monotonic_ns(),
+        };
+        if self.shared.posts_over_socket() {
+            if thread + 1 >= self.shared.threads {
+                return Err(SessionError::InvalidValue(format!(
+                    "no stack thread {thread}"
+                )));
+            }
+            return self.shared.post_over_socket(thread, RxMessage::Io(ping));
+        }
         let q = self
             .shared
             .rx
             .get(thread as usize)
             .filter(|_| thread + 1 < self.shared.threads)
             .ok_or_else(|| SessionError::InvalidValue(format!("no stack thread {thread}")))?;
-        q.send_io(&IoMessage::Ping {
-            sent_ns: crate::app_rx_queue::monotonic_ns(),
-        })
+        q.send_io(&ping)
     }
 
     /// Detaches: the stack frees every worker, listener, session and
@@ -431,7 +479,7 @@ impl App {
             writes: s.writes.load(Relaxed),
             reads: s.reads.load(Relaxed),
             notifications: s.notifications.load(Relaxed),
-            data_path_syscalls: eventfd_writes,
+            data_path_syscalls: eventfd_writes + s.socket_posts.load(Relaxed),
             wait_syscalls: s.eventfd_reads.load(Relaxed),
         }
     }
@@ -530,6 +578,10 @@ impl Worker {
     }
 
     fn send_control(&self, m: &ControlMessage) -> SessionResult<()> {
+        if self.shared.posts_over_socket() {
+            let main = self.shared.threads - 1;
+            return self.shared.post_over_socket(main, RxMessage::Control(*m));
+        }
         let q = self.shared.main_queue()?;
         q.send_control(m)
     }
@@ -582,6 +634,8 @@ impl Worker {
                 ));
             }
             self.shared.pump_socket(None, Duration::ZERO)?;
+            // A stack that closed the socket will never answer.
+            self.shared.check_stack()?;
             self.sleep(left.min(Duration::from_millis(10)))?;
         }
     }

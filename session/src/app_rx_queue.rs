@@ -330,6 +330,27 @@ pub enum RxMessage {
     Control(ControlMessage),
 }
 
+impl RxMessage {
+    /// The encoded message: an [`IoMessage`] or a [`ControlMessage`],
+    /// told apart by the kind byte they start with.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::Io(m) => m.encode().to_vec(),
+            Self::Control(m) => m.encode(),
+        }
+    }
+
+    /// Decodes exactly one message of either kind; anything else is
+    /// `Corrupted`.
+    pub fn decode(buf: &[u8]) -> SessionResult<Self> {
+        match buf.first() {
+            Some(&k) if k < CONTROL_LISTEN => IoMessage::decode(buf).map(Self::Io),
+            Some(_) => ControlMessage::decode(buf).map(Self::Control),
+            None => Err(bad("empty message")),
+        }
+    }
+}
+
 fn proto_code(p: TransportProto) -> u8 {
     match p {
         TransportProto::Tcp => 0,

@@ -9,7 +9,9 @@
 //! all io notifications — travels through the app's rx queues in shared
 //! memory; this server serves the queue of the main thread, running each
 //! control message on the main thread and answering on the worker's event
-//! queue.
+//! queue. An app the stack gave no private rx queues (`private_rx_queues`
+//! off) sends those same messages over this socket instead
+//! ([`AppRequest::Post`]), one system call each.
 //!
 //! A garbage, truncated, oversized or out-of-order message gets an error
 //! reply and the connection is closed; other apps never notice. A client
@@ -344,6 +346,11 @@ fn handle_request(
         (AppRequest::DelWorker { worker }, Some(app)) => control
             .del_worker(app, WorkerMapIndex(worker))
             .map(|()| (AppReply::Done, Vec::new())),
+        (AppRequest::Post { thread, message }, Some(app)) => {
+            // Never answered, like a message on a queue.
+            post(app, thread, message, control);
+            return;
+        }
     };
     match result {
         Ok((r, fds)) => reply(c, id, &r, &fds),
@@ -399,6 +406,24 @@ fn serve_main_queue(c: &mut Client, control: &ControlPlane) {
             }
             Ok(None) => break,
             Err(e) => warn!(app = app.0, "main rx queue: {e}"),
+        }
+    }
+}
+
+/// A message an app without private rx queues sent over the socket: runs
+/// control requests here, as from its main queue, and hands io messages to
+/// their stack thread. A bad one is logged and dropped.
+fn post(app: AppIndex, thread: u32, message: RxMessage, control: &ControlPlane) {
+    match message {
+        RxMessage::Control(m) => control_message(app, m, control),
+        io => {
+            let r = control.call(move |l| l.post_app_message(app, thread, io));
+            if let Err(e) = r.and_then(|r| r) {
+                warn!(
+                    app = app.0,
+                    thread, "io message over the app socket dropped: {e}"
+                );
+            }
         }
     }
 }

@@ -60,6 +60,7 @@
 //! that are left before anything is allocated for it.
 
 use crate::app_event::ErrorCode;
+use crate::app_rx_queue::RxMessage;
 use crate::application::{AppOptions, SegmentKind};
 use crate::error::{SessionError, SessionResult};
 
@@ -88,6 +89,7 @@ const KIND_ATTACH: u8 = 0x01;
 const KIND_DETACH: u8 = 0x02;
 const KIND_ADD_WORKER: u8 = 0x03;
 const KIND_DEL_WORKER: u8 = 0x04;
+const KIND_POST: u8 = 0x05;
 const KIND_ATTACHED: u8 = 0x81;
 const KIND_WORKER_ADDED: u8 = 0x82;
 const KIND_DONE: u8 = 0x83;
@@ -221,6 +223,16 @@ pub enum AppRequest {
     DelWorker {
         /// The worker's map index.
         worker: u32,
+    },
+    /// A message for stack thread `thread`, from an app the stack gave no
+    /// private rx queues (what would otherwise go through the thread's rx
+    /// queue); never answered. Control requests are answered on the app
+    /// worker's event queue, as from a queue.
+    Post {
+        /// The stack thread (the main thread for control requests).
+        thread: u32,
+        /// The message.
+        message: RxMessage,
     },
 }
 
@@ -508,6 +520,12 @@ pub fn encode_request(id: u32, request: &AppRequest) -> Vec<u8> {
             w.u32(*worker);
             w.finish()
         }
+        AppRequest::Post { thread, message } => {
+            let mut w = Writer::frame(KIND_POST, id);
+            w.u32(*thread);
+            w.buf.extend_from_slice(&message.encode());
+            w.finish()
+        }
     }
 }
 
@@ -711,6 +729,10 @@ fn decode_request(kind: u8, id: u32, body: &[u8]) -> SessionResult<AppRequest> {
         KIND_DETACH => AppRequest::Detach,
         KIND_ADD_WORKER => AppRequest::AddWorker,
         KIND_DEL_WORKER => AppRequest::DelWorker { worker: r.u32()? },
+        KIND_POST => AppRequest::Post {
+            thread: r.u32()?,
+            message: RxMessage::decode(r.bytes(body.len() - r.at)?)?,
+        },
         k => return Err(corrupted(format_args!("unknown request kind {k:#x}"))),
     };
     r.finish(request)
@@ -770,7 +792,7 @@ fn decode_reply(kind: u8, id: u32, body: &[u8]) -> SessionResult<AppReply> {
 fn is_request_kind(kind: u8) -> bool {
     matches!(
         kind,
-        KIND_ATTACH | KIND_DETACH | KIND_ADD_WORKER | KIND_DEL_WORKER
+        KIND_ATTACH | KIND_DETACH | KIND_ADD_WORKER | KIND_DEL_WORKER | KIND_POST
     )
 }
 
@@ -928,6 +950,8 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app_rx_queue::{ControlMessage, IoMessage};
+    use crate::endpoint::{Endpoint, TransportProto};
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     fn options() -> WireOptions {
@@ -974,6 +998,25 @@ mod tests {
             AppRequest::Detach,
             AppRequest::AddWorker,
             AppRequest::DelWorker { worker: u32::MAX },
+            AppRequest::Post {
+                thread: 2,
+                message: RxMessage::Io(IoMessage::Tx {
+                    session: 7 << 32 | 9,
+                }),
+            },
+            AppRequest::Post {
+                thread: 0,
+                message: RxMessage::Control(ControlMessage::Connect {
+                    worker: 1,
+                    request: 5,
+                    proto: TransportProto::Udp,
+                    endpoint: Endpoint {
+                        ip: "fd00::7".parse().unwrap(),
+                        port: 9,
+                    },
+                    opaque: u64::MAX,
+                }),
+            },
         ]
     }
 

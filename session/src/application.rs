@@ -336,8 +336,9 @@ pub struct Application {
 pub struct ExternalParts {
     /// Where the queues are, for the attach reply.
     pub rx_info: crate::app_wire::RxQueuesInfo,
-    /// The queues' segment (its fd goes to the app).
-    pub rx_segment: crate::segment::Segment,
+    /// The queues' segment (its fd goes to the app); none when the layer
+    /// gives apps no private rx queues.
+    pub rx_segment: Option<crate::segment::Segment>,
     /// A copy of each queue's eventfd, in thread order (they go to the app).
     pub rx_eventfds: Vec<crate::eventfd::EventFd>,
     /// The main thread's queue, until the app socket server takes it.

@@ -79,6 +79,14 @@ pub enum WorkerCommand {
         /// The session.
         session: SessionHandle,
     },
+    /// A message an external app without private rx queues sent over its
+    /// app socket for this thread.
+    AppMessage {
+        /// The app.
+        app: AppIndex,
+        /// What it sent.
+        message: crate::app_rx_queue::RxMessage,
+    },
     /// Serve an external app's rx queue on this thread.
     AddAppQueue {
         /// The app.
@@ -233,6 +241,10 @@ pub struct SessionLayer {
     pub engines: CryptoEngines,
     /// Sizes an app that asks for 0 gets (a daemon's configured defaults).
     pub app_defaults: crate::application::AppSizeDefaults,
+    /// Whether external apps get an rx message queue per stack thread in
+    /// shared memory (true, the default). Without, their control requests
+    /// and io notifications come over the app socket, one system call each.
+    pub private_rx_queues: bool,
     owners: HashMap<SessionHandle, AppWorkerIndex>,
     threads: Vec<ThreadPort>,
     next_thread: usize,
@@ -272,6 +284,7 @@ impl SessionLayer {
             certs: CertKeyStore::new(),
             engines: CryptoEngines::new(),
             app_defaults: crate::application::AppSizeDefaults::default(),
+            private_rx_queues: true,
             owners: HashMap::new(),
             threads,
             next_thread: 0,
@@ -410,8 +423,25 @@ impl SessionLayer {
     }
 
     /// Creates an external app's rx queues (one per stack thread and one
-    /// for the main thread, last) and hands each stack thread its own.
+    /// for the main thread, last) and hands each stack thread its own; with
+    /// `private_rx_queues` off, records that the app has none.
     fn create_rx_queues(&mut self, app: AppIndex) -> SessionResult<()> {
+        if !self.private_rx_queues {
+            let a = self
+                .apps
+                .get_mut(app.as_usize())
+                .ok_or(SessionError::NoApp(app.0))?;
+            a.external = Some(crate::application::ExternalParts {
+                rx_info: crate::app_wire::RxQueuesInfo {
+                    segment_size: 0,
+                    queues: Vec::new(),
+                },
+                rx_segment: None,
+                rx_eventfds: Vec::new(),
+                main_queue: None,
+            });
+            return Ok(());
+        }
         let a = self
             .apps
             .get(app.as_usize())
@@ -440,7 +470,7 @@ impl SessionLayer {
         if let Some(a) = self.apps.get_mut(app.as_usize()) {
             a.external = Some(crate::application::ExternalParts {
                 rx_info,
-                rx_segment,
+                rx_segment: Some(rx_segment),
                 rx_eventfds,
                 main_queue,
             });
@@ -502,7 +532,9 @@ impl SessionLayer {
             .external
             .as_ref()
             .ok_or_else(|| SessionError::InvalidValue("not an external app".into()))?;
-        fds.push(ext.rx_segment.try_clone_fd()?);
+        if let Some(seg) = &ext.rx_segment {
+            fds.push(seg.try_clone_fd()?);
+        }
         for e in &ext.rx_eventfds {
             fds.push(e.try_clone()?.into_owned_fd());
         }
@@ -513,6 +545,26 @@ impl SessionLayer {
             rx_queues: ext.rx_info.clone(),
         };
         Ok((info, fds))
+    }
+
+    /// Hands a message an external app sent over its app socket (it has no
+    /// private rx queues) to stack thread `thread`, as if it had come
+    /// through the thread's rx queue.
+    pub fn post_app_message(
+        &mut self,
+        app: AppIndex,
+        thread: u32,
+        message: crate::app_rx_queue::RxMessage,
+    ) -> SessionResult<()> {
+        self.app(app)?;
+        if thread as usize >= self.threads.len() {
+            return Err(SessionError::InvalidValue(format!(
+                "no stack thread {thread} (there are {})",
+                self.threads.len()
+            )));
+        }
+        self.send(thread as usize, WorkerCommand::AppMessage { app, message });
+        Ok(())
     }
 
     /// Posts an event to app `app`'s worker `map_index` (external apps).

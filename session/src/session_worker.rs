@@ -459,6 +459,10 @@ impl SessionWorker {
             WorkerCommand::ShowSessions { reply } => {
                 let _ = reply.send((self.thread, self.session_infos()));
             }
+            WorkerCommand::AppMessage { app, message } => {
+                self.stats.app_messages.fetch_add(1, Relaxed);
+                self.app_message(app, message, tp);
+            }
             WorkerCommand::AddAppQueue { app, queue } => {
                 let fd = std::os::fd::AsRawFd::as_raw_fd(queue.eventfd());
                 self.app_queues.insert(app.0, *queue);

@@ -190,8 +190,14 @@ fn detach_frees_every_worker_listener_session_segment_and_table_entry() {
     .unwrap();
     // Hold the session open: pause the client so it never finishes reading.
     client.paused.store(true, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(100));
-    let mid = h.counters();
+    // The connect completes on the main thread and a worker: wait for it
+    // (a busy machine may take a while), not a fixed time.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let mut mid = h.counters();
+    while mid.sessions < 2 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+        mid = h.counters();
+    }
     assert_eq!(mid.apps, 2);
     assert_eq!(mid.app_workers, 3);
     assert!(

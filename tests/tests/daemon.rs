@@ -632,10 +632,10 @@ fn a_bad_config_is_refused_naming_the_key_the_line_and_the_expected_form() -> Re
     );
     let (_, err) = run_config(
         "d.toml",
-        &format!("{head}[session]\nprivate_rx_queues = false\n"),
+        &format!("{head}[session]\nprivate_rx_queues = \"no\"\n"),
     )?;
     assert!(
-        err.contains("d.toml:5:21: session.private_rx_queues: false is not supported yet"),
+        err.contains("d.toml:5:21: session.private_rx_queues: invalid type: string \"no\", expected a boolean"),
         "{err}"
     );
     let (_, err) = run_config(

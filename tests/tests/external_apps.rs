@@ -34,10 +34,20 @@ struct Host {
 
 impl Host {
     fn new(tag: &str) -> Result<Self> {
+        Self::with_rx_queues(tag, WorkerMode::Poll, true)
+    }
+
+    /// With `private_rx_queues` false, apps get no rx queues and send
+    /// their messages over the app socket.
+    fn with_rx_queues(tag: &str, mode: WorkerMode, private_rx_queues: bool) -> Result<Self> {
         require_root();
         let lab = Lab::up(LabConfig::new(&unique_lab_name(tag)))?;
         let cfg = StackConfig::new(&lab.host_if, lab.host_addresses());
-        let stack = Stack::start(&cfg, WorkerMode::Poll)?;
+        let stack = Stack::start(&cfg, mode)?;
+        stack
+            .control()
+            .call(move |l| l.private_rx_queues = private_rx_queues)
+            .map_err(anyhow::Error::msg)?;
         let socket = std::env::temp_dir().join(format!("{}.sock", lab.netns));
         let apps = stack.serve_apps(AppSocketConfig::new(&socket))?;
         Ok(Self {
@@ -86,6 +96,21 @@ impl Host {
         if !ok || v["ok"] != true {
             bail!("client failed: {v}");
         }
+        Ok(v)
+    }
+}
+
+impl Host {
+    /// An echo through the local-scope server on port 9, checked.
+    fn cut_through_client(&self, total: u64) -> Result<serde_json::Value> {
+        let v = self.client(&[
+            "--connect",
+            "127.0.0.1:9",
+            "--local-scope",
+            "--bytes",
+            &total.to_string(),
+        ])?;
+        assert_eq!(v["verified"].as_u64(), Some(total), "{v}");
         Ok(v)
     }
 }
@@ -150,15 +175,7 @@ fn two_external_processes_cut_through_1gib_with_no_syscall_per_write() -> Result
         "--name",
         "ct-echo",
     ])?;
-    let total = 1u64 << 30;
-    let v = h.client(&[
-        "--connect",
-        "127.0.0.1:9",
-        "--local-scope",
-        "--bytes",
-        &total.to_string(),
-    ])?;
-    assert_eq!(v["verified"].as_u64(), Some(total), "{v}");
+    let v = h.cut_through_client(1 << 30)?;
     let writes = v["writes"].as_u64().unwrap_or(0);
     let syscalls = v["data_path_syscalls"].as_u64().unwrap_or(u64::MAX);
     assert!(writes > 10_000, "{v}");
@@ -171,6 +188,46 @@ fn two_external_processes_cut_through_1gib_with_no_syscall_per_write() -> Result
         "cut-through echo: {:.2} GB/s each way ({writes} writes, {syscalls} syscalls); Unix socket pair one way: {unix:.2} GB/s",
         v["gbytes_per_s"].as_f64().unwrap_or(0.0)
     );
+    Ok(())
+}
+
+/// `private_rx_queues = false`: the apps get no rx queues; listen,
+/// connect and every io notification travel over the app socket, and
+/// everything still arrives.
+#[test]
+fn apps_without_private_rx_queues_send_everything_over_the_app_socket() -> Result<()> {
+    let h = Host::with_rx_queues("xs", WorkerMode::Interrupt, false)?;
+    let _echo = h.echo_server(&["--listen", "0.0.0.0:7", "--workers", "2"])?;
+    let host = h.lab.cfg.host4.addr.to_string();
+    let v = peer(&h.lab, &["stream", &host, "7", &(16u64 << 20).to_string()])?;
+    assert_eq!(v["ok"], true, "kernel client through the app: {v}");
+    let _local = h.echo_server(&["--listen", "0.0.0.0:9", "--local-scope", "--name", "ct"])?;
+    let v = h.cut_through_client(64 << 20)?;
+    // Every notification is a socket send now: the counter shows it.
+    let notes = v["notifications"].as_u64().unwrap_or(0);
+    let syscalls = v["data_path_syscalls"].as_u64().unwrap_or(0);
+    assert!(notes > 0 && syscalls >= notes, "{v}");
+    let mut kernel = Proc::spawn("kernel echo server", h.lab.peer(&["echo-server", "9007"]))?;
+    kernel.wait_for_line("{\"listening\"", Duration::from_secs(10))?;
+    let peer_addr = format!("{}:9007", h.lab.cfg.peer4.addr);
+    let v = h.client(&[
+        "--connect",
+        &peer_addr,
+        "--bytes",
+        &(4u64 << 20).to_string(),
+    ])?;
+    assert_eq!(v["verified"].as_u64(), Some(4 << 20), "connect out: {v}");
+    let queues = h
+        .stack()
+        .control()
+        .call(|l| {
+            l.apps()
+                .filter_map(|a| a.external.as_ref())
+                .map(|e| e.rx_info.queues.len())
+                .sum::<usize>()
+        })
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(queues, 0, "an app got rx queues");
     Ok(())
 }
 

@@ -250,6 +250,9 @@ pub struct DaemonConfig {
     pub namespaces: Vec<NamespaceSpec>,
     /// Sizes an app gets when it asks for 0.
     pub app_defaults: AppSizeDefaults,
+    /// External apps get an rx message queue per stack thread (true), or
+    /// send their requests over the app socket (false).
+    pub private_rx_queues: bool,
     /// Log filter, when the file sets one.
     pub log: Option<String>,
     /// Where to serve Prometheus metrics, if anywhere.
@@ -528,15 +531,7 @@ impl DaemonConfig {
 
         let s = &file.session;
         let mode = s.worker_mode.map_or(WorkerMode::Poll, |m| m.0);
-        if let Some(p) = &s.private_rx_queues {
-            if !*p.get_ref() {
-                return Err(src.at(
-                    p,
-                    "session.private_rx_queues",
-                    "false is not supported yet: hoststack always gives external apps private rx queues (expected true, or leave the key out)",
-                ));
-            }
-        }
+        let private_rx_queues = s.private_rx_queues.as_ref().is_none_or(|p| *p.get_ref());
         let base = AppSizeDefaults::default();
         let rx = size_in_range(
             src,
@@ -752,6 +747,7 @@ impl DaemonConfig {
                 tx_fifo_size: tx as u32,
                 event_queue_size,
             },
+            private_rx_queues,
             log,
             metrics,
         })
@@ -942,17 +938,13 @@ table = 3
     }
 
     #[test]
-    fn private_rx_queues_false_is_refused_as_not_supported() {
-        assert!(
-            DaemonConfig::parse(
-                &format!("{MINIMAL}[session]\nprivate_rx_queues = true\n"),
-                "t"
-            )
-            .is_ok()
-        );
-        let e = err(&format!("{MINIMAL}[session]\nprivate_rx_queues = false\n"));
+    fn private_rx_queues_default_to_true_and_can_be_turned_off() {
+        let parse = |extra: &str| DaemonConfig::parse(&format!("{MINIMAL}{extra}"), "t").unwrap();
+        assert!(parse("").private_rx_queues);
+        assert!(parse("[session]\nprivate_rx_queues = true\n").private_rx_queues);
+        assert!(!parse("[session]\nprivate_rx_queues = false\n").private_rx_queues);
+        let e = err(&format!("{MINIMAL}[session]\nprivate_rx_queues = 1\n"));
         assert_eq!((e.line, e.key.as_str()), (5, "session.private_rx_queues"));
-        assert!(e.message.contains("not supported yet"), "{e}");
     }
 
     #[test]

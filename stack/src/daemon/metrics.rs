@@ -436,6 +436,7 @@ mod tests {
                 rx_fifo_size: 0,
                 tx_fifo_size: 0,
                 event_queue_size: 0,
+                rx_queues: None,
                 workers: vec![AppWorkerView {
                     index: 0,
                     map_index: 1,

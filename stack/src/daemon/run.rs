@@ -180,11 +180,13 @@ impl Daemon {
         };
         // From here on, dropping `daemon` undoes everything.
         let defaults = cfg.app_defaults;
+        let private_rx_queues = cfg.private_rx_queues;
         let specs = cfg.namespaces.clone();
         let ifname = cfg.stack.interface.clone();
         ctx.control
             .call(move |l| {
                 l.app_defaults = defaults;
+                l.private_rx_queues = private_rx_queues;
                 for ns in &specs {
                     let interface = ns
                         .bind_interface

@@ -191,6 +191,9 @@ pub struct AppDetail {
     pub tx_fifo_size: u32,
     /// Event queue slots.
     pub event_queue_size: u32,
+    /// An external app's private rx queues (one per stack thread; 0 when
+    /// its requests come over the app socket); None for builtin apps.
+    pub rx_queues: Option<u32>,
     /// Its workers.
     pub workers: Vec<AppWorkerView>,
     /// Its listeners.
@@ -489,6 +492,15 @@ pub fn render_app_detail(a: &AppDetail) -> String {
         format_size(a.tx_fifo_size.into()),
         a.event_queue_size
     );
+    match a.rx_queues {
+        Some(0) => {
+            let _ = writeln!(s, "rx-queues none (requests come over the app socket)");
+        }
+        Some(n) => {
+            let _ = writeln!(s, "rx-queues {n} private (one per stack thread)");
+        }
+        None => {}
+    }
     let _ = writeln!(s, "workers:");
     for w in &a.workers {
         let _ = writeln!(
@@ -976,6 +988,7 @@ mod tests {
             rx_fifo_size: 512 << 10,
             tx_fifo_size: 64 << 10,
             event_queue_size: 2048,
+            rx_queues: Some(0),
             workers: vec![AppWorkerView {
                 index: 4,
                 map_index: 0,
@@ -1010,6 +1023,10 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("seg-size 32M"), "{t}");
+        assert!(
+            t.contains("rx-queues none (requests come over the app socket)"),
+            "{t}"
+        );
         assert!(t.contains("rx-fifo-size 512K tx-fifo-size 64K"), "{t}");
         assert!(t.contains("wrk-index 4 map-index 0 api-client 7"), "{t}");
         assert!(t.contains("accepted 3 connected 0 closed 2"), "{t}");

@@ -163,6 +163,7 @@ pub fn app_details(l: &SessionLayer, connects: &[SessionView]) -> Vec<AppDetail>
                 rx_fifo_size: o.rx_fifo_size,
                 tx_fifo_size: o.tx_fifo_size,
                 event_queue_size: o.event_queue_size,
+                rx_queues: a.external.as_ref().map(|e| e.rx_info.queues.len() as u32),
                 workers,
                 listeners: listeners(l, Some(a.index.0)),
                 connects: connects
