@@ -593,6 +593,11 @@ impl AppRxQueue {
         self.events.is_empty() && self.control.is_empty()
     }
 
+    /// Messages waiting in both rings (a snapshot).
+    pub fn len(&self) -> usize {
+        self.events.len() + self.control.len()
+    }
+
     /// Consumer, before sleeping on the eventfd: `true` if both rings are
     /// still empty and sleeping is safe, `false` if a message is ready.
     /// Each ring's check is fenced as [`MessageQueue::empty_before_sleep`]

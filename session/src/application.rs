@@ -339,8 +339,9 @@ pub struct ExternalParts {
     /// The queues' segment (its fd goes to the app); none when the layer
     /// gives apps no private rx queues.
     pub rx_segment: Option<crate::segment::Segment>,
-    /// A copy of each queue's eventfd, in thread order (they go to the app).
-    pub rx_eventfds: Vec<crate::eventfd::EventFd>,
+    /// Another handle on each queue, in thread order: their eventfds go to
+    /// the app, and `show app mq` reads their fill from them.
+    pub rx_watch: Vec<crate::app_rx_queue::AppRxQueue>,
     /// The main thread's queue, until the app socket server takes it.
     pub main_queue: Option<crate::app_rx_queue::AppRxQueue>,
 }

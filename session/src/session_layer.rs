@@ -437,7 +437,7 @@ impl SessionLayer {
                     queues: Vec::new(),
                 },
                 rx_segment: None,
-                rx_eventfds: Vec::new(),
+                rx_watch: Vec::new(),
                 main_queue: None,
             });
             return Ok(());
@@ -451,10 +451,10 @@ impl SessionLayer {
         let threads = self.threads.len() as u32 + 1;
         let queues = crate::app_rx_queue::AppRxQueues::create(&name, threads, slots)?;
         let rx_info = queues.info();
-        let rx_eventfds = queues
+        let rx_watch = queues
             .queues()
             .iter()
-            .map(|q| q.eventfd().try_clone())
+            .map(crate::app_rx_queue::AppRxQueue::try_clone)
             .collect::<SessionResult<Vec<_>>>()?;
         let (rx_segment, mut list) = queues.into_parts();
         let main_queue = list.pop();
@@ -471,7 +471,7 @@ impl SessionLayer {
             a.external = Some(crate::application::ExternalParts {
                 rx_info,
                 rx_segment: Some(rx_segment),
-                rx_eventfds,
+                rx_watch,
                 main_queue,
             });
         }
@@ -535,8 +535,8 @@ impl SessionLayer {
         if let Some(seg) = &ext.rx_segment {
             fds.push(seg.try_clone_fd()?);
         }
-        for e in &ext.rx_eventfds {
-            fds.push(e.try_clone()?.into_owned_fd());
+        for q in &ext.rx_watch {
+            fds.push(q.eventfd().try_clone()?.into_owned_fd());
         }
         let info = crate::app_wire::AttachInfo {
             app: app.0,

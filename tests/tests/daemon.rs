@@ -326,6 +326,13 @@ fn every_show_command_reports_the_apps_sessions_and_counters_in_text_and_json() 
         assert!(t.contains(&label), "{label} missing: {t}");
     }
     assert!(t.contains("rx queue, main thread"), "{t}");
+    // The rx queues report their fill (both rings) like the event queues.
+    assert!(
+        t.lines()
+            .filter(|l| l.contains("rx queue"))
+            .all(|l| l.contains(" used, eventfd")),
+        "{t}"
+    );
     let j = d.show_json("app mq")?;
     // echo-server: 2 event queues + 2 rx queues (worker, main thread);
     // blue-app: 1 + 2.

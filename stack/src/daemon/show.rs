@@ -1097,8 +1097,8 @@ mod tests {
                 kind: "rx".into(),
                 index: 1,
                 main_thread: true,
-                slots: 2048,
-                used: None,
+                slots: 3072,
+                used: Some(0),
                 eventfd: true,
             },
         ]);
@@ -1107,7 +1107,7 @@ mod tests {
             "{q}"
         );
         assert!(
-            q.contains("[A1][R1]     rx queue, main thread: 2048 slots, eventfd"),
+            q.contains("[A1][R1]     rx queue, main thread: 3072 slots, 0 used, eventfd"),
             "{q}"
         );
         let certs = render_certs(&[

@@ -210,8 +210,11 @@ pub fn queues(l: &SessionLayer, only: Option<u32>) -> Vec<QueueView> {
                     kind: "rx".into(),
                     index: t as u32,
                     main_thread: t + 1 == n,
-                    slots: slots.into(),
-                    used: None,
+                    // Both rings: io events and control requests.
+                    slots: ext.rx_watch.get(t).map_or(u64::from(slots), |q| {
+                        (q.io_capacity() + q.control_capacity()) as u64
+                    }),
+                    used: ext.rx_watch.get(t).map(|q| q.len() as u64),
                     eventfd: true,
                 });
             }
