@@ -42,6 +42,7 @@ pub mod segment_manager;
 pub mod session;
 pub mod session_layer;
 pub mod session_worker;
+pub mod thread_reach;
 pub mod transport;
 
 pub use error::{SessionError, SessionResult};

@@ -248,6 +248,7 @@ pub struct SessionLayer {
     owners: HashMap<SessionHandle, AppWorkerIndex>,
     threads: Vec<ThreadPort>,
     next_thread: usize,
+    reach: Vec<crate::thread_reach::ThreadReach>,
     local_addrs: Vec<IpAddr>,
     no_lookup: [bool; 2],
     segment_seq: u64,
@@ -288,6 +289,7 @@ impl SessionLayer {
             owners: HashMap::new(),
             threads,
             next_thread: 0,
+            reach: Vec::new(),
             local_addrs: Vec::new(),
             no_lookup: [false; 2],
             segment_seq: 0,
@@ -312,6 +314,13 @@ impl SessionLayer {
     /// loopback) is "local" and may be cut through.
     pub fn set_local_addresses(&mut self, addrs: Vec<IpAddr>) {
         self.local_addrs = addrs;
+    }
+
+    /// What each stack thread's interface reaches, in thread order: connects
+    /// go to a thread that reaches the remote (see `thread_reach`). Unset,
+    /// connects take every thread in turn.
+    pub fn set_thread_reach(&mut self, reach: Vec<crate::thread_reach::ThreadReach>) {
+        self.reach = reach;
     }
 
     /// Marks a transport as one whose listeners skip the global table.
@@ -1122,7 +1131,12 @@ impl SessionLayer {
                 "no local listener on {remote}"
             )));
         }
-        let thread = self.next_thread % self.threads.len();
+        let thread = crate::thread_reach::select_connect_thread(
+            &self.reach,
+            self.threads.len(),
+            remote.ip,
+            self.next_thread,
+        );
         self.next_thread = self.next_thread.wrapping_add(1);
         self.send(
             thread,

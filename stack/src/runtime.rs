@@ -6,6 +6,7 @@
 //! every worker reports ready or one fails, and returns handles to stop the
 //! workers, reach the session layer's control plane, and read counters.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
 use hoststack_session::control::{ControlPlane, control_plane};
 use hoststack_session::session_layer::{SessionLayer, ThreadPort, WorkerCommand};
 use hoststack_session::session_worker::{SessionWorker, SessionWorkerStats};
+use hoststack_session::thread_reach::ThreadReach;
 use tracing::{error, info};
 
 use crate::config::{DriverKind, StackConfig};
@@ -49,10 +51,12 @@ pub struct Stack {
     control: ControlPlane,
     main_stop: Arc<AtomicBool>,
     main: Option<JoinHandle<()>>,
-    capture: Arc<Capture>,
+    /// One per interface, by name.
+    captures: Vec<(String, Arc<Capture>)>,
 }
 
-type Ready = StackResult<(DeviceInfo, Arc<DriverCounters>)>;
+/// A worker's report: its thread index, its queue, its counters.
+type Ready = StackResult<(usize, DeviceInfo, Arc<DriverCounters>)>;
 
 /// A worker thread that has not reported ready yet.
 type PendingWorker = (
@@ -95,7 +99,7 @@ fn run_worker<D: PacketIo>(driver: StackResult<D>, setup: WorkerSetup) -> StackR
     });
     match worker {
         Ok((w, info, counters)) => {
-            let _ = ready.send(Ok((info, counters)));
+            let _ = ready.send(Ok((index, info, counters)));
             w.run()
         }
         Err(e) => {
@@ -106,20 +110,22 @@ fn run_worker<D: PacketIo>(driver: StackResult<D>, setup: WorkerSetup) -> StackR
     }
 }
 
-/// The session layer of a stack with `threads` workers: the shared layer,
-/// each worker's control block and command inbox.
+/// The session layer of a stack: the shared layer, each worker's control
+/// block and command inbox.
 struct SessionSetup {
     layer: Arc<Mutex<SessionLayer>>,
     controls: Vec<Arc<WorkerControl>>,
     inboxes: Vec<Receiver<WorkerCommand>>,
-    capture: Arc<Capture>,
 }
 
-fn session_setup(threads: usize, cfg: &StackConfig) -> StackResult<SessionSetup> {
+/// One stack thread per entry of `threads` (the interface config it
+/// serves), sharing one session layer that knows every interface's
+/// addresses and what each thread reaches.
+fn session_setup(threads: &[&StackConfig]) -> StackResult<SessionSetup> {
     let mut controls = Vec::new();
     let mut inboxes = Vec::new();
     let mut ports = Vec::new();
-    for _ in 0..threads {
+    for _ in threads {
         let control = Arc::new(WorkerControl::new()?);
         let (tx, rx) = mpsc::channel();
         let c = control.clone();
@@ -131,12 +137,29 @@ fn session_setup(threads: usize, cfg: &StackConfig) -> StackResult<SessionSetup>
         inboxes.push(rx);
     }
     let mut layer = SessionLayer::new(ports);
-    layer.set_local_addresses(cfg.addresses.iter().map(|a| a.addr).collect());
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    for cfg in threads {
+        for a in &cfg.addresses {
+            if !addrs.contains(&a.addr) {
+                addrs.push(a.addr);
+            }
+        }
+    }
+    layer.set_local_addresses(addrs);
+    layer.set_thread_reach(
+        threads
+            .iter()
+            .map(|cfg| ThreadReach {
+                subnets: cfg.addresses.iter().map(|a| (a.addr, a.prefix)).collect(),
+                gateway_v4: cfg.gateway.is_some_and(|g| g.is_ipv4()),
+                gateway_v6: cfg.gateway.is_some_and(|g| g.is_ipv6()),
+            })
+            .collect(),
+    );
     Ok(SessionSetup {
         layer: Arc::new(Mutex::new(layer)),
         controls,
         inboxes,
-        capture: Arc::default(),
     })
 }
 
@@ -144,14 +167,42 @@ impl Stack {
     /// Opens the configured interface's queues and starts one worker per
     /// queue; apps attach through [`control`](Self::control).
     pub fn start(cfg: &StackConfig, mode: WorkerMode) -> StackResult<Self> {
-        cfg.validate()?;
+        Self::start_interfaces(std::slice::from_ref(cfg), mode)
+    }
+
+    /// Opens the queues of every interface in `cfgs` and starts one worker
+    /// per queue, all under one session layer. Threads are numbered
+    /// interface by interface, queue by queue; without configured cores,
+    /// thread t runs on core t modulo the number of cores.
+    pub fn start_interfaces(cfgs: &[StackConfig], mode: WorkerMode) -> StackResult<Self> {
+        if cfgs.is_empty() {
+            return Err(StackError::Config("no interface to run on".into()));
+        }
+        for (i, cfg) in cfgs.iter().enumerate() {
+            cfg.validate()?;
+            if cfgs[..i].iter().any(|c| c.interface == cfg.interface) {
+                return Err(StackError::Config(format!(
+                    "interface {} is configured twice",
+                    cfg.interface
+                )));
+            }
+        }
+        let threads: Vec<(usize, u32)> = cfgs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| (0..c.queues).map(move |q| (i, q)))
+            .collect();
+        let per_thread: Vec<&StackConfig> = threads.iter().map(|&(i, _)| &cfgs[i]).collect();
+        let captures: Vec<Arc<Capture>> = cfgs.iter().map(|_| Arc::default()).collect();
         let (tx, rx) = mpsc::channel::<Ready>();
         let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-        let setup = session_setup(cfg.queues as usize, cfg)?;
+        let setup = session_setup(&per_thread)?;
         let mut pending = Vec::new();
-        for (q, (control, inbox)) in setup.controls.into_iter().zip(setup.inboxes).enumerate() {
+        for (t, (control, inbox)) in setup.controls.into_iter().zip(setup.inboxes).enumerate() {
+            let (iface, q) = threads[t];
+            let cfg = &cfgs[iface];
             let stats = Arc::new(WorkerStats::default());
-            let core = match cfg.cores.get(q) {
+            let core = match cfg.cores.get(q as usize) {
                 Some(&c) => core_ids
                     .iter()
                     .find(|id| id.id == c)
@@ -162,30 +213,30 @@ impl Stack {
                             core_ids.len()
                         ))
                     })?,
-                None => match core_ids.get(q % core_ids.len().max(1)) {
+                None => match core_ids.get(t % core_ids.len().max(1)) {
                     Some(&c) => c,
                     None => core_affinity::CoreId { id: 0 },
                 },
             };
-            let session = SessionWorker::new(q as u32, setup.layer.clone(), inbox);
+            let session = SessionWorker::new(t as u32, setup.layer.clone(), inbox);
             let session_stats = session.stats();
             let ws = WorkerSetup {
-                index: q,
+                index: t,
                 cfg: cfg.clone(),
                 mode,
                 session,
                 control: control.clone(),
                 stats: stats.clone(),
                 ready: tx.clone(),
-                capture: setup.capture.clone(),
+                capture: captures[iface].clone(),
             };
             let thread = std::thread::Builder::new()
-                .name(format!("hs-worker-{q}"))
+                .name(format!("hs-worker-{t}"))
                 .spawn(move || {
                     core_affinity::set_for_current(core);
                     match ws.cfg.driver {
                         DriverKind::AfXdp => {
-                            let mut x = XdpConfig::new(&ws.cfg.interface, q as u32);
+                            let mut x = XdpConfig::new(&ws.cfg.interface, q);
                             x.attach = ws.cfg.xdp_mode;
                             x.copy = ws.cfg.xdp_copy;
                             run_worker(XdpQueue::open(&x).map_err(StackError::from), ws)
@@ -200,7 +251,12 @@ impl Stack {
             pending.push((control, stats, session_stats, thread));
         }
         drop(tx);
-        Self::collect(pending, rx, setup.layer, setup.capture)
+        let captures = cfgs
+            .iter()
+            .map(|c| c.interface.clone())
+            .zip(captures)
+            .collect();
+        Self::collect(pending, rx, setup.layer, captures)
     }
 
     /// Starts one worker over an already-open driver queue (the in-memory
@@ -211,7 +267,8 @@ impl Stack {
         mode: WorkerMode,
     ) -> StackResult<Self> {
         let (tx, rx) = mpsc::channel::<Ready>();
-        let setup = session_setup(1, cfg)?;
+        let setup = session_setup(&[cfg])?;
+        let capture = Arc::<Capture>::default();
         let (control, inbox) = setup
             .controls
             .into_iter()
@@ -229,7 +286,7 @@ impl Stack {
             control: control.clone(),
             stats: stats.clone(),
             ready: tx,
-            capture: setup.capture.clone(),
+            capture: capture.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("hs-worker-0".into())
@@ -239,7 +296,7 @@ impl Stack {
             vec![(control, stats, session_stats, thread)],
             rx,
             setup.layer,
-            setup.capture,
+            vec![(cfg.interface.clone(), capture)],
         )
     }
 
@@ -247,7 +304,7 @@ impl Stack {
         pending: Vec<PendingWorker>,
         rx: mpsc::Receiver<Ready>,
         layer: Arc<Mutex<SessionLayer>>,
-        capture: Arc<Capture>,
+        captures: Vec<(String, Arc<Capture>)>,
     ) -> StackResult<Self> {
         let mut readies = Vec::new();
         let mut first_err = None;
@@ -272,13 +329,13 @@ impl Stack {
             }
             return Err(e);
         }
-        // Workers report in any order; match them back by queue.
-        readies.sort_by_key(|(info, _)| info.queue);
+        // Workers report in any order; match them back by thread.
+        readies.sort_by_key(|(t, _, _)| *t);
         let workers = pending
             .into_iter()
             .zip(readies)
             .map(
-                |((control, stats, session_stats, thread), (info, counters))| {
+                |((control, stats, session_stats, thread), (_, info, counters))| {
                     info!(queue = info.queue, mode = %info.mode, "worker running on {}", info.name);
                     WorkerHandle {
                         info,
@@ -307,7 +364,7 @@ impl Stack {
             control,
             main_stop,
             main: Some(main),
-            capture,
+            captures,
         })
     }
 
@@ -321,9 +378,12 @@ impl Stack {
         &self.control
     }
 
-    /// The stack's packet capture switch.
-    pub fn capture(&self) -> &Arc<Capture> {
-        &self.capture
+    /// The packet capture switch of interface `name`.
+    pub fn capture(&self, name: &str) -> Option<&Arc<Capture>> {
+        self.captures
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
     }
 
     /// Starts serving external apps on a Unix socket; the server stops (and

@@ -16,7 +16,8 @@ use hoststack_session::app_client::App;
 use hoststack_session::application::AppOptions;
 use hoststack_stack::cli::enter_netns;
 use hoststack_tests::{
-    Lab, LabConfig, Proc, example_bin, hoststack_bin, require_root, unique_lab_name,
+    Lab, LabConfig, Proc, example_bin, hoststack_bin, last_json, peer, require_root,
+    unique_lab_name,
 };
 use serde_json::Value;
 
@@ -565,7 +566,7 @@ fn bad_show_input_namespace_and_cert_commands_answer_as_documented() -> Result<(
     assert!(
         d.fails(&["namespace", "add", "--id", "x", "--interface", "eth77"])?
             .1
-            .contains("not this daemon's interface")
+            .contains("no interface eth77 in this daemon")
     );
     let out = d.cli(&[
         "namespace",
@@ -851,5 +852,71 @@ fn sigterm_detaches_apps_and_leaves_no_xdp_program_or_socket_file_and_a_second_d
     }
     let lock = format!("/run/hoststack/locks/host--{host_if}.lock");
     assert!(!Path::new(&lock).exists(), "{lock} is left behind");
+    Ok(())
+}
+
+/// One daemon on two veth labs (two interfaces, two subnets): the app's
+/// listener answers kernel clients on both, outgoing connects leave through
+/// the interface on the remote's subnet, and `show` and `pcap` know both.
+#[test]
+fn a_daemon_on_two_interfaces_serves_both_and_connects_out_through_the_right_one() -> Result<()> {
+    require_root();
+    // Declared first, dropped last: after the daemon.
+    let second = Lab::up(LabConfig::new(&unique_lab_name("t2")).with_subnet(5))?;
+    let table = format!(
+        "[[interface]]\nname = \"{}\"\naddresses = [\"{}\", \"{}\"]\n",
+        second.host_if, second.cfg.host4, second.cfg.host6
+    );
+    let d = Daemon::start("t1", |_| table.clone())?;
+    let ifs = d.show_json("interface")?;
+    let names: Vec<&str> = ifs
+        .as_array()
+        .context("interface list")?
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert_eq!(names, [d.lab.host_if.as_str(), second.host_if.as_str()]);
+    let _echo = d.echo_server()?;
+    // Kernel clients on both interfaces reach the one listener.
+    for lab in [&d.lab, &second] {
+        let host = lab.cfg.host4.addr.to_string();
+        let v = peer(lab, &["stream", &host, "7", &(4u64 << 20).to_string()])?;
+        assert_eq!(v["ok"], true, "{}: {v}", lab.host_if);
+    }
+    // Outgoing connects to kernel servers behind each interface.
+    for lab in [&second, &d.lab] {
+        let mut kernel = Proc::spawn("kernel echo server", lab.peer(&["echo-server", "9007"]))?;
+        kernel.wait_for_line("{\"listening\"", Duration::from_secs(10))?;
+        let mut cmd = Command::new(example_bin("throughput_client"));
+        cmd.arg("--socket").arg(d.path("app.sock")).args([
+            "--connect",
+            &format!("{}:9007", lab.cfg.peer4.addr),
+            "--bytes",
+            &(2u64 << 20).to_string(),
+        ]);
+        let (ok, out) = Proc::spawn("external client", cmd)?.wait(Duration::from_secs(60))?;
+        let v = last_json(&out)?;
+        assert!(ok && v["verified"] == 2 << 20, "via {}: {v}", lab.host_if);
+    }
+    // A capture on the second interface only.
+    let file = d.path("second.pcap");
+    let file_arg = file.display().to_string();
+    let started = [
+        "pcap",
+        "start",
+        "--interface",
+        &second.host_if,
+        "--file",
+        &file_arg,
+    ];
+    assert!(d.cli(&started)?.status.success());
+    let ifs = d.show_json("interface")?;
+    assert_eq!(ifs[0]["capturing"], false, "{ifs}");
+    assert_eq!(ifs[1]["capturing"], true, "{ifs}");
+    assert!(
+        d.cli(&["pcap", "stop", "--interface", &second.host_if])?
+            .status
+            .success()
+    );
     Ok(())
 }

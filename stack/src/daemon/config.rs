@@ -9,9 +9,11 @@
 //! `[[interface]]` table is a complete config. `hoststack.toml.example` at
 //! the repository root documents every key.
 //!
-//! A daemon runs exactly one interface. Its queues share one session layer,
-//! so every app sees all of them. To serve a second interface, start a
-//! second daemon with its own control and app sockets.
+//! A daemon runs one or more interfaces (`[[interface]]` tables, all in
+//! one network namespace). All their queues share one session layer, so
+//! every app sees all of them; an outgoing connect leaves through the
+//! interface whose subnet (or, failing that, default route) reaches the
+//! remote.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -222,24 +224,107 @@ pub struct NamespaceSpec {
     pub secret: u64,
     /// Bound to the daemon's interface: its apps may only bind the
     /// interface's addresses.
-    pub bind_interface: bool,
+    pub bind_interface: Option<String>,
     /// FIB (table) index of its global sessions.
     pub table: u32,
     /// Where its apps attach.
     pub app_socket: PathBuf,
 }
 
+/// One interface of a daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonInterface {
+    /// The interface, its queues, their cores, addresses and TCP tuning.
+    pub stack: StackConfig,
+    /// MTU to set on the interface before opening it.
+    pub mtu: Option<u32>,
+}
+
+/// An `[[interface]]` table, checked on its own.
+struct CheckedInterface {
+    name: String,
+    driver: DriverKind,
+    xdp_mode: XdpAttachMode,
+    xdp_copy: XdpCopyMode,
+    queues: u32,
+    addresses: Vec<AddrPrefix>,
+    gateway: Option<IpAddr>,
+    mtu: Option<u32>,
+    netns: Option<String>,
+}
+
+/// Checks the `i`-th `[[interface]]` table.
+fn check_interface(
+    src: &Source<'_>,
+    i: usize,
+    iface: &Spanned<InterfaceSection>,
+) -> Result<CheckedInterface, ConfigError> {
+    let key = |k: &str| format!("interface[{i}].{k}");
+    let iface = iface.get_ref();
+    let name = iface.name.get_ref().clone();
+    if !valid_ifname(&name) {
+        return Err(src.at(
+            &iface.name,
+            &key("name"),
+            format!("'{name}' is not an interface name (1-{IFNAME_MAX} characters, no '/', ':' or spaces)"),
+        ));
+    }
+    let addresses: Vec<AddrPrefix> = match &iface.addresses {
+        Some(a) if !a.get_ref().is_empty() => a.get_ref().iter().map(|p| p.0).collect(),
+        Some(a) => {
+            return Err(src.at(
+                a,
+                &key("addresses"),
+                "no address: list at least one, e.g. [\"10.77.0.1/24\"]",
+            ));
+        }
+        None => {
+            return Err(src.at(
+                &iface.name,
+                &key("addresses"),
+                "missing: the addresses hoststack owns on the interface, e.g. addresses = [\"10.77.0.1/24\", \"fd77::1/64\"]",
+            ));
+        }
+    };
+    let driver = iface.driver.as_ref().map_or(DriverKind::AfXdp, |d| d.0);
+    let queues = match &iface.queues {
+        Some(q) => in_range(src, q, &key("queues"), 1, 64, "one worker per queue")?,
+        None => 1,
+    };
+    if driver == DriverKind::UringTap && queues != 1 {
+        let at = iface.queues.as_ref().map(|q| q.span());
+        return Err(src.error(
+            at,
+            &key("queues"),
+            "the uring-tap driver runs one queue (expected 1)",
+        ));
+    }
+    let mtu = match &iface.mtu {
+        Some(m) => Some(in_range(src, m, &key("mtu"), 576, 9216, "bytes")?),
+        None => None,
+    };
+    Ok(CheckedInterface {
+        name,
+        driver,
+        xdp_mode: iface.xdp_mode.as_ref().map_or(XdpAttachMode::Auto, |m| m.0),
+        xdp_copy: iface.xdp_copy.as_ref().map_or(XdpCopyMode::Auto, |m| m.0),
+        queues,
+        addresses,
+        gateway: iface.gateway,
+        mtu,
+        netns: iface.netns.clone(),
+    })
+}
+
 /// A checked daemon configuration.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
-    /// The interface, its queues, workers and TCP tuning.
-    pub stack: StackConfig,
+    /// The interfaces, in file order: queues, workers and TCP tuning each.
+    pub interfaces: Vec<DaemonInterface>,
     /// How workers wait for work.
     pub mode: WorkerMode,
-    /// Network namespace to enter before opening the interface.
+    /// Network namespace to enter before opening the interfaces.
     pub netns: Option<String>,
-    /// MTU to set on the interface before opening it.
-    pub mtu: Option<u32>,
     /// Directory of the default socket paths.
     pub runtime_dir: PathBuf,
     /// The control socket.
@@ -439,73 +524,42 @@ impl DaemonConfig {
     }
 
     fn check(src: &Source<'_>, file: FileConfig) -> Result<Self, ConfigError> {
-        let mut interfaces = file.interface.into_iter();
-        let Some(iface) = interfaces.next() else {
+        if file.interface.is_empty() {
             return Err(src.error(
                 None,
                 "interface",
                 "no [[interface]] table: a daemon needs one interface (name and addresses)",
             ));
-        };
-        if let Some(second) = interfaces.next() {
-            return Err(src.at(
-                &second,
-                "interface[1]",
-                "a daemon runs one interface; start one daemon per interface, each with its own control and app sockets",
-            ));
         }
-        let iface = iface.into_inner();
-        let name = iface.name.get_ref().clone();
-        if !valid_ifname(&name) {
-            return Err(src.at(
-                &iface.name,
-                "interface[0].name",
-                format!("'{name}' is not an interface name (1-{IFNAME_MAX} characters, no '/', ':' or spaces)"),
-            ));
-        }
-        let addresses: Vec<AddrPrefix> = match &iface.addresses {
-            Some(a) if !a.get_ref().is_empty() => a.get_ref().iter().map(|p| p.0).collect(),
-            Some(a) => {
+        let mut ifaces: Vec<CheckedInterface> = Vec::new();
+        for (i, iface) in file.interface.iter().enumerate() {
+            let checked = check_interface(src, i, iface)?;
+            if ifaces.iter().any(|c| c.name == checked.name) {
                 return Err(src.at(
-                    a,
-                    "interface[0].addresses",
-                    "no address: list at least one, e.g. [\"10.77.0.1/24\"]",
+                    &iface.get_ref().name,
+                    &format!("interface[{i}].name"),
+                    format!("interface {} is configured twice", checked.name),
                 ));
             }
-            None => {
+            if i > 0 && checked.netns != ifaces[0].netns {
                 return Err(src.at(
-                    &iface.name,
-                    "interface[0].addresses",
-                    "missing: the addresses hoststack owns on the interface, e.g. addresses = [\"10.77.0.1/24\", \"fd77::1/64\"]",
+                    iface,
+                    &format!("interface[{i}].netns"),
+                    "every interface of a daemon lives in the same network namespace (expected the netns of interface[0])",
                 ));
             }
-        };
-        let driver = iface.driver.map_or(DriverKind::AfXdp, |d| d.0);
-        let queues = match &iface.queues {
-            Some(q) => in_range(src, q, "interface[0].queues", 1, 64, "one worker per queue")?,
-            None => 1,
-        };
-        if driver == DriverKind::UringTap && queues != 1 {
-            let at = iface.queues.as_ref().map(|q| q.span());
-            return Err(src.error(
-                at,
-                "interface[0].queues",
-                "the uring-tap driver runs one queue (expected 1)",
-            ));
+            ifaces.push(checked);
         }
-        let mtu = match &iface.mtu {
-            Some(m) => Some(in_range(src, m, "interface[0].mtu", 576, 9216, "bytes")?),
-            None => None,
-        };
+        let total_queues: u32 = ifaces.iter().map(|c| c.queues).sum();
         let cores = match &file.workers.cores {
             Some(c) => {
                 let list = c.get_ref().clone();
-                if list.len() != queues as usize {
+                if list.len() != total_queues as usize {
                     return Err(src.at(
                         c,
                         "workers.cores",
                         format!(
-                            "{} cores for {queues} queues (expected one core per queue)",
+                            "{} cores for {total_queues} queues (expected one core per queue, interface by interface)",
                             list.len()
                         ),
                     ));
@@ -673,18 +727,21 @@ impl DaemonConfig {
                 ));
             }
             let bind_interface = match &ns.interface {
-                Some(b) if *b.get_ref() == name => true,
+                Some(b) if ifaces.iter().any(|c| c.name == *b.get_ref()) => {
+                    Some(b.get_ref().clone())
+                }
                 Some(b) => {
+                    let names: Vec<&str> = ifaces.iter().map(|c| c.name.as_str()).collect();
                     return Err(src.at(
                         b,
                         &key("interface"),
                         format!(
-                            "'{}' is not this daemon's interface (expected '{name}')",
+                            "'{}' is not one of this daemon's interfaces (expected one of {names:?})",
                             b.get_ref()
                         ),
                     ));
                 }
-                None => false,
+                None => None,
             };
             let path = ns.app_socket.as_ref().map_or_else(
                 || runtime_dir.join(format!("app-{id}.sock")),
@@ -711,31 +768,40 @@ impl DaemonConfig {
             });
         }
 
-        let stack = StackConfig {
-            interface: name,
-            driver,
-            xdp_mode: iface.xdp_mode.map_or(XdpAttachMode::Auto, |m| m.0),
-            xdp_copy: iface.xdp_copy.map_or(XdpCopyMode::Auto, |m| m.0),
-            queues,
-            cores,
-            addresses,
-            gateway: iface.gateway,
-            tcp: TcpTuning {
-                buffer: tcp_buffer as usize,
-                ..TcpTuning::default()
-            },
-            seed: 0,
-            inject_loss: 0,
-        };
-        // What is left to check is the stack's own rules.
-        stack
-            .validate()
-            .map_err(|e| src.error(Some(0..0), "interface[0]", e.to_string()))?;
+        let mut interfaces = Vec::new();
+        let mut next_core = 0;
+        let netns = ifaces[0].netns.clone();
+        for (i, c) in ifaces.into_iter().enumerate() {
+            let stack = StackConfig {
+                interface: c.name,
+                driver: c.driver,
+                xdp_mode: c.xdp_mode,
+                xdp_copy: c.xdp_copy,
+                queues: c.queues,
+                cores: cores
+                    .get(next_core..next_core + c.queues as usize)
+                    .map(<[usize]>::to_vec)
+                    .unwrap_or_default(),
+                addresses: c.addresses,
+                gateway: c.gateway,
+                tcp: TcpTuning {
+                    buffer: tcp_buffer as usize,
+                    ..TcpTuning::default()
+                },
+                seed: 0,
+                inject_loss: 0,
+            };
+            next_core += c.queues as usize;
+            // What is left to check is the stack's own rules.
+            stack
+                .validate()
+                .map_err(|e| src.error(Some(0..0), &format!("interface[{i}]"), e.to_string()))?;
+            interfaces.push(DaemonInterface { stack, mtu: c.mtu });
+        }
         Ok(Self {
-            stack,
+            interfaces,
             mode,
-            netns: iface.netns,
-            mtu,
+            netns,
             runtime_dir,
             control_socket,
             app_socket,
@@ -774,9 +840,9 @@ mod tests {
     #[test]
     fn one_interface_is_a_complete_config_with_defaults() {
         let c = DaemonConfig::parse(MINIMAL, "t.toml").unwrap();
-        assert_eq!(c.stack.interface, "veth0");
-        assert_eq!(c.stack.queues, 1);
-        assert_eq!(c.stack.driver, DriverKind::AfXdp);
+        assert_eq!(c.interfaces[0].stack.interface, "veth0");
+        assert_eq!(c.interfaces[0].stack.queues, 1);
+        assert_eq!(c.interfaces[0].stack.driver, DriverKind::AfXdp);
         assert_eq!(c.mode, WorkerMode::Poll);
         assert_eq!(c.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
         assert_eq!(c.app_socket, Path::new("/run/hoststack/app.sock"));
@@ -839,14 +905,17 @@ interface = "eth1"
 table = 3
 "#;
         let c = DaemonConfig::parse(text, "t.toml").unwrap();
-        assert_eq!(c.stack.queues, 2);
-        assert_eq!(c.stack.xdp_mode, XdpAttachMode::Generic);
-        assert_eq!(c.stack.xdp_copy, XdpCopyMode::Copy);
-        assert_eq!(c.stack.cores, vec![0, 0]);
-        assert_eq!(c.stack.gateway, Some("10.0.0.254".parse().unwrap()));
-        assert_eq!(c.stack.tcp.buffer, 2 << 20);
+        assert_eq!(c.interfaces[0].stack.queues, 2);
+        assert_eq!(c.interfaces[0].stack.xdp_mode, XdpAttachMode::Generic);
+        assert_eq!(c.interfaces[0].stack.xdp_copy, XdpCopyMode::Copy);
+        assert_eq!(c.interfaces[0].stack.cores, vec![0, 0]);
+        assert_eq!(
+            c.interfaces[0].stack.gateway,
+            Some("10.0.0.254".parse().unwrap())
+        );
+        assert_eq!(c.interfaces[0].stack.tcp.buffer, 2 << 20);
         assert_eq!(c.mode, WorkerMode::Adaptive);
-        assert_eq!(c.mtu, Some(1500));
+        assert_eq!(c.interfaces[0].mtu, Some(1500));
         assert_eq!(c.netns.as_deref(), Some("lab"));
         assert_eq!(c.control_socket, Path::new("/tmp/hs/ctl.sock"));
         assert_eq!(c.log.as_deref(), Some("info"));
@@ -866,7 +935,7 @@ table = 3
             vec![NamespaceSpec {
                 id: "blue".into(),
                 secret: 42,
-                bind_interface: true,
+                bind_interface: Some("eth1".into()),
                 table: 3,
                 app_socket: "/tmp/hs/app-blue.sock".into(),
             }]
@@ -948,12 +1017,48 @@ table = 3
     }
 
     #[test]
-    fn a_second_interface_or_none_is_refused() {
+    fn several_interfaces_share_the_cores_in_order_and_none_is_refused() {
+        let two = format!(
+            "{MINIMAL}queues = 1\n[[interface]]\nname = \"veth1\"\naddresses = [\"10.1.0.1/24\"]\ngateway = \"10.1.0.254\"\nmtu = 1400\n[workers]\ncores = [1, 0]\n[[namespace]]\nid = \"red\"\nsecret = 1\ninterface = \"veth1\"\n"
+        );
+        let c = DaemonConfig::parse(&two, "t").unwrap();
+        let names: Vec<&str> = c
+            .interfaces
+            .iter()
+            .map(|i| i.stack.interface.as_str())
+            .collect();
+        assert_eq!(names, ["veth0", "veth1"]);
+        assert_eq!(c.interfaces[0].stack.cores, vec![1]);
+        assert_eq!(c.interfaces[1].stack.cores, vec![0]);
+        assert_eq!(c.interfaces[1].mtu, Some(1400));
+        assert_eq!(
+            c.interfaces[1].stack.gateway,
+            Some("10.1.0.254".parse().unwrap())
+        );
+        assert_eq!(c.namespaces[0].bind_interface.as_deref(), Some("veth1"));
+        // Mistakes in the second table name it.
         let e = err(&format!(
-            "{MINIMAL}[[interface]]\nname = \"veth1\"\naddresses = [\"10.1.0.1/24\"]\n"
+            "{MINIMAL}[[interface]]\nname = \"veth1\"\naddresses = []\n"
         ));
-        assert_eq!((e.line, e.key.as_str()), (4, "interface[1]"));
-        assert!(e.message.contains("one interface"), "{e}");
+        assert_eq!((e.line, e.key.as_str()), (6, "interface[1].addresses"));
+        let e = err(&format!(
+            "{MINIMAL}[[interface]]\nname = \"veth0\"\naddresses = [\"10.1.0.1/24\"]\n"
+        ));
+        assert_eq!((e.line, e.key.as_str()), (5, "interface[1].name"));
+        assert!(e.message.contains("configured twice"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[[interface]]\nname = \"veth1\"\naddresses = [\"10.1.0.1/24\"]\nnetns = \"other\"\n"
+        ));
+        assert_eq!(e.key, "interface[1].netns");
+        let e = err(&format!(
+            "{MINIMAL}[[interface]]\nname = \"veth1\"\naddresses = [\"10.1.0.1/24\"]\n[workers]\ncores = [0]\n"
+        ));
+        assert_eq!(e.key, "workers.cores");
+        assert!(e.message.contains("1 cores for 2 queues"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[[namespace]]\nid = \"red\"\nsecret = 1\ninterface = \"veth9\"\n"
+        ));
+        assert_eq!(e.key, "namespace[0].interface");
         let e = err("[session]\nworker_mode = \"poll\"\n");
         assert_eq!(e.line, 0);
         assert!(
@@ -970,7 +1075,7 @@ table = 3
         assert_eq!((e.line, e.key.as_str()), (5, "namespace[0].id"));
         let e = err(&ns("id = \"a\"\ninterface = \"eth9\""));
         assert_eq!((e.line, e.key.as_str()), (6, "namespace[0].interface"));
-        assert!(e.message.contains("expected 'veth0'"), "{e}");
+        assert!(e.message.contains("expected one of [\"veth0\"]"), "{e}");
         let e = err(&format!(
             "{MINIMAL}[[namespace]]\nid = \"a\"\n[[namespace]]\nid = \"a\"\n"
         ));

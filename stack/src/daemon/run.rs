@@ -29,6 +29,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::cli::enter_netns;
+use crate::config::StackConfig;
 use crate::daemon::config::DaemonConfig;
 use crate::daemon::control::{ControlServer, Request, Response, socket_in_use};
 use crate::daemon::lock::{InterfaceLock, LOCK_DIR};
@@ -52,17 +53,23 @@ const DEFAULT_NS: &str = "default";
 pub struct DaemonCtx {
     control: ControlPlane,
     workers: Vec<WorkerProbe>,
-    capture: Arc<Capture>,
-    interface: String,
-    addresses: Vec<IpAddr>,
+    interfaces: Vec<CtxInterface>,
     runtime_dir: PathBuf,
     sockets: Mutex<BTreeMap<String, AppSocketServer>>,
 }
 
+/// One interface as the control socket sees it.
+struct CtxInterface {
+    name: String,
+    addresses: Vec<IpAddr>,
+    capture: Arc<Capture>,
+}
+
 impl std::fmt::Debug for DaemonCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.interfaces.iter().map(|i| i.name.as_str()).collect();
         f.debug_struct("DaemonCtx")
-            .field("interface", &self.interface)
+            .field("interfaces", &names)
             .finish_non_exhaustive()
     }
 }
@@ -85,7 +92,7 @@ pub struct Daemon {
     stack: Option<Stack>,
     control_server: Option<ControlServer>,
     metrics: Option<MetricsServer>,
-    lock: Option<InterfaceLock>,
+    locks: Vec<InterfaceLock>,
     control_socket: PathBuf,
     app_socket: PathBuf,
 }
@@ -114,13 +121,11 @@ fn set_mtu(netns: Option<&str>, interface: &str, mtu: u32) -> StackResult<()> {
     Ok(())
 }
 
-/// The core worker `q` runs on, as `Stack::start` picks it.
-fn core_of(cores: &[usize], q: usize) -> Option<usize> {
-    if let Some(&c) = cores.get(q) {
-        return Some(c);
-    }
+/// The core thread `t` runs on when none is configured, as
+/// `Stack::start_interfaces` picks it.
+fn default_core(t: usize) -> Option<usize> {
     let ids = core_affinity::get_core_ids().unwrap_or_default();
-    ids.get(q % ids.len().max(1)).map(|c| c.id)
+    ids.get(t % ids.len().max(1)).map(|c| c.id)
 }
 
 impl Daemon {
@@ -140,32 +145,51 @@ impl Daemon {
                 )));
             }
         }
-        let lock = InterfaceLock::acquire(
-            Path::new(LOCK_DIR),
-            cfg.netns.as_deref(),
-            &cfg.stack.interface,
-            &cfg.control_socket,
-        )?;
-        if let Some(mtu) = cfg.mtu {
-            set_mtu(cfg.netns.as_deref(), &cfg.stack.interface, mtu)?;
+        let mut locks = Vec::new();
+        for i in &cfg.interfaces {
+            locks.push(InterfaceLock::acquire(
+                Path::new(LOCK_DIR),
+                cfg.netns.as_deref(),
+                &i.stack.interface,
+                &cfg.control_socket,
+            )?);
+        }
+        for i in &cfg.interfaces {
+            if let Some(mtu) = i.mtu {
+                set_mtu(cfg.netns.as_deref(), &i.stack.interface, mtu)?;
+            }
         }
         if let Some(ns) = &cfg.netns {
             enter_netns(ns)?;
         }
-        let stack = Stack::start(&cfg.stack, cfg.mode)?;
+        let stacks: Vec<StackConfig> = cfg.interfaces.iter().map(|i| i.stack.clone()).collect();
+        let stack = Stack::start_interfaces(&stacks, cfg.mode)?;
+        // Threads run interface by interface, queue by queue.
+        let cores: Vec<Option<usize>> = stacks
+            .iter()
+            .flat_map(|c| (0..c.queues as usize).map(|q| c.cores.get(q).copied()))
+            .collect();
         let workers = stack
             .workers()
             .iter()
             .enumerate()
-            .map(|(q, w)| WorkerProbe::of(w, core_of(&cfg.stack.cores, q), cfg.mode))
+            .map(|(t, w)| {
+                let core = cores.get(t).copied().flatten().or_else(|| default_core(t));
+                WorkerProbe::of(w, core, cfg.mode)
+            })
             .collect();
-        let addresses: Vec<IpAddr> = cfg.stack.addresses.iter().map(|a| a.addr).collect();
+        let interfaces = stacks
+            .iter()
+            .map(|c| CtxInterface {
+                name: c.interface.clone(),
+                addresses: c.addresses.iter().map(|a| a.addr).collect(),
+                capture: stack.capture(&c.interface).cloned().unwrap_or_default(),
+            })
+            .collect();
         let ctx = Arc::new(DaemonCtx {
             control: stack.control().clone(),
             workers,
-            capture: stack.capture().clone(),
-            interface: cfg.stack.interface.clone(),
-            addresses: addresses.clone(),
+            interfaces,
             runtime_dir: cfg.runtime_dir.clone(),
             sockets: Mutex::new(BTreeMap::new()),
         });
@@ -174,7 +198,7 @@ impl Daemon {
             stack: Some(stack),
             control_server: None,
             metrics: None,
-            lock: Some(lock),
+            locks,
             control_socket: cfg.control_socket.clone(),
             app_socket: cfg.app_socket.clone(),
         };
@@ -182,15 +206,22 @@ impl Daemon {
         let defaults = cfg.app_defaults;
         let private_rx_queues = cfg.private_rx_queues;
         let specs = cfg.namespaces.clone();
-        let ifname = cfg.stack.interface.clone();
+        let bindings: Vec<(String, Vec<IpAddr>)> = ctx
+            .interfaces
+            .iter()
+            .map(|i| (i.name.clone(), i.addresses.clone()))
+            .collect();
         ctx.control
             .call(move |l| {
                 l.app_defaults = defaults;
                 l.private_rx_queues = private_rx_queues;
                 for ns in &specs {
-                    let interface = ns
-                        .bind_interface
-                        .then(|| InterfaceBinding::new(ifname.clone(), addresses.clone()));
+                    let interface = ns.bind_interface.as_ref().and_then(|name| {
+                        bindings
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(n, a)| InterfaceBinding::new(n.clone(), a.clone()))
+                    });
                     l.namespaces.add(
                         &ns.id,
                         NamespaceConfig {
@@ -231,7 +262,7 @@ impl Daemon {
                 Arc::new(move || metrics_ctx.metrics_text()),
             )?);
         }
-        info!(interface = %cfg.stack.interface, "daemon running");
+        info!(interfaces = ?stacks.iter().map(|c| &c.interface).collect::<Vec<_>>(), "daemon running");
         Ok(daemon)
     }
 
@@ -293,7 +324,7 @@ impl Daemon {
         let servers = std::mem::take(&mut *self.ctx.lock_sockets());
         drop(servers);
         let result = stack.stop();
-        self.lock.take();
+        self.locks.clear();
         info!(?report, "daemon stopped");
         result.map(|()| report)
     }
@@ -429,7 +460,7 @@ impl DaemonCtx {
                 Ok((show::render_sessions(&threads, *verbose), to_json(&threads)))
             }
             ShowRequest::Interface => {
-                let ifs = snapshot::interfaces(&self.workers, self.capture.is_active());
+                let ifs = snapshot::interfaces(&self.workers, &self.capturing());
                 Ok((show::render_interfaces(&ifs), to_json(&ifs)))
             }
             ShowRequest::Worker => {
@@ -461,23 +492,18 @@ impl DaemonCtx {
             ));
         }
         let bind = match interface {
-            Some(i) if i == self.interface => true,
-            Some(i) => {
-                return Err(format!(
-                    "'{i}' is not this daemon's interface (expected '{}')",
-                    self.interface
-                ));
-            }
-            None => false,
+            Some(i) => Some(self.interface(&i)?),
+            None => None,
         };
         let path = app_socket.unwrap_or_else(|| self.runtime_dir.join(format!("app-{id}.sock")));
         if self.lock_sockets().values().any(|s| s.path() == path) || socket_in_use(&path) {
             return Err(format!("{} is already in use", path.display()));
         }
-        let (ifname, addrs, nid) = (self.interface.clone(), self.addresses.clone(), id.clone());
+        let binding = bind.map(|i| (i.name.clone(), i.addresses.clone()));
+        let nid = id.clone();
         let index = self
             .call(move |l| {
-                let interface = bind.then(|| InterfaceBinding::new(ifname, addrs));
+                let interface = binding.map(|(name, addrs)| InterfaceBinding::new(name, addrs));
                 l.namespaces.add(
                     &nid,
                     NamespaceConfig {
@@ -568,14 +594,27 @@ impl DaemonCtx {
         ))
     }
 
-    fn check_interface(&self, interface: &str) -> Result<(), String> {
-        if interface != self.interface {
-            return Err(format!(
-                "no interface {interface} in this daemon (it runs {})",
-                self.interface
-            ));
-        }
-        Ok(())
+    /// The daemon's interface `name`.
+    fn interface(&self, name: &str) -> Result<&CtxInterface, String> {
+        self.interfaces
+            .iter()
+            .find(|i| i.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.interfaces.iter().map(|i| i.name.as_str()).collect();
+                format!(
+                    "no interface {name} in this daemon (it runs {})",
+                    names.join(", ")
+                )
+            })
+    }
+
+    /// Interfaces with a capture running.
+    fn capturing(&self) -> Vec<String> {
+        self.interfaces
+            .iter()
+            .filter(|i| i.capture.is_active())
+            .map(|i| i.name.clone())
+            .collect()
     }
 
     fn pcap_start(
@@ -584,11 +623,11 @@ impl DaemonCtx {
         file: &Path,
         max: u64,
     ) -> Result<(String, serde_json::Value), String> {
-        self.check_interface(interface)?;
+        let capture = &self.interface(interface)?.capture;
         if !file.is_absolute() {
             return Err(format!("{} is not an absolute path", file.display()));
         }
-        self.capture.start(file, max).map_err(plain)?;
+        capture.start(file, max).map_err(plain)?;
         let limit = if max == 0 {
             "no limit".to_string()
         } else {
@@ -601,8 +640,7 @@ impl DaemonCtx {
     }
 
     fn pcap_stop(&self, interface: &str) -> Result<(String, serde_json::Value), String> {
-        self.check_interface(interface)?;
-        let s = self.capture.stop().map_err(plain)?;
+        let s = self.interface(interface)?.capture.stop().map_err(plain)?;
         Ok((
             format!(
                 "capture stopped: {} frames written to {}\n",
@@ -620,7 +658,7 @@ impl DaemonCtx {
             .call(|l| (snapshot::app_details(l, &[]), l.counters()))
             .unwrap_or_default();
         metrics::render(&MetricsSnapshot {
-            interfaces: snapshot::interfaces(&self.workers, self.capture.is_active()),
+            interfaces: snapshot::interfaces(&self.workers, &self.capturing()),
             workers: snapshot::workers(&self.workers),
             apps,
             layer,

@@ -307,7 +307,7 @@ fn mac(m: &[u8; 6]) -> String {
 }
 
 /// Every queue with its counters.
-pub fn interfaces(workers: &[WorkerProbe], capturing: bool) -> Vec<InterfaceView> {
+pub fn interfaces(workers: &[WorkerProbe], capturing: &[String]) -> Vec<InterfaceView> {
     workers
         .iter()
         .map(|w| {
@@ -329,7 +329,7 @@ pub fn interfaces(workers: &[WorkerProbe], capturing: bool) -> Vec<InterfaceView
                     tx_ring_full: c.tx_ring_full,
                 },
                 rx_checksum_unverified: c.rx_checksum_unverified,
-                capturing,
+                capturing: capturing.contains(&w.info.name),
             }
         })
         .collect()
