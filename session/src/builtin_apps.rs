@@ -429,8 +429,33 @@ impl StreamClient {
         total: u64,
         seed: u64,
     ) -> SessionResult<Self> {
+        Self::start_with(control, name, options, remote, total, seed, false)
+    }
+
+    /// As [`start`](Self::start), with reading paused from the first byte
+    /// on (until [`resume`](Self::resume)), so the session stays open.
+    pub fn start_paused(
+        control: &ControlPlane,
+        name: &str,
+        options: AppOptions,
+        remote: Endpoint,
+        total: u64,
+        seed: u64,
+    ) -> SessionResult<Self> {
+        Self::start_with(control, name, options, remote, total, seed, true)
+    }
+
+    fn start_with(
+        control: &ControlPlane,
+        name: &str,
+        options: AppOptions,
+        remote: Endpoint,
+        total: u64,
+        seed: u64,
+        paused: bool,
+    ) -> SessionResult<Self> {
         let slot: ReportSlot = Arc::default();
-        let paused = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(paused));
         let state = Arc::new(Mutex::new(StreamState {
             total,
             sent: 0,

@@ -938,11 +938,17 @@ impl SessionLayer {
             self.listeners[li as usize]
                 .listener
                 .set_global_listener(Some(lh));
-            self.broadcast(|| WorkerCommand::Listen {
-                listener: lh,
-                proto,
-                endpoint,
-            });
+            // Only the interfaces of the namespace's table carry it.
+            for t in crate::thread_reach::threads_in_table(&self.reach, self.threads.len(), fib.0) {
+                self.send(
+                    t,
+                    WorkerCommand::Listen {
+                        listener: lh,
+                        proto,
+                        endpoint,
+                    },
+                );
+            }
         }
         if let Some(a) = self.apps.get_mut(app.as_usize()) {
             a.listeners.insert((proto, endpoint), li);
@@ -1134,9 +1140,16 @@ impl SessionLayer {
         let thread = crate::thread_reach::select_connect_thread(
             &self.reach,
             self.threads.len(),
+            fib.0,
             remote.ip,
             self.next_thread,
-        );
+        )
+        .ok_or_else(|| {
+            SessionError::InvalidValue(format!(
+                "no interface serves table {} (the app's namespace), so nothing reaches {remote}",
+                fib.0
+            ))
+        })?;
         self.next_thread = self.next_thread.wrapping_add(1);
         self.send(
             thread,

@@ -179,7 +179,8 @@ fn detach_frees_every_worker_listener_session_segment_and_table_entry() {
     server
         .listen(&h.control, TransportProto::Tcp, ep("0.0.0.0:9"))
         .unwrap();
-    let client = StreamClient::start(
+    // Hold the session open: the client never reads, so it never finishes.
+    let client = StreamClient::start_paused(
         &h.control,
         "d-client",
         local_scope(),
@@ -188,8 +189,6 @@ fn detach_frees_every_worker_listener_session_segment_and_table_entry() {
         3,
     )
     .unwrap();
-    // Hold the session open: pause the client so it never finishes reading.
-    client.paused.store(true, Ordering::SeqCst);
     // The connect completes on the main thread and a worker: wait for it
     // (a busy machine may take a while), not a fixed time.
     let end = std::time::Instant::now() + Duration::from_secs(10);

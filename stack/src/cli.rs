@@ -76,6 +76,7 @@ impl StackArgs {
             },
             seed: 0,
             inject_loss: self.inject_loss,
+            table: 0,
         };
         c.validate()?;
         Ok(c)

@@ -132,6 +132,9 @@ pub struct StackConfig {
     pub seed: u64,
     /// Percent of frames dropped on purpose in each direction (testing).
     pub inject_loss: u8,
+    /// The FIB (table) index the interface belongs to: sessions of app
+    /// namespaces with this table use it.
+    pub table: u32,
 }
 
 impl StackConfig {
@@ -149,6 +152,7 @@ impl StackConfig {
             tcp: TcpTuning::default(),
             seed: 0,
             inject_loss: 0,
+            table: 0,
         }
     }
 

@@ -153,6 +153,7 @@ fn session_setup(threads: &[&StackConfig]) -> StackResult<SessionSetup> {
                 subnets: cfg.addresses.iter().map(|a| (a.addr, a.prefix)).collect(),
                 gateway_v4: cfg.gateway.is_some_and(|g| g.is_ipv4()),
                 gateway_v6: cfg.gateway.is_some_and(|g| g.is_ipv6()),
+                table: cfg.table,
             })
             .collect(),
     );

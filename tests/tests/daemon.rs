@@ -855,9 +855,11 @@ fn sigterm_detaches_apps_and_leaves_no_xdp_program_or_socket_file_and_a_second_d
     Ok(())
 }
 
-/// One daemon on two veth labs (two interfaces, two subnets): the app's
+/// One daemon on two veth labs (two interfaces, two subnets): an app's
 /// listener answers kernel clients on both, outgoing connects leave through
 /// the interface on the remote's subnet, and `show` and `pcap` know both.
+/// Then the second interface moves to table 1: an app namespace with that
+/// table gets it to itself, with its own listener on the same port.
 #[test]
 fn a_daemon_on_two_interfaces_serves_both_and_connects_out_through_the_right_one() -> Result<()> {
     require_root();
@@ -879,24 +881,11 @@ fn a_daemon_on_two_interfaces_serves_both_and_connects_out_through_the_right_one
     let _echo = d.echo_server()?;
     // Kernel clients on both interfaces reach the one listener.
     for lab in [&d.lab, &second] {
-        let host = lab.cfg.host4.addr.to_string();
-        let v = peer(lab, &["stream", &host, "7", &(4u64 << 20).to_string()])?;
-        assert_eq!(v["ok"], true, "{}: {v}", lab.host_if);
+        stream_through(lab, 4 << 20)?;
     }
     // Outgoing connects to kernel servers behind each interface.
     for lab in [&second, &d.lab] {
-        let mut kernel = Proc::spawn("kernel echo server", lab.peer(&["echo-server", "9007"]))?;
-        kernel.wait_for_line("{\"listening\"", Duration::from_secs(10))?;
-        let mut cmd = Command::new(example_bin("throughput_client"));
-        cmd.arg("--socket").arg(d.path("app.sock")).args([
-            "--connect",
-            &format!("{}:9007", lab.cfg.peer4.addr),
-            "--bytes",
-            &(2u64 << 20).to_string(),
-        ]);
-        let (ok, out) = Proc::spawn("external client", cmd)?.wait(Duration::from_secs(60))?;
-        let v = last_json(&out)?;
-        assert!(ok && v["verified"] == 2 << 20, "via {}: {v}", lab.host_if);
+        connect_out(&d.path("app.sock"), lab)?;
     }
     // A capture on the second interface only.
     let file = d.path("second.pcap");
@@ -918,5 +907,82 @@ fn a_daemon_on_two_interfaces_serves_both_and_connects_out_through_the_right_one
             .status
             .success()
     );
+    Ok(())
+}
+
+#[test]
+fn an_interface_in_table_1_belongs_to_the_namespaces_of_table_1() -> Result<()> {
+    require_root();
+    let second = Lab::up(LabConfig::new(&unique_lab_name("v2")).with_subnet(6))?;
+    let extra = format!(
+        "[[interface]]\nname = \"{}\"\naddresses = [\"{}\"]\ntable = 1\n\n[[namespace]]\nid = \"red\"\nsecret = 0\ntable = 1\n",
+        second.host_if, second.cfg.host4
+    );
+    let d = Daemon::start("v1", |_| extra.clone())?;
+    let _default_app = d.echo_server()?;
+    // The same port in the other table is not taken.
+    let mut cmd = Command::new(example_bin("echo_server"));
+    cmd.arg("--socket").arg(d.path("app-red.sock")).args([
+        "--listen",
+        "0.0.0.0:7",
+        "--name",
+        "red-echo",
+    ]);
+    let mut red_app = Proc::spawn("echo server in namespace red", cmd)?;
+    red_app.wait_for_line("ready", Duration::from_secs(20))?;
+    stream_through(&second, 1 << 20)?;
+    stream_through(&d.lab, 1 << 20)?;
+    stream_through(&second, 1 << 20)?;
+    // Each app saw the connections of its own table's interface only.
+    let accepted = |name: &str| -> Result<u64> {
+        let apps = d.show_json("app")?;
+        let index = apps
+            .as_array()
+            .context("app list")?
+            .iter()
+            .find(|a| a["name"] == name)
+            .and_then(|a| a["index"].as_u64())
+            .context(format!("no app {name}: {apps}"))?;
+        let detail = d.show_json(&format!("app {index}"))?;
+        Ok(detail["workers"]
+            .as_array()
+            .context("workers")?
+            .iter()
+            .filter_map(|w| w["accepted"].as_u64())
+            .sum())
+    };
+    assert_eq!(accepted("red-echo")?, 2);
+    assert_eq!(accepted("echo-server")?, 1);
+    // The red app connects out through its interface.
+    connect_out(&d.path("app-red.sock"), &second)?;
+    let ifs = d.show_json("interface")?;
+    assert_eq!(ifs[1]["table"], 1, "{ifs}");
+    Ok(())
+}
+
+/// 'bytes' of random data from `lab`'s kernel side through hoststack's
+/// echo on port 7, checked.
+fn stream_through(lab: &Lab, bytes: u64) -> Result<()> {
+    let host = lab.cfg.host4.addr.to_string();
+    let v = peer(lab, &["stream", &host, "7", &bytes.to_string()])?;
+    ensure!(v["ok"] == true, "{}: {v}", lab.host_if);
+    Ok(())
+}
+
+/// The throughput client example on `socket` connecting to a kernel echo
+/// server in `lab`'s namespace, 2 MiB checked.
+fn connect_out(socket: &Path, lab: &Lab) -> Result<()> {
+    let mut kernel = Proc::spawn("kernel echo server", lab.peer(&["echo-server", "9007"]))?;
+    kernel.wait_for_line("{\"listening\"", Duration::from_secs(10))?;
+    let mut cmd = Command::new(example_bin("throughput_client"));
+    cmd.arg("--socket").arg(socket).args([
+        "--connect",
+        &format!("{}:9007", lab.cfg.peer4.addr),
+        "--bytes",
+        &(2u64 << 20).to_string(),
+    ]);
+    let (ok, out) = Proc::spawn("external client", cmd)?.wait(Duration::from_secs(60))?;
+    let v = last_json(&out)?;
+    ensure!(ok && v["verified"] == 2 << 20, "via {}: {v}", lab.host_if);
     Ok(())
 }

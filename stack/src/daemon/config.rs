@@ -83,6 +83,7 @@ struct InterfaceSection {
     gateway: Option<IpAddr>,
     mtu: Option<Spanned<u32>>,
     netns: Option<String>,
+    table: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +252,7 @@ struct CheckedInterface {
     gateway: Option<IpAddr>,
     mtu: Option<u32>,
     netns: Option<String>,
+    table: u32,
 }
 
 /// Checks the `i`-th `[[interface]]` table.
@@ -313,6 +315,7 @@ fn check_interface(
         gateway: iface.gateway,
         mtu,
         netns: iface.netns.clone(),
+        table: iface.table.unwrap_or(0),
     })
 }
 
@@ -790,6 +793,7 @@ impl DaemonConfig {
                 },
                 seed: 0,
                 inject_loss: 0,
+                table: c.table,
             };
             next_core += c.queues as usize;
             // What is left to check is the stack's own rules.

@@ -404,6 +404,7 @@ mod tests {
                 },
                 rx_checksum_unverified: 5,
                 capturing: false,
+                table: 0,
             }],
             workers: vec![WorkerView {
                 index: 0,

@@ -165,17 +165,17 @@ impl Daemon {
         let stacks: Vec<StackConfig> = cfg.interfaces.iter().map(|i| i.stack.clone()).collect();
         let stack = Stack::start_interfaces(&stacks, cfg.mode)?;
         // Threads run interface by interface, queue by queue.
-        let cores: Vec<Option<usize>> = stacks
+        let cores: Vec<(Option<usize>, u32)> = stacks
             .iter()
-            .flat_map(|c| (0..c.queues as usize).map(|q| c.cores.get(q).copied()))
+            .flat_map(|c| (0..c.queues as usize).map(|q| (c.cores.get(q).copied(), c.table)))
             .collect();
         let workers = stack
             .workers()
             .iter()
             .enumerate()
             .map(|(t, w)| {
-                let core = cores.get(t).copied().flatten().or_else(|| default_core(t));
-                WorkerProbe::of(w, core, cfg.mode)
+                let (core, table) = cores.get(t).copied().unwrap_or((None, 0));
+                WorkerProbe::of(w, core.or_else(|| default_core(t)), cfg.mode, table)
             })
             .collect();
         let interfaces = stacks

@@ -372,6 +372,8 @@ pub struct InterfaceView {
     pub rx_checksum_unverified: u64,
     /// A packet capture is running.
     pub capturing: bool,
+    /// The table (FIB index) the interface belongs to.
+    pub table: u32,
 }
 
 /// One worker thread.
@@ -743,12 +745,17 @@ pub fn render_interfaces(ifs: &[InterfaceView]) -> String {
     for i in ifs {
         let _ = writeln!(
             s,
-            "{:<16}{:<7}{:<19}{:<7}{}{}",
+            "{:<16}{:<7}{:<19}{:<7}{}{}{}",
             i.name,
             i.queue,
             i.mac,
             i.mtu,
             i.mode,
+            if i.table == 0 {
+                String::new()
+            } else {
+                format!(", table {}", i.table)
+            },
             if i.capturing { " (capturing)" } else { "" }
         );
         let _ = writeln!(
@@ -1149,10 +1156,11 @@ mod tests {
             },
             rx_checksum_unverified: 5,
             capturing: true,
+            table: 3,
         }]);
         assert!(
             i.contains(
-                "veth0           0      02:00:00:00:00:01  1500   af_xdp native (capturing)"
+                "veth0           0      02:00:00:00:00:01  1500   af_xdp native, table 3 (capturing)"
             ),
             "{i}"
         );

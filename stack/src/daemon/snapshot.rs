@@ -40,11 +40,13 @@ pub struct WorkerProbe {
     pub core: Option<usize>,
     /// Configured mode.
     pub mode: WorkerMode,
+    /// The table (FIB index) of its interface.
+    pub table: u32,
 }
 
 impl WorkerProbe {
     /// A probe of a running worker.
-    pub fn of(w: &WorkerHandle, core: Option<usize>, mode: WorkerMode) -> Self {
+    pub fn of(w: &WorkerHandle, core: Option<usize>, mode: WorkerMode, table: u32) -> Self {
         Self {
             info: w.info.clone(),
             counters: w.counters.clone(),
@@ -52,6 +54,7 @@ impl WorkerProbe {
             session_stats: w.session_stats.clone(),
             core,
             mode,
+            table,
         }
     }
 }
@@ -330,6 +333,7 @@ pub fn interfaces(workers: &[WorkerProbe], capturing: &[String]) -> Vec<Interfac
                 },
                 rx_checksum_unverified: c.rx_checksum_unverified,
                 capturing: capturing.contains(&w.info.name),
+                table: w.table,
             }
         })
         .collect()
