@@ -7,7 +7,6 @@
 
 #![deny(unsafe_code)]
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -145,37 +144,8 @@ struct FlowArgs {
     /// Destination MAC address (aa:bb:cc:dd:ee:ff).
     #[arg(long)]
     dst_mac: String,
-    /// First source address (IPv4 or IPv6).
-    #[arg(long)]
-    src_ip: IpAddr,
-    /// Number of source addresses (src-ip, src-ip+1, ...).
-    #[arg(long, default_value_t = 1)]
-    src_ip_count: u32,
-    /// Destination address.
-    #[arg(long)]
-    dst_ip: IpAddr,
-    /// First source port.
-    #[arg(long, default_value_t = 9000)]
-    src_port: u16,
-    /// Number of source ports (flows = addresses x ports).
-    #[arg(long, default_value_t = 1)]
-    src_port_count: u16,
-    /// Destination port.
-    #[arg(long, default_value_t = 9)]
-    dst_port: u16,
-}
-
-impl FlowArgs {
-    fn template(&self) -> FlowTemplate {
-        FlowTemplate {
-            src_ip: self.src_ip,
-            src_ip_count: self.src_ip_count,
-            dst_ip: self.dst_ip,
-            src_port: self.src_port,
-            src_port_count: self.src_port_count,
-            dst_port: self.dst_port,
-        }
-    }
+    #[command(flatten)]
+    addresses: FlowTemplate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -503,7 +473,7 @@ fn pktgen_cmd(mode: PktgenMode) -> Result<ExitCode> {
             let opts = TxOpts {
                 queues: queue.opts(),
                 dst_mac: frames::parse_mac(&flow.dst_mac)?,
-                flows: flow.template(),
+                flows: flow.addresses.clone(),
                 sizes: size,
                 rate: rate.0,
                 count,
@@ -599,7 +569,7 @@ fn pktgen_cmd(mode: PktgenMode) -> Result<ExitCode> {
                     tx,
                     rx,
                     dst_mac: frames::parse_mac(&flow.dst_mac)?,
-                    flows: flow.template(),
+                    flows: flow.addresses.clone(),
                     size,
                     rate,
                     count,

@@ -101,20 +101,27 @@ pub struct TxOpts {
     pub duration: Option<Duration>,
 }
 
-/// The addresses of a stream, without the MACs (known once the queue is open).
-#[derive(Debug, Clone)]
+/// The addresses of a stream, without the MACs (known once the queue is
+/// open); also the `pktgen` command-line flags that set them.
+#[derive(Debug, Clone, clap::Args)]
 pub struct FlowTemplate {
-    /// First source address.
+    /// First source address (IPv4 or IPv6).
+    #[arg(long)]
     pub src_ip: std::net::IpAddr,
-    /// Source addresses.
+    /// Number of source addresses (src-ip, src-ip+1, ...).
+    #[arg(long, default_value_t = 1)]
     pub src_ip_count: u32,
     /// Destination address.
+    #[arg(long)]
     pub dst_ip: std::net::IpAddr,
     /// First source port.
+    #[arg(long, default_value_t = 9000)]
     pub src_port: u16,
-    /// Source ports.
+    /// Number of source ports (flows = addresses x ports).
+    #[arg(long, default_value_t = 1)]
     pub src_port_count: u16,
     /// Destination port.
+    #[arg(long, default_value_t = 9)]
     pub dst_port: u16,
 }
 

@@ -351,6 +351,16 @@ fn udp_tx_64(s: &Settings) -> Result<Outcome> {
 
 // ---- UDP RX ---------------------------------------------------------------
 
+/// Starts a pktgen receiver on the host end counting UDP to `UDP_PORT`.
+fn host_receiver(lab: &Lab, core: Option<usize>) -> Result<pktgen::Running> {
+    pktgen::start_rx(&RxOpts {
+        queues: queue(&lab.host_if, None, core),
+        udp_port: Some(UDP_PORT),
+        count: None,
+        duration: None,
+    })
+}
+
 /// Starts the pktgen sender inside the lab namespace, towards the host end.
 fn namespace_sender(lab: &Lab, s: &Settings, size: usize) -> Result<pktgen::Running> {
     let (load_core, _) = s.cores();
@@ -376,12 +386,7 @@ fn udp_rx_64(s: &Settings) -> Result<Outcome> {
         s.check()?;
         {
             let lab = s.lab()?;
-            let rx = pktgen::start_rx(&RxOpts {
-                queues: queue(&lab.host_if, None, test_core),
-                udp_port: Some(UDP_PORT),
-                count: None,
-                duration: None,
-            })?;
+            let rx = host_receiver(&lab, test_core)?;
             let sender = namespace_sender(&lab, s, 64)?;
             let matched = rx.matched.clone();
             let sent0 = sender.totals().tx_frames;
@@ -508,12 +513,7 @@ fn tcp_bulk(s: &Settings) -> Result<Outcome> {
             // sender (UDP GSO), since copy-mode AF_XDP transmit may be the
             // slower end.
             let lab = s.lab()?;
-            let rx = pktgen::start_rx(&RxOpts {
-                queues: queue(&lab.host_if, None, test_core),
-                udp_port: Some(UDP_PORT),
-                count: None,
-                duration: None,
-            })?;
+            let rx = host_receiver(&lab, test_core)?;
             let matched = rx.matched.clone();
             let sender = namespace_sender(&lab, s, mtu + 18)?;
             let rate = s.window(|| Ok(matched.load(Relaxed)));

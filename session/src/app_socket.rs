@@ -417,8 +417,10 @@ fn post(app: AppIndex, thread: u32, message: RxMessage, control: &ControlPlane) 
     match message {
         RxMessage::Control(m) => control_message(app, m, control),
         io => {
-            let r = control.call(move |l| l.post_app_message(app, thread, io));
-            if let Err(e) = r.and_then(|r| r) {
+            // Only a hand-over to the stack thread: the main thread has no
+            // part in it, and control requests above return once run.
+            let layer = control.layer().lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = layer.post_app_message(app, thread, io) {
                 warn!(
                     app = app.0,
                     thread, "io message over the app socket dropped: {e}"

@@ -560,7 +560,7 @@ impl SessionLayer {
     /// private rx queues) to stack thread `thread`, as if it had come
     /// through the thread's rx queue.
     pub fn post_app_message(
-        &mut self,
+        &self,
         app: AppIndex,
         thread: u32,
         message: crate::app_rx_queue::RxMessage,

@@ -513,22 +513,7 @@ impl SessionWorker {
                     .app_worker(wi)
                     .map(|w| (w.sink.clone(), w.counters.clone()));
                 if let Some((sink, counters)) = sink_counters {
-                    let code = crate::app_event::ErrorCode::of(&e) as u32;
-                    let wire = AppEvent::Connected {
-                        session: SessionHandle::from_u64(u64::MAX),
-                        opaque,
-                        error: code,
-                        local: remote,
-                        remote,
-                        fifos: Default::default(),
-                    };
-                    self.emit(
-                        &sink,
-                        &counters,
-                        wi,
-                        BuiltinEvent::Connected(Err(e), opaque),
-                        || wire,
-                    );
+                    self.emit_connect_failed(&sink, &counters, wi, opaque, remote, e);
                 }
                 return;
             }
@@ -564,6 +549,33 @@ impl SessionWorker {
         }
     }
 
+    /// Tells app worker `wi` its connect `opaque` to `remote` failed.
+    fn emit_connect_failed(
+        &mut self,
+        sink: &EventSink,
+        counters: &crate::app_worker::AppWorkerCounters,
+        wi: AppWorkerIndex,
+        opaque: u64,
+        remote: Endpoint,
+        e: SessionError,
+    ) {
+        let wire = AppEvent::Connected {
+            session: SessionHandle::from_u64(u64::MAX),
+            opaque,
+            error: crate::app_event::ErrorCode::of(&e) as u32,
+            local: remote,
+            remote,
+            fifos: Default::default(),
+        };
+        self.emit(
+            sink,
+            counters,
+            wi,
+            BuiltinEvent::Connected(Err(e), opaque),
+            || wire,
+        );
+    }
+
     fn connect_failed(&mut self, idx: u32, e: SessionError) {
         let Some(s) = self.sessions.get(idx as usize) else {
             return;
@@ -575,22 +587,7 @@ impl SessionWorker {
             s.opaque,
             s.remote,
         );
-        let code = crate::app_event::ErrorCode::of(&e) as u32;
-        let wire = AppEvent::Connected {
-            session: SessionHandle::from_u64(u64::MAX),
-            opaque,
-            error: code,
-            local: remote,
-            remote,
-            fifos: Default::default(),
-        };
-        self.emit(
-            &sink,
-            &counters,
-            wi,
-            BuiltinEvent::Connected(Err(e), opaque),
-            || wire,
-        );
+        self.emit_connect_failed(&sink, &counters, wi, opaque, remote, e);
         // No cleanup event: the app never saw this session.
         if let Some(mut s) =
             (self.sessions.contains(idx as usize)).then(|| self.sessions.remove(idx as usize))

@@ -372,6 +372,14 @@ impl<'a> SmolTransports<'a> {
             .filter(|x| x.proto == self.proto)
     }
 
+    fn conn_mut(&mut self, c: TransportConnId) -> Option<&mut Conn> {
+        let proto = self.proto;
+        self.state
+            .conns
+            .get_mut(c.0 as usize)
+            .filter(|x| x.proto == proto)
+    }
+
     fn tcp(&mut self, c: TransportConnId) -> Option<&mut tcp::Socket<'static>> {
         let h = self.conn(c)?.socket;
         Some(self.sockets.get_mut::<tcp::Socket<'static>>(h))
@@ -618,12 +626,7 @@ impl Transport for SmolTransports<'_> {
 
     fn close(&mut self, conn: TransportConnId) {
         let proto = self.proto;
-        let Some(c) = self
-            .state
-            .conns
-            .get_mut(conn.0 as usize)
-            .filter(|c| c.proto == proto)
-        else {
+        let Some(c) = self.conn_mut(conn) else {
             return;
         };
         match proto {
@@ -644,12 +647,7 @@ impl Transport for SmolTransports<'_> {
 
     fn reset(&mut self, conn: TransportConnId) {
         let proto = self.proto;
-        let Some(c) = self
-            .state
-            .conns
-            .get_mut(conn.0 as usize)
-            .filter(|c| c.proto == proto)
-        else {
+        let Some(c) = self.conn_mut(conn) else {
             return;
         };
         match proto {

@@ -167,7 +167,6 @@ pub struct Worker<D: PacketIo> {
     tuning: TcpTuning,
     ports: EphemeralPorts,
     syn_counts: Vec<(u16, usize)>,
-    /// Loops left in which listener pools are checked for new connections.
     /// Until when arriving frames may complete a handshake on a listener
     /// pool (set by SYNs); the pools are checked after each burst till then.
     accept_until: smoltcp::time::Instant,

@@ -114,13 +114,14 @@ impl Daemon {
 
     /// The external echo server example on the default app socket.
     fn echo_server(&self) -> Result<Proc> {
+        self.echo_app("app.sock", &["--listen", "0.0.0.0:7", "--workers", "2"])
+    }
+
+    /// The echo server example on app socket `socket` (in the runtime
+    /// directory) with `args`, once it is ready.
+    fn echo_app(&self, socket: &str, args: &[&str]) -> Result<Proc> {
         let mut cmd = Command::new(example_bin("echo_server"));
-        cmd.arg("--socket").arg(self.path("app.sock")).args([
-            "--listen",
-            "0.0.0.0:7",
-            "--workers",
-            "2",
-        ]);
+        cmd.arg("--socket").arg(self.path(socket)).args(args);
         let mut p = Proc::spawn("external echo server", cmd)?;
         p.wait_for_line("ready", Duration::from_secs(20))?;
         Ok(p)
@@ -921,15 +922,10 @@ fn an_interface_in_table_1_belongs_to_the_namespaces_of_table_1() -> Result<()> 
     let d = Daemon::start("v1", |_| extra.clone())?;
     let _default_app = d.echo_server()?;
     // The same port in the other table is not taken.
-    let mut cmd = Command::new(example_bin("echo_server"));
-    cmd.arg("--socket").arg(d.path("app-red.sock")).args([
-        "--listen",
-        "0.0.0.0:7",
-        "--name",
-        "red-echo",
-    ]);
-    let mut red_app = Proc::spawn("echo server in namespace red", cmd)?;
-    red_app.wait_for_line("ready", Duration::from_secs(20))?;
+    let _red_app = d.echo_app(
+        "app-red.sock",
+        &["--listen", "0.0.0.0:7", "--name", "red-echo"],
+    )?;
     stream_through(&second, 1 << 20)?;
     stream_through(&d.lab, 1 << 20)?;
     stream_through(&second, 1 << 20)?;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use hoststack_session::session_layer::LayerCounters;
 use tracing::{debug, info};
 
-use crate::daemon::show::{AppDetail, InterfaceView, WorkerView};
+use crate::daemon::show::{AppDetail, AppWorkerView, InterfaceView, WorkerView};
 use crate::error::{StackError, StackResult};
 
 /// Everything the metrics report, taken at one moment.
@@ -59,6 +59,9 @@ impl Families {
     }
 }
 
+/// One metric family drawn from a list of views: name, type, help, value.
+type Family<T> = (&'static str, &'static str, &'static str, fn(&T) -> u64);
+
 /// The Prometheus text exposition of a snapshot.
 pub fn render(m: &MetricsSnapshot) -> String {
     let mut f = Families { out: String::new() };
@@ -66,30 +69,35 @@ pub fn render(m: &MetricsSnapshot) -> String {
     let per_queue = |get: fn(&InterfaceView) -> u64| -> Vec<(String, u64)> {
         m.interfaces.iter().map(|i| (q(i), get(i))).collect()
     };
-    f.family(
-        "hoststack_interface_rx_frames_total",
-        "counter",
-        "Frames received per interface queue.",
-        &per_queue(|i| i.rx_frames),
-    );
-    f.family(
-        "hoststack_interface_rx_bytes_total",
-        "counter",
-        "Bytes received per interface queue.",
-        &per_queue(|i| i.rx_bytes),
-    );
-    f.family(
-        "hoststack_interface_tx_frames_total",
-        "counter",
-        "Frames sent per interface queue.",
-        &per_queue(|i| i.tx_frames),
-    );
-    f.family(
-        "hoststack_interface_tx_bytes_total",
-        "counter",
-        "Bytes sent per interface queue.",
-        &per_queue(|i| i.tx_bytes),
-    );
+    let queue_counters: [Family<InterfaceView>; 4] = [
+        (
+            "hoststack_interface_rx_frames_total",
+            "counter",
+            "Frames received per interface queue.",
+            |i| i.rx_frames,
+        ),
+        (
+            "hoststack_interface_rx_bytes_total",
+            "counter",
+            "Bytes received per interface queue.",
+            |i| i.rx_bytes,
+        ),
+        (
+            "hoststack_interface_tx_frames_total",
+            "counter",
+            "Frames sent per interface queue.",
+            |i| i.tx_frames,
+        ),
+        (
+            "hoststack_interface_tx_bytes_total",
+            "counter",
+            "Bytes sent per interface queue.",
+            |i| i.tx_bytes,
+        ),
+    ];
+    for (name, kind, help, get) in queue_counters {
+        f.family(name, kind, help, &per_queue(get));
+    }
     let mut drops = Vec::new();
     for i in &m.interfaces {
         for (reason, v) in [
@@ -114,118 +122,118 @@ pub fn render(m: &MetricsSnapshot) -> String {
         &per_queue(|i| i.rx_checksum_unverified),
     );
 
-    let w = |x: &WorkerView| format!("worker=\"{}\"", x.index);
-    let per_worker = |get: fn(&WorkerView) -> u64| -> Vec<(String, u64)> {
-        m.workers.iter().map(|x| (w(x), get(x))).collect()
-    };
-    f.family(
-        "hoststack_worker_loops_total",
-        "counter",
-        "Worker loop iterations.",
-        &per_worker(|x| x.loops),
-    );
-    f.family(
-        "hoststack_worker_sleeps_total",
-        "counter",
-        "Times a worker went to sleep.",
-        &per_worker(|x| x.sleeps),
-    );
-    f.family(
-        "hoststack_worker_wakeups_total",
-        "counter",
-        "Times a worker woke up.",
-        &per_worker(|x| x.wakeups),
-    );
-    f.family(
-        "hoststack_worker_interrupt",
-        "gauge",
-        "1 while a worker is in interrupt behaviour, 0 while it polls.",
-        &per_worker(|x| u64::from(x.state == "interrupt")),
-    );
-    f.family(
-        "hoststack_worker_app_queues",
-        "gauge",
-        "App rx queues a worker serves.",
-        &per_worker(|x| x.app_queues),
-    );
-    f.family(
-        "hoststack_worker_pending_queues",
-        "gauge",
-        "App rx queues left pending after a worker's last round.",
-        &per_worker(|x| x.pending_queues),
-    );
-    f.family(
-        "hoststack_worker_app_messages_total",
-        "counter",
-        "App messages a worker handled.",
-        &per_worker(|x| x.app_messages),
-    );
-    f.family(
-        "hoststack_worker_batches_total",
-        "counter",
-        "Pending-list batches a worker served.",
-        &per_worker(|x| x.batches),
-    );
+    let worker_families: [Family<WorkerView>; 8] = [
+        (
+            "hoststack_worker_loops_total",
+            "counter",
+            "Worker loop iterations.",
+            |x| x.loops,
+        ),
+        (
+            "hoststack_worker_sleeps_total",
+            "counter",
+            "Times a worker went to sleep.",
+            |x| x.sleeps,
+        ),
+        (
+            "hoststack_worker_wakeups_total",
+            "counter",
+            "Times a worker woke up.",
+            |x| x.wakeups,
+        ),
+        (
+            "hoststack_worker_interrupt",
+            "gauge",
+            "1 while a worker is in interrupt behaviour, 0 while it polls.",
+            |x| u64::from(x.state == "interrupt"),
+        ),
+        (
+            "hoststack_worker_app_queues",
+            "gauge",
+            "App rx queues a worker serves.",
+            |x| x.app_queues,
+        ),
+        (
+            "hoststack_worker_pending_queues",
+            "gauge",
+            "App rx queues left pending after a worker's last round.",
+            |x| x.pending_queues,
+        ),
+        (
+            "hoststack_worker_app_messages_total",
+            "counter",
+            "App messages a worker handled.",
+            |x| x.app_messages,
+        ),
+        (
+            "hoststack_worker_batches_total",
+            "counter",
+            "Pending-list batches a worker served.",
+            |x| x.batches,
+        ),
+    ];
+    for (name, kind, help, get) in worker_families {
+        let values: Vec<(String, u64)> = m
+            .workers
+            .iter()
+            .map(|x| (format!("worker=\"{}\"", x.index), get(x)))
+            .collect();
+        f.family(name, kind, help, &values);
+    }
 
-    let mut per_app: [Vec<(String, u64)>; 6] = Default::default();
-    for a in &m.apps {
-        for wk in &a.workers {
-            let l = format!(
-                "app=\"{}\",name=\"{}\",worker=\"{}\"",
-                a.summary.index,
-                label(&a.summary.name),
-                wk.map_index
-            );
-            let values = [
-                wk.accepted,
-                wk.connected,
-                wk.closed,
-                wk.events,
-                wk.events_dropped,
-                wk.sessions as u64,
-            ];
-            for (list, v) in per_app.iter_mut().zip(values) {
-                list.push((l.clone(), v));
+    let app_families: [Family<AppWorkerView>; 6] = [
+        (
+            "hoststack_app_accepted_total",
+            "counter",
+            "Sessions an app worker accepted.",
+            |w| w.accepted,
+        ),
+        (
+            "hoststack_app_connected_total",
+            "counter",
+            "Connects an app worker completed.",
+            |w| w.connected,
+        ),
+        (
+            "hoststack_app_closed_total",
+            "counter",
+            "Sessions of an app worker that ended.",
+            |w| w.closed,
+        ),
+        (
+            "hoststack_app_events_total",
+            "counter",
+            "Events delivered to an app worker.",
+            |w| w.events,
+        ),
+        (
+            "hoststack_app_events_dropped_total",
+            "counter",
+            "Events dropped because an app worker's event queue was full.",
+            |w| w.events_dropped,
+        ),
+        (
+            "hoststack_app_sessions",
+            "gauge",
+            "Sessions an app worker owns.",
+            |w| w.sessions as u64,
+        ),
+    ];
+    for (name, kind, help, get) in app_families {
+        let mut values = Vec::new();
+        for a in &m.apps {
+            for wk in &a.workers {
+                let l = format!(
+                    "app=\"{}\",name=\"{}\",worker=\"{}\"",
+                    a.summary.index,
+                    label(&a.summary.name),
+                    wk.map_index
+                );
+                values.push((l, get(wk)));
             }
         }
+        f.family(name, kind, help, &values);
     }
-    let [accepted, connected, closed, events, dropped, sessions] = per_app;
-    f.family(
-        "hoststack_app_accepted_total",
-        "counter",
-        "Sessions an app worker accepted.",
-        &accepted,
-    );
-    f.family(
-        "hoststack_app_connected_total",
-        "counter",
-        "Connects an app worker completed.",
-        &connected,
-    );
-    f.family(
-        "hoststack_app_closed_total",
-        "counter",
-        "Sessions of an app worker that ended.",
-        &closed,
-    );
-    f.family(
-        "hoststack_app_events_total",
-        "counter",
-        "Events delivered to an app worker.",
-        &events,
-    );
-    f.family(
-        "hoststack_app_events_dropped_total",
-        "counter",
-        "Events dropped because an app worker's event queue was full.",
-        &dropped,
-    );
-    f.family(
-        "hoststack_app_sessions",
-        "gauge",
-        "Sessions an app worker owns.",
-        &sessions,
-    );
     let c = &m.layer;
     for (name, help, v) in [
         ("hoststack_apps", "Attached apps.", c.apps),
