@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hoststack_drivers::MacAddr;
-use hoststack_stack::lab::{Lab, LabConfig};
+use hoststack_lab::{Lab, LabConfig};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

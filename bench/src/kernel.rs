@@ -31,7 +31,7 @@ pub fn spawn_in<T: Send + 'static>(
         .name(name.into())
         .spawn(move || {
             if let Some(ns) = &netns {
-                hoststack_stack::cli::enter_netns(ns)?;
+                hoststack_lab::enter_netns(ns)?;
             }
             if let Some(c) = core {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {

@@ -12,7 +12,7 @@
 //! The crate uses no `unsafe`: packet I/O goes through `hoststack-drivers`,
 //! system calls through `nix` and the standard library.
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod env;

@@ -5,7 +5,7 @@
 //! The library (`hoststack_bench`) holds the machinery; this file is the
 //! command line.
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -69,7 +69,7 @@ impl QueueOpts {
     /// Enters the namespace, pins the thread and opens queue `q`.
     fn open(&self, q: u32) -> Result<XdpQueue> {
         if let Some(ns) = &self.netns {
-            hoststack_stack::cli::enter_netns(ns)?;
+            hoststack_lab::enter_netns(ns)?;
         }
         if !self.cores.is_empty() {
             let core = self.cores[q as usize % self.cores.len()];

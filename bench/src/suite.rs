@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use hoststack_stack::lab::Lab;
+use hoststack_lab::Lab;
 use serde::Serialize;
 
 use crate::env::{self, HoststackServer, Managed};
@@ -212,23 +212,7 @@ fn progress(bench: &str, run: usize, runs: usize, side: &str, figure: String) {
 }
 
 fn ip4(lab: &Lab) -> (IpAddr, IpAddr) {
-    (
-        IpAddr::V4(lab.cfg.host4.addr_v4()),
-        IpAddr::V4(lab.cfg.peer4.addr_v4()),
-    )
-}
-
-trait V4 {
-    fn addr_v4(&self) -> std::net::Ipv4Addr;
-}
-
-impl V4 for hoststack_stack::AddrPrefix {
-    fn addr_v4(&self) -> std::net::Ipv4Addr {
-        match self.addr {
-            IpAddr::V4(a) => a,
-            IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
-        }
-    }
+    (lab.cfg.host4.addr, lab.cfg.peer4.addr)
 }
 
 /// Runs benchmark `name`.
@@ -922,7 +906,7 @@ fn cut_through(s: &Settings) -> Result<Outcome> {
     for b in [&sink_bin, &client_bin] {
         if !b.is_file() {
             bail!(
-                "{} is missing: build the examples (cargo build --release -p hoststack-session --examples)",
+                "{} is missing: build the examples (cargo build --release -p hoststack-app --examples)",
                 b.display()
             );
         }

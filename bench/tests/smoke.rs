@@ -4,6 +4,8 @@
 //! written. Not a timing assertion. Needs root (network namespaces,
 //! AF_XDP); the lab is removed even when the test fails.
 
+#![forbid(unsafe_code)]
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

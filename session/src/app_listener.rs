@@ -15,9 +15,9 @@
 //! may join or leave between two choices and the rotation still continues
 //! from the right place.
 
-use crate::endpoint::{Endpoint, TransportProto};
-use crate::error::{SessionError, SessionResult};
-use crate::handle::{AppIndex, ListenerHandle, WorkerMapIndex};
+use hoststack_app_proto::endpoint::{Endpoint, TransportProto};
+use hoststack_app_proto::error::{SessionError, SessionResult};
+use hoststack_app_proto::handle::{AppIndex, ListenerHandle, WorkerMapIndex};
 
 const WORD_BITS: u32 = u64::BITS;
 

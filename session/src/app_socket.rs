@@ -30,13 +30,16 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use crate::app_event::{AppEvent, ErrorCode};
-use crate::app_rx_queue::{AppRxQueue, ControlMessage, RxMessage};
-use crate::app_wire::{AppReply, AppRequest, FrameReader, encode_reply};
 use crate::control::ControlPlane;
-use crate::error::{SessionError, SessionResult};
-use crate::fd_passing::{recv_with_fds, send_with_fds};
-use crate::handle::{AppIndex, ListenerHandle, SessionHandle, WorkerMapIndex};
+use hoststack_app_proto::app_event::AppEvent;
+use hoststack_app_proto::app_rx_queue::{AppRxQueue, ControlMessage, RxMessage};
+use hoststack_app_proto::app_wire::{AppReply, AppRequest, FrameReader, encode_reply};
+use hoststack_app_proto::error::ErrorCode;
+use hoststack_app_proto::error::{SessionError, SessionResult};
+use hoststack_app_proto::handle::{AppIndex, ListenerHandle, SessionHandle, WorkerMapIndex};
+use hoststack_app_proto::options::AppOptions;
+use hoststack_shm::ShmError;
+use hoststack_shm::fd_passing::{recv_with_fds, send_with_fds};
 
 /// Settings of one app socket.
 #[derive(Debug, Clone)]
@@ -268,7 +271,7 @@ fn read_client(c: &mut Client, namespace: &str, control: &ControlPlane, buf: &mu
                 return;
             }
             Ok(n) => c.reader.push(&buf[..n]),
-            Err(SessionError::Os {
+            Err(ShmError::Os {
                 kind: ErrorKind::WouldBlock,
                 ..
             }) => break,
@@ -307,23 +310,9 @@ fn handle_request(
     control: &ControlPlane,
 ) {
     let result = match (req, c.app) {
-        (
-            AppRequest::Attach {
-                name,
-                namespace_id,
-                secret,
-                options,
-            },
-            None,
-        ) => attach(
-            c,
-            &name,
-            &namespace_id,
-            secret,
-            &options,
-            namespace,
-            control,
-        ),
+        (AppRequest::Attach { name, options }, None) => {
+            attach(c, &name, options, namespace, control)
+        }
         (AppRequest::Attach { .. }, Some(_)) => Err(SessionError::AlreadyAttached(
             "this connection already attached an app".into(),
         )),
@@ -361,27 +350,23 @@ fn handle_request(
 fn attach(
     c: &mut Client,
     name: &str,
-    namespace_id: &str,
-    secret: u64,
-    options: &crate::app_wire::WireOptions,
+    mut options: AppOptions,
     socket_namespace: &str,
     control: &ControlPlane,
 ) -> SessionResult<(AppReply, Vec<OwnedFd>)> {
     let same = |a: &str, b: &str| {
         a == b || (a.is_empty() || a == "default") && (b.is_empty() || b == "default")
     };
-    let ns = if namespace_id.is_empty() {
-        socket_namespace
-    } else {
-        namespace_id
-    };
-    if !same(ns, socket_namespace) {
+    if options.namespace_id.is_empty() {
+        options.namespace_id = socket_namespace.to_owned();
+    }
+    if !same(&options.namespace_id, socket_namespace) {
         return Err(SessionError::InvalidNamespace(format!(
-            "{ns} (this app socket serves namespace '{socket_namespace}')"
+            "{} (this app socket serves namespace '{socket_namespace}')",
+            options.namespace_id
         )));
     }
-    let opts = options.to_app_options(ns, secret)?;
-    let r = control.attach_external(c.id, name, opts)?;
+    let r = control.attach_external(c.id, name, options)?;
     let (app, wi) = (r.app, r.worker);
     let (info, fds, main) = control.call(move |l| {
         let (info, fds) = l.attach_info(app, wi)?;

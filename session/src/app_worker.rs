@@ -8,14 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tracing::warn;
 
-use crate::app_event::AppEvent;
-use crate::application::AppCallbacks;
-use crate::error::SessionResult;
-use crate::handle::{AppIndex, AppWorkerIndex, ListenerHandle, WorkerMapIndex};
-use crate::message_queue::MessageQueue;
+use crate::app_callbacks::AppCallbacks;
 use crate::segment_manager::SegmentManager;
-
-pub use crate::session_worker::AppCx;
+use hoststack_app_proto::app_event::AppEvent;
+use hoststack_app_proto::error::SessionResult;
+use hoststack_app_proto::handle::{AppIndex, AppWorkerIndex, ListenerHandle, WorkerMapIndex};
+use hoststack_shm::message_queue::MessageQueue;
 
 /// How events reach an app worker.
 #[derive(Clone)]
@@ -89,7 +87,7 @@ impl EventSink {
                 Err(e) => {
                     counters.events_dropped.fetch_add(1, Relaxed);
                     warn!("app event queue refused {event:?}: {e}");
-                    Err(e)
+                    Err(e.into())
                 }
             },
         }

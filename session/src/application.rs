@@ -7,16 +7,14 @@
 //! message queues without memfd segments is `UnsupportedConfig`, and no
 //! scope flag means global scope.
 
-use std::fmt;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
 
-use crate::app_worker::AppCx;
-use crate::endpoint::{Endpoint, TransportProto};
-use crate::error::{SessionError, SessionResult};
-use crate::handle::{AppIndex, AppWorkerIndex, NamespaceIndex, SessionHandle, WorkerMapIndex};
-use crate::segment_manager::SegmentManagerConfig;
+use crate::app_callbacks::AppCallbacks;
+use hoststack_app_proto::endpoint::{Endpoint, TransportProto};
+use hoststack_app_proto::handle::{AppIndex, AppWorkerIndex, NamespaceIndex, WorkerMapIndex};
+use hoststack_app_proto::options::{AppOptions, AppScope};
 
 /// Where an application comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -38,268 +36,6 @@ impl AppIdentity {
         match self {
             Self::Builtin(n) | Self::External { name: n, .. } => n,
         }
-    }
-}
-
-/// Segment flavour an app asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SegmentKind {
-    /// memfd segments another process can map (the only kind hoststack
-    /// makes; external apps need it).
-    #[default]
-    Memfd,
-    /// Process-private segments (VPP's builtin default). Accepted for
-    /// builtin apps and backed by memfd all the same; cannot carry eventfd
-    /// message queues.
-    Private,
-}
-
-/// Everything an app may set when it attaches (VPP's attach options).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppOptions {
-    /// Namespace id; empty means the default namespace.
-    pub namespace_id: String,
-    /// The namespace's secret.
-    pub namespace_secret: u64,
-    /// Listen and connect in the namespace's local table (cut-through).
-    pub scope_local: bool,
-    /// Listen and connect through transports.
-    pub scope_global: bool,
-    /// Proxy app (may listen on an endpoint it does not own the address of).
-    pub proxy: bool,
-    /// Bytes of each worker's first segment.
-    pub segment_size: usize,
-    /// Bytes of each segment added when the first is full; 0 never adds.
-    pub add_segment_size: usize,
-    /// Default rx fifo bytes.
-    pub rx_fifo_size: u32,
-    /// Default tx fifo bytes.
-    pub tx_fifo_size: u32,
-    /// Largest fifo allowed.
-    pub max_fifo_size: u32,
-    /// Fifo pairs allocated up front.
-    pub prealloc_fifo_pairs: u32,
-    /// Fifo headers allocated up front.
-    pub prealloc_fifo_headers: u32,
-    /// Slots of each worker's event queue.
-    pub event_queue_size: u32,
-    /// Signal the event queue with an eventfd.
-    pub use_eventfd: bool,
-    /// Segment flavour.
-    pub segment_kind: SegmentKind,
-    /// High watermark of tx fifos, percent of the fifo.
-    pub high_watermark: u8,
-    /// Low watermark of tx fifos, percent of the fifo.
-    pub low_watermark: u8,
-    /// Share of the first segment preallocated fifos may take, percent.
-    pub pct_first_alloc: u8,
-}
-
-impl Default for AppOptions {
-    fn default() -> Self {
-        Self {
-            namespace_id: String::new(),
-            namespace_secret: 0,
-            scope_local: false,
-            scope_global: false,
-            proxy: false,
-            segment_size: 32 << 20,
-            add_segment_size: 32 << 20,
-            rx_fifo_size: 64 << 10,
-            tx_fifo_size: 64 << 10,
-            max_fifo_size: 16 << 20,
-            prealloc_fifo_pairs: 0,
-            prealloc_fifo_headers: 0,
-            event_queue_size: 2048,
-            use_eventfd: false,
-            segment_kind: SegmentKind::Memfd,
-            high_watermark: 100,
-            low_watermark: 0,
-            pct_first_alloc: 100,
-        }
-    }
-}
-
-/// The two scopes an app listens and connects in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AppScope {
-    /// Local scope (the namespace's local table, cut-through).
-    pub local: bool,
-    /// Global scope (transports, the FIB's table).
-    pub global: bool,
-}
-
-impl AppOptions {
-    /// Checks the options and derives the scope; no scope flag means global.
-    pub fn validate(&self) -> SessionResult<AppScope> {
-        if self.prealloc_fifo_pairs != 0 && self.prealloc_fifo_headers != 0 {
-            return Err(SessionError::UnsupportedConfig(
-                "prealloc fifo pairs and prealloc fifo headers are mutually exclusive".into(),
-            ));
-        }
-        if self.use_eventfd && self.segment_kind != SegmentKind::Memfd {
-            return Err(SessionError::UnsupportedConfig(
-                "eventfd message queues need memfd segments".into(),
-            ));
-        }
-        if self.high_watermark > 100 || self.low_watermark > self.high_watermark {
-            return Err(SessionError::InvalidValue(format!(
-                "watermarks must satisfy low <= high <= 100 (got low {} high {})",
-                self.low_watermark, self.high_watermark
-            )));
-        }
-        if self.pct_first_alloc == 0 || self.pct_first_alloc > 100 {
-            return Err(SessionError::InvalidValue(format!(
-                "percentage of first allocation {} is outside 1..=100",
-                self.pct_first_alloc
-            )));
-        }
-        if self.event_queue_size < 2 {
-            return Err(SessionError::InvalidValue(
-                "event queue needs at least 2 slots".into(),
-            ));
-        }
-        let (local, global) = match (self.scope_local, self.scope_global) {
-            (false, false) => (false, true),
-            s => s,
-        };
-        Ok(AppScope { local, global })
-    }
-
-    /// The segment manager settings of one worker of this app.
-    pub fn segment_manager_config(&self) -> SegmentManagerConfig {
-        SegmentManagerConfig {
-            first_segment_size: self.segment_size,
-            additional_segment_size: self.add_segment_size,
-            rx_fifo_size: self.rx_fifo_size,
-            tx_fifo_size: self.tx_fifo_size,
-            max_fifo_size: self.max_fifo_size,
-            prealloc_fifo_pairs: self.prealloc_fifo_pairs,
-            prealloc_fifo_headers: self.prealloc_fifo_headers,
-            first_alloc_percent: self.pct_first_alloc,
-            event_queue_slots: self.event_queue_size,
-            event_queue_slot_size: crate::app_event::APP_EVENT_SIZE as u32,
-        }
-    }
-}
-
-/// Sizes an app gets when it asks for 0: a daemon's configured defaults
-/// for segment, fifo and event-queue sizes. Sizes an app names itself are
-/// kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AppSizeDefaults {
-    /// First segment size.
-    pub segment_size: usize,
-    /// Additional segment size.
-    pub add_segment_size: usize,
-    /// rx fifo size.
-    pub rx_fifo_size: u32,
-    /// tx fifo size.
-    pub tx_fifo_size: u32,
-    /// Event queue slots.
-    pub event_queue_size: u32,
-}
-
-impl Default for AppSizeDefaults {
-    fn default() -> Self {
-        let o = AppOptions::default();
-        Self {
-            segment_size: o.segment_size,
-            add_segment_size: o.add_segment_size,
-            rx_fifo_size: o.rx_fifo_size,
-            tx_fifo_size: o.tx_fifo_size,
-            event_queue_size: o.event_queue_size,
-        }
-    }
-}
-
-impl AppSizeDefaults {
-    /// Replaces every size of `o` that is 0 by its default.
-    pub fn fill(&self, o: &mut AppOptions) {
-        if o.segment_size == 0 {
-            o.segment_size = self.segment_size;
-        }
-        if o.add_segment_size == 0 {
-            o.add_segment_size = self.add_segment_size;
-        }
-        if o.rx_fifo_size == 0 {
-            o.rx_fifo_size = self.rx_fifo_size;
-        }
-        if o.tx_fifo_size == 0 {
-            o.tx_fifo_size = self.tx_fifo_size;
-        }
-        if o.event_queue_size == 0 {
-            o.event_queue_size = self.event_queue_size;
-        }
-    }
-}
-
-/// A session callback of a builtin app.
-pub type SessionCallback = Arc<dyn Fn(&mut AppCx<'_>, SessionHandle) + Send + Sync>;
-/// The connected callback: the session, or why the connect failed, and the
-/// opaque value the connect carried.
-pub type ConnectedCallback =
-    Arc<dyn Fn(&mut AppCx<'_>, Result<SessionHandle, SessionError>, u64) + Send + Sync>;
-/// A segment callback: segment index and size (0 on removal).
-pub type SegmentCallback = Arc<dyn Fn(u32, usize) + Send + Sync>;
-/// Called when a cert/key pair the app registered interest in is deleted.
-pub type CertCallback = Arc<dyn Fn(u32) + Send + Sync>;
-
-/// The callbacks of a builtin app; every one is optional, and attaching
-/// without accept, connected, disconnect or reset logs a warning (the app
-/// will miss those events).
-#[derive(Clone, Default)]
-pub struct AppCallbacks {
-    /// A session was accepted on one of the app's listeners.
-    pub accept: Option<SessionCallback>,
-    /// A connect finished.
-    pub connected: Option<ConnectedCallback>,
-    /// The peer closed the session.
-    pub disconnect: Option<SessionCallback>,
-    /// The peer reset the session.
-    pub reset: Option<SessionCallback>,
-    /// Data arrived in the session's rx fifo.
-    pub rx: Option<SessionCallback>,
-    /// Room appeared in the session's tx fifo.
-    pub tx: Option<SessionCallback>,
-    /// A segment was added to one of the app's workers.
-    pub add_segment: Option<SegmentCallback>,
-    /// A segment was removed.
-    pub del_segment: Option<SegmentCallback>,
-    /// A cert/key pair the app cared about was deleted.
-    pub cert_deleted: Option<CertCallback>,
-}
-
-impl fmt::Debug for AppCallbacks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AppCallbacks")
-            .field("accept", &self.accept.is_some())
-            .field("connected", &self.connected.is_some())
-            .field("disconnect", &self.disconnect.is_some())
-            .field("reset", &self.reset.is_some())
-            .field("rx", &self.rx.is_some())
-            .field("tx", &self.tx.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl AppCallbacks {
-    /// Names of the callbacks VPP warns about when missing.
-    pub fn missing(&self) -> Vec<&'static str> {
-        let mut m = Vec::new();
-        if self.accept.is_none() {
-            m.push("accept");
-        }
-        if self.connected.is_none() {
-            m.push("connected");
-        }
-        if self.disconnect.is_none() {
-            m.push("disconnect");
-        }
-        if self.reset.is_none() {
-            m.push("reset");
-        }
-        m
     }
 }
 
@@ -335,15 +71,15 @@ pub struct Application {
 #[derive(Debug)]
 pub struct ExternalParts {
     /// Where the queues are, for the attach reply.
-    pub rx_info: crate::app_wire::RxQueuesInfo,
+    pub rx_info: hoststack_app_proto::app_rx_queue::RxQueuesInfo,
     /// The queues' segment (its fd goes to the app); none when the layer
     /// gives apps no private rx queues.
-    pub rx_segment: Option<crate::segment::Segment>,
+    pub rx_segment: Option<hoststack_shm::segment::Segment>,
     /// Another handle on each queue, in thread order: their eventfds go to
     /// the app, and `show app mq` reads their fill from them.
-    pub rx_watch: Vec<crate::app_rx_queue::AppRxQueue>,
+    pub rx_watch: Vec<hoststack_app_proto::app_rx_queue::AppRxQueue>,
     /// The main thread's queue, until the app socket server takes it.
-    pub main_queue: Option<crate::app_rx_queue::AppRxQueue>,
+    pub main_queue: Option<hoststack_app_proto::app_rx_queue::AppRxQueue>,
 }
 
 impl Application {
@@ -355,120 +91,5 @@ impl Application {
     /// True for builtin apps.
     pub fn is_builtin(&self) -> bool {
         matches!(self.identity, AppIdentity::Builtin(_))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn no_scope_flag_means_global_scope() {
-        let s = AppOptions::default().validate().unwrap();
-        assert_eq!(
-            s,
-            AppScope {
-                local: false,
-                global: true
-            }
-        );
-        let s = AppOptions {
-            scope_local: true,
-            ..Default::default()
-        }
-        .validate()
-        .unwrap();
-        assert_eq!(
-            s,
-            AppScope {
-                local: true,
-                global: false
-            }
-        );
-    }
-
-    #[test]
-    fn prealloc_pairs_with_prealloc_headers_is_unsupported_config() {
-        let o = AppOptions {
-            prealloc_fifo_pairs: 4,
-            prealloc_fifo_headers: 4,
-            ..Default::default()
-        };
-        assert!(matches!(
-            o.validate(),
-            Err(SessionError::UnsupportedConfig(_))
-        ));
-    }
-
-    #[test]
-    fn eventfd_without_memfd_segments_is_unsupported_config() {
-        let o = AppOptions {
-            use_eventfd: true,
-            segment_kind: SegmentKind::Private,
-            ..Default::default()
-        };
-        assert!(matches!(
-            o.validate(),
-            Err(SessionError::UnsupportedConfig(_))
-        ));
-        let o = AppOptions {
-            use_eventfd: true,
-            ..Default::default()
-        };
-        assert!(o.validate().is_ok());
-    }
-
-    #[test]
-    fn bad_watermarks_and_percentages_are_invalid_value() {
-        let o = AppOptions {
-            low_watermark: 90,
-            high_watermark: 10,
-            ..Default::default()
-        };
-        assert!(matches!(o.validate(), Err(SessionError::InvalidValue(_))));
-        let o = AppOptions {
-            pct_first_alloc: 0,
-            ..Default::default()
-        };
-        assert!(matches!(o.validate(), Err(SessionError::InvalidValue(_))));
-    }
-
-    #[test]
-    fn missing_callbacks_are_listed() {
-        let cbs = AppCallbacks::default();
-        assert_eq!(
-            cbs.missing(),
-            vec!["accept", "connected", "disconnect", "reset"]
-        );
-        let cbs = AppCallbacks {
-            accept: Some(Arc::new(|_, _| {})),
-            ..Default::default()
-        };
-        assert_eq!(cbs.missing(), vec!["connected", "disconnect", "reset"]);
-    }
-
-    #[test]
-    fn size_defaults_fill_only_the_sizes_an_app_left_at_zero() {
-        let d = AppSizeDefaults {
-            segment_size: 8 << 20,
-            add_segment_size: 4 << 20,
-            rx_fifo_size: 128 << 10,
-            tx_fifo_size: 256 << 10,
-            event_queue_size: 512,
-        };
-        let mut o = AppOptions {
-            segment_size: 0,
-            add_segment_size: 0,
-            rx_fifo_size: 0,
-            tx_fifo_size: 32 << 10,
-            event_queue_size: 0,
-            ..AppOptions::default()
-        };
-        d.fill(&mut o);
-        assert_eq!(o.segment_size, 8 << 20);
-        assert_eq!(o.add_segment_size, 4 << 20);
-        assert_eq!(o.rx_fifo_size, 128 << 10);
-        assert_eq!(o.tx_fifo_size, 32 << 10, "an explicit size was replaced");
-        assert_eq!(o.event_queue_size, 512);
     }
 }

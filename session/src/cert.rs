@@ -22,8 +22,8 @@ use std::fmt;
 
 use slab::Slab;
 
-use crate::error::{SessionError, SessionResult};
-use crate::handle::{AppIndex, CertKeyIndex, CryptoEngineIndex};
+use hoststack_app_proto::error::{SessionError, SessionResult};
+use hoststack_app_proto::handle::{AppIndex, CertKeyIndex, CryptoEngineIndex};
 
 /// A certificate, its key, and the apps to call back when it is deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,11 +14,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use crate::application::{AppCallbacks, AppIdentity, AppOptions};
-use crate::endpoint::{Endpoint, TransportProto};
-use crate::error::{SessionError, SessionResult};
-use crate::handle::{AppIndex, ListenerHandle, SessionHandle, WorkerMapIndex};
+use crate::app_callbacks::AppCallbacks;
+use crate::application::AppIdentity;
 use crate::session_layer::{AttachReply, SessionLayer};
+use hoststack_app_proto::endpoint::{Endpoint, TransportProto};
+use hoststack_app_proto::error::{SessionError, SessionResult};
+use hoststack_app_proto::handle::{AppIndex, ListenerHandle, SessionHandle, WorkerMapIndex};
+use hoststack_app_proto::options::AppOptions;
 
 /// A forwarded call: runs under the lock and returns the reply to send
 /// once the callbacks it queued have run.
@@ -269,7 +271,7 @@ impl ControlPlane {
     pub fn sessions(
         &self,
         timeout: Duration,
-    ) -> SessionResult<Vec<(u32, Vec<crate::session::SessionInfo>)>> {
+    ) -> SessionResult<Vec<(u32, Vec<crate::session_info::SessionInfo>)>> {
         let (rx, n) = self.call(|l| l.request_sessions())?;
         let end = std::time::Instant::now() + timeout;
         let mut out = Vec::new();

@@ -23,9 +23,9 @@
 
 use hashbrown::HashMap;
 
-use crate::endpoint::{Endpoint, IpFamily, SessionKey, TransportProto};
-use crate::error::{SessionError, SessionResult};
-use crate::handle::{FibIndex, ListenerHandle, NamespaceIndex, SessionHandle};
+use hoststack_app_proto::endpoint::{Endpoint, IpFamily, SessionKey, TransportProto};
+use hoststack_app_proto::error::{SessionError, SessionResult};
+use hoststack_app_proto::handle::{FibIndex, ListenerHandle, NamespaceIndex, SessionHandle};
 
 /// The sessions and global-scope listeners of one FIB.
 #[derive(Debug, Clone)]
@@ -497,7 +497,7 @@ impl SessionLookup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::FiveTuple;
+    use hoststack_app_proto::endpoint::FiveTuple;
 
     const TCP: TransportProto = TransportProto::Tcp;
     const UDP: TransportProto = TransportProto::Udp;

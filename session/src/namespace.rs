@@ -23,9 +23,9 @@ use std::net::IpAddr;
 use hashbrown::HashMap;
 use slab::Slab;
 
-use crate::endpoint::{Endpoint, IpFamily};
-use crate::error::{SessionError, SessionResult};
-use crate::handle::{FibIndex, NamespaceIndex};
+use hoststack_app_proto::endpoint::{Endpoint, IpFamily};
+use hoststack_app_proto::error::{SessionError, SessionResult};
+use hoststack_app_proto::handle::{FibIndex, NamespaceIndex};
 
 /// An interface a namespace is bound to and the addresses it has.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 //! the memfd, ready for SCM_RIGHTS).
 //!
 //! Everything here is safe code over [`Segment`], [`Fifo`] and the
-//! process-private [`crate::segment::SegmentAllocator`]; the app cannot
+//! process-private [`hoststack_shm::segment::SegmentAllocator`]; the app cannot
 //! corrupt the manager's bookkeeping.
 
 use std::collections::BTreeMap;
@@ -22,10 +22,12 @@ use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
 
 use hashbrown::HashMap;
 
-use crate::error::{SessionError, SessionResult};
-use crate::fifo::{FIFO_HEADER_SIZE, FIFO_MAX_SIZE, Fifo, fifo_required_size};
-use crate::message_queue::MessageQueue;
-use crate::segment::{SEGMENT_ALLOC_ALIGN, Segment};
+use hoststack_app_proto::app_event::APP_EVENT_SIZE;
+use hoststack_app_proto::error::{SessionError, SessionResult};
+use hoststack_app_proto::options::AppOptions;
+use hoststack_shm::fifo::{FIFO_HEADER_SIZE, FIFO_MAX_SIZE, Fifo, fifo_required_size};
+use hoststack_shm::message_queue::MessageQueue;
+use hoststack_shm::segment::{SEGMENT_ALLOC_ALIGN, Segment};
 
 /// Sizing and preallocation options of one app worker's segments; they
 /// mirror the app attach options of VPP's session layer.
@@ -71,6 +73,24 @@ impl Default for SegmentManagerConfig {
             first_alloc_percent: 100,
             event_queue_slots: 2048,
             event_queue_slot_size: 64,
+        }
+    }
+}
+
+impl SegmentManagerConfig {
+    /// The settings of one worker of an app attached with `o`.
+    pub fn for_app(o: &AppOptions) -> Self {
+        Self {
+            first_segment_size: o.segment_size,
+            additional_segment_size: o.add_segment_size,
+            rx_fifo_size: o.rx_fifo_size,
+            tx_fifo_size: o.tx_fifo_size,
+            max_fifo_size: o.max_fifo_size,
+            prealloc_fifo_pairs: o.prealloc_fifo_pairs,
+            prealloc_fifo_headers: o.prealloc_fifo_headers,
+            first_alloc_percent: o.pct_first_alloc,
+            event_queue_slots: o.event_queue_size,
+            event_queue_slot_size: APP_EVENT_SIZE as u32,
         }
     }
 }

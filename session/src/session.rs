@@ -8,41 +8,15 @@
 
 use std::sync::Arc;
 
-use crate::app_event::FifoLocation;
 use crate::app_worker::{AppWorkerCounters, EventSink};
-use crate::endpoint::SessionKey;
-use crate::endpoint::{Endpoint, TransportProto};
-use crate::fifo::{Fifo, FifoConsumer, FifoProducer};
-use crate::handle::{AppIndex, AppWorkerIndex, ListenerHandle, SessionHandle};
 use crate::segment_manager::FifoPair;
+use crate::session_info::{SessionInfo, SessionState};
 use crate::transport::TransportConnId;
-
-/// Where a session is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionState {
-    /// A connect is under way.
-    Connecting,
-    /// Data flows.
-    Ready,
-    /// The peer finished sending; the app was (or will be) told.
-    RemoteClosed,
-    /// The app closed; queued data drains, then the transport closes.
-    Closing,
-    /// The transport is closing; waiting for it to forget the connection.
-    TransportClosing,
-}
-
-impl std::fmt::Display for SessionState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Connecting => "CONNECTING",
-            Self::Ready => "READY",
-            Self::RemoteClosed => "REMOTE-CLOSED",
-            Self::Closing => "CLOSING",
-            Self::TransportClosing => "TRANSPORT-CLOSING",
-        })
-    }
-}
+use hoststack_app_proto::app_event::FifoLocation;
+use hoststack_app_proto::endpoint::SessionKey;
+use hoststack_app_proto::endpoint::{Endpoint, TransportProto};
+use hoststack_app_proto::handle::{AppIndex, AppWorkerIndex, ListenerHandle, SessionHandle};
+use hoststack_shm::fifo::{Fifo, FifoConsumer, FifoProducer};
 
 /// What carries the session's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,34 +109,6 @@ impl Session {
     pub fn fifos(&self) -> (&Fifo, &Fifo) {
         (self.rx_in.fifo(), self.tx_out.fifo())
     }
-}
-
-/// A summary of a session for `show session` and for apps.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionInfo {
-    /// Handle.
-    pub handle: SessionHandle,
-    /// Protocol.
-    pub proto: TransportProto,
-    /// State.
-    pub state: SessionState,
-    /// Our end.
-    pub local: Endpoint,
-    /// The peer.
-    pub remote: Endpoint,
-    /// Owning app.
-    pub app: AppIndex,
-    /// Owning app worker.
-    pub app_worker: AppWorkerIndex,
-    /// Bytes waiting in the rx fifo.
-    pub rx_fill: u32,
-    /// Bytes waiting in the tx fifo.
-    pub tx_fill: u32,
-    /// Cut-through or not.
-    pub cut_through: bool,
-    /// The listener it was accepted on; `None` for a session the app
-    /// connected (what `show app client` lists).
-    pub listener: Option<ListenerHandle>,
 }
 
 impl Session {

@@ -17,24 +17,26 @@ use hashbrown::HashMap;
 use slab::Slab;
 use tracing::{debug, warn};
 
-use crate::app_event::{APP_EVENT_SIZE, AppEvent, FifoLocation};
+use crate::app_callbacks::AppCallbacks;
 use crate::app_listener::AppListener;
 use crate::app_worker::{AppWorker, AppWorkerCounters, EventSink};
-use crate::application::{AppCallbacks, AppIdentity, AppOptions, Application};
+use crate::application::{AppIdentity, Application};
 use crate::cert::{CertKeyStore, CryptoEngines};
-use crate::endpoint::SessionKey;
-use crate::endpoint::{Endpoint, FiveTuple, IpFamily, TransportProto};
-use crate::error::{SessionError, SessionResult};
-use crate::eventfd::EventFd;
-use crate::fifo::Fifo;
-use crate::handle::{
+use crate::lookup::{ListenerQuery, ListenerScope, SessionLookup};
+use crate::namespace::AppNamespaces;
+use crate::segment_manager::{FifoPair, SegmentEvent, SegmentManager, SegmentManagerConfig};
+use hoststack_app_proto::app_event::{APP_EVENT_SIZE, AppEvent, FifoLocation};
+use hoststack_app_proto::endpoint::SessionKey;
+use hoststack_app_proto::endpoint::{Endpoint, FiveTuple, IpFamily, TransportProto};
+use hoststack_app_proto::error::{SessionError, SessionResult};
+use hoststack_app_proto::handle::{
     AppIndex, AppWorkerIndex, CertKeyIndex, ListenerHandle, NamespaceIndex, SessionHandle,
     WorkerMapIndex,
 };
-use crate::lookup::{ListenerQuery, ListenerScope, SessionLookup};
-use crate::message_queue::MessageQueue;
-use crate::namespace::AppNamespaces;
-use crate::segment_manager::{FifoPair, SegmentEvent, SegmentManager};
+use hoststack_app_proto::options::AppOptions;
+use hoststack_shm::eventfd::EventFd;
+use hoststack_shm::fifo::Fifo;
+use hoststack_shm::message_queue::MessageQueue;
 
 /// What a stack thread is asked to do by the control plane.
 #[derive(Debug)]
@@ -85,14 +87,14 @@ pub enum WorkerCommand {
         /// The app.
         app: AppIndex,
         /// What it sent.
-        message: crate::app_rx_queue::RxMessage,
+        message: hoststack_app_proto::app_rx_queue::RxMessage,
     },
     /// Serve an external app's rx queue on this thread.
     AddAppQueue {
         /// The app.
         app: AppIndex,
         /// Its queue for this thread.
-        queue: Box<crate::app_rx_queue::AppRxQueue>,
+        queue: Box<hoststack_app_proto::app_rx_queue::AppRxQueue>,
     },
     /// Stop serving an app's rx queue (the app is detaching).
     RemoveAppQueue {
@@ -102,7 +104,7 @@ pub enum WorkerCommand {
     /// Report this thread's sessions (for `show session`).
     ShowSessions {
         /// Where the answer goes: the thread index and its sessions.
-        reply: Sender<(u32, Vec<crate::session::SessionInfo>)>,
+        reply: Sender<(u32, Vec<crate::session_info::SessionInfo>)>,
     },
     /// Reset every session of an app that is detaching or whose workers
     /// are deleted.
@@ -240,7 +242,7 @@ pub struct SessionLayer {
     /// Crypto engines.
     pub engines: CryptoEngines,
     /// Sizes an app that asks for 0 gets (a daemon's configured defaults).
-    pub app_defaults: crate::application::AppSizeDefaults,
+    pub app_defaults: hoststack_app_proto::options::AppSizeDefaults,
     /// Whether external apps get an rx message queue per stack thread in
     /// shared memory (true, the default). Without, their control requests
     /// and io notifications come over the app socket, one system call each.
@@ -284,7 +286,7 @@ impl SessionLayer {
             lookup: SessionLookup::new(),
             certs: CertKeyStore::new(),
             engines: CryptoEngines::new(),
-            app_defaults: crate::application::AppSizeDefaults::default(),
+            app_defaults: hoststack_app_proto::options::AppSizeDefaults::default(),
             private_rx_queues: true,
             owners: HashMap::new(),
             threads,
@@ -441,7 +443,7 @@ impl SessionLayer {
                 .get_mut(app.as_usize())
                 .ok_or(SessionError::NoApp(app.0))?;
             a.external = Some(crate::application::ExternalParts {
-                rx_info: crate::app_wire::RxQueuesInfo {
+                rx_info: hoststack_app_proto::app_rx_queue::RxQueuesInfo {
                     segment_size: 0,
                     queues: Vec::new(),
                 },
@@ -455,15 +457,15 @@ impl SessionLayer {
             .apps
             .get(app.as_usize())
             .ok_or(SessionError::NoApp(app.0))?;
-        let slots = crate::app_rx_queue::rx_queue_slots(a.options.event_queue_size);
+        let slots = hoststack_app_proto::app_rx_queue::rx_queue_slots(a.options.event_queue_size);
         let name = format!("hs-{}-rxq", a.name());
         let threads = self.threads.len() as u32 + 1;
-        let queues = crate::app_rx_queue::AppRxQueues::create(&name, threads, slots)?;
+        let queues = hoststack_app_proto::app_rx_queue::AppRxQueues::create(&name, threads, slots)?;
         let rx_info = queues.info();
         let rx_watch = queues
             .queues()
             .iter()
-            .map(crate::app_rx_queue::AppRxQueue::try_clone)
+            .map(hoststack_app_proto::app_rx_queue::AppRxQueue::try_clone)
             .collect::<SessionResult<Vec<_>>>()?;
         let (rx_segment, mut list) = queues.into_parts();
         let main_queue = list.pop();
@@ -488,7 +490,10 @@ impl SessionLayer {
     }
 
     /// The main thread's rx queue of an external app (once).
-    pub fn take_main_queue(&mut self, app: AppIndex) -> Option<crate::app_rx_queue::AppRxQueue> {
+    pub fn take_main_queue(
+        &mut self,
+        app: AppIndex,
+    ) -> Option<hoststack_app_proto::app_rx_queue::AppRxQueue> {
         self.apps
             .get_mut(app.as_usize())?
             .external
@@ -502,7 +507,10 @@ impl SessionLayer {
     pub fn worker_info(
         &self,
         wi: AppWorkerIndex,
-    ) -> SessionResult<(crate::app_wire::WorkerInfo, Vec<std::os::fd::OwnedFd>)> {
+    ) -> SessionResult<(
+        hoststack_app_proto::app_wire::WorkerInfo,
+        Vec<std::os::fd::OwnedFd>,
+    )> {
         let w = self
             .app_workers
             .get(wi.as_usize())
@@ -517,7 +525,7 @@ impl SessionLayer {
         if let Some(e) = q.eventfd() {
             fds.push(e.try_clone()?.into_owned_fd());
         }
-        let info = crate::app_wire::WorkerInfo {
+        let info = hoststack_app_proto::app_wire::WorkerInfo {
             worker: w.map_index.0,
             segment_index: sm.first_segment_index(),
             segment_size: sm.first_segment().size() as u64,
@@ -534,7 +542,10 @@ impl SessionLayer {
         &self,
         app: AppIndex,
         wi: AppWorkerIndex,
-    ) -> SessionResult<(crate::app_wire::AttachInfo, Vec<std::os::fd::OwnedFd>)> {
+    ) -> SessionResult<(
+        hoststack_app_proto::app_wire::AttachInfo,
+        Vec<std::os::fd::OwnedFd>,
+    )> {
         let (worker, mut fds) = self.worker_info(wi)?;
         let a = self.app(app)?;
         let ext = a
@@ -547,7 +558,7 @@ impl SessionLayer {
         for q in &ext.rx_watch {
             fds.push(q.eventfd().try_clone()?.into_owned_fd());
         }
-        let info = crate::app_wire::AttachInfo {
+        let info = hoststack_app_proto::app_wire::AttachInfo {
             app: app.0,
             worker,
             threads: self.threads.len() as u32 + 1,
@@ -563,7 +574,7 @@ impl SessionLayer {
         &self,
         app: AppIndex,
         thread: u32,
-        message: crate::app_rx_queue::RxMessage,
+        message: hoststack_app_proto::app_rx_queue::RxMessage,
     ) -> SessionResult<()> {
         self.app(app)?;
         if thread as usize >= self.threads.len() {
@@ -652,7 +663,7 @@ impl SessionLayer {
         let map_index = WorkerMapIndex(a.next_map_index);
         let mut sm = SegmentManager::with_ids(
             &format!("hs-{}-{}", a.name(), seq),
-            a.options.segment_manager_config(),
+            SegmentManagerConfig::for_app(&a.options),
             Some(self.segment_ids.clone()),
         )?;
         let sink = match &a.callbacks {
@@ -1246,7 +1257,7 @@ impl SessionLayer {
     pub fn request_sessions(
         &self,
     ) -> (
-        std::sync::mpsc::Receiver<(u32, Vec<crate::session::SessionInfo>)>,
+        std::sync::mpsc::Receiver<(u32, Vec<crate::session_info::SessionInfo>)>,
         usize,
     ) {
         let (tx, rx) = std::sync::mpsc::channel();

@@ -23,15 +23,19 @@ use hashbrown::HashMap;
 use slab::Slab;
 use tracing::{debug, warn};
 
-use crate::app_event::{AppEvent, DGRAM_HEADER_SIZE, decode_dgram_header, encode_dgram_header};
-use crate::app_rx_queue::{AppRxQueue, ControlMessage, IoMessage, RxMessage};
+use crate::app_callbacks::AppContext;
 use crate::app_worker::EventSink;
-use crate::endpoint::{Endpoint, FiveTuple, TransportProto};
-use crate::error::{SessionError, SessionResult};
-use crate::handle::{AppIndex, AppWorkerIndex, ListenerHandle, SessionHandle};
-use crate::session::{Session, SessionInfo, SessionKind, SessionState};
+use crate::session::{Session, SessionKind};
+use crate::session_info::{SessionInfo, SessionState};
 use crate::session_layer::{Deferred, NewSessionParts, SessionLayer, WorkerCommand};
 use crate::transport::{DatagramMeta, Transport, TransportConnId, TransportEvent};
+use hoststack_app_proto::app_event::{
+    AppEvent, DGRAM_HEADER_SIZE, decode_dgram_header, encode_dgram_header,
+};
+use hoststack_app_proto::app_rx_queue::{AppRxQueue, ControlMessage, IoMessage, RxMessage};
+use hoststack_app_proto::endpoint::{Endpoint, FiveTuple, TransportProto};
+use hoststack_app_proto::error::{SessionError, SessionResult};
+use hoststack_app_proto::handle::{AppIndex, AppWorkerIndex, ListenerHandle, SessionHandle};
 
 /// The builtin-app events a worker dispatches as callbacks.
 #[derive(Debug, Clone)]
@@ -134,7 +138,7 @@ pub struct SessionWorker {
     by_conn: HashMap<(TransportProto, TransportConnId), u32>,
     listening: HashMap<ListenerHandle, TransportProto>,
     builtin: VecDeque<(
-        Arc<crate::application::AppCallbacks>,
+        Arc<crate::app_callbacks::AppCallbacks>,
         AppWorkerIndex,
         BuiltinEvent,
     )>,
@@ -519,7 +523,7 @@ impl SessionWorker {
             }
         };
         let zero = Endpoint {
-            ip: crate::endpoint::IpFamily::of(&remote.ip).zero_addr(),
+            ip: hoststack_app_proto::endpoint::IpFamily::of(&remote.ip).zero_addr(),
             port: 0,
         };
         let idx = self.insert_session(
@@ -562,7 +566,7 @@ impl SessionWorker {
         let wire = AppEvent::Connected {
             session: SessionHandle::from_u64(u64::MAX),
             opaque,
-            error: crate::app_event::ErrorCode::of(&e) as u32,
+            error: hoststack_app_proto::error::ErrorCode::of(&e) as u32,
             local: remote,
             remote,
             fifos: Default::default(),
@@ -1093,7 +1097,7 @@ impl SessionWorker {
     /// One message an external app sent this thread.
     fn app_message(&mut self, app: AppIndex, m: RxMessage, tp: &mut dyn TransportSet) {
         if let RxMessage::Io(IoMessage::Ping { sent_ns }) = m {
-            let wait = crate::app_rx_queue::monotonic_ns().saturating_sub(sent_ns);
+            let wait = hoststack_app_proto::app_rx_queue::monotonic_ns().saturating_sub(sent_ns);
             let mut pings = self.stats.pings.lock().unwrap_or_else(|p| p.into_inner());
             let p = pings.entry(app.0).or_default();
             p.count += 1;
@@ -1271,23 +1275,14 @@ impl SessionWorker {
     }
 }
 
-/// What a builtin app's callback may do, on the thread that called it.
+/// The [`AppContext`] a builtin app's callback gets: the session worker of
+/// the calling thread and the app worker being called.
 pub struct AppCx<'a> {
     worker: &'a mut SessionWorker,
     app_worker: AppWorkerIndex,
 }
 
 impl AppCx<'_> {
-    /// The app worker being called.
-    pub fn app_worker(&self) -> AppWorkerIndex {
-        self.app_worker
-    }
-
-    /// The stack thread the callback runs on.
-    pub fn thread(&self) -> u32 {
-        self.worker.thread
-    }
-
     fn own(&mut self, h: SessionHandle) -> SessionResult<&mut Session> {
         let wi = self.app_worker;
         match self.worker.session_mut(h) {
@@ -1295,21 +1290,6 @@ impl AppCx<'_> {
             Some(_) => Err(SessionError::NotOwner(h.as_u64())),
             None => Err(SessionError::NoSession(h.as_u64())),
         }
-    }
-
-    /// A session's summary.
-    pub fn info(&mut self, h: SessionHandle) -> SessionResult<SessionInfo> {
-        Ok(self.own(h)?.info())
-    }
-
-    /// Bytes waiting in the rx fifo.
-    pub fn rx_available(&mut self, h: SessionHandle) -> SessionResult<usize> {
-        Ok(self.own(h)?.app_rx.max_dequeue()? as usize)
-    }
-
-    /// Room in the tx fifo.
-    pub fn tx_space(&mut self, h: SessionHandle) -> SessionResult<usize> {
-        Ok(self.own(h)?.app_tx.max_enqueue()? as usize)
     }
 
     fn after_read(&mut self, h: SessionHandle) {
@@ -1326,9 +1306,30 @@ impl AppCx<'_> {
             }
         }
     }
+}
 
-    /// Reads from the rx fifo.
-    pub fn read(&mut self, h: SessionHandle, buf: &mut [u8]) -> SessionResult<usize> {
+impl AppContext for AppCx<'_> {
+    fn app_worker(&self) -> AppWorkerIndex {
+        self.app_worker
+    }
+
+    fn thread(&self) -> u32 {
+        self.worker.thread
+    }
+
+    fn info(&mut self, h: SessionHandle) -> SessionResult<SessionInfo> {
+        Ok(self.own(h)?.info())
+    }
+
+    fn rx_available(&mut self, h: SessionHandle) -> SessionResult<usize> {
+        Ok(self.own(h)?.app_rx.max_dequeue()? as usize)
+    }
+
+    fn tx_space(&mut self, h: SessionHandle) -> SessionResult<usize> {
+        Ok(self.own(h)?.app_tx.max_enqueue()? as usize)
+    }
+
+    fn read(&mut self, h: SessionHandle, buf: &mut [u8]) -> SessionResult<usize> {
         let n = self.own(h)?.app_rx.dequeue(buf)?;
         if n > 0 {
             self.after_read(h);
@@ -1336,13 +1337,11 @@ impl AppCx<'_> {
         Ok(n)
     }
 
-    /// Copies rx bytes at `offset` without consuming them.
-    pub fn peek(&mut self, h: SessionHandle, offset: u32, buf: &mut [u8]) -> SessionResult<usize> {
-        self.own(h)?.app_rx.peek(offset, buf)
+    fn peek(&mut self, h: SessionHandle, offset: u32, buf: &mut [u8]) -> SessionResult<usize> {
+        Ok(self.own(h)?.app_rx.peek(offset, buf)?)
     }
 
-    /// Consumes `n` rx bytes.
-    pub fn consume(&mut self, h: SessionHandle, n: u32) -> SessionResult<u32> {
+    fn consume(&mut self, h: SessionHandle, n: u32) -> SessionResult<u32> {
         let n = self.own(h)?.app_rx.drop_bytes(n)?;
         if n > 0 {
             self.after_read(h);
@@ -1350,10 +1349,7 @@ impl AppCx<'_> {
         Ok(n)
     }
 
-    /// Writes to the tx fifo and lets the stack (or a cut-through peer)
-    /// know. Returns the bytes taken; fewer than `data.len()` means the fifo
-    /// is full (ask for [`want_tx_space`](Self::want_tx_space)).
-    pub fn write(&mut self, h: SessionHandle, data: &[u8]) -> SessionResult<usize> {
+    fn write(&mut self, h: SessionHandle, data: &[u8]) -> SessionResult<usize> {
         let s = self.own(h)?;
         let n = s.app_tx.enqueue(data)?;
         if n > 0 {
@@ -1372,16 +1368,13 @@ impl AppCx<'_> {
         Ok(n)
     }
 
-    /// Asks for a tx-space event once the tx fifo drains.
-    pub fn want_tx_space(&mut self, h: SessionHandle) -> SessionResult<()> {
+    fn want_tx_space(&mut self, h: SessionHandle) -> SessionResult<()> {
         let s = self.own(h)?;
         s.app_tx.request_dequeue_notification()?;
         Ok(())
     }
 
-    /// Reads one datagram: its addresses and payload length. `Ok(None)`
-    /// when none is waiting; a payload larger than `buf` is truncated.
-    pub fn recv_datagram(
+    fn recv_datagram(
         &mut self,
         h: SessionHandle,
         buf: &mut [u8],
@@ -1404,9 +1397,7 @@ impl AppCx<'_> {
         Ok(Some((take, DatagramMeta { remote, local })))
     }
 
-    /// Queues one datagram to `meta.remote`; false when the tx fifo lacks
-    /// room for it.
-    pub fn send_datagram(
+    fn send_datagram(
         &mut self,
         h: SessionHandle,
         meta: DatagramMeta,
@@ -1429,15 +1420,13 @@ impl AppCx<'_> {
         Ok(true)
     }
 
-    /// Closes the session (after its queued data is sent).
-    pub fn disconnect(&mut self, h: SessionHandle) -> SessionResult<()> {
+    fn disconnect(&mut self, h: SessionHandle) -> SessionResult<()> {
         self.own(h)?;
         self.worker.pending_disconnects.push(h);
         Ok(())
     }
 
-    /// The session's peer for cut-through, its tuple otherwise.
-    pub fn tuple(&mut self, h: SessionHandle) -> SessionResult<Option<FiveTuple>> {
+    fn tuple(&mut self, h: SessionHandle) -> SessionResult<Option<FiveTuple>> {
         let s = self.own(h)?;
         Ok(FiveTuple::new(s.proto, s.local, s.remote).ok())
     }

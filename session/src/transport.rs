@@ -10,9 +10,9 @@
 //! Connections are named by an opaque [`TransportConnId`] the transport
 //! chooses; listeners by the [`ListenerHandle`] the session layer gave.
 
-use crate::endpoint::{Endpoint, FiveTuple, TransportProto};
-use crate::error::SessionResult;
-use crate::handle::{ListenerHandle, SessionHandle};
+use hoststack_app_proto::endpoint::{Endpoint, FiveTuple, TransportProto};
+use hoststack_app_proto::error::SessionResult;
+use hoststack_app_proto::handle::{ListenerHandle, SessionHandle};
 
 /// A transport's name for one connection (or one bound datagram socket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,21 +1,22 @@
 //! hoststack's stack: per-core workers, each owning one NIC queue, one
 //! smoltcp interface (Ethernet, ARP, IPv4, IPv6 with neighbour discovery,
-//! TCP, UDP) and the services that run on it; plus the veth lab and the
-//! `hoststack` command line.
+//! TCP, UDP), the transports that plug smoltcp into the session layer, the
+//! listener pools, the sleeper of interrupt mode, packet capture and the
+//! builtin apps.
 //!
-//! It drives `hoststack-drivers` and never touches a NIC ring itself; it
-//! uses no `unsafe` (system calls go through rustix).
+//! It drives `hoststack-drivers` and never touches a NIC ring itself, and it
+//! never touches an app process's memory except through the session layer.
+//! The command line, the daemon and the demo are the `hoststack` binary's;
+//! the veth lab is `hoststack-lab`'s. The only `unsafe` is in [`sleeper`],
+//! which owns the io_uring a sleeping worker waits in.
 
 #![deny(unsafe_code)]
 
-pub mod cli;
+pub mod builtin_apps;
 pub mod config;
-pub mod daemon;
-pub mod demo;
 pub mod device;
 pub mod error;
 pub mod fault_injection;
-pub mod lab;
 pub mod pcap;
 pub mod runtime;
 pub mod sleeper;

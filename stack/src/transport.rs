@@ -13,9 +13,9 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 
 use hashbrown::HashMap;
-use hoststack_session::endpoint::{Endpoint, FiveTuple, TransportProto};
-use hoststack_session::error::{SessionError, SessionResult};
-use hoststack_session::handle::{ListenerHandle, SessionHandle};
+use hoststack_app_proto::endpoint::{Endpoint, FiveTuple, TransportProto};
+use hoststack_app_proto::error::{SessionError, SessionResult};
+use hoststack_app_proto::handle::{ListenerHandle, SessionHandle};
 use hoststack_session::session_worker::TransportSet;
 use hoststack_session::transport::{DatagramMeta, Transport, TransportConnId, TransportEvent};
 use slab::Slab;
@@ -441,7 +441,7 @@ impl Transport for SmolTransports<'_> {
                 let h = self.new_udp_socket(listen_endpoint(ep))?;
                 let conn = self.state.new_conn(h, TransportProto::Udp, Phase::Bound);
                 let remote = Endpoint {
-                    ip: hoststack_session::endpoint::IpFamily::of(&ep.ip).zero_addr(),
+                    ip: hoststack_app_proto::endpoint::IpFamily::of(&ep.ip).zero_addr(),
                     port: 0,
                 };
                 let tuple = FiveTuple::new(TransportProto::Udp, ep, remote)?;

@@ -2,6 +2,8 @@
 //! `hoststack` binary, processes that are always stopped, and the root
 //! check for the tests that need network namespaces.
 
+#![forbid(unsafe_code)]
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -9,7 +11,19 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-pub use hoststack_stack::lab::{Lab, LabConfig};
+pub use hoststack_lab::{Lab, LabConfig};
+use hoststack_stack::AddrPrefix;
+
+/// The lab's host-end addresses as a stack config takes them.
+pub fn stack_addresses(lab: &Lab) -> Vec<AddrPrefix> {
+    lab.host_addresses()
+        .into_iter()
+        .map(|a| AddrPrefix {
+            addr: a.addr,
+            prefix: a.prefix,
+        })
+        .collect()
+}
 
 /// A lab name unique to this process and call: `t` + 4 pid digits + a
 /// counter (fits the 11-character limit).
@@ -47,13 +61,13 @@ pub fn hoststack_bin() -> PathBuf {
     bin
 }
 
-/// Path of a `hoststack-session` example built alongside the tests
-/// (`cargo build --release --examples -p hoststack-session`).
+/// Path of a `hoststack-app` example built alongside the tests
+/// (`cargo build --release --examples -p hoststack-app`).
 pub fn example_bin(name: &str) -> PathBuf {
     let bin = hoststack_bin().with_file_name("examples").join(name);
     assert!(
         bin.exists(),
-        "{} is missing: build it first (cargo build --release --examples -p hoststack-session)",
+        "{} is missing: build it first (cargo build --release --examples -p hoststack-app)",
         bin.display()
     );
     bin

@@ -5,6 +5,8 @@
 //! an echo exchange decodes in tshark, and SIGTERM leaves no XDP program
 //! and no socket file behind. Needs root, except for the config test.
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -12,9 +14,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use hoststack_session::app_client::App;
-use hoststack_session::application::AppOptions;
-use hoststack_stack::cli::enter_netns;
+use hoststack_app::App;
+use hoststack_app_proto::options::AppOptions;
+use hoststack_lab::enter_netns;
 use hoststack_tests::{
     Lab, LabConfig, Proc, example_bin, hoststack_bin, last_json, peer, require_root,
     unique_lab_name,

@@ -3,6 +3,8 @@
 //! namespace on the other. Every test builds its own lab and removes it,
 //! also when it fails. Needs root.
 
+#![forbid(unsafe_code)]
+
 use std::process::Command;
 use std::time::Duration;
 

@@ -3,6 +3,8 @@
 //! app socket, map its segments and move data through shared-memory fifos.
 //! Needs root (AF_XDP on a veth lab).
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -12,16 +14,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use hoststack_session::app_client::App;
+use hoststack_app::App;
+use hoststack_app_proto::app_wire::{AppRequest, encode_request};
+use hoststack_app_proto::error::SessionError;
+use hoststack_app_proto::options::AppOptions;
 use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
-use hoststack_session::app_wire::{AppRequest, encode_request};
-use hoststack_session::application::AppOptions;
-use hoststack_session::error::SessionError;
 use hoststack_session::namespace::NamespaceConfig;
 use hoststack_session::session_layer::LayerCounters;
 use hoststack_stack::{Stack, StackConfig, WorkerMode};
 use hoststack_tests::{
-    Lab, LabConfig, Proc, example_bin, last_json, peer, require_root, unique_lab_name,
+    Lab, LabConfig, Proc, example_bin, last_json, peer, require_root, stack_addresses,
+    unique_lab_name,
 };
 
 /// A lab, hoststack on its host end, and an app socket.
@@ -42,7 +45,7 @@ impl Host {
     fn with_rx_queues(tag: &str, mode: WorkerMode, private_rx_queues: bool) -> Result<Self> {
         require_root();
         let lab = Lab::up(LabConfig::new(&unique_lab_name(tag)))?;
-        let cfg = StackConfig::new(&lab.host_if, lab.host_addresses());
+        let cfg = StackConfig::new(&lab.host_if, stack_addresses(&lab));
         let stack = Stack::start(&cfg, mode)?;
         stack
             .control()
@@ -285,7 +288,7 @@ fn kill9_of_an_external_server_mid_transfer_frees_it_and_spares_its_neighbour() 
                 &lab_ns,
                 "python3",
                 "-c",
-                hoststack_stack::lab::PEER_SCRIPT,
+                hoststack_lab::PEER_SCRIPT,
                 "stream",
                 &host2,
                 "8",

@@ -2,22 +2,24 @@
 //! serve app queues fairly, cost no CPU when idle, and still run TCP's
 //! timers while asleep.
 
+#![forbid(unsafe_code)]
+
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use hoststack_app::App;
+use hoststack_app_proto::endpoint::{Endpoint, TransportProto};
+use hoststack_app_proto::error::SessionError;
+use hoststack_app_proto::options::AppOptions;
 use hoststack_drivers::memory_pair::{MemoryPairConfig, memory_pair};
-use hoststack_session::app_client::App;
 use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
-use hoststack_session::application::AppOptions;
-use hoststack_session::builtin_apps::EchoServer;
-use hoststack_session::endpoint::{Endpoint, TransportProto};
-use hoststack_session::error::SessionError;
+use hoststack_stack::builtin_apps::EchoServer;
 use hoststack_stack::{Stack, StackConfig, WorkerMode};
 use hoststack_tests::{
-    Lab, LabConfig, Proc, peer, require_root, start_echo_server, unique_lab_name,
+    Lab, LabConfig, Proc, peer, require_root, stack_addresses, start_echo_server, unique_lab_name,
 };
 
 /// A one-worker stack on an in-memory port (nobody on the other end), in
@@ -217,7 +219,7 @@ fn thread_cpu_ticks(prefix: &str) -> Result<u64> {
 
 fn idle_cpu_share(mode: WorkerMode) -> Result<f64> {
     let lab = Lab::up(LabConfig::new(&unique_lab_name("id")))?;
-    let cfg = StackConfig::new(&lab.host_if, lab.host_addresses());
+    let cfg = StackConfig::new(&lab.host_if, stack_addresses(&lab));
     let stack = Stack::start(&cfg, mode)?;
     let echo = EchoServer::attach(stack.control(), "idle-echo", AppOptions::default(), 1)?;
     echo.listen(

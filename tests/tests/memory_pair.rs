@@ -2,15 +2,17 @@
 //! (ARP/ND, TCP, UDP, the session layer and builtin apps) with no kernel
 //! and no root.
 
+#![forbid(unsafe_code)]
+
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use hoststack_app_proto::endpoint::{Endpoint, TransportProto};
+use hoststack_app_proto::options::AppOptions;
 use hoststack_drivers::memory_pair::{MemoryPairConfig, memory_pair};
-use hoststack_session::application::AppOptions;
-use hoststack_session::builtin_apps::{DatagramClient, EchoServer, StreamClient, wait_report};
-use hoststack_session::endpoint::{Endpoint, TransportProto};
+use hoststack_stack::builtin_apps::{DatagramClient, EchoServer, StreamClient, wait_report};
 use hoststack_stack::{Stack, StackConfig, WorkerMode};
 
 fn fifos(size: u32) -> AppOptions {

@@ -1,0 +1,1014 @@
+//! The app library: how a separate process uses hoststack (the role of
+//! VPP's VCL).
+//!
+//! # An echo server in ten lines
+//!
+//! The README's example, compiled by `cargo test`:
+//!
+//! ```no_run
+//! # use std::collections::HashMap;
+//! use hoststack_app::{App, AppOptions, Event};
+//! # fn main() -> hoststack_app::SessionResult<()> {
+//! let mut app = App::attach("/tmp/hs.sock", "echo", AppOptions { use_eventfd: true, ..Default::default() })?;
+//! let mut w = app.worker().unwrap();
+//! w.listen("0.0.0.0:7".parse().unwrap())?;
+//! let (mut sessions, mut buf) = (HashMap::new(), vec![0u8; 65536]);
+//! loop { for ev in w.wait(None)? { match ev {
+//!     Event::Accepted(s) => { sessions.insert(s.handle(), s); }
+//!     Event::Readable(h) => { let s = sessions.get_mut(&h).unwrap(); let n = s.read(&mut buf[..s.write_space()])?; s.write(&buf[..n])?; }
+//!     Event::Closed(h) | Event::Reset(h) => { if let Some(s) = sessions.remove(&h) { s.close()?; } }
+//!     _ => {} } } }
+//! # }
+//! ```
+//!
+//! # What it does
+//!
+//! [`App::attach`] connects to the stack's app socket, attaches, and maps
+//! what the stack hands over: the first worker's segment and event queue,
+//! and the app's rx queues (one per stack thread). Each [`Worker`] (one per
+//! thread of the app) listens, connects and waits for its events; each
+//! [`Session`] reads and writes its fifos directly in shared memory. The
+//! data path makes no system call per read or write: a write posts a
+//! notification to the stack only when the tx fifo had none pending, and
+//! that notification writes an eventfd only when the stack thread sleeps on
+//! an empty queue. [`App::stats`] counts both.
+
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+
+use hoststack_app_proto::app_event::{AppEvent, FifoLocation};
+use hoststack_app_proto::app_rx_queue::{
+    AppRxQueue, AppRxQueues, ControlMessage, IoMessage, RxMessage,
+};
+use hoststack_app_proto::app_wire::{
+    AppReply, AppRequest, FrameReader, WorkerInfo, encode_request,
+};
+use hoststack_app_proto::endpoint::{Endpoint, TransportProto};
+use hoststack_app_proto::error::ErrorCode;
+use hoststack_shm::ShmError;
+
+pub use hoststack_app_proto::handle::{ListenerHandle, SessionHandle};
+pub use hoststack_app_proto::options::{AppOptions, SegmentKind};
+pub use hoststack_app_proto::{SessionError, SessionResult};
+use hoststack_shm::eventfd::EventFd;
+use hoststack_shm::fd_passing::{recv_with_fds, send_with_fds};
+use hoststack_shm::fifo::{Fifo, FifoConsumer, FifoProducer};
+use hoststack_shm::message_queue::MessageQueue;
+use hoststack_shm::segment::{Segment, SharedRegion};
+
+/// Counters of the library's data path.
+#[derive(Debug, Default)]
+pub struct AppStats {
+    /// Successful `Session::write` calls.
+    pub writes: AtomicU64,
+    /// Successful `Session::read` calls.
+    pub reads: AtomicU64,
+    /// Notifications posted to the stack (shared-memory messages, no
+    /// system call by themselves).
+    pub notifications: AtomicU64,
+    /// Eventfd reads the library made while waiting for events.
+    pub eventfd_reads: AtomicU64,
+    /// Messages sent over the app socket because the stack gave this app
+    /// no private rx queues (one system call each).
+    pub socket_posts: AtomicU64,
+}
+
+/// A copy of [`AppStats`] plus the eventfd writes of the rx queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppStatsSnapshot {
+    /// Successful writes.
+    pub writes: u64,
+    /// Successful reads.
+    pub reads: u64,
+    /// Notifications posted to the stack.
+    pub notifications: u64,
+    /// System calls reads and writes made: eventfd writes, only when a
+    /// notification found a stack thread asleep on an empty queue, or one
+    /// socket send per notification when the app has no private rx queues.
+    pub data_path_syscalls: u64,
+    /// System calls made while waiting for events (eventfd reads after a
+    /// sleep): the cost of idling, not of moving data.
+    pub wait_syscalls: u64,
+}
+
+struct Conn {
+    stream: UnixStream,
+    reader: FrameReader,
+    fds: VecDeque<OwnedFd>,
+}
+
+struct Shared {
+    conn: Mutex<Conn>,
+    app: u32,
+    threads: u32,
+    rx: Vec<AppRxQueue>,
+    segments: Mutex<HashMap<u32, SharedRegion>>,
+    next_request: AtomicU32,
+    stats: AppStats,
+    /// None when the stack gave the app no private rx queues.
+    _rx_segment: Option<Segment>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn request_id(&self) -> u32 {
+        loop {
+            let id = self.next_request.fetch_add(1, Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// The main thread's rx queue (control messages).
+    fn main_queue(&self) -> SessionResult<&AppRxQueue> {
+        self.rx
+            .last()
+            .ok_or_else(|| SessionError::InvalidValue("the stack gave no rx queues".into()))
+    }
+
+    fn thread_queue(&self, session: SessionHandle) -> SessionResult<&AppRxQueue> {
+        self.rx
+            .get(session.thread() as usize)
+            .filter(|_| session.thread() + 1 < self.threads)
+            .ok_or(SessionError::NoSession(session.as_u64()))
+    }
+
+    /// True when the stack gave the app no private rx queues: messages go
+    /// over the app socket.
+    fn posts_over_socket(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Sends what would go through stack thread `thread`'s rx queue over
+    /// the app socket instead (never answered).
+    fn post_over_socket(&self, thread: u32, message: RxMessage) -> SessionResult<()> {
+        let id = self.request_id();
+        let conn = lock(&self.conn);
+        send_with_fds(
+            &conn.stream,
+            &encode_request(id, &AppRequest::Post { thread, message }),
+            &[],
+        )?;
+        self.stats.socket_posts.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    fn post_io(&self, session: SessionHandle, m: &IoMessage) -> SessionResult<()> {
+        if self.posts_over_socket() {
+            if session.thread() + 1 >= self.threads {
+                return Err(SessionError::NoSession(session.as_u64()));
+            }
+            self.post_over_socket(session.thread(), RxMessage::Io(*m))?;
+            self.stats.notifications.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+        let q = self.thread_queue(session)?;
+        // A full queue means the stack thread is behind: give it a moment.
+        let mut tries = 0;
+        loop {
+            match q.send_io(m) {
+                Ok(()) => {
+                    self.stats.notifications.fetch_add(1, Relaxed);
+                    return Ok(());
+                }
+                Err(SessionError::QueueFull) if tries < 1000 => {
+                    tries += 1;
+                    std::thread::yield_now();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn region(&self, segment: u32) -> SessionResult<SharedRegion> {
+        if let Some(r) = lock(&self.segments).get(&segment) {
+            return Ok(r.clone());
+        }
+        // Its fd may still be on its way over the socket.
+        self.pump_socket(Some(segment), Duration::from_secs(5))?;
+        lock(&self.segments).get(&segment).cloned().ok_or_else(|| {
+            SessionError::Corrupted(format!("segment {segment} was never announced"))
+        })
+    }
+
+    /// Reads unsolicited messages (segment fds) until `want` is mapped or
+    /// `timeout` passes; with no `want`, reads what is there.
+    fn pump_socket(&self, want: Option<u32>, timeout: Duration) -> SessionResult<()> {
+        let end = Instant::now() + timeout;
+        let mut conn = lock(&self.conn);
+        loop {
+            while let Some((_, reply)) = conn.reader.next_reply()? {
+                self.take_unsolicited(&mut conn, reply)?;
+            }
+            if want.is_some_and(|w| lock(&self.segments).contains_key(&w)) {
+                return Ok(());
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return if want.is_some() {
+                    Err(SessionError::Transport(
+                        "timed out waiting for a segment".into(),
+                    ))
+                } else {
+                    Ok(())
+                };
+            }
+            read_some(&mut conn, Some(left.min(Duration::from_millis(50))))?;
+            if want.is_none() {
+                while let Some((_, reply)) = conn.reader.next_reply()? {
+                    self.take_unsolicited(&mut conn, reply)?;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    fn take_unsolicited(&self, conn: &mut Conn, reply: AppReply) -> SessionResult<()> {
+        let fds = take_fds(conn, reply.fd_count())?;
+        if let AppReply::SegmentFd { index, size, .. } = reply {
+            let fd = fds
+                .into_iter()
+                .next()
+                .ok_or_else(|| SessionError::Corrupted("segment without its fd".into()))?;
+            let seg = Segment::map(fd, size as usize)?;
+            lock(&self.segments).insert(index, seg.region().clone());
+        }
+        Ok(())
+    }
+
+    /// Fails when the stack has closed the app socket (it stopped or
+    /// detached every app), so an app waiting for events learns it is
+    /// alone. Skipped while another thread holds the connection.
+    fn check_stack(&self) -> SessionResult<()> {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let Ok(conn) = self.conn.try_lock() else {
+            return Ok(());
+        };
+        let mut fds = [PollFd::new(&conn.stream, PollFlags::RDHUP)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let hung_up = rustix::event::poll(&mut fds, Some(&zero)).is_ok()
+            && fds[0]
+                .revents()
+                .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR);
+        if hung_up {
+            return Err(SessionError::Transport(
+                "the stack closed the app socket".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends a request and waits for its reply.
+    fn call(&self, req: &AppRequest) -> SessionResult<(AppReply, Vec<OwnedFd>)> {
+        req.validate()?;
+        let id = self.request_id();
+        let mut conn = lock(&self.conn);
+        send_with_fds(&conn.stream, &encode_request(id, req), &[])?;
+        call_wait(&mut conn, id, |c, r| self.take_unsolicited(c, r))
+    }
+}
+
+fn take_fds(conn: &mut Conn, n: usize) -> SessionResult<Vec<OwnedFd>> {
+    if conn.fds.len() < n {
+        return Err(SessionError::Corrupted(format!(
+            "a reply promised {n} fds, {} came",
+            conn.fds.len()
+        )));
+    }
+    Ok(conn.fds.drain(..n).collect())
+}
+
+fn read_some(conn: &mut Conn, timeout: Option<Duration>) -> SessionResult<()> {
+    conn.stream
+        .set_read_timeout(timeout)
+        .map_err(|e| SessionError::os("app socket", &e))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut fds = Vec::new();
+    match recv_with_fds(&conn.stream, &mut buf, &mut fds) {
+        Ok(0) => Err(SessionError::Transport(
+            "the stack closed the app socket".into(),
+        )),
+        Ok(n) => {
+            conn.reader.push(&buf[..n]);
+            conn.fds.extend(fds);
+            Ok(())
+        }
+        Err(ShmError::Os {
+            kind: std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut,
+            ..
+        }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn call_wait(
+    conn: &mut Conn,
+    id: u32,
+    mut unsolicited: impl FnMut(&mut Conn, AppReply) -> SessionResult<()>,
+) -> SessionResult<(AppReply, Vec<OwnedFd>)> {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        while let Some((rid, reply)) = conn.reader.next_reply()? {
+            if rid == id {
+                if let Some(e) = reply.to_session_error() {
+                    return Err(e);
+                }
+                let fds = take_fds(conn, reply.fd_count())?;
+                return Ok((reply, fds));
+            }
+            if rid == 0 {
+                if let Some(e) = reply.to_session_error() {
+                    return Err(e);
+                }
+                unsolicited(conn, reply)?;
+            }
+        }
+        if Instant::now() > end {
+            return Err(SessionError::Transport(
+                "the stack did not answer within 30 s".into(),
+            ));
+        }
+        read_some(conn, Some(Duration::from_millis(200)))?;
+    }
+}
+
+/// An attached application.
+pub struct App {
+    shared: Arc<Shared>,
+    first: Option<Worker>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("app", &self.shared.app)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Connects to the app socket at `path` and attaches as `name`.
+    pub fn attach(path: impl AsRef<Path>, name: &str, options: AppOptions) -> SessionResult<Self> {
+        let stream = UnixStream::connect(path.as_ref()).map_err(|e| {
+            SessionError::os("connecting to the app socket (is hoststack running?)", &e)
+        })?;
+        let mut conn = Conn {
+            stream,
+            reader: FrameReader::new(),
+            fds: VecDeque::new(),
+        };
+        let req = AppRequest::attach(name, &options);
+        req.validate()?;
+        send_with_fds(&conn.stream, &encode_request(1, &req), &[])?;
+        let mut early = Vec::new();
+        let (reply, fds) = call_wait(&mut conn, 1, |c, r| {
+            let n = r.fd_count();
+            early.push((r, take_fds(c, n)?));
+            Ok(())
+        })?;
+        let AppReply::Attached(info) = reply else {
+            return Err(SessionError::Corrupted(
+                "attach answered with something else".into(),
+            ));
+        };
+        let mut fds = fds.into_iter();
+        let (worker_seg, worker_efd) = worker_fds(&info.worker, &mut fds)?;
+        // No queues: the stack wants messages over this socket.
+        let (rx_segment, rx) = if info.rx_queues.queues.is_empty() {
+            (None, Vec::new())
+        } else {
+            let rx_seg_fd = fds
+                .next()
+                .ok_or_else(|| SessionError::Corrupted("no rx-queue segment fd".into()))?;
+            let rx_segment = Segment::map(rx_seg_fd, info.rx_queues.segment_size as usize)?;
+            let rx = AppRxQueues::attach(rx_segment, &info.rx_queues, fds.collect())?;
+            let (rx_segment, rx) = rx.into_parts();
+            (Some(rx_segment), rx)
+        };
+        let shared = Arc::new(Shared {
+            conn: Mutex::new(conn),
+            app: info.app,
+            threads: info.threads,
+            rx,
+            segments: Mutex::new(HashMap::new()),
+            next_request: AtomicU32::new(2),
+            stats: AppStats::default(),
+            _rx_segment: rx_segment,
+        });
+        for (r, fds) in early {
+            let mut conn = lock(&shared.conn);
+            conn.fds.extend(fds);
+            shared.take_unsolicited(&mut conn, r)?;
+        }
+        let first = Worker::new(shared.clone(), &info.worker, worker_seg, worker_efd)?;
+        Ok(Self {
+            shared,
+            first: Some(first),
+        })
+    }
+
+    /// The app's index in the stack.
+    pub fn index(&self) -> u32 {
+        self.shared.app
+    }
+
+    /// The first worker (once).
+    pub fn worker(&mut self) -> Option<Worker> {
+        self.first.take()
+    }
+
+    /// Registers one more worker (for another thread of the app).
+    pub fn add_worker(&self) -> SessionResult<Worker> {
+        let (reply, fds) = self.shared.call(&AppRequest::AddWorker)?;
+        let AppReply::WorkerAdded(info) = reply else {
+            return Err(SessionError::Corrupted(
+                "add worker answered with something else".into(),
+            ));
+        };
+        let mut fds = fds.into_iter();
+        let (seg, efd) = worker_fds(&info, &mut fds)?;
+        Worker::new(self.shared.clone(), &info, seg, efd)
+    }
+
+    /// Posts a ping to stack thread `thread`: the thread counts it and how
+    /// long it waited (`QueueFull` when its queue is full).
+    pub fn ping(&self, thread: u32) -> SessionResult<()> {
+        let ping = IoMessage::Ping {
+            sent_ns: hoststack_app_proto::app_rx_queue::monotonic_ns(),
+        };
+        if self.shared.posts_over_socket() {
+            if thread + 1 >= self.shared.threads {
+                return Err(SessionError::InvalidValue(format!(
+                    "no stack thread {thread}"
+                )));
+            }
+            return self.shared.post_over_socket(thread, RxMessage::Io(ping));
+        }
+        let q = self
+            .shared
+            .rx
+            .get(thread as usize)
+            .filter(|_| thread + 1 < self.shared.threads)
+            .ok_or_else(|| SessionError::InvalidValue(format!("no stack thread {thread}")))?;
+        q.send_io(&ping)
+    }
+
+    /// Detaches: the stack frees every worker, listener, session and
+    /// segment of the app.
+    pub fn detach(self) -> SessionResult<()> {
+        self.shared.call(&AppRequest::Detach).map(|_| ())
+    }
+
+    /// The data path's counters.
+    pub fn stats(&self) -> AppStatsSnapshot {
+        let s = &self.shared.stats;
+        let eventfd_writes: u64 = self.shared.rx.iter().map(AppRxQueue::notifications).sum();
+        AppStatsSnapshot {
+            writes: s.writes.load(Relaxed),
+            reads: s.reads.load(Relaxed),
+            notifications: s.notifications.load(Relaxed),
+            data_path_syscalls: eventfd_writes + s.socket_posts.load(Relaxed),
+            wait_syscalls: s.eventfd_reads.load(Relaxed),
+        }
+    }
+}
+
+fn worker_fds(
+    info: &WorkerInfo,
+    fds: &mut impl Iterator<Item = OwnedFd>,
+) -> SessionResult<(Segment, Option<EventFd>)> {
+    let seg_fd = fds
+        .next()
+        .ok_or_else(|| SessionError::Corrupted("no worker segment fd".into()))?;
+    let seg = Segment::map(seg_fd, info.segment_size as usize)?;
+    let efd = if info.event_queue_eventfd {
+        let fd = fds
+            .next()
+            .ok_or_else(|| SessionError::Corrupted("no event queue eventfd".into()))?;
+        Some(EventFd::from_owned_fd(fd)?)
+    } else {
+        None
+    };
+    Ok((seg, efd))
+}
+
+/// What a worker's [`wait`](Worker::wait) reports.
+#[derive(Debug)]
+pub enum Event {
+    /// A session arrived on a listener; it is yours.
+    Accepted(Session),
+    /// A connect finished: the session, or why not, with the connect's
+    /// request id.
+    Connected(u32, SessionResult<Session>),
+    /// Data is waiting.
+    Readable(SessionHandle),
+    /// The tx fifo has room again (after [`Session::want_writable`] or a
+    /// write that did not fit).
+    Writable(SessionHandle),
+    /// The peer closed: read what is left, then close.
+    Closed(SessionHandle),
+    /// The peer reset the session; close it.
+    Reset(SessionHandle),
+    /// The stack forgot the session; its handle is dead.
+    Gone(SessionHandle),
+}
+
+/// One worker of an app: its event queue and its sessions.
+pub struct Worker {
+    shared: Arc<Shared>,
+    index: u32,
+    events: MessageQueue,
+    eventfd: Option<EventFd>,
+    backlog: VecDeque<AppEvent>,
+    rx_fifos: HashMap<u64, Fifo>,
+    _segment: Segment,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    fn new(
+        shared: Arc<Shared>,
+        info: &WorkerInfo,
+        segment: Segment,
+        eventfd: Option<EventFd>,
+    ) -> SessionResult<Self> {
+        let efd_for_queue = match &eventfd {
+            Some(e) => Some(e.try_clone()?),
+            None => None,
+        };
+        let events = MessageQueue::attach(
+            segment.region(),
+            info.event_queue_offset as usize,
+            efd_for_queue,
+        )?;
+        lock(&shared.segments).insert(info.segment_index, segment.region().clone());
+        Ok(Self {
+            shared,
+            index: info.worker,
+            events,
+            eventfd,
+            backlog: VecDeque::new(),
+            rx_fifos: HashMap::new(),
+            _segment: segment,
+        })
+    }
+
+    /// The worker's number in the app.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    fn send_control(&self, m: &ControlMessage) -> SessionResult<()> {
+        if self.shared.posts_over_socket() {
+            let main = self.shared.threads - 1;
+            return self.shared.post_over_socket(main, RxMessage::Control(*m));
+        }
+        let q = self.shared.main_queue()?;
+        q.send_control(m)
+    }
+
+    fn next_event(&mut self) -> SessionResult<Option<AppEvent>> {
+        let mut buf = [0u8; hoststack_app_proto::app_event::APP_EVENT_SIZE];
+        match self.events.try_recv(&mut buf)? {
+            Some(n) => Ok(Some(AppEvent::decode(&buf[..n])?)),
+            None => Ok(None),
+        }
+    }
+
+    fn sleep(&mut self, timeout: Duration) -> SessionResult<()> {
+        match &self.eventfd {
+            Some(e) => {
+                if self.events.empty_before_sleep() {
+                    let r = e.wait(Some(timeout));
+                    self.events.awake();
+                    r?;
+                    if e.drain()? > 0 {
+                        self.shared.stats.eventfd_reads.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            None => std::thread::sleep(timeout.min(Duration::from_micros(200))),
+        }
+        Ok(())
+    }
+
+    /// Waits for the reply to control request `request`, keeping other
+    /// events for [`wait`](Self::wait).
+    fn wait_reply(&mut self, request: u32, connect: bool) -> SessionResult<AppEvent> {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            while let Some(ev) = self.next_event()? {
+                match &ev {
+                    AppEvent::Reply { request: r, .. } if *r == request => return Ok(ev),
+                    AppEvent::Connected { opaque, .. }
+                        if connect && *opaque == u64::from(request) =>
+                    {
+                        return Ok(ev);
+                    }
+                    _ => self.backlog.push_back(ev),
+                }
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SessionError::Transport(
+                    "no answer from the stack within 30 s".into(),
+                ));
+            }
+            self.shared.pump_socket(None, Duration::ZERO)?;
+            // A stack that closed the socket will never answer.
+            self.shared.check_stack()?;
+            self.sleep(left.min(Duration::from_millis(10)))?;
+        }
+    }
+
+    /// Listens for TCP connections on `endpoint`.
+    pub fn listen(&mut self, endpoint: SocketAddr) -> SessionResult<ListenerHandle> {
+        self.listen_proto(TransportProto::Tcp, endpoint)
+    }
+
+    /// Listens on `endpoint` with `proto`.
+    pub fn listen_proto(
+        &mut self,
+        proto: TransportProto,
+        endpoint: SocketAddr,
+    ) -> SessionResult<ListenerHandle> {
+        let request = self.shared.request_id();
+        let endpoint = Endpoint {
+            ip: endpoint.ip(),
+            port: endpoint.port(),
+        };
+        self.send_control(&ControlMessage::Listen {
+            worker: self.index,
+            request,
+            proto,
+            endpoint,
+        })?;
+        match self.wait_reply(request, false)? {
+            AppEvent::Reply {
+                error: 0, handle, ..
+            } => Ok(ListenerHandle::from_u64(handle)),
+            AppEvent::Reply { error, .. } => Err(error_of(error, &endpoint.to_string())),
+            _ => Err(SessionError::Corrupted(
+                "listen answered with something else".into(),
+            )),
+        }
+    }
+
+    /// Stops listening.
+    pub fn unlisten(&mut self, listener: ListenerHandle) -> SessionResult<()> {
+        let request = self.shared.request_id();
+        self.send_control(&ControlMessage::Unlisten {
+            worker: self.index,
+            request,
+            listener: listener.as_u64(),
+        })?;
+        match self.wait_reply(request, false)? {
+            AppEvent::Reply { error: 0, .. } => Ok(()),
+            AppEvent::Reply { error, .. } => Err(error_of(error, &listener.to_string())),
+            _ => Err(SessionError::Corrupted(
+                "unlisten answered with something else".into(),
+            )),
+        }
+    }
+
+    /// Connects over TCP and waits for the result.
+    pub fn connect(&mut self, remote: SocketAddr) -> SessionResult<Session> {
+        self.connect_proto(TransportProto::Tcp, remote)
+    }
+
+    /// Connects with `proto` and waits for the result.
+    pub fn connect_proto(
+        &mut self,
+        proto: TransportProto,
+        remote: SocketAddr,
+    ) -> SessionResult<Session> {
+        let request = self.shared.request_id();
+        let endpoint = Endpoint {
+            ip: remote.ip(),
+            port: remote.port(),
+        };
+        self.send_control(&ControlMessage::Connect {
+            worker: self.index,
+            request,
+            proto,
+            endpoint,
+            opaque: u64::from(request),
+        })?;
+        match self.wait_reply(request, true)? {
+            AppEvent::Reply { error, .. } => Err(error_of(error, &endpoint.to_string())),
+            AppEvent::Connected {
+                error: 0,
+                session,
+                local,
+                remote,
+                fifos,
+                ..
+            } => self.open_session(session, proto, local, remote, fifos),
+            AppEvent::Connected { error, .. } => Err(error_of(error, &endpoint.to_string())),
+            _ => Err(SessionError::Corrupted(
+                "connect answered with something else".into(),
+            )),
+        }
+    }
+
+    /// Closes a session through the control path and waits for the
+    /// stack's answer (ownership is checked: another app's session is
+    /// `NotOwner`).
+    pub fn disconnect(&mut self, session: SessionHandle) -> SessionResult<()> {
+        let request = self.shared.request_id();
+        self.send_control(&ControlMessage::Disconnect {
+            worker: self.index,
+            request,
+            session: session.as_u64(),
+        })?;
+        match self.wait_reply(request, false)? {
+            AppEvent::Reply { error: 0, .. } => Ok(()),
+            AppEvent::Reply { error, .. } => {
+                Err(error_of(error, &format!("{:#x}", session.as_u64())))
+            }
+            _ => Err(SessionError::Corrupted(
+                "disconnect answered with something else".into(),
+            )),
+        }
+    }
+
+    fn open_session(
+        &mut self,
+        handle: SessionHandle,
+        proto: TransportProto,
+        local: Endpoint,
+        remote: Endpoint,
+        fifos: FifoLocation,
+    ) -> SessionResult<Session> {
+        let region = self.shared.region(fifos.segment)?;
+        let rx = Fifo::attach(&region, fifos.rx_offset as usize)?;
+        let tx = Fifo::attach(&region, fifos.tx_offset as usize)?;
+        self.rx_fifos.insert(handle.as_u64(), rx.clone());
+        Ok(Session {
+            shared: self.shared.clone(),
+            handle,
+            proto,
+            local,
+            remote,
+            rx: rx.consumer(),
+            tx: tx.producer(),
+            closed: false,
+        })
+    }
+
+    fn translate(&mut self, ev: AppEvent, out: &mut Vec<Event>) -> SessionResult<()> {
+        match ev {
+            AppEvent::Accepted {
+                session,
+                proto,
+                local,
+                remote,
+                fifos,
+                ..
+            } => {
+                out.push(Event::Accepted(
+                    self.open_session(session, proto, local, remote, fifos)?,
+                ));
+            }
+            AppEvent::Connected {
+                session,
+                opaque,
+                error,
+                local,
+                remote,
+                fifos,
+            } => {
+                let r = if error == 0 {
+                    self.open_session(session, TransportProto::Tcp, local, remote, fifos)
+                } else {
+                    Err(error_of(error, &remote.to_string()))
+                };
+                out.push(Event::Connected(opaque as u32, r));
+            }
+            AppEvent::Rx { session } => {
+                // Clear before the app reads, so data arriving after the
+                // read raises a new event.
+                if let Some(f) = self.rx_fifos.get(&session.as_u64()) {
+                    f.clear_event();
+                }
+                out.push(Event::Readable(session));
+            }
+            AppEvent::TxSpace { session } => out.push(Event::Writable(session)),
+            AppEvent::Disconnected { session } => out.push(Event::Closed(session)),
+            AppEvent::Reset { session } => out.push(Event::Reset(session)),
+            AppEvent::Cleanup { session } => {
+                self.rx_fifos.remove(&session.as_u64());
+                out.push(Event::Gone(session));
+            }
+            AppEvent::SegmentAdded { index, .. } => {
+                self.shared.region(index)?;
+            }
+            AppEvent::SegmentRemoved { index } => {
+                lock(&self.shared.segments).remove(&index);
+            }
+            AppEvent::Reply { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` (forever with `None`) for events and returns
+    /// them; an idle app sleeps on its eventfd and uses no CPU.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> SessionResult<Vec<Event>> {
+        let end = timeout.map(|t| Instant::now() + t);
+        let mut out = Vec::new();
+        let mut last_check = Instant::now();
+        loop {
+            while let Some(ev) = self.backlog.pop_front() {
+                self.translate(ev, &mut out)?;
+            }
+            while out.len() < 256 {
+                match self.next_event()? {
+                    Some(ev) => self.translate(ev, &mut out)?,
+                    None => break,
+                }
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let left = match end {
+                Some(e) => {
+                    let l = e.saturating_duration_since(Instant::now());
+                    if l.is_zero() {
+                        return Ok(out);
+                    }
+                    l
+                }
+                None => Duration::from_millis(100),
+            };
+            self.sleep(left.min(Duration::from_millis(100)))?;
+            // An idle app looks at its socket once a second: a stack that
+            // went away ends the wait with an error instead of a hang.
+            if last_check.elapsed() >= Duration::from_secs(1) {
+                last_check = Instant::now();
+                self.shared.check_stack()?;
+            }
+        }
+    }
+
+    /// The event queue's eventfd, to put in your own poll set.
+    pub fn eventfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.eventfd.as_ref().map(|e| e.as_fd())
+    }
+}
+
+fn error_of(code: u32, detail: &str) -> SessionError {
+    ErrorCode::to_error(code, detail.to_string())
+        .unwrap_or_else(|| SessionError::Transport("unknown error".into()))
+}
+
+/// One session: its fifos, read and written in place.
+pub struct Session {
+    shared: Arc<Shared>,
+    handle: SessionHandle,
+    proto: TransportProto,
+    local: Endpoint,
+    remote: Endpoint,
+    rx: FifoConsumer,
+    tx: FifoProducer,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("handle", &self.handle)
+            .field("local", &self.local)
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Its handle.
+    pub fn handle(&self) -> SessionHandle {
+        self.handle
+    }
+
+    /// Protocol.
+    pub fn proto(&self) -> TransportProto {
+        self.proto
+    }
+
+    /// Our end.
+    pub fn local(&self) -> Endpoint {
+        self.local
+    }
+
+    /// The peer.
+    pub fn remote(&self) -> Endpoint {
+        self.remote
+    }
+
+    /// Bytes waiting to be read.
+    pub fn readable(&self) -> usize {
+        self.rx.max_dequeue().unwrap_or(0) as usize
+    }
+
+    /// Room for writing.
+    pub fn write_space(&self) -> usize {
+        self.tx.max_enqueue().unwrap_or(0) as usize
+    }
+
+    fn after_read(&mut self) -> SessionResult<()> {
+        self.shared.stats.reads.fetch_add(1, Relaxed);
+        if self.rx.take_dequeue_notification_request() {
+            self.shared.post_io(
+                self.handle,
+                &IoMessage::DequeueNotify {
+                    session: self.handle.as_u64(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Reads up to `buf.len()` bytes; 0 when nothing waits.
+    pub fn read(&mut self, buf: &mut [u8]) -> SessionResult<usize> {
+        let n = self.rx.dequeue(buf)?;
+        if n > 0 {
+            self.after_read()?;
+        }
+        Ok(n)
+    }
+
+    /// Copies bytes at `offset` into the rx data without consuming them.
+    pub fn peek(&self, offset: u32, buf: &mut [u8]) -> SessionResult<usize> {
+        Ok(self.rx.peek(offset, buf)?)
+    }
+
+    /// Consumes `n` bytes (after a peek).
+    pub fn consume(&mut self, n: u32) -> SessionResult<u32> {
+        let n = self.rx.drop_bytes(n)?;
+        if n > 0 {
+            self.after_read()?;
+        }
+        Ok(n)
+    }
+
+    /// Writes as much of `data` as fits; returns how much. The stack hears
+    /// of it through shared memory, at most once per batch.
+    pub fn write(&mut self, data: &[u8]) -> SessionResult<usize> {
+        if self.closed {
+            return Err(SessionError::NoSession(self.handle.as_u64()));
+        }
+        let n = self.tx.enqueue(data)?;
+        if n > 0 {
+            self.shared.stats.writes.fetch_add(1, Relaxed);
+            if self.tx.fifo().set_event() {
+                self.shared.post_io(
+                    self.handle,
+                    &IoMessage::Tx {
+                        session: self.handle.as_u64(),
+                    },
+                )?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Asks for a [`Event::Writable`] when room appears; returns true when
+    /// there already is room (no event will come for it).
+    pub fn want_writable(&mut self) -> SessionResult<bool> {
+        Ok(self.tx.request_dequeue_notification()? > 0)
+    }
+
+    /// Closes the session (queued data is sent first).
+    pub fn close(mut self) -> SessionResult<()> {
+        self.closed = true;
+        self.shared.post_io(
+            self.handle,
+            &IoMessage::Disconnect {
+                session: self.handle.as_u64(),
+            },
+        )
+    }
+}
