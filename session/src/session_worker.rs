@@ -29,10 +29,9 @@ use crate::session::{Session, SessionKind};
 use crate::session_info::{SessionInfo, SessionState};
 use crate::session_layer::{Deferred, NewSessionParts, SessionLayer, WorkerCommand};
 use crate::transport::{DatagramMeta, Transport, TransportConnId, TransportEvent};
-use hoststack_app_proto::app_event::{
-    AppEvent, DGRAM_HEADER_SIZE, decode_dgram_header, encode_dgram_header,
-};
+use hoststack_app_proto::app_event::{AppEvent, DGRAM_HEADER_SIZE};
 use hoststack_app_proto::app_rx_queue::{AppRxQueue, ControlMessage, IoMessage, RxMessage};
+use hoststack_app_proto::datagram::{peek_datagram, read_datagram, write_datagram};
 use hoststack_app_proto::endpoint::{Endpoint, FiveTuple, TransportProto};
 use hoststack_app_proto::error::{SessionError, SessionResult};
 use hoststack_app_proto::handle::{AppIndex, AppWorkerIndex, ListenerHandle, SessionHandle};
@@ -897,17 +896,11 @@ impl SessionWorker {
             let rx = &mut s.rx_in;
             let mut blocked = false;
             let took = t.recv_datagram(conn, &mut |meta, payload| {
-                let need = DGRAM_HEADER_SIZE + payload.len();
-                if (rx.max_enqueue().unwrap_or(0) as usize) < need
-                    || payload.len() > u16::MAX as usize
-                {
+                if !write_datagram(rx, &meta.remote, &meta.local, payload).unwrap_or(false) {
                     blocked = true;
                     return false;
                 }
-                let hdr = encode_dgram_header(payload.len() as u16, &meta.remote, &meta.local);
-                let _ = rx.enqueue(&hdr);
-                let _ = rx.enqueue(payload);
-                moved += need;
+                moved += DGRAM_HEADER_SIZE + payload.len();
                 true
             });
             if blocked {
@@ -932,32 +925,29 @@ impl SessionWorker {
         let Some(conn) = s.conn() else { return 0 };
         let mut moved = 0;
         if s.proto == TransportProto::Udp {
-            let mut hdr = [0u8; DGRAM_HEADER_SIZE];
             loop {
-                let avail = s.tx_out.max_dequeue().unwrap_or(0) as usize;
-                if avail < DGRAM_HEADER_SIZE
-                    || s.tx_out.peek(0, &mut hdr).unwrap_or(0) < DGRAM_HEADER_SIZE
-                {
-                    break;
-                }
-                let Ok((len, remote, local)) = decode_dgram_header(&hdr) else {
-                    // The app wrote garbage: drop everything it queued.
-                    warn!(session = %s.handle, "bad datagram header in a tx fifo; dropping its contents");
-                    let _ = s.tx_out.drop_bytes(avail as u32);
-                    break;
+                let d = match peek_datagram(&s.tx_out) {
+                    Ok(Some(d)) => d,
+                    Ok(None) => break,
+                    Err(e) => {
+                        // The app wrote garbage: drop everything it queued.
+                        warn!(session = %s.handle, "bad datagram in a tx fifo ({e}); dropping its contents");
+                        let avail = s.tx_out.max_dequeue().unwrap_or(0);
+                        let _ = s.tx_out.drop_bytes(avail);
+                        break;
+                    }
                 };
-                let len = len as usize;
-                if avail < DGRAM_HEADER_SIZE + len {
-                    break;
-                }
+                let len = usize::from(d.len);
                 self.scratch.resize(len.max(self.scratch.len()), 0);
                 let got = s
                     .tx_out
                     .peek(DGRAM_HEADER_SIZE as u32, &mut self.scratch[..len])
                     .unwrap_or(0);
-                if got < len
-                    || !t.send_datagram(conn, DatagramMeta { remote, local }, &self.scratch[..len])
-                {
+                let meta = DatagramMeta {
+                    remote: d.remote,
+                    local: d.local,
+                };
+                if got < len || !t.send_datagram(conn, meta, &self.scratch[..len]) {
                     break;
                 }
                 let _ = s.tx_out.drop_bytes((DGRAM_HEADER_SIZE + len) as u32);
@@ -1379,22 +1369,15 @@ impl AppContext for AppCx<'_> {
         h: SessionHandle,
         buf: &mut [u8],
     ) -> SessionResult<Option<(usize, DatagramMeta)>> {
-        let s = self.own(h)?;
-        let mut hdr = [0u8; DGRAM_HEADER_SIZE];
-        if (s.app_rx.max_dequeue()? as usize) < DGRAM_HEADER_SIZE {
+        let Some((n, d)) = read_datagram(&mut self.own(h)?.app_rx, buf)? else {
             return Ok(None);
-        }
-        s.app_rx.peek(0, &mut hdr)?;
-        let (len, remote, local) = decode_dgram_header(&hdr)?;
-        let len = len as usize;
-        if (s.app_rx.max_dequeue()? as usize) < DGRAM_HEADER_SIZE + len {
-            return Ok(None);
-        }
-        let take = len.min(buf.len());
-        s.app_rx.peek(DGRAM_HEADER_SIZE as u32, &mut buf[..take])?;
-        s.app_rx.drop_bytes((DGRAM_HEADER_SIZE + len) as u32)?;
+        };
         self.after_read(h);
-        Ok(Some((take, DatagramMeta { remote, local })))
+        let meta = DatagramMeta {
+            remote: d.remote,
+            local: d.local,
+        };
+        Ok(Some((n, meta)))
     }
 
     fn send_datagram(
@@ -1403,21 +1386,10 @@ impl AppContext for AppCx<'_> {
         meta: DatagramMeta,
         payload: &[u8],
     ) -> SessionResult<bool> {
-        if payload.len() > u16::MAX as usize {
-            return Err(SessionError::InvalidValue(format!(
-                "datagram of {} bytes",
-                payload.len()
-            )));
-        }
         let s = self.own(h)?;
-        if (s.app_tx.max_enqueue()? as usize) < DGRAM_HEADER_SIZE + payload.len() {
-            return Ok(false);
-        }
-        let hdr = encode_dgram_header(payload.len() as u16, &meta.remote, &meta.local);
-        s.app_tx.enqueue(&hdr)?;
-        s.app_tx.enqueue(payload)?;
-        s.tx_pending = true;
-        Ok(true)
+        let queued = write_datagram(&mut s.app_tx, &meta.remote, &meta.local, payload)?;
+        s.tx_pending |= queued;
+        Ok(queued)
     }
 
     fn disconnect(&mut self, h: SessionHandle) -> SessionResult<()> {

@@ -137,6 +137,17 @@ fn an_external_echo_server_serves_a_kernel_client_64mib_byte_identical() -> Resu
     Ok(())
 }
 
+#[test]
+fn an_external_echo_server_echoes_kernel_udp_datagrams_whole_over_ipv4_and_ipv6() -> Result<()> {
+    let h = Host::new("xu")?;
+    let _server = h.echo_server(&["--listen", "0.0.0.0:7", "--udp", "0.0.0.0:5007"])?;
+    for host in [h.lab.cfg.host4.addr, h.lab.cfg.host6.addr] {
+        let v = peer(&h.lab, &["udp", &host.to_string(), "5007", "300"])?;
+        assert_eq!(v["ok"], true, "{host}: {v}");
+    }
+    Ok(())
+}
+
 /// One-way throughput of a Unix-domain socket pair in this process, for
 /// comparison with cut-through.
 fn unix_pair_gbytes_per_s(total: usize) -> Result<f64> {

@@ -1,8 +1,12 @@
 //! An external echo server on hoststack: attach over the app socket, listen,
 //! echo every session, one thread per app worker.
 //!
-//! `echo_server --socket PATH [--listen 0.0.0.0:7] [--workers N]
-//!  [--local-scope] [--discard] [--fifo-size BYTES] [--name NAME]`
+//! `echo_server --socket PATH [--listen 0.0.0.0:7] [--udp IP:PORT]
+//!  [--workers N] [--local-scope] [--discard] [--fifo-size BYTES]
+//!  [--name NAME]`
+//!
+//! With `--udp` it also echoes UDP datagrams on that endpoint, each back to
+//! its sender.
 //!
 //! With `--discard` it is a sink: what arrives is read (copied out, as an
 //! app would) and dropped, never sent back.
@@ -15,11 +19,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hoststack_app::{App, AppOptions, Event, Session, SessionResult, Worker};
+use hoststack_app::{
+    App, AppOptions, Datagram, Event, Session, SessionHandle, SessionResult, TransportProto, Worker,
+};
 
 struct Args {
     socket: String,
     listen: SocketAddr,
+    udp: Option<SocketAddr>,
     workers: u32,
     local: bool,
     discard: bool,
@@ -27,8 +34,8 @@ struct Args {
     name: String,
 }
 
-const USAGE: &str = "usage: echo_server --socket PATH [--listen IP:PORT] [--workers N] \
-[--local-scope] [--discard] [--fifo-size BYTES] [--name NAME]";
+const USAGE: &str = "usage: echo_server --socket PATH [--listen IP:PORT] [--udp IP:PORT] \
+[--workers N] [--local-scope] [--discard] [--fifo-size BYTES] [--name NAME]";
 
 /// Bad command line: the reason and the usage on stderr, exit status 2.
 fn usage_error(why: &str) -> ! {
@@ -45,6 +52,7 @@ fn args() -> Args {
     let mut a = Args {
         socket: String::new(),
         listen: "0.0.0.0:7".parse().expect("valid"),
+        udp: None,
         workers: 1,
         local: false,
         discard: false,
@@ -60,6 +68,7 @@ fn args() -> Args {
         match k.as_str() {
             "--socket" => a.socket = v(),
             "--listen" => a.listen = parsed(&k, v()),
+            "--udp" => a.udp = Some(parsed(&k, v())),
             "--workers" => a.workers = parsed(&k, v()),
             "--fifo-size" => a.fifo_size = parsed(&k, v()),
             "--name" => a.name = v(),
@@ -95,16 +104,49 @@ fn echo(s: &mut Session, buf: &mut [u8], discard: bool) -> SessionResult<bool> {
     }
 }
 
+/// Echoes every waiting datagram back to its sender; a datagram that finds
+/// the tx fifo full waits in `held` until the session is writable again.
+fn echo_datagrams(
+    s: &mut Session,
+    held: &mut HashMap<SessionHandle, (Datagram, Vec<u8>)>,
+    buf: &mut [u8],
+    discard: bool,
+) -> SessionResult<()> {
+    if let Some((d, payload)) = held.remove(&s.handle()) {
+        if !s.send_datagram(d.remote, d.local, &payload)? {
+            held.insert(s.handle(), (d, payload));
+            s.want_writable()?;
+            return Ok(());
+        }
+    }
+    while let Some((n, d)) = s.recv_datagram(buf)? {
+        if discard {
+            continue;
+        }
+        if !s.send_datagram(d.remote, d.local, &buf[..n])? {
+            held.insert(s.handle(), (d, buf[..n].to_vec()));
+            s.want_writable()?;
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn serve(
     mut w: Worker,
     listen: SocketAddr,
+    udp: Option<SocketAddr>,
     discard: bool,
     total: Arc<AtomicU64>,
     ready: std::sync::mpsc::Sender<()>,
 ) -> SessionResult<()> {
     w.listen(listen)?;
+    if let Some(u) = udp {
+        w.listen_proto(TransportProto::Udp, u)?;
+    }
     let _ = ready.send(());
     let mut sessions: HashMap<_, Session> = HashMap::new();
+    let mut held = HashMap::new();
     // Sessions whose peer closed: closed once everything is echoed.
     let mut closing = std::collections::HashSet::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -123,6 +165,10 @@ fn serve(
                     let Some(s) = sessions.get_mut(&h) else {
                         continue;
                     };
+                    if s.proto() == TransportProto::Udp {
+                        echo_datagrams(s, &mut held, &mut buf, discard)?;
+                        continue;
+                    }
                     let mut left = echo(s, &mut buf, discard)?;
                     if left && s.want_writable()? {
                         left = echo(s, &mut buf, discard)?;
@@ -136,6 +182,7 @@ fn serve(
                 Event::Reset(h) | Event::Gone(h) => {
                     sessions.remove(&h);
                     closing.remove(&h);
+                    held.remove(&h);
                 }
                 Event::Connected(..) => {}
             }
@@ -164,8 +211,8 @@ fn main() -> SessionResult<()> {
         .into_iter()
         .map(|w| {
             let (t, tx) = (total.clone(), tx.clone());
-            let (listen, discard) = (a.listen, a.discard);
-            std::thread::spawn(move || serve(w, listen, discard, t, tx))
+            let (listen, udp, discard) = (a.listen, a.udp, a.discard);
+            std::thread::spawn(move || serve(w, listen, udp, discard, t, tx))
         })
         .collect();
     for _ in 0..a.workers {

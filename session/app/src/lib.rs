@@ -53,10 +53,11 @@ use hoststack_app_proto::app_rx_queue::{
 use hoststack_app_proto::app_wire::{
     AppReply, AppRequest, FrameReader, WorkerInfo, encode_request,
 };
-use hoststack_app_proto::endpoint::{Endpoint, TransportProto};
+use hoststack_app_proto::datagram::{read_datagram, write_datagram};
 use hoststack_app_proto::error::ErrorCode;
 use hoststack_shm::ShmError;
 
+pub use hoststack_app_proto::endpoint::{Endpoint, TransportProto};
 pub use hoststack_app_proto::handle::{ListenerHandle, SessionHandle};
 pub use hoststack_app_proto::options::{AppOptions, SegmentKind};
 pub use hoststack_app_proto::{SessionError, SessionResult};
@@ -65,6 +66,17 @@ use hoststack_shm::fd_passing::{recv_with_fds, send_with_fds};
 use hoststack_shm::fifo::{Fifo, FifoConsumer, FifoProducer};
 use hoststack_shm::message_queue::MessageQueue;
 use hoststack_shm::segment::{Segment, SharedRegion};
+
+/// The addresses and length of a datagram [`Session::recv_datagram`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram {
+    /// Its whole payload length (more than was copied when truncated).
+    pub len: usize,
+    /// Where it came from.
+    pub remote: Endpoint,
+    /// The address it arrived on.
+    pub local: Endpoint,
+}
 
 /// Counters of the library's data path.
 #[derive(Debug, Default)]
@@ -982,17 +994,59 @@ impl Session {
         }
         let n = self.tx.enqueue(data)?;
         if n > 0 {
-            self.shared.stats.writes.fetch_add(1, Relaxed);
-            if self.tx.fifo().set_event() {
-                self.shared.post_io(
-                    self.handle,
-                    &IoMessage::Tx {
-                        session: self.handle.as_u64(),
-                    },
-                )?;
-            }
+            self.notify_tx()?;
         }
         Ok(n)
+    }
+
+    /// Counts a write and tells the stack, once per batch: only the write
+    /// that sets the fifo's event flag posts.
+    fn notify_tx(&mut self) -> SessionResult<()> {
+        self.shared.stats.writes.fetch_add(1, Relaxed);
+        if self.tx.fifo().set_event() {
+            self.shared.post_io(
+                self.handle,
+                &IoMessage::Tx {
+                    session: self.handle.as_u64(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Takes the next datagram of a UDP session: copies up to `buf.len()`
+    /// bytes of its payload (a longer one is truncated, as `recvfrom` does)
+    /// and returns how many, with its addresses. `Ok(None)` when none waits.
+    pub fn recv_datagram(&mut self, buf: &mut [u8]) -> SessionResult<Option<(usize, Datagram)>> {
+        let Some((n, h)) = read_datagram(&mut self.rx, buf)? else {
+            return Ok(None);
+        };
+        self.after_read()?;
+        let d = Datagram {
+            len: usize::from(h.len),
+            remote: h.remote,
+            local: h.local,
+        };
+        Ok(Some((n, d)))
+    }
+
+    /// Queues one datagram to `remote` from `local` (the zero endpoint lets
+    /// the stack choose); `Ok(false)` when the tx fifo lacks room for all of
+    /// it, and nothing was queued.
+    pub fn send_datagram(
+        &mut self,
+        remote: Endpoint,
+        local: Endpoint,
+        payload: &[u8],
+    ) -> SessionResult<bool> {
+        if self.closed {
+            return Err(SessionError::NoSession(self.handle.as_u64()));
+        }
+        if !write_datagram(&mut self.tx, &remote, &local, payload)? {
+            return Ok(false);
+        }
+        self.notify_tx()?;
+        Ok(true)
     }
 
     /// Asks for a [`Event::Writable`] when room appears; returns true when

@@ -7,6 +7,7 @@
 //! - [`error`]: [`SessionError`] and the [`error::ErrorCode`] that carries it.
 //! - [`app_wire`]: the app socket's frames (attach, workers, fd passing).
 //! - [`app_event`]: the stack -> app events of a worker's event queue.
+//! - [`datagram`]: datagrams, header and payload, in a session's fifos.
 //! - [`app_rx_queue`]: the app -> stack io and control messages and the
 //!   per-thread queues that carry them.
 //! - [`pattern`]: the byte stream transfer apps send and verify.
@@ -22,6 +23,7 @@
 pub mod app_event;
 pub mod app_rx_queue;
 pub mod app_wire;
+pub mod datagram;
 pub mod endpoint;
 pub mod error;
 pub mod handle;
