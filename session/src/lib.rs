@@ -24,6 +24,7 @@ pub mod app_worker;
 pub mod application;
 pub mod cert;
 pub mod control;
+pub mod dirty_sessions;
 pub mod lookup;
 pub mod namespace;
 pub mod pending_rx_queues;

@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 
 use crate::app_callbacks::AppContext;
 use crate::app_worker::EventSink;
+use crate::dirty_sessions::DirtySessions;
 use crate::session::{Session, SessionKind};
 use crate::session_info::{SessionInfo, SessionState};
 use crate::session_layer::{Deferred, NewSessionParts, SessionLayer, WorkerCommand};
@@ -112,6 +113,9 @@ pub struct SessionWorkerStats {
     pub pending_queues: std::sync::atomic::AtomicU64,
     /// App rx queues this thread serves, a gauge for `show worker`.
     pub app_queues: std::sync::atomic::AtomicU64,
+    /// Received datagrams dropped because they are larger than their
+    /// session's rx fifo.
+    pub datagrams_too_big: std::sync::atomic::AtomicU64,
     /// Pings per app.
     pub pings: Mutex<HashMap<u32, PingStats>>,
 }
@@ -148,7 +152,7 @@ pub struct SessionWorker {
     queue_changes: Vec<QueueChange>,
     app_queues: HashMap<u32, AppRxQueue>,
     stats: Arc<SessionWorkerStats>,
-    scratch_indices: Vec<u32>,
+    dirty: DirtySessions,
 }
 
 impl std::fmt::Debug for SessionWorker {
@@ -188,7 +192,7 @@ impl SessionWorker {
             queue_changes: Vec::new(),
             app_queues: HashMap::new(),
             stats: Arc::default(),
-            scratch_indices: Vec::new(),
+            dirty: DirtySessions::new(),
         }
     }
 
@@ -210,7 +214,7 @@ impl SessionWorker {
     /// True while app events wait for dispatch or app queues are pending:
     /// the thread must not sleep.
     pub fn has_pending_work(&self) -> bool {
-        !self.builtin.is_empty() || !self.pending.is_empty()
+        !self.builtin.is_empty() || !self.pending.is_empty() || !self.dirty.is_empty()
     }
 
     /// The lost-wakeup check before sleeping: true when every app rx queue
@@ -455,6 +459,7 @@ impl SessionWorker {
             WorkerCommand::WakeSession { session } => {
                 if self.session_mut(session).is_some() {
                     let idx = session.index();
+                    self.dirty.mark(idx);
                     self.emit_for(idx, BuiltinEvent::Rx(session));
                     self.emit_for(idx, BuiltinEvent::Tx(session));
                 }
@@ -783,6 +788,8 @@ impl SessionWorker {
                 s.lookup_key = key;
                 s.listener = Some(listener);
                 s.counters.accepted.fetch_add(1, Relaxed);
+                // Data may have come with the handshake.
+                self.dirty.mark(idx);
                 self.emit_for(idx, BuiltinEvent::Accept(handle));
             }
             TransportEvent::Connected {
@@ -810,6 +817,8 @@ impl SessionWorker {
                     None
                 };
                 self.sessions[idx as usize].lookup_key = key;
+                // The app may have written before the connect completed.
+                self.dirty.mark(idx);
                 self.emit_for(idx, BuiltinEvent::Connected(Ok(session), opaque));
             }
             TransportEvent::ConnectFailed { session, reason } => {
@@ -823,6 +832,12 @@ impl SessionWorker {
                 // app that sees the state may trust the fifo holds the rest.
                 if let Some(&idx) = self.by_conn.get(&(proto, conn)) {
                     self.sessions[idx as usize].peer_finished = true;
+                    self.dirty.mark(idx);
+                }
+            }
+            TransportEvent::Readable { conn } | TransportEvent::Writable { conn } => {
+                if let Some(&idx) = self.by_conn.get(&(proto, conn)) {
+                    self.dirty.mark(idx);
                 }
             }
             TransportEvent::Reset { conn } => {
@@ -869,9 +884,12 @@ impl SessionWorker {
             let room = s.rx_in.max_enqueue().unwrap_or(0) as usize;
             if room == 0 {
                 // Full: stop reading, which lets the transport close its
-                // window; ask the app to say when it made room.
+                // window; ask the app to say when it made room. Room that
+                // appeared before the request was seen means go on.
+                if s.rx_in.request_dequeue_notification().unwrap_or(0) > 0 {
+                    continue;
+                }
                 s.rx_blocked = true;
-                let _ = s.rx_in.request_dequeue_notification();
                 break;
             }
             let want = room.min(avail).min(MAX_BYTES_PER_POLL - moved);
@@ -890,31 +908,39 @@ impl SessionWorker {
     fn pull_datagrams(&mut self, idx: u32, t: &mut dyn Transport) -> usize {
         let s = &mut self.sessions[idx as usize];
         let Some(conn) = s.conn() else { return 0 };
+        let capacity = s.rx_in.fifo().size() as usize;
         let mut moved = 0;
-        let mut count = 0;
-        loop {
+        let mut too_big = 0;
+        for _ in 0..256 {
             let rx = &mut s.rx_in;
-            let mut blocked = false;
+            let mut need = 0;
             let took = t.recv_datagram(conn, &mut |meta, payload| {
+                if DGRAM_HEADER_SIZE + payload.len() > capacity {
+                    // It can never fit: drop it rather than stall the rest.
+                    too_big += 1;
+                    return true;
+                }
                 if !write_datagram(rx, &meta.remote, &meta.local, payload).unwrap_or(false) {
-                    blocked = true;
+                    need = DGRAM_HEADER_SIZE + payload.len();
                     return false;
                 }
                 moved += DGRAM_HEADER_SIZE + payload.len();
                 true
             });
-            if blocked {
+            if need > 0 {
+                // Room that appeared before the request was seen: go on.
+                if s.rx_in.request_dequeue_notification().unwrap_or(0) as usize >= need {
+                    continue;
+                }
                 s.rx_blocked = true;
-                let _ = s.rx_in.request_dequeue_notification();
                 break;
             }
             if !took {
                 break;
             }
-            count += 1;
-            if count >= 256 {
-                break;
-            }
+        }
+        if too_big > 0 {
+            self.stats.datagrams_too_big.fetch_add(too_big, Relaxed);
         }
         moved
     }
@@ -954,17 +980,18 @@ impl SessionWorker {
                 moved += DGRAM_HEADER_SIZE + len;
             }
         } else {
+            // Offer everything: a send that takes less arms the transport's
+            // Writable, which brings the session back here.
             loop {
                 let avail = s.tx_out.max_dequeue().unwrap_or(0) as usize;
-                let space = t.send_space(conn);
-                let want = avail.min(space).min(MAX_BYTES_PER_POLL - moved);
+                let want = avail.min(MAX_BYTES_PER_POLL - moved);
                 if want == 0 {
                     break;
                 }
                 let tx = &mut s.tx_out;
                 let n = t.send(conn, want, &mut |buf| tx.dequeue(buf).unwrap_or(0));
                 moved += n;
-                if n == 0 || moved >= MAX_BYTES_PER_POLL {
+                if n == 0 {
                     break;
                 }
             }
@@ -1016,13 +1043,12 @@ impl SessionWorker {
         self.stats
             .app_queues
             .store(self.app_queues.len() as u64, Relaxed);
-        let mut indices = std::mem::take(&mut self.scratch_indices);
-        indices.clear();
-        indices.extend(self.sessions.iter().map(|(i, _)| i as u32));
-        for &idx in &indices {
+        // Only sessions something happened to; what they mark while being
+        // serviced waits for the next round.
+        for _ in 0..self.dirty.len() {
+            let Some(idx) = self.dirty.pop() else { break };
             work |= self.service_session(idx, tp);
         }
-        self.scratch_indices = indices;
         loop {
             work |= self.dispatch_builtin();
             if self.pending_disconnects.is_empty() {
@@ -1125,13 +1151,17 @@ impl SessionWorker {
                 SessionKind::Transport(_) => {
                     s.tx_out.fifo().clear_event();
                     s.tx_pending = true;
+                    self.dirty.mark(idx);
                 }
             },
             RxMessage::Io(IoMessage::DequeueNotify { .. }) => match s.kind {
                 SessionKind::CutThrough { peer } => {
                     self.emit_for(peer.index(), BuiltinEvent::Tx(peer))
                 }
-                SessionKind::Transport(_) => s.rx_blocked = false,
+                SessionKind::Transport(_) => {
+                    s.rx_blocked = false;
+                    self.dirty.mark(idx);
+                }
             },
             RxMessage::Io(IoMessage::Ping { .. }) => {}
             RxMessage::Io(IoMessage::Disconnect { .. }) | RxMessage::Control(_) => {
@@ -1164,6 +1194,8 @@ impl SessionWorker {
         let Some(t) = tp.transport(proto) else {
             return false;
         };
+        // A session that used its whole budget comes back next round.
+        let mut more = false;
         if pulling {
             let moved = if proto == TransportProto::Udp {
                 self.pull_datagrams(idx, t)
@@ -1172,6 +1204,7 @@ impl SessionWorker {
             };
             if moved > 0 {
                 work = true;
+                more |= moved >= MAX_BYTES_PER_POLL;
                 self.notify_rx(idx);
             }
         }
@@ -1181,7 +1214,12 @@ impl SessionWorker {
             .unwrap_or(0)
             > 0;
         if has_tx {
-            work |= self.push_tx(idx, t) > 0;
+            let moved = self.push_tx(idx, t);
+            work |= moved > 0;
+            more |= moved >= MAX_BYTES_PER_POLL;
+        }
+        if more {
+            self.dirty.mark(idx);
         }
         let s = &mut self.sessions[idx as usize];
         if s.state == SessionState::Closing && !s.tx_pending {
@@ -1292,7 +1330,10 @@ impl AppCx<'_> {
                 SessionKind::CutThrough { peer } => {
                     self.worker.emit_for(peer.index(), BuiltinEvent::Tx(peer))
                 }
-                SessionKind::Transport(_) => s.rx_blocked = false,
+                SessionKind::Transport(_) => {
+                    s.rx_blocked = false;
+                    self.worker.dirty.mark(h.index());
+                }
             }
         }
     }
@@ -1346,11 +1387,16 @@ impl AppContext for AppCx<'_> {
             // Arms the low-watermark tx-space event.
             let _ = s.app_tx.crossed_above_high_watermark();
             s.tx_pending = true;
-            if let SessionKind::CutThrough { peer } = s.kind {
-                if let Some(p) = self.worker.session_mut(peer) {
-                    let pi = p.handle.index();
-                    if p.app_rx.fifo().set_event() {
-                        self.worker.emit_for(pi, BuiltinEvent::Rx(peer));
+            match s.kind {
+                SessionKind::Transport(_) => {
+                    self.worker.dirty.mark(h.index());
+                }
+                SessionKind::CutThrough { peer } => {
+                    if let Some(p) = self.worker.session_mut(peer) {
+                        let pi = p.handle.index();
+                        if p.app_rx.fifo().set_event() {
+                            self.worker.emit_for(pi, BuiltinEvent::Rx(peer));
+                        }
                     }
                 }
             }
@@ -1389,6 +1435,9 @@ impl AppContext for AppCx<'_> {
         let s = self.own(h)?;
         let queued = write_datagram(&mut s.app_tx, &meta.remote, &meta.local, payload)?;
         s.tx_pending |= queued;
+        if queued {
+            self.worker.dirty.mark(h.index());
+        }
         Ok(queued)
     }
 

@@ -62,6 +62,18 @@ pub enum TransportEvent {
         /// The connection.
         conn: TransportConnId,
     },
+    /// Bytes (or datagrams) arrived on the connection.
+    Readable {
+        /// The connection.
+        conn: TransportConnId,
+    },
+    /// Room appeared in the connection's send buffer after a
+    /// [`Transport::send`] or [`Transport::send_datagram`] took less than it
+    /// was offered.
+    Writable {
+        /// The connection.
+        conn: TransportConnId,
+    },
 }
 
 /// Addresses of one datagram, stored in front of it in a datagram fifo.
@@ -75,6 +87,14 @@ pub struct DatagramMeta {
 }
 
 /// One protocol's transport on one stack thread.
+///
+/// The session layer services a connection only when something happened to
+/// it, so a transport must report it: [`TransportEvent::Readable`] whenever
+/// bytes or datagrams arrive (the session layer then reads until
+/// [`recv_available`](Self::recv_available) is 0 or its fifo is full), and
+/// [`TransportEvent::Writable`] once room appears after a send took less
+/// than it was offered. Spurious reports are harmless; missing ones stall
+/// the connection.
 pub trait Transport {
     /// The protocol.
     fn proto(&self) -> TransportProto;
@@ -116,7 +136,8 @@ pub trait Transport {
     fn send_space(&self, conn: TransportConnId) -> usize;
 
     /// Lets `source` fill up to `max` bytes of `conn`'s send buffer; it
-    /// returns how many it wrote, which this returns.
+    /// returns how many it wrote, which this returns. Taking less than `max`
+    /// arms a [`TransportEvent::Writable`].
     fn send(
         &mut self,
         conn: TransportConnId,
@@ -133,7 +154,8 @@ pub trait Transport {
         sink: &mut dyn FnMut(DatagramMeta, &[u8]) -> bool,
     ) -> bool;
 
-    /// Queues one datagram on `conn`; false when the transport has no room.
+    /// Queues one datagram on `conn`; false when the transport has no room
+    /// (which arms a [`TransportEvent::Writable`]).
     fn send_datagram(&mut self, conn: TransportConnId, meta: DatagramMeta, payload: &[u8]) -> bool;
 
     /// Closes `conn` gracefully (FIN after queued data).

@@ -87,6 +87,9 @@ struct Conn {
     socket: SocketHandle,
     proto: TransportProto,
     phase: Phase,
+    /// A send took less than it was offered: report `Writable` once the
+    /// socket has room.
+    want_writable: bool,
 }
 
 /// Datagrams a UDP session socket buffers each way.
@@ -179,6 +182,7 @@ impl SmolTransportState {
             socket,
             proto,
             phase,
+            want_writable: false,
         }) as u64)
     }
 
@@ -228,11 +232,28 @@ impl SmolTransportState {
         // State changes of known TCP connections.
         let mut gone = Vec::new();
         for (i, c) in self.conns.iter_mut() {
-            if c.proto != TransportProto::Tcp {
+            let conn = TransportConnId(i as u64);
+            if c.proto == TransportProto::Udp {
+                let s = sockets.get::<udp::Socket<'_>>(c.socket);
+                if s.can_recv() {
+                    self.udp_events.push_back(TransportEvent::Readable { conn });
+                }
+                if c.want_writable && s.can_send() {
+                    c.want_writable = false;
+                    self.udp_events.push_back(TransportEvent::Writable { conn });
+                }
                 continue;
             }
-            let conn = TransportConnId(i as u64);
             let s = sockets.get::<tcp::Socket<'_>>(c.socket);
+            // smoltcp keeps no edges: report what each socket holds now
+            // (this scan only runs after frames, timers or socket changes).
+            if s.recv_queue() > 0 {
+                self.tcp_events.push_back(TransportEvent::Readable { conn });
+            }
+            if c.want_writable && s.send_queue() < s.send_capacity() {
+                c.want_writable = false;
+                self.tcp_events.push_back(TransportEvent::Writable { conn });
+            }
             let state = s.state();
             match c.phase {
                 Phase::Connecting(session) => match state {
@@ -566,6 +587,11 @@ impl Transport for SmolTransports<'_> {
             })
             .unwrap_or(0);
         self.state.touched |= n > 0;
+        if n < max {
+            if let Some(c) = self.conn_mut(conn) {
+                c.want_writable = true;
+            }
+        }
         n
     }
 
@@ -621,6 +647,11 @@ impl Transport for SmolTransports<'_> {
         };
         let sent = s.send_slice(payload, md).is_ok();
         self.state.touched |= sent;
+        if !sent {
+            if let Some(c) = self.conn_mut(conn) {
+                c.want_writable = true;
+            }
+        }
         sent
     }
 
