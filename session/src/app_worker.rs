@@ -9,26 +9,27 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use tracing::warn;
 
 use crate::app_callbacks::AppCallbacks;
+use crate::app_event_queue::AppEventQueue;
 use crate::segment_manager::SegmentManager;
 use hoststack_app_proto::app_event::AppEvent;
 use hoststack_app_proto::error::SessionResult;
 use hoststack_app_proto::handle::{AppIndex, AppWorkerIndex, ListenerHandle, WorkerMapIndex};
-use hoststack_shm::message_queue::MessageQueue;
 
 /// How events reach an app worker.
 #[derive(Clone)]
 pub enum EventSink {
     /// A builtin app: callbacks called on the session's thread.
     Builtin(Arc<AppCallbacks>),
-    /// An external app: its event queue in shared memory.
-    Queue(Arc<MessageQueue>),
+    /// An external app: its event queue in shared memory, with the
+    /// backlog of events that found it full.
+    Queue(Arc<AppEventQueue>),
 }
 
 impl std::fmt::Debug for EventSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Builtin(_) => f.write_str("Builtin"),
-            Self::Queue(q) => write!(f, "Queue({} slots)", q.capacity()),
+            Self::Queue(q) => write!(f, "Queue({} slots)", q.queue().capacity()),
         }
     }
 }
@@ -44,7 +45,8 @@ pub struct AppWorkerCounters {
     pub closed: AtomicU64,
     /// Events delivered.
     pub events: AtomicU64,
-    /// Events dropped because the event queue was full.
+    /// Events dropped: the backlog overflowed (the app stopped reading its
+    /// queue) or the queue is corrupted. A full queue only postpones.
     pub events_dropped: AtomicU64,
 }
 
@@ -74,12 +76,14 @@ pub struct AppWorker {
 }
 
 impl EventSink {
-    /// Delivers an event to an external app's queue. Builtin events are
-    /// dispatched by the session worker, not here.
+    /// Delivers an event to an external app's queue, or postpones it
+    /// behind the ones already waiting when the queue is full. Builtin
+    /// events are dispatched by the session worker, not here. `Err` only
+    /// when the event was dropped.
     pub fn post(&self, event: &AppEvent, counters: &AppWorkerCounters) -> SessionResult<()> {
         match self {
             Self::Builtin(_) => Ok(()),
-            Self::Queue(q) => match q.try_send(&event.encode()) {
+            Self::Queue(q) => match q.post(event) {
                 Ok(()) => {
                     counters.events.fetch_add(1, Relaxed);
                     Ok(())

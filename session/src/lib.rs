@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app_callbacks;
+pub mod app_event_queue;
 pub mod app_listener;
 pub mod app_socket;
 pub mod app_worker;

@@ -18,6 +18,7 @@ use slab::Slab;
 use tracing::{debug, warn};
 
 use crate::app_callbacks::AppCallbacks;
+use crate::app_event_queue::{AppEventQueue, Backlogs};
 use crate::app_listener::AppListener;
 use crate::app_worker::{AppWorker, AppWorkerCounters, EventSink};
 use crate::application::{AppIdentity, Application};
@@ -257,6 +258,7 @@ pub struct SessionLayer {
     deferred: Vec<Deferred>,
     segment_fds: Vec<PendingSegmentFd>,
     segment_ids: Arc<std::sync::atomic::AtomicU32>,
+    backlogs: Arc<Backlogs>,
 }
 
 impl std::fmt::Debug for SessionLayer {
@@ -298,7 +300,13 @@ impl SessionLayer {
             deferred: Vec::new(),
             segment_fds: Vec::new(),
             segment_ids: Arc::default(),
+            backlogs: Arc::default(),
         }
+    }
+
+    /// The event queues with postponed events, which stack threads retry.
+    pub fn backlogs(&self) -> Arc<Backlogs> {
+        self.backlogs.clone()
     }
 
     /// Segment fds the app socket must still send.
@@ -521,6 +529,7 @@ impl SessionLayer {
                 "a builtin app worker has no event queue".into(),
             ));
         };
+        let q = q.queue();
         let mut fds = vec![sm.first_segment().try_clone_fd()?];
         if let Some(e) = q.eventfd() {
             fds.push(e.try_clone()?.into_owned_fd());
@@ -684,7 +693,7 @@ impl SessionLayer {
                     APP_EVENT_SIZE as u32,
                     efd,
                 )?;
-                EventSink::Queue(Arc::new(q))
+                EventSink::Queue(AppEventQueue::new(q, self.backlogs.clone()))
             }
         };
         let _ = sm.take_events();

@@ -24,6 +24,7 @@ use slab::Slab;
 use tracing::{debug, warn};
 
 use crate::app_callbacks::AppContext;
+use crate::app_event_queue::Backlogs;
 use crate::app_worker::EventSink;
 use crate::dirty_sessions::DirtySessions;
 use crate::session::{Session, SessionKind};
@@ -153,6 +154,7 @@ pub struct SessionWorker {
     app_queues: HashMap<u32, AppRxQueue>,
     stats: Arc<SessionWorkerStats>,
     dirty: DirtySessions,
+    backlogs: Arc<Backlogs>,
 }
 
 impl std::fmt::Debug for SessionWorker {
@@ -177,6 +179,7 @@ impl SessionWorker {
         layer: Arc<Mutex<SessionLayer>>,
         commands: Receiver<WorkerCommand>,
     ) -> Self {
+        let backlogs = lock(&layer).backlogs();
         Self {
             thread,
             layer,
@@ -193,6 +196,7 @@ impl SessionWorker {
             app_queues: HashMap::new(),
             stats: Arc::default(),
             dirty: DirtySessions::new(),
+            backlogs,
         }
     }
 
@@ -215,6 +219,15 @@ impl SessionWorker {
     /// the thread must not sleep.
     pub fn has_pending_work(&self) -> bool {
         !self.builtin.is_empty() || !self.pending.is_empty() || !self.dirty.is_empty()
+    }
+
+    /// How soon a sleeping thread must wake to retry postponed events: an
+    /// app gives no signal when it frees room in its event queue, and a
+    /// thread that spun instead would burn a core on an app that is slow.
+    pub fn retry_delay(&self) -> Option<std::time::Duration> {
+        self.backlogs
+            .any()
+            .then_some(std::time::Duration::from_millis(1))
     }
 
     /// The lost-wakeup check before sleeping: true when every app rx queue
@@ -1037,6 +1050,8 @@ impl SessionWorker {
             }
         }
         work |= self.serve_app_queues(tp);
+        // Events that found a queue full, oldest first, before new ones.
+        work |= self.backlogs.retry(std::time::Instant::now()) > 0;
         self.stats
             .pending_queues
             .store(self.pending.len() as u64, Relaxed);

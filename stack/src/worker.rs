@@ -413,7 +413,8 @@ impl<D: PacketIo> Worker<D> {
             .map_or(Duration::from_millis(1000), |d| {
                 Duration::from_micros(d.total_micros())
             })
-            .min(Duration::from_millis(1000));
+            .min(Duration::from_millis(1000))
+            .min(self.session.retry_delay().unwrap_or(Duration::MAX));
         if delay.is_zero() || self.session.has_pending_work() {
             return Ok(());
         }

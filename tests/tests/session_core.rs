@@ -624,7 +624,7 @@ fn an_external_app_worker_gets_its_accept_event_in_its_shared_memory_queue() {
     let q = h
         .control
         .call(move |l| match &l.app_worker(wi).unwrap().sink {
-            hoststack_session::app_worker::EventSink::Queue(q) => q.try_clone().unwrap(),
+            hoststack_session::app_worker::EventSink::Queue(q) => q.queue().try_clone().unwrap(),
             _ => panic!("external app without a queue"),
         })
         .unwrap();

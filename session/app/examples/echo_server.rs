@@ -184,6 +184,15 @@ fn serve(
                     closing.remove(&h);
                     held.remove(&h);
                 }
+                Event::FellBehind {
+                    postponed,
+                    max_wait,
+                } => {
+                    eprintln!(
+                        "worker {} fell behind: {postponed} events waited up to {max_wait:?}",
+                        w.index()
+                    );
+                }
                 Event::Connected(..) => {}
             }
         }

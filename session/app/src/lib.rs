@@ -540,6 +540,15 @@ pub enum Event {
     Reset(SessionHandle),
     /// The stack forgot the session; its handle is dead.
     Gone(SessionHandle),
+    /// The worker fell behind: its event queue was full and `postponed`
+    /// events waited in the stack (for up to `max_wait`) before reaching
+    /// it. None was lost; a bigger event queue or faster reading avoids it.
+    FellBehind {
+        /// Events that waited.
+        postponed: u32,
+        /// The longest wait.
+        max_wait: Duration,
+    },
 }
 
 /// One worker of an app: its event queue and its sessions.
@@ -843,6 +852,13 @@ impl Worker {
                 lock(&self.shared.segments).remove(&index);
             }
             AppEvent::Reply { .. } => {}
+            AppEvent::Backlog {
+                postponed,
+                max_wait_us,
+            } => out.push(Event::FellBehind {
+                postponed,
+                max_wait: Duration::from_micros(u64::from(max_wait_us)),
+            }),
         }
         Ok(())
     }

@@ -107,6 +107,14 @@ pub enum AppEvent {
         /// A listener handle (listen) or 0.
         handle: u64,
     },
+    /// The queue was full and events waited in the stack before reaching
+    /// it (none was dropped); sent once they all got through.
+    Backlog {
+        /// Events that waited.
+        postponed: u32,
+        /// The longest wait, microseconds.
+        max_wait_us: u32,
+    },
 }
 
 const KIND_ACCEPTED: u8 = 1;
@@ -119,6 +127,7 @@ const KIND_TX_SPACE: u8 = 7;
 const KIND_SEGMENT_ADDED: u8 = 8;
 const KIND_SEGMENT_REMOVED: u8 = 9;
 const KIND_REPLY: u8 = 10;
+const KIND_BACKLOG: u8 = 11;
 
 /// Bytes of an encoded endpoint: family (1), port (2), address (16).
 const ENDPOINT_LEN: usize = 19;
@@ -320,6 +329,14 @@ impl AppEvent {
                 w.u32(*error);
                 w.u64(*handle);
             }
+            Self::Backlog {
+                postponed,
+                max_wait_us,
+            } => {
+                w.u8(KIND_BACKLOG);
+                w.u32(*postponed);
+                w.u32(*max_wait_us);
+            }
         }
         debug_assert!(w.at <= APP_EVENT_SIZE, "event does not fit its slot");
         buf
@@ -370,6 +387,10 @@ impl AppEvent {
                 request: r.u32()?,
                 error: r.u32()?,
                 handle: r.u64()?,
+            },
+            KIND_BACKLOG => Self::Backlog {
+                postponed: r.u32()?,
+                max_wait_us: r.u32()?,
             },
             k => return Err(bad(&format!("unknown kind {k}"))),
         })
@@ -458,6 +479,10 @@ mod tests {
                 request: 7,
                 error: 12,
                 handle: 0x1_0000_0002,
+            },
+            AppEvent::Backlog {
+                postponed: 70_000,
+                max_wait_us: 1234,
             },
         ];
         for e in events {

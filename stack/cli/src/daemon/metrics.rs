@@ -181,7 +181,7 @@ pub(crate) fn render(m: &MetricsSnapshot) -> String {
         f.family(name, kind, help, &values);
     }
 
-    let app_families: [Family<AppWorkerView>; 6] = [
+    let app_families: [Family<AppWorkerView>; 8] = [
         (
             "hoststack_app_accepted_total",
             "counter",
@@ -209,8 +209,20 @@ pub(crate) fn render(m: &MetricsSnapshot) -> String {
         (
             "hoststack_app_events_dropped_total",
             "counter",
-            "Events dropped because an app worker's event queue was full.",
+            "Events dropped: the backlog of a full event queue overflowed, or the queue is corrupted.",
             |w| w.events_dropped,
+        ),
+        (
+            "hoststack_app_events_postponed_total",
+            "counter",
+            "Events that found an app worker's event queue full and waited in the stack.",
+            |w| w.events_postponed,
+        ),
+        (
+            "hoststack_app_events_postponed_max_wait_microseconds",
+            "gauge",
+            "The longest an event waited for room in an app worker's event queue.",
+            |w| w.postponed_max_wait_us,
         ),
         (
             "hoststack_app_sessions",
@@ -460,6 +472,8 @@ mod tests {
                     closed: 2,
                     events: 30,
                     events_dropped: 0,
+                    events_postponed: 0,
+                    postponed_max_wait_us: 0,
                 }],
                 listeners: vec![],
                 connects: vec![],

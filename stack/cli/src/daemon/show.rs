@@ -229,8 +229,14 @@ pub(crate) struct AppWorkerView {
     pub(crate) closed: u64,
     /// Events delivered.
     pub(crate) events: u64,
-    /// Events dropped (event queue full).
+    /// Events dropped (the backlog overflowed or the queue is corrupted).
     pub(crate) events_dropped: u64,
+    /// Events that found the event queue full and waited in the stack.
+    #[serde(default)]
+    pub(crate) events_postponed: u64,
+    /// The longest such wait, microseconds.
+    #[serde(default)]
+    pub(crate) postponed_max_wait_us: u64,
 }
 
 /// A listener.
@@ -273,6 +279,15 @@ pub(crate) struct QueueView {
     pub(crate) used: Option<u64>,
     /// Signals an eventfd.
     pub(crate) eventfd: bool,
+    /// Event queues: events that found it full and waited in the stack.
+    #[serde(default)]
+    pub(crate) postponed: u64,
+    /// Event queues: events waiting now.
+    #[serde(default)]
+    pub(crate) waiting: u64,
+    /// Event queues: the longest any event waited, microseconds.
+    #[serde(default)]
+    pub(crate) max_wait_us: u64,
 }
 
 /// A session.
@@ -519,8 +534,14 @@ pub(crate) fn render_app_detail(a: &AppDetail) -> String {
         );
         let _ = writeln!(
             s,
-            "    accepted {} connected {} closed {} events {} events-dropped {}",
-            w.accepted, w.connected, w.closed, w.events, w.events_dropped
+            "    accepted {} connected {} closed {} events {} events-postponed {} (longest wait {} us) events-dropped {}",
+            w.accepted,
+            w.connected,
+            w.closed,
+            w.events,
+            w.events_postponed,
+            w.postponed_max_wait_us,
+            w.events_dropped
         );
     }
     if a.listeners.is_empty() {
@@ -657,7 +678,19 @@ pub(crate) fn render_queues(queues: &[QueueView]) -> String {
         };
         let used = q.used.map_or(String::new(), |u| format!(", {u} used"));
         let efd = if q.eventfd { ", eventfd" } else { "" };
-        let _ = writeln!(s, "{label:<12} {what}: {} slots{used}{efd}", q.slots);
+        let postponed = if q.postponed > 0 || q.waiting > 0 {
+            format!(
+                ", {} postponed ({} waiting, longest wait {} us)",
+                q.postponed, q.waiting, q.max_wait_us
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "{label:<12} {what}: {} slots{used}{efd}{postponed}",
+            q.slots
+        );
     }
     tidy(s)
 }
@@ -1010,6 +1043,8 @@ mod tests {
                 closed: 2,
                 events: 10,
                 events_dropped: 0,
+                events_postponed: 4,
+                postponed_max_wait_us: 90,
             }],
             listeners: vec![ListenerView {
                 app: 0,
@@ -1098,6 +1133,9 @@ mod tests {
                 slots: 2048,
                 used: Some(3),
                 eventfd: true,
+                postponed: 70,
+                waiting: 6,
+                max_wait_us: 150,
             },
             QueueView {
                 app: 1,
@@ -1107,10 +1145,13 @@ mod tests {
                 slots: 3072,
                 used: Some(0),
                 eventfd: true,
+                postponed: 0,
+                waiting: 0,
+                max_wait_us: 0,
             },
         ]);
         assert!(
-            q.contains("[A1][0]      event queue: 2048 slots, 3 used, eventfd"),
+            q.contains("[A1][0]      event queue: 2048 slots, 3 used, eventfd, 70 postponed (6 waiting, longest wait 150 us)"),
             "{q}"
         );
         assert!(

@@ -138,6 +138,10 @@ pub(crate) fn app_details(l: &SessionLayer, connects: &[SessionView]) -> Vec<App
                     let w = l.app_worker(*wi)?;
                     let sm = &w.segment_manager;
                     let c = &w.counters;
+                    let postponed = match &w.sink {
+                        EventSink::Queue(q) => Some(q.counters()),
+                        EventSink::Builtin(_) => None,
+                    };
                     Some(AppWorkerView {
                         index: wi.0,
                         map_index: m.0,
@@ -152,6 +156,9 @@ pub(crate) fn app_details(l: &SessionLayer, connects: &[SessionView]) -> Vec<App
                         closed: c.closed.load(Relaxed),
                         events: c.events.load(Relaxed),
                         events_dropped: c.events_dropped.load(Relaxed),
+                        events_postponed: postponed.map_or(0, |p| p.postponed.load(Relaxed)),
+                        postponed_max_wait_us: postponed
+                            .map_or(0, |p| p.max_wait_ns.load(Relaxed) / 1000),
                     })
                 })
                 .collect();
@@ -192,7 +199,8 @@ pub(crate) fn queues(l: &SessionLayer, only: Option<u32>) -> Vec<QueueView> {
         maps.sort_by_key(|(m, _)| m.0);
         for (m, wi) in maps {
             let Some(w) = l.app_worker(*wi) else { continue };
-            if let EventSink::Queue(q) = &w.sink {
+            if let EventSink::Queue(eq) = &w.sink {
+                let (q, c) = (eq.queue(), eq.counters());
                 out.push(QueueView {
                     app: a.index.0,
                     kind: "event".into(),
@@ -201,6 +209,9 @@ pub(crate) fn queues(l: &SessionLayer, only: Option<u32>) -> Vec<QueueView> {
                     slots: q.capacity() as u64,
                     used: Some(q.len() as u64),
                     eventfd: q.eventfd().is_some(),
+                    postponed: c.postponed.load(Relaxed),
+                    waiting: c.waiting.load(Relaxed),
+                    max_wait_us: c.max_wait_ns.load(Relaxed) / 1000,
                 });
             }
         }
@@ -219,6 +230,9 @@ pub(crate) fn queues(l: &SessionLayer, only: Option<u32>) -> Vec<QueueView> {
                     }),
                     used: ext.rx_watch.get(t).map(|q| q.len() as u64),
                     eventfd: true,
+                    postponed: 0,
+                    waiting: 0,
+                    max_wait_us: 0,
                 });
             }
         }
