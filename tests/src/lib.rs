@@ -61,6 +61,27 @@ pub fn hoststack_bin() -> PathBuf {
     bin
 }
 
+/// Path of a binary of the `hoststack-lab` crate (the kernel-side tools,
+/// e.g. `kernel_conns`), built with the workspace's binaries.
+pub fn lab_bin(name: &str) -> PathBuf {
+    let bin = hoststack_bin().with_file_name(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --release --bins)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `kernel_conns` in the lab's namespace with `args` and returns its
+/// first JSON line (the one it prints once every connection is done).
+pub fn kernel_conns(lab: &Lab, args: &[&str], timeout: Duration) -> Result<serde_json::Value> {
+    let mut cmd = lab.command(lab_bin("kernel_conns").to_str().context("path")?);
+    cmd.args(args);
+    let (_, out) = Proc::spawn("kernel_conns", cmd)?.wait(timeout)?;
+    last_json(&out)
+}
+
 /// Path of a `hoststack-app` example built alongside the tests
 /// (`cargo build --release --examples -p hoststack-app`).
 pub fn example_bin(name: &str) -> PathBuf {
@@ -144,6 +165,15 @@ impl Proc {
             let _ = std::io::Read::read_to_string(&mut out, &mut rest);
         }
         Ok((status.success(), rest))
+    }
+
+    /// Reads and drops the rest of stdout on a thread of its own, for a
+    /// process that keeps printing while nobody reads: a full pipe would
+    /// block it.
+    pub fn discard_stdout(&mut self) {
+        if let Some(mut out) = self.stdout.take() {
+            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        }
     }
 
     /// The process id.

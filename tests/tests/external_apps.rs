@@ -19,12 +19,13 @@ use hoststack_app_proto::app_wire::{AppRequest, encode_request};
 use hoststack_app_proto::error::SessionError;
 use hoststack_app_proto::options::AppOptions;
 use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
+use hoststack_session::app_worker::EventSink;
 use hoststack_session::namespace::NamespaceConfig;
 use hoststack_session::session_layer::LayerCounters;
 use hoststack_stack::{Stack, StackConfig, WorkerMode};
 use hoststack_tests::{
-    Lab, LabConfig, Proc, example_bin, last_json, peer, require_root, stack_addresses,
-    unique_lab_name,
+    Lab, LabConfig, Proc, example_bin, kernel_conns, last_json, peer, require_root,
+    stack_addresses, unique_lab_name,
 };
 
 /// A lab, hoststack on its host end, and an app socket.
@@ -43,9 +44,20 @@ impl Host {
     /// With `private_rx_queues` false, apps get no rx queues and send
     /// their messages over the app socket.
     fn with_rx_queues(tag: &str, mode: WorkerMode, private_rx_queues: bool) -> Result<Self> {
+        Self::with_config(tag, mode, private_rx_queues, |_| {})
+    }
+
+    /// With `tune` applied to the stack's config first.
+    fn with_config(
+        tag: &str,
+        mode: WorkerMode,
+        private_rx_queues: bool,
+        tune: impl FnOnce(&mut StackConfig),
+    ) -> Result<Self> {
         require_root();
         let lab = Lab::up(LabConfig::new(&unique_lab_name(tag)))?;
-        let cfg = StackConfig::new(&lab.host_if, stack_addresses(&lab));
+        let mut cfg = StackConfig::new(&lab.host_if, stack_addresses(&lab));
+        tune(&mut cfg);
         let stack = Stack::start(&cfg, mode)?;
         stack
             .control()
@@ -351,6 +363,70 @@ fn kill9_of_an_external_server_mid_transfer_frees_it_and_spares_its_neighbour() 
         after, baseline,
         "segments, sessions or apps were left behind"
     );
+    Ok(())
+}
+
+#[test]
+fn a_64_slot_event_queue_serves_10000_sessions_postponing_and_losing_nothing() -> Result<()> {
+    // Small transport buffers: 10,000 connections of the default size
+    // would be 20 GiB.
+    let h = Host::with_config("xq", WorkerMode::Poll, true, |c| c.tcp.buffer = 16 << 10)?;
+    let baseline = h.counters();
+    let mut server = h.echo_server(&[
+        "--listen",
+        "0.0.0.0:7",
+        "--event-queue-size",
+        "64",
+        "--fifo-size",
+        "16384",
+    ])?;
+    // It prints a line per session.
+    server.discard_stdout();
+    let target = format!("{}:7", h.lab.cfg.host4.addr);
+    let v = kernel_conns(
+        &h.lab,
+        &[
+            "--target",
+            &target,
+            "--conns",
+            "10000",
+            "--bytes",
+            "4096",
+            "--concurrency",
+            "1000",
+            // All 10,000 are open before any sends: every one is busy at
+            // once.
+            "--connect-first",
+        ],
+        Duration::from_secs(120),
+    )?;
+    assert_eq!(v["verified"].as_u64(), Some(10_000), "{v}");
+    let (postponed, dropped) = h
+        .stack()
+        .control()
+        .call(|l| {
+            let mut totals = (0, 0);
+            for a in l.apps() {
+                for wi in a.workers.values() {
+                    let Some(w) = l.app_worker(*wi) else { continue };
+                    if let EventSink::Queue(q) = &w.sink {
+                        totals.0 += q.counters().postponed.load(Ordering::Relaxed);
+                    }
+                    totals.1 += w.counters.events_dropped.load(Ordering::Relaxed);
+                }
+            }
+            totals
+        })
+        .map_err(anyhow::Error::msg)?;
+    eprintln!("{postponed} events postponed, {dropped} dropped: {v}");
+    assert!(
+        postponed > 0,
+        "10,000 sessions never filled a 64-slot queue"
+    );
+    assert_eq!(dropped, 0, "events were dropped");
+    drop(server);
+    let after = h.wait_counters(baseline, Duration::from_secs(20));
+    assert_eq!(after, baseline, "sessions, fifos or segments leaked");
     Ok(())
 }
 

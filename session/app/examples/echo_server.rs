@@ -3,7 +3,7 @@
 //!
 //! `echo_server --socket PATH [--listen 0.0.0.0:7] [--udp IP:PORT]
 //!  [--workers N] [--local-scope] [--discard] [--fifo-size BYTES]
-//!  [--name NAME]`
+//!  [--event-queue-size SLOTS] [--name NAME]`
 //!
 //! With `--udp` it also echoes UDP datagrams on that endpoint, each back to
 //! its sender.
@@ -31,11 +31,13 @@ struct Args {
     local: bool,
     discard: bool,
     fifo_size: u32,
+    event_queue_size: u32,
     name: String,
 }
 
 const USAGE: &str = "usage: echo_server --socket PATH [--listen IP:PORT] [--udp IP:PORT] \
-[--workers N] [--local-scope] [--discard] [--fifo-size BYTES] [--name NAME]";
+[--workers N] [--local-scope] [--discard] [--fifo-size BYTES] [--event-queue-size SLOTS] \
+[--name NAME]";
 
 /// Bad command line: the reason and the usage on stderr, exit status 2.
 fn usage_error(why: &str) -> ! {
@@ -57,6 +59,7 @@ fn args() -> Args {
         local: false,
         discard: false,
         fifo_size: 512 << 10,
+        event_queue_size: 0,
         name: "echo-server".into(),
     };
     let mut it = std::env::args().skip(1);
@@ -71,6 +74,7 @@ fn args() -> Args {
             "--udp" => a.udp = Some(parsed(&k, v())),
             "--workers" => a.workers = parsed(&k, v()),
             "--fifo-size" => a.fifo_size = parsed(&k, v()),
+            "--event-queue-size" => a.event_queue_size = parsed(&k, v()),
             "--name" => a.name = v(),
             "--local-scope" => a.local = true,
             "--discard" => a.discard = true,
@@ -207,6 +211,8 @@ fn main() -> SessionResult<()> {
         use_eventfd: true,
         rx_fifo_size: a.fifo_size,
         tx_fifo_size: a.fifo_size,
+        // 0: the stack's default.
+        event_queue_size: a.event_queue_size,
         ..AppOptions::default()
     };
     let mut app = App::attach(&a.socket, &a.name, opts)?;
