@@ -3,8 +3,7 @@
 mod util;
 
 use hoststack_tcp::{
-    ConnOptions, ConnectFailure, Duration, ListenOptions, TcpConfig, TcpError, TcpEvent,
-    TcpState,
+    ConnOptions, ConnectFailure, Duration, ListenOptions, TcpConfig, TcpError, TcpEvent, TcpState,
 };
 use smoltcp::wire::TcpControl;
 use util::*;
@@ -47,10 +46,17 @@ fn simultaneous_open_reaches_established_on_both_sides() {
     let c = pair.connect(40_000);
     let s = pair
         .server
-        .connect(pair.now, 0, server_addr(), client_addr(40_000), ConnOptions::default())
+        .connect(
+            pair.now,
+            0,
+            server_addr(),
+            client_addr(40_000),
+            ConnOptions::default(),
+        )
         .unwrap();
     pair.run_until(1000, |p| {
-        p.client_saw(TcpEvent::Connected { conn: c }) && p.server_saw(TcpEvent::Connected { conn: s })
+        p.client_saw(TcpEvent::Connected { conn: c })
+            && p.server_saw(TcpEvent::Connected { conn: s })
     });
     assert_eq!(pair.client.info(c).unwrap().state, TcpState::Established);
     assert_eq!(pair.server.info(s).unwrap().state, TcpState::Established);
@@ -128,7 +134,10 @@ fn simultaneous_close_passes_closing_and_both_sides_time_wait() {
     pair.step();
     let cs = pair.client.info(c).map(|i| i.state);
     assert!(
-        matches!(cs, Some(TcpState::Closing) | Some(TcpState::TimeWait) | None),
+        matches!(
+            cs,
+            Some(TcpState::Closing) | Some(TcpState::TimeWait) | None
+        ),
         "{cs:?}"
     );
     close_both(&mut pair, c, s);
@@ -217,7 +226,11 @@ fn time_wait_without_timestamps_reuses_only_for_a_higher_sequence_number() {
     syn.send_to(&mut pair.server, pair.now);
     let out = drain(&mut pair.server, pair.now);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].repr().control, TcpControl::None, "an ACK, not a SYN-ACK");
+    assert_eq!(
+        out[0].repr().control,
+        TcpControl::None,
+        "an ACK, not a SYN-ACK"
+    );
     assert_eq!(pair.server.time_wait_count(), 1);
     // A fresh connect uses a later ISN (the 4 µs clock moved on) and reuses the entry.
     pair.advance(Duration::from_secs(2));
@@ -262,7 +275,10 @@ fn connect_times_out_after_the_configured_syn_retries() {
     // One SYN plus six retransmissions, 1 s apart doubling: 1+2+4+8+16+32+64 s.
     let syns: Vec<_> = pair.sent_to_server().iter().map(|p| p.at - start).collect();
     assert_eq!(syns.len(), 7);
-    let gaps: Vec<u64> = syns.windows(2).map(|w| (w[1] - w[0]).total_millis()).collect();
+    let gaps: Vec<u64> = syns
+        .windows(2)
+        .map(|w| (w[1] - w[0]).total_millis())
+        .collect();
     assert_eq!(gaps, vec![1000, 2000, 4000, 8000, 16000, 32000]);
     assert_eq!((pair.now - start).total_millis(), 127_000);
     assert_eq!(pair.client.counters().syn_retransmits, 6);
@@ -298,23 +314,33 @@ fn duplicate_listen_is_an_error_and_unlisten_frees_the_address() {
     let mut pair = Pair::default_pair();
     let l = pair.listen(ListenOptions::default());
     assert_eq!(
-        pair.server.listen(0, server_addr(), ListenOptions::default()),
+        pair.server
+            .listen(0, server_addr(), ListenOptions::default()),
         Err(TcpError::AlreadyListening)
     );
     // A wildcard listener on the same port is a different key; another table too.
     let any = "0.0.0.0:80".parse().unwrap();
-    pair.server.listen(0, any, ListenOptions::default()).unwrap();
-    pair.server.listen(1, server_addr(), ListenOptions::default()).unwrap();
+    pair.server
+        .listen(0, any, ListenOptions::default())
+        .unwrap();
+    pair.server
+        .listen(1, server_addr(), ListenOptions::default())
+        .unwrap();
     pair.server.unlisten(l).unwrap();
     assert_eq!(pair.server.unlisten(l), Err(TcpError::StaleListener));
-    pair.server.listen(0, server_addr(), ListenOptions::default()).unwrap();
+    pair.server
+        .listen(0, server_addr(), ListenOptions::default())
+        .unwrap();
 }
 
 #[test]
 fn wildcard_listener_accepts_when_no_specific_one_matches() {
     let mut pair = Pair::default_pair();
     let any = "0.0.0.0:80".parse().unwrap();
-    let l = pair.server.listen(0, any, ListenOptions::default()).unwrap();
+    let l = pair
+        .server
+        .listen(0, any, ListenOptions::default())
+        .unwrap();
     pair.connect(40_000);
     pair.run_until(100, |p| p.server.accept_queue_len(l).unwrap() == 1);
     assert!(pair.server.accept(l).unwrap().is_some());
@@ -332,13 +358,20 @@ fn ephemeral_ports_are_unique_and_honour_the_predicate() {
             .unwrap();
         assert_eq!(port % 4, 1);
         pair.client
-            .connect(pair.now, 0, client_addr(port), server_addr(), ConnOptions::default())
+            .connect(
+                pair.now,
+                0,
+                client_addr(port),
+                server_addr(),
+                ConnOptions::default(),
+            )
             .unwrap();
         assert!(seen.insert(port));
     }
     // A predicate nothing satisfies ends the search instead of looping.
     assert_eq!(
-        pair.client.pick_local_port(0, CLIENT_IP, server_addr(), |_| false),
+        pair.client
+            .pick_local_port(0, CLIENT_IP, server_addr(), |_| false),
         None
     );
     assert_eq!(
