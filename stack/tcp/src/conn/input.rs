@@ -265,6 +265,9 @@ impl Connection {
         if got.out_of_order || got.filled_hole || got.duplicate {
             // Duplicate ACKs with SACK blocks drive the sender's recovery (RFC 5681 §4.2).
             self.ack.now = true;
+            if got.out_of_order && !self.opts.sack {
+                self.ack.dup_owed = (self.ack.dup_owed + 1).min(3);
+            }
             return;
         }
         self.ack.unacked_bytes += got.advanced as u32;
@@ -360,6 +363,7 @@ impl Connection {
             self.snd_una = ack;
             self.rto_count = 0;
             self.dupacks = 0;
+            self.dupack_credit = 0;
             if self.write_armed && self.send.space() > space_before && self.send_space() > 0 {
                 self.events |= EV_WRITABLE;
                 self.write_armed = false;
@@ -402,6 +406,9 @@ impl Connection {
             let duplicate = !advanced && seg.payload.is_empty() && !seg.fin && window == old_wnd;
             if duplicate {
                 self.dupacks = self.dupacks.saturating_add(1);
+                if self.recovery.is_some() {
+                    self.dupack_credit = self.dupack_credit.saturating_add(self.payload_mss());
+                }
                 if self.dupacks == 3 {
                     let lost = self.scoreboard.mark_first_lost();
                     ctx.counters.sack_lost_bytes += u64::from(lost);
@@ -503,6 +510,7 @@ impl Connection {
                 point: self.snd_nxt,
                 kind: RecoveryKind::Fast,
             });
+            self.pending.recovery_kick = true;
         }
     }
 }

@@ -226,6 +226,9 @@ struct AckState {
     last_sent: SeqNum,
     /// The pending ACK is a window update after a read.
     window_update: bool,
+    /// Duplicate ACKs still owed for out-of-order segments that arrived in one batch: a peer
+    /// without SACK counts them (RFC 5681 §4.2).
+    dup_owed: u8,
 }
 
 /// Pending one-off transmissions.
@@ -235,6 +238,9 @@ struct Pending {
     /// Probe with SEG.SEQ = SND.UNA − 1 (zero window or keepalive).
     probe: bool,
     tail_loss_probe: bool,
+    /// Entering fast recovery retransmits the first lost segment whatever the pipe says
+    /// (RFC 6675 §5 step 4.3).
+    recovery_kick: bool,
 }
 
 #[derive(Debug)]
@@ -275,6 +281,9 @@ pub(crate) struct Connection {
     tlp_end: Option<SeqNum>,
     tlp_was_retransmit: bool,
     dupacks: u8,
+    /// Without SACK, each duplicate ACK in recovery means a segment left the network; this
+    /// is taken off the pipe (the RFC 6582 window inflation, kept out of cwnd).
+    dupack_credit: u32,
     reorder_wait: Option<Duration>,
     /// Consecutive retransmission timeouts.
     rto_count: u8,
@@ -351,6 +360,7 @@ impl Connection {
             tlp_end: None,
             tlp_was_retransmit: false,
             dupacks: 0,
+            dupack_credit: 0,
             reorder_wait: None,
             rto_count: 0,
             rtx_timer: None,
@@ -548,11 +558,13 @@ impl Connection {
         if !self.state.receives_data() {
             return;
         }
+        // As Linux: only when the advertised window had fallen to half the buffer or less
+        // and at least doubles; a reader keeping up sends no extra segments.
         let advertised = self.rcv_adv.distance_from(self.rcv.nxt());
         let possible = self.window_possible();
         let mss = u32::from(self.ack.rcv_mss.max(1));
-        let threshold = (2 * mss).min(self.rcv.limit() as u32 / 2);
-        if possible > advertised && possible - advertised >= threshold {
+        let clamp = (self.rcv.limit() as u32).min(0xFFFF << self.opts.rcv_wscale);
+        if 2 * advertised <= clamp && possible >= 2 * advertised && possible - advertised >= mss {
             self.ack.now = true;
             self.ack.window_update = true;
         }

@@ -52,8 +52,8 @@ impl Connection {
         let mss = self.payload_mss();
         if self.scoreboard.has_lost_to_send() {
             if let Some(i) = self.scoreboard.next_lost() {
-                let pipe = self.scoreboard.pipe();
-                if pipe + mss <= self.cc.cwnd() || pipe == 0 {
+                let pipe = self.pipe();
+                if pipe + mss <= self.cc.cwnd() || pipe == 0 || self.pending.recovery_kick {
                     return Some(Plan::Retransmit(i));
                 }
             }
@@ -74,6 +74,11 @@ impl Connection {
             return Some(Plan::Probe);
         }
         self.ack.now.then_some(Plan::Ack)
+    }
+
+    /// Bytes presumed in the network.
+    fn pipe(&self) -> u32 {
+        self.scoreboard.pipe().saturating_sub(self.dupack_credit)
     }
 
     /// Unsent bytes in the send buffer.
@@ -100,7 +105,7 @@ impl Connection {
         let cwnd_left = if probing {
             u32::MAX
         } else {
-            self.cc.cwnd().saturating_sub(self.scoreboard.pipe())
+            self.cc.cwnd().saturating_sub(self.pipe())
         };
         let burst = mss.saturating_mul(tso);
         let mut len = unsent.min(wnd_left).min(cwnd_left).min(burst);
@@ -204,6 +209,7 @@ impl Connection {
                 let send = &self.send;
                 let len = h.emit(&src, &dst, buf, data as usize, |p| send.read_at(offset, p))?;
                 self.scoreboard.on_retransmit(i, now);
+                self.pending.recovery_kick = false;
                 ctx.counters.retransmits += 1;
                 ctx.counters.bytes_out += u64::from(data);
                 self.retransmits += 1;
@@ -326,7 +332,8 @@ impl Connection {
         if self.ack.window_update {
             ctx.counters.window_updates += 1;
         }
-        self.ack.now = false;
+        self.ack.dup_owed = self.ack.dup_owed.saturating_sub(1);
+        self.ack.now = self.ack.dup_owed > 0;
         self.ack.window_update = false;
         self.ack.unacked_bytes = 0;
         self.ack.last_sent = self.rcv.nxt();

@@ -98,12 +98,16 @@ impl Packet {
 /// Decides the fate of a packet: `false` drops it. Sees every packet, in order.
 pub type Filter = Box<dyn FnMut(&Packet) -> bool>;
 
+/// Extra delay for one packet (to reorder a chosen one).
+pub type Delayer = Box<dyn FnMut(&Packet) -> Duration>;
+
 struct Channel {
     link: Link,
     in_flight: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     slots: Vec<Option<Packet>>,
     busy_until: Instant,
     filter: Option<Filter>,
+    delayer: Option<Delayer>,
     /// Copies of everything that entered the link, for inspection.
     log: Vec<Packet>,
     logging: bool,
@@ -119,6 +123,7 @@ impl Channel {
             slots: Vec::new(),
             busy_until: Instant::ZERO,
             filter: None,
+            delayer: None,
             log: Vec::new(),
             logging: false,
             sent: 0,
@@ -163,6 +168,9 @@ impl Channel {
             }
             if rng.chance(self.link.reorder) {
                 at += self.link.reorder_delay;
+            }
+            if let Some(delayer) = &mut self.delayer {
+                at += delayer(&packet);
             }
             *seq += 1;
             self.slots.push(Some(packet.clone()));
@@ -245,6 +253,10 @@ impl Pair {
 
     pub fn filter_to_server(&mut self, f: Option<Filter>) {
         self.to_server.filter = f;
+    }
+
+    pub fn delay_to_server(&mut self, f: Option<Delayer>) {
+        self.to_server.delayer = f;
     }
 
     pub fn filter_to_client(&mut self, f: Option<Filter>) {
