@@ -1218,3 +1218,26 @@ impl TcpEndpoint {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_connection_costs_well_under_two_kilobytes() {
+        let conn = core::mem::size_of::<Connection>();
+        let slot = core::mem::size_of::<Option<Box<Connection>>>() + 4;
+        let flow = core::mem::size_of::<(FlowTuple, Flow)>() + 1;
+        let total = conn + slot + flow;
+        assert!(
+            total < 1024,
+            "connection {conn} + slot {slot} + flow entry {flow} = {total}"
+        );
+    }
+
+    #[test]
+    fn a_time_wait_entry_is_small() {
+        let entry = core::mem::size_of::<TimeWait>() + core::mem::size_of::<(FlowTuple, Flow)>();
+        assert!(entry <= 256, "{entry}");
+    }
+}
