@@ -451,7 +451,6 @@ impl Scoreboard {
     }
 
     /// Recomputes the totals from the records; for tests and debug checks.
-    #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
         let mut board = Scoreboard::default();
         let mut prev: Option<SeqNum> = None;

@@ -6,8 +6,8 @@ mod util;
 use std::net::SocketAddr;
 
 use hoststack_tcp::{
-    ChecksumMode, ConnOptions, Duration, KeepaliveConfig, ListenOptions, ResetReason, TcpConfig,
-    TcpEndpoint, TcpEvent, TcpState,
+    ConnOptions, Duration, KeepaliveConfig, ListenOptions, ResetReason, TcpConfig, TcpEndpoint,
+    TcpEvent, TcpState,
 };
 use util::*;
 
@@ -232,26 +232,8 @@ fn ipv6_uses_mtu_minus_60() {
         .unwrap();
     let mut buf = vec![0u8; 2000];
     for _ in 0..3 {
-        while let Some(t) = a.poll_transmit(now, &mut buf) {
-            b.handle_segment(
-                now,
-                t.table,
-                t.src,
-                t.dst,
-                &buf[..t.len],
-                ChecksumMode::Verify,
-            );
-        }
-        while let Some(t) = b.poll_transmit(now, &mut buf) {
-            a.handle_segment(
-                now,
-                t.table,
-                t.src,
-                t.dst,
-                &buf[..t.len],
-                ChecksumMode::Verify,
-            );
-        }
+        deliver(&mut a, &mut b, now, &mut buf);
+        deliver(&mut b, &mut a, now, &mut buf);
     }
     let s = b.accept(l).unwrap().unwrap();
     assert_eq!(a.info(c).unwrap().mss, 1428);

@@ -5,7 +5,7 @@ mod util;
 
 use std::time::Instant as WallClock;
 
-use hoststack_tcp::{ChecksumMode, ConnHandle, Duration, ListenOptions, TcpConfig, TcpEvent};
+use hoststack_tcp::{ConnHandle, Duration, ListenOptions, TcpConfig, TcpEvent};
 use util::*;
 
 const MANY: usize = 10_000;
@@ -40,29 +40,11 @@ fn echo_cost(pair: &mut Pair, c: ConnHandle, s: ConnHandle, rounds: usize) -> st
     let start = WallClock::now();
     for _ in 0..rounds {
         pair.client.send(c, &data).unwrap();
-        while let Some(t) = pair.client.poll_transmit(now, &mut buf) {
-            pair.server.handle_segment(
-                now,
-                t.table,
-                t.src,
-                t.dst,
-                &buf[..t.len],
-                ChecksumMode::Verify,
-            );
-        }
+        deliver(&mut pair.client, &mut pair.server, now, &mut buf);
         while pair.server.poll_event().is_some() {}
         let n = pair.server.recv(s, &mut data).unwrap();
         pair.server.send(s, &data[..n]).unwrap();
-        while let Some(t) = pair.server.poll_transmit(now, &mut buf) {
-            pair.client.handle_segment(
-                now,
-                t.table,
-                t.src,
-                t.dst,
-                &buf[..t.len],
-                ChecksumMode::Verify,
-            );
-        }
+        deliver(&mut pair.server, &mut pair.client, now, &mut buf);
         while pair.client.poll_event().is_some() {}
         assert_eq!(pair.client.recv(c, &mut data).unwrap(), 64);
     }

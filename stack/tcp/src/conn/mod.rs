@@ -682,6 +682,7 @@ impl Connection {
         assert!(self.send.len() <= self.send.limit());
         assert!(self.rcv.len() <= self.rcv.limit());
         assert!(self.scoreboard.pipe() <= self.scoreboard.outstanding());
+        self.scoreboard.check_invariants();
         assert!(self.rcv_adv.after_eq(self.rcv.nxt()) || self.fin_received);
     }
 

@@ -595,6 +595,20 @@ impl Craft {
     }
 }
 
+/// Hands everything `from` wants to send now straight to `to`.
+pub fn deliver(from: &mut TcpEndpoint, to: &mut TcpEndpoint, now: Instant, buf: &mut [u8]) {
+    while let Some(t) = from.poll_transmit(now, buf) {
+        to.handle_segment(
+            now,
+            t.table,
+            t.src,
+            t.dst,
+            &buf[..t.len],
+            ChecksumMode::Verify,
+        );
+    }
+}
+
 /// Everything `ep` wants to send now, parsed into owned (repr fields, payload) form.
 pub fn drain(ep: &mut TcpEndpoint, now: Instant) -> Vec<Packet> {
     let mut buf = vec![0u8; 70_000];
