@@ -9,9 +9,11 @@
 
 mod cubic;
 mod newreno;
+mod prr;
 
 pub(crate) use cubic::Cubic;
 pub(crate) use newreno::NewReno;
+pub(crate) use prr::Prr;
 
 use smoltcp::time::{Duration, Instant};
 
@@ -133,6 +135,17 @@ impl Congestion {
         }
         self.algorithm.get().on_timeout();
         self.cwnd = mss;
+    }
+
+    /// Sets the window directly: PRR during fast recovery, ssthresh when it ends.
+    pub(crate) fn set_cwnd(&mut self, cwnd: u32) {
+        self.cwnd = cwnd;
+    }
+
+    /// After an idle period longer than the RTO the window restarts from the initial
+    /// window (RFC 5681 §4.1), as Linux does by default.
+    pub(crate) fn on_idle_restart(&mut self, mss: u32) {
+        self.cwnd = self.cwnd.min(INITIAL_WINDOW_SEGMENTS * mss);
     }
 
     /// The last reduction was caused by a spurious retransmission: restore the window.

@@ -6,7 +6,7 @@ use super::{
     Connection, Ctx, EV_CONNECTED, EV_READABLE, EV_REMOTE_CLOSED, EV_WRITABLE, Handshaking,
     Outcome, PAWS_IDLE, Recovery, RecoveryKind, RtxTimer, State, send_mss,
 };
-use crate::congestion::Congestion;
+use crate::congestion::{Congestion, Prr};
 use crate::event::{ConnectFailure, ResetReason};
 use crate::reassembly::RecvBuffer;
 use crate::scoreboard::Delivery;
@@ -424,7 +424,19 @@ impl Connection {
         if let Some(recovery) = self.recovery {
             if ack.after_eq(recovery.point) {
                 self.recovery = None;
+                if self.prr.take().is_some() {
+                    // RFC 6937: leave recovery at ssthresh.
+                    self.cc.set_cwnd(self.cc.ssthresh());
+                }
             }
+        }
+        let mss = self.payload_mss();
+        if let Some(prr) = &mut self.prr {
+            // Without SACK a duplicate ACK stands for one delivered segment.
+            let credit = if !self.opts.sack && !advanced { mss } else { 0 };
+            let pipe = self.scoreboard.pipe().saturating_sub(self.dupack_credit);
+            let cwnd = prr.on_ack(delivery.bytes + credit, pipe, self.cc.ssthresh(), mss);
+            self.cc.set_cwnd(cwnd);
         }
         let grows = match self.recovery {
             None => true,
@@ -470,6 +482,7 @@ impl Connection {
             ctx.counters.spurious_retransmits += 1;
             self.scoreboard.clear_lost();
             self.recovery = None;
+            self.prr = None;
             self.rtt.reset_backoff();
         }
     }
@@ -510,6 +523,7 @@ impl Connection {
                 point: self.snd_nxt,
                 kind: RecoveryKind::Fast,
             });
+            self.prr = Some(Prr::start(self.scoreboard.outstanding()));
             self.pending.recovery_kick = true;
         }
     }

@@ -21,7 +21,7 @@ use smoltcp::time::{Duration, Instant};
 
 use crate::buffer::{ChunkPool, SendBuffer};
 use crate::config::{ConnOptions, KeepaliveConfig, TcpConfig};
-use crate::congestion::Congestion;
+use crate::congestion::{Congestion, Prr};
 use crate::counters::TcpCounters;
 use crate::event::{ConnectFailure, ResetReason};
 use crate::info::{ConnInfo, FlowTuple, TcpState};
@@ -277,6 +277,10 @@ pub(crate) struct Connection {
     rtt: RttEstimator,
     cc: Congestion,
     recovery: Option<Recovery>,
+    /// Rate reduction state while in fast recovery.
+    prr: Option<Prr>,
+    /// Last time new data or a retransmission went out (for the idle restart).
+    last_send: Option<Instant>,
     /// SND.NXT when a tail loss probe went out, until an ACK passes it.
     tlp_end: Option<SeqNum>,
     tlp_was_retransmit: bool,
@@ -357,6 +361,8 @@ impl Connection {
             rtt: RttEstimator::new(config.initial_rto, config.rto_min, config.rto_max),
             cc: Congestion::new(config.congestion, payload_mss),
             recovery: None,
+            prr: None,
+            last_send: None,
             tlp_end: None,
             tlp_was_retransmit: false,
             dupacks: 0,

@@ -178,6 +178,11 @@ impl Connection {
         ctx: &mut Ctx<'_>,
         buf: &mut [u8],
     ) -> Option<Emitted> {
+        if self.scoreboard.is_empty() && self.last_send.is_some_and(|at| now - at > self.rtt.rto())
+        {
+            self.cc.on_idle_restart(self.payload_mss());
+            self.last_send = None;
+        }
         let plan = self.plan(u32::from(ctx.config.max_tso_segments))?;
         let src = IpAddress::from(self.tuple.local.ip());
         let dst = IpAddress::from(self.tuple.remote.ip());
@@ -210,6 +215,7 @@ impl Connection {
                 let len = h.emit(&src, &dst, buf, data as usize, |p| send.read_at(offset, p))?;
                 self.scoreboard.on_retransmit(i, now);
                 self.pending.recovery_kick = false;
+                self.on_any_data_sent(now, data.max(1));
                 ctx.counters.retransmits += 1;
                 ctx.counters.bytes_out += u64::from(data);
                 self.retransmits += 1;
@@ -242,6 +248,7 @@ impl Connection {
                     segment_size = Some(per_segment as u16);
                 }
                 self.on_new_data_sent(now, data, per_segment, fin);
+                self.on_any_data_sent(now, data + u32::from(fin));
                 ctx.counters.bytes_out += u64::from(data);
                 out
             }
@@ -325,6 +332,13 @@ impl Connection {
                 self.arm_probe_or_rto(now);
             }
             _ => {}
+        }
+    }
+
+    fn on_any_data_sent(&mut self, now: Instant, bytes: u32) {
+        self.last_send = Some(now);
+        if let Some(prr) = &mut self.prr {
+            prr.on_sent(bytes);
         }
     }
 

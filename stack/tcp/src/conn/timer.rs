@@ -100,6 +100,7 @@ impl Connection {
             kind: RecoveryKind::Timeout { tsval },
         });
         self.tlp_end = None;
+        self.prr = None;
         self.pending.tail_loss_probe = false;
         self.rtx_timer = Some((now + self.rtt.rto(), RtxTimer::Rto));
         Outcome::Continue
