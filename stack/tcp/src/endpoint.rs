@@ -862,19 +862,21 @@ impl TcpEndpoint {
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         self.advance_clock(now);
-        if let Some(reply) = self.replies.pop_front() {
+        if let Some(reply) = self.replies.front() {
             let src = IpAddress::from(reply.local);
             let dst = IpAddress::from(reply.remote);
-            if let Some(len) = reply.header.emit(&src, &dst, buf, 0, |_| {}) {
-                self.counters.segments_out += 1;
-                return Some(Transmit {
-                    table: reply.table,
-                    src: reply.local,
-                    dst: reply.remote,
-                    len,
-                    segment_size: None,
-                });
-            }
+            // A buffer too small for a bare header leaves the reply queued for the next call.
+            let len = reply.header.emit(&src, &dst, buf, 0, |_| {})?;
+            let transmit = Transmit {
+                table: reply.table,
+                src: reply.local,
+                dst: reply.remote,
+                len,
+                segment_size: None,
+            };
+            self.replies.pop_front();
+            self.counters.segments_out += 1;
+            return Some(transmit);
         }
         let tso = self.config.max_tso_segments;
         while let Some(&(index, generation)) = self.ready.front() {

@@ -152,16 +152,13 @@ impl RecvBuffer {
             }
         }
         // Ranges not recently touched fill the rest, highest first.
-        let total = self.ooo.len();
-        for i in (0..total).rev() {
+        for range in self.ooo.iter().rev() {
             if n == MAX_SACK_BLOCKS {
                 break;
             }
-            if let Some(range) = self.ooo.iter().nth(i) {
-                if !blocks.contains(&Some(range)) {
-                    blocks[n] = Some(range);
-                    n += 1;
-                }
+            if !blocks.contains(&Some(range)) {
+                blocks[n] = Some(range);
+                n += 1;
             }
         }
         blocks

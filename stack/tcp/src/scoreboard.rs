@@ -312,7 +312,12 @@ impl Scoreboard {
         let mut blocks_above = 0u32;
         let mut in_block = false;
         let mut newly = 0;
-        for i in (0..self.segs.len()).rev() {
+        // Nothing above the highest SACKed byte can be lost by this rule.
+        let top = match self.fack {
+            Some(fack) => self.segs.partition_point(|s| s.end.before_eq(fack)),
+            None => self.segs.len(),
+        };
+        for i in (0..top).rev() {
             let seg = self.segs[i];
             if seg.flags & SACKED != 0 {
                 sacked_above += seg.len();
@@ -348,12 +353,14 @@ impl Scoreboard {
         let mut wait: Option<Duration> = None;
         for i in 0..self.segs.len() {
             let seg = self.segs[i];
-            if seg.flags & SACKED != 0 || Self::awaiting_retransmit(&seg) {
-                continue;
-            }
             let sent_after =
                 seg.sent_at > rack_xmit || (seg.sent_at == rack_xmit && seg.end.after(rack_end));
-            if sent_after {
+            if sent_after && !seg.retransmitted() {
+                // First transmissions go out in sequence order, so every later record was
+                // (first) sent later still: none of them can be judged yet.
+                break;
+            }
+            if sent_after || seg.flags & SACKED != 0 || Self::awaiting_retransmit(&seg) {
                 continue;
             }
             let due = seg.sent_at + rack_rtt + reo_wnd;
