@@ -57,6 +57,8 @@ pub struct TcpCounters {
     pub out_of_window: u64,
     /// Segments whose ACK acknowledges unsent data or lies too far back (RFC 5961 §5).
     pub bad_ack: u64,
+    /// Segments without the ACK flag on a synchronized connection (dropped, RFC 9293).
+    pub missing_ack: u64,
     /// Calls with a stale or unknown handle.
     pub stale_handle: u64,
     /// Segments retransmitted (any reason).

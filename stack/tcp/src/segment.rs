@@ -47,6 +47,10 @@ impl Segment<'_> {
 }
 
 /// Parses `bytes` (TCP header and payload) sent from `src` to `dst`.
+///
+/// The header goes through smoltcp's `TcpPacket` (length checks, field access); options are
+/// read here rather than through `TcpRepr::parse`, which logs on some malformed options and
+/// this path must not log.
 pub(crate) fn parse<'a>(
     src: &IpAddress,
     dst: &IpAddress,
@@ -57,28 +61,85 @@ pub(crate) fn parse<'a>(
     if verify_checksum && !packet.verify_checksum(src, dst) {
         return Err(ParseError::BadChecksum);
     }
-    let repr = TcpRepr::parse(&packet, src, dst, &ChecksumCapabilities::ignored())
-        .map_err(|_| ParseError::Malformed)?;
-    let mut sack = [None; MAX_SACK_BLOCKS];
-    for (out, block) in sack.iter_mut().zip(repr.sack_ranges.iter()) {
-        *out = block.map(|(a, b)| (SeqNum::new(a), SeqNum::new(b)));
+    if packet.src_port() == 0 || packet.dst_port() == 0 {
+        return Err(ParseError::Malformed);
     }
-    Ok(Segment {
-        src_port: repr.src_port,
-        dst_port: repr.dst_port,
-        seq: repr.seq_number.into(),
-        ack: repr.ack_number.map(SeqNum::from),
-        syn: repr.control == TcpControl::Syn,
-        fin: repr.control == TcpControl::Fin,
-        rst: repr.control == TcpControl::Rst,
-        window: repr.window_len,
-        mss: repr.max_seg_size,
-        window_scale: repr.window_scale,
-        sack_permitted: repr.sack_permitted,
-        sack,
-        timestamp: repr.timestamp.map(|t| (t.tsval, t.tsecr)),
-        payload: repr.payload,
-    })
+    let (syn, fin, rst) = (packet.syn(), packet.fin(), packet.rst());
+    // SYN+FIN, SYN+RST and FIN+RST have no meaning; refusing them is what smoltcp does too.
+    if u8::from(syn) + u8::from(fin) + u8::from(rst) > 1 {
+        return Err(ParseError::Malformed);
+    }
+    let mut seg = Segment {
+        src_port: packet.src_port(),
+        dst_port: packet.dst_port(),
+        seq: packet.seq_number().into(),
+        ack: packet.ack().then(|| packet.ack_number().into()),
+        syn,
+        fin,
+        rst,
+        window: packet.window_len(),
+        mss: None,
+        window_scale: None,
+        sack_permitted: false,
+        sack: [None; MAX_SACK_BLOCKS],
+        timestamp: None,
+        payload: packet.payload(),
+    };
+    parse_options(packet.options(), &mut seg)?;
+    Ok(seg)
+}
+
+const OPT_END: u8 = 0;
+const OPT_NOP: u8 = 1;
+const OPT_MSS: u8 = 2;
+const OPT_WS: u8 = 3;
+const OPT_SACK_PERMITTED: u8 = 4;
+const OPT_SACK: u8 = 5;
+const OPT_TIMESTAMP: u8 = 8;
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// RFC 9293 §3.2 option list; a wrong length for a known option or a truncated option is
+/// malformed, unknown options are skipped.
+fn parse_options(mut opts: &[u8], seg: &mut Segment<'_>) -> Result<(), ParseError> {
+    while let Some(&kind) = opts.first() {
+        match kind {
+            OPT_END => break,
+            OPT_NOP => {
+                opts = &opts[1..];
+                continue;
+            }
+            _ => {}
+        }
+        let len = usize::from(*opts.get(1).ok_or(ParseError::Malformed)?);
+        if len < 2 || len > opts.len() {
+            return Err(ParseError::Malformed);
+        }
+        let data = &opts[2..len];
+        match (kind, len) {
+            (OPT_MSS, 4) => seg.mss = Some(u16::from_be_bytes([data[0], data[1]])),
+            (OPT_WS, 3) => seg.window_scale = Some(data[0].min(14)),
+            (OPT_SACK_PERMITTED, 2) => seg.sack_permitted = true,
+            (OPT_TIMESTAMP, 10) => seg.timestamp = Some((be32(&data[..4]), be32(&data[4..]))),
+            (OPT_SACK, _) if len >= 10 && (len - 2) % 8 == 0 => {
+                // Up to four blocks fit; the first three are the most recent (RFC 2018 §4).
+                for (slot, block) in seg.sack.iter_mut().zip(data.chunks_exact(8)) {
+                    *slot = Some((
+                        SeqNum::new(be32(&block[..4])),
+                        SeqNum::new(be32(&block[4..])),
+                    ));
+                }
+            }
+            (OPT_MSS | OPT_WS | OPT_SACK_PERMITTED | OPT_TIMESTAMP | OPT_SACK, _) => {
+                return Err(ParseError::Malformed);
+            }
+            _ => {}
+        }
+        opts = &opts[len..];
+    }
+    Ok(())
 }
 
 /// The header of a segment to send.
@@ -206,6 +267,41 @@ mod tests {
             ParseError::BadChecksum
         );
         assert!(parse(&src, &dst, &buf[..10], false).is_err());
+    }
+
+    #[test]
+    fn options_with_bad_lengths_are_malformed_and_unknown_ones_skipped() {
+        let src = IpAddress::from(Ipv4Addr::new(10, 0, 0, 1));
+        let header = Header {
+            src_port: 1,
+            dst_port: 2,
+            timestamp: Some((1, 2)),
+            ..Header::default()
+        };
+        let mut buf = [0u8; 64];
+        let len = header.emit(&src, &src, &mut buf, 0, |_| {}).unwrap();
+        // Options start at 20 with the timestamp. Turn it into an unknown kind 99.
+        assert_eq!(&buf[20..22], &[8, 10]);
+        buf[20] = 99;
+        let seg = parse(&src, &src, &buf[..len], false).unwrap();
+        assert_eq!(seg.timestamp, None);
+        // A known option with the wrong length, or running past the header, is refused.
+        buf[20] = 8;
+        buf[21] = 9;
+        assert_eq!(
+            parse(&src, &src, &buf[..len], false).unwrap_err(),
+            ParseError::Malformed
+        );
+        buf[21] = 40;
+        assert_eq!(
+            parse(&src, &src, &buf[..len], false).unwrap_err(),
+            ParseError::Malformed
+        );
+        buf[21] = 0;
+        assert_eq!(
+            parse(&src, &src, &buf[..len], false).unwrap_err(),
+            ParseError::Malformed
+        );
     }
 
     #[test]

@@ -214,6 +214,7 @@ impl Connection {
             return Outcome::Continue;
         }
         let Some(ack) = seg.ack else {
+            ctx.counters.missing_ack += 1;
             return Outcome::Continue;
         };
         // RFC 7323 §4.3: TS.Recent follows the segment that starts at or before Last.ACK.sent.
