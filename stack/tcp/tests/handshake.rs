@@ -3,7 +3,8 @@
 mod util;
 
 use hoststack_tcp::{
-    ConnOptions, ConnectFailure, Duration, ListenOptions, TcpConfig, TcpError, TcpEvent, TcpState,
+    ConnHandle, ConnOptions, ConnectFailure, Duration, ListenOptions, TcpConfig, TcpError,
+    TcpEvent, TcpState,
 };
 use smoltcp::wire::TcpControl;
 use util::*;
@@ -40,9 +41,8 @@ fn the_app_hears_of_a_passive_connection_only_once_established() {
     assert_eq!(pair.server.half_open_count(), 0);
 }
 
-#[test]
-fn simultaneous_open_reaches_established_on_both_sides() {
-    let mut pair = Pair::default_pair();
+/// Both sides connect to each other at once: their SYNs cross.
+fn connect_both_ways(pair: &mut Pair) -> (ConnHandle, ConnHandle) {
     let c = pair.connect(40_000);
     let s = pair
         .server
@@ -54,6 +54,13 @@ fn simultaneous_open_reaches_established_on_both_sides() {
             ConnOptions::default(),
         )
         .unwrap();
+    (c, s)
+}
+
+#[test]
+fn simultaneous_open_reaches_established_on_both_sides() {
+    let mut pair = Pair::default_pair();
+    let (c, s) = connect_both_ways(&mut pair);
     pair.run_until(1000, |p| {
         p.client_saw(TcpEvent::Connected { conn: c })
             && p.server_saw(TcpEvent::Connected { conn: s })
@@ -65,7 +72,25 @@ fn simultaneous_open_reaches_established_on_both_sides() {
     transfer(&mut pair, false, s, c, &data, 10_000);
 }
 
-fn close_both(pair: &mut Pair, c: hoststack_tcp::ConnHandle, s: hoststack_tcp::ConnHandle) {
+#[test]
+fn close_during_a_simultaneous_open_sends_the_fin_once_established() {
+    let mut pair = Pair::default_pair();
+    let (c, s) = connect_both_ways(&mut pair);
+    pair.client.send(c, b"early").unwrap();
+    pair.flush();
+    pair.step();
+    // Both sides are in SYN-RECEIVED now; the client closes before the handshake ends.
+    assert_eq!(pair.client.info(c).unwrap().state, TcpState::SynReceived);
+    pair.client.close(c).unwrap();
+    pair.run_until(1000, |p| p.server_saw(TcpEvent::RemoteClosed { conn: s }));
+    let mut buf = [0u8; 16];
+    assert_eq!(pair.server.recv(s, &mut buf).unwrap(), 5);
+    assert_eq!(&buf[..5], b"early");
+    pair.server.close(s).unwrap();
+    close_both(&mut pair, c, s);
+}
+
+fn close_both(pair: &mut Pair, c: ConnHandle, s: ConnHandle) {
     pair.run_until(10_000, |p| {
         let mut buf = [0u8; 1024];
         let _ = p.client.recv(c, &mut buf);

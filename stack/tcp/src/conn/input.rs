@@ -340,6 +340,7 @@ impl Connection {
             self.max_snd_wnd = self.max_snd_wnd.max(window);
             if old_wnd == 0 && window > 0 {
                 self.probes = 0;
+                self.persist_backoff = 0;
                 if self.rtx_timer.is_some_and(|t| t.1 == RtxTimer::Persist) {
                     self.rtx_timer = None;
                 }

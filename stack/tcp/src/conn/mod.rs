@@ -300,6 +300,9 @@ pub(crate) struct Connection {
     last_recv: Instant,
     /// Unanswered zero-window or keepalive probes.
     probes: u8,
+    /// Zero-window probes since the window closed: the persist timer's backoff. Answers do
+    /// not reset it (they still show a zero window), a reopened window does.
+    persist_backoff: u8,
     pending: Pending,
     // Application side.
     nodelay: bool,
@@ -376,6 +379,7 @@ impl Connection {
             wheel_at: None,
             last_recv: now,
             probes: 0,
+            persist_backoff: 0,
             pending: Pending::default(),
             nodelay: conn_opts.nodelay,
             keepalive: conn_opts.keepalive.or(config.keepalive),
@@ -580,7 +584,9 @@ impl Connection {
     pub(crate) fn close(&mut self) -> bool {
         match self.state {
             State::SynSent(_) => return true,
-            State::SynReceived(_) | State::Established => self.state = State::FinWait1,
+            // Still handshaking: the FIN waits for ESTABLISHED (see `establish`).
+            State::SynReceived(_) => {}
+            State::Established => self.state = State::FinWait1,
             State::CloseWait => self.state = State::LastAck,
             _ => {}
         }

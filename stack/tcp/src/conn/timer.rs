@@ -122,13 +122,16 @@ impl Connection {
             return Outcome::Continue;
         }
         if self.probes > ctx.config.max_retransmits {
+            // Probes went unanswered as long as retransmissions would have.
             ctx.counters.retransmit_timeouts += 1;
             return Outcome::Reset(ResetReason::RetransmitTimeout);
         }
         self.probes = self.probes.saturating_add(1);
+        self.persist_backoff = self.persist_backoff.saturating_add(1);
         self.pending.probe = true;
         ctx.counters.zero_window_probes += 1;
-        self.rtx_timer = Some((now + self.rtt.backed_off(self.probes), RtxTimer::Persist));
+        let wait = self.rtt.backed_off(self.persist_backoff);
+        self.rtx_timer = Some((now + wait, RtxTimer::Persist));
         Outcome::Continue
     }
 
@@ -186,7 +189,8 @@ impl Connection {
     pub(crate) fn arm_persist_if_blocked(&mut self, now: Instant) {
         let blocked = self.snd_wnd == 0 && self.unsent() > 0 && self.scoreboard.is_empty();
         if blocked && self.rtx_timer.is_none() && self.state.sends_data() {
-            self.rtx_timer = Some((now + self.rtt.backed_off(self.probes), RtxTimer::Persist));
+            let wait = self.rtt.backed_off(self.persist_backoff);
+            self.rtx_timer = Some((now + wait, RtxTimer::Persist));
         }
     }
 }
