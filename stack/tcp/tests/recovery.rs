@@ -207,27 +207,62 @@ fn two_lost_tail_segments_are_repaired_by_one_probe_and_rack() {
     );
 }
 
-#[test]
-fn rto_backs_off_exponentially_from_the_floor() {
-    let (mut pair, c, _) = nodelay_pair(9);
+/// Sends a little data into a path that drops everything for `span`; returns the send times
+/// (ms from the first) of every copy and the gaps between them.
+fn blackhole_gaps(
+    pair: &mut Pair,
+    c: hoststack_tcp::ConnHandle,
+    span: Duration,
+) -> (Vec<u64>, Vec<u64>) {
     pair.log(true);
     pair.clear_logs();
     let start = pair.now;
     pair.filter_to_server(Some(Box::new(|_| false)));
     pair.client.send(c, b"hello").unwrap();
-    pair.advance(Duration::from_secs(30));
+    pair.advance(span);
     let times: Vec<u64> = pair
         .sent_to_server()
         .iter()
         .map(|p| (p.at - start).total_millis())
         .collect();
-    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let gaps = times.windows(2).map(|w| w[1] - w[0]).collect();
+    (times, gaps)
+}
+
+#[test]
+fn rto_backs_off_exponentially_from_the_floor() {
+    let (mut pair, c, _) = nodelay_pair(9);
+    let (times, gaps) = blackhole_gaps(&mut pair, c, Duration::from_secs(30));
     // srtt is ~10 ms, so the RTO sits on the 200 ms floor; the probe comes at min(PTO, RTO).
     assert_eq!(&gaps[..6], &[200, 200, 400, 800, 1600, 3200], "{times:?}");
     let info = pair.client.info(c).unwrap();
     assert!(info.rto >= Duration::from_millis(6400));
     assert!(pair.client.counters().rto_timeouts >= 5);
     assert_eq!(info.cwnd, info.mss as u32, "loss window of one segment");
+}
+
+#[test]
+fn the_rto_floor_and_ceiling_are_configurable() {
+    let config = TcpConfig {
+        rto_min: Duration::from_millis(50),
+        rto_max: Duration::from_millis(400),
+        ..TcpConfig::default()
+    };
+    let mut pair = Pair::new(config, TcpConfig::default(), 12);
+    let (c, s) = pair.established();
+    pair.client.set_nodelay(c, true).unwrap();
+    transfer(&mut pair, true, c, s, &pattern(40_000, 1), 1000);
+    pair.settle(Duration::from_secs(1));
+    let (_, gaps) = blackhole_gaps(&mut pair, c, Duration::from_secs(3));
+    // RTO = srtt (10 ms) + 4 rttvar, above the 50 ms floor here; it doubles up to 400 ms.
+    let first = pair.client.info(c).unwrap().rto;
+    assert_eq!(first, Duration::from_millis(400));
+    assert!(
+        gaps[1] < 100,
+        "the first timeout comes well before Linux's 200 ms: {gaps:?}"
+    );
+    assert!(gaps.iter().all(|&g| g <= 400), "{gaps:?}");
+    assert!(gaps.ends_with(&[400, 400]), "{gaps:?}");
 }
 
 #[test]

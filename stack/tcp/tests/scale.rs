@@ -82,6 +82,47 @@ fn ten_thousand_connections_cost_nothing_while_idle_and_nothing_extra_when_busy(
 }
 
 #[test]
+fn a_hundred_thousand_idle_connections_arm_nothing_and_hold_no_buffers() {
+    const HUNDRED_K: usize = 100_000;
+    let mut pair = Pair::new(TcpConfig::default(), TcpConfig::default(), 3);
+    let listener = pair.listen(ListenOptions {
+        syn_backlog: 1 << 17,
+        accept_backlog: 1 << 17,
+        ..ListenOptions::default()
+    });
+    // Ports run out at 64 Ki per address: spread the clients over four addresses. Connect
+    // in batches the size of the reply queue, as a stack polling between bursts would.
+    let mut accepted = 0;
+    for batch in 0..HUNDRED_K / 2000 {
+        for i in batch * 2000..(batch + 1) * 2000 {
+            let ip = std::net::Ipv4Addr::new(10, 0, 1, (i / 25_000) as u8 + 1);
+            let local = std::net::SocketAddr::new(ip.into(), 20_000 + (i % 25_000) as u16);
+            pair.client
+                .connect(
+                    pair.now,
+                    0,
+                    local,
+                    server_addr(),
+                    hoststack_tcp::ConnOptions::default(),
+                )
+                .unwrap();
+        }
+        pair.run_until(10_000, |p| {
+            while p.server.accept(listener).unwrap().is_some() {
+                accepted += 1;
+            }
+            accepted == (batch + 1) * 2000
+        });
+    }
+    pair.settle(Duration::from_secs(1));
+    assert_eq!(pair.server.connection_count(), HUNDRED_K);
+    assert_eq!(pair.server.poll_timeout(), None);
+    assert_eq!(pair.client.poll_timeout(), None);
+    assert_eq!(pair.server.buffer_chunks_in_use(), 0);
+    assert_eq!(pair.server.half_open_count(), 0);
+}
+
+#[test]
 fn ten_thousand_connections_close_into_time_wait_entries() {
     let mut pair = Pair::new(TcpConfig::default(), TcpConfig::default(), 2);
     let conns = open(&mut pair, MANY);
