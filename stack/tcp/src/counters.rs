@@ -73,6 +73,8 @@ pub struct TcpCounters {
     pub rack_lost_bytes: u64,
     /// Bytes marked lost by RFC 6675's SACK rule or three duplicate ACKs.
     pub sack_lost_bytes: u64,
+    /// D-SACK blocks received: the peer got something twice (RFC 2883).
+    pub dsacks_received: u64,
     /// Loss reactions undone because the retransmission proved spurious.
     pub spurious_retransmits: u64,
     /// Connections reset after too many retransmission timeouts.

@@ -170,6 +170,8 @@ fn rack_repairs_reordering_beyond_the_window_and_learns_from_it() {
     let counters = pair.client.counters();
     assert_eq!(counters.retransmits, 1, "{counters:?}");
     assert_eq!(counters.rto_timeouts, 0);
+    // The receiver got the segment twice and said so with a D-SACK block.
+    assert_eq!(counters.dsacks_received, 1, "{counters:?}");
 }
 
 #[test]

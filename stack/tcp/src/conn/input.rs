@@ -187,8 +187,12 @@ impl Connection {
             }
             ctx.counters.out_of_window += 1;
             if (seg.seq + seg.seq_len()).before_eq(self.rcv.nxt()) {
-                // An old duplicate: our ACK was lost or their timer fired; answer at once.
+                // An old duplicate: our ACK was lost or their timer fired; answer at once,
+                // telling a SACK peer which bytes it sent twice.
                 self.ack.now = true;
+                if self.opts.sack && !seg.payload.is_empty() {
+                    self.ack.dsack = Some((seg.seq, seg.seq + seg.payload.len() as u32));
+                }
             } else {
                 self.challenge_ack(now, ctx);
             }
@@ -251,6 +255,12 @@ impl Connection {
     }
 
     fn on_data(&mut self, now: Instant, seg: &Segment<'_>, ctx: &mut Ctx<'_>) {
+        let nxt = self.rcv.nxt();
+        if self.opts.sack && seg.seq.before(nxt) {
+            // The part below RCV.NXT arrived before: report it as a D-SACK block.
+            let end = (seg.seq + seg.payload.len() as u32).earliest(nxt);
+            self.ack.dsack = Some((seg.seq, end));
+        }
         let got = self.rcv.insert(seg.seq, seg.payload, ctx.pool);
         self.ack.rcv_mss = self.ack.rcv_mss.max(seg.payload.len().min(0xFFFF) as u16);
         if got.advanced > 0 {
@@ -382,7 +392,8 @@ impl Connection {
             for (start, end) in seg.sack.iter().flatten() {
                 self.sack_blocks_received += 1;
                 if start.before(ack) {
-                    // D-SACK (RFC 2883) or stale: nothing new to mark.
+                    // D-SACK (RFC 2883): something arrived twice; nothing new to mark.
+                    ctx.counters.dsacks_received += 1;
                     continue;
                 }
                 self.scoreboard

@@ -226,6 +226,8 @@ struct AckState {
     last_sent: SeqNum,
     /// The pending ACK is a window update after a read.
     window_update: bool,
+    /// A duplicate range to report first in the next ACK (D-SACK, RFC 2883).
+    dsack: Option<(SeqNum, SeqNum)>,
     /// Duplicate ACKs still owed for out-of-order segments that arrived in one batch: a peer
     /// without SACK counts them (RFC 5681 §4.2).
     dup_owed: u8,

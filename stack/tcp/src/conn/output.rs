@@ -165,8 +165,16 @@ impl Connection {
         if self.opts.timestamps {
             h.timestamp = Some((ts_clock(now, self.ts.offset), self.ts.recent));
         }
-        if self.opts.sack && self.rcv.has_out_of_order() {
-            h.sack = self.rcv.sack_blocks();
+        if self.opts.sack {
+            let dsack = self.ack.dsack.take();
+            if dsack.is_some() || self.rcv.has_out_of_order() {
+                let blocks = self.rcv.sack_blocks();
+                h.sack = match dsack {
+                    // RFC 2883 §4: the duplicate first, then the usual blocks.
+                    Some(d) => [Some(d), blocks[0], blocks[1]],
+                    None => blocks,
+                };
+            }
         }
         h
     }
