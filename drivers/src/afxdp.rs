@@ -575,6 +575,15 @@ impl PacketIo for XdpQueue {
         Some(fill(data.contents_mut()))
     }
 
+    fn fill_frame(&self, frame: &mut XdpFrame, fill: impl FnOnce(&mut [u8]) -> usize) -> usize {
+        // SAFETY: as in `write_frame`.
+        let mut data = unsafe { self.umem.data_mut(&mut frame.0) };
+        data.cursor().set_pos(self.info.frame_capacity);
+        let n = fill(data.contents_mut()).min(self.info.frame_capacity);
+        data.cursor().set_pos(n);
+        n
+    }
+
     fn poll_fd(&self) -> BorrowedFd<'_> {
         // SAFETY: the socket fd lives as long as `self.rx`, which outlives
         // the returned borrow.

@@ -141,6 +141,14 @@ impl FramePool {
         Some(fill(buf))
     }
 
+    /// Lets `fill` write into the whole buffer and sets the frame's length
+    /// to what it returns.
+    pub fn fill(&self, frame: &mut PoolFrame, fill: impl FnOnce(&mut [u8]) -> usize) -> usize {
+        let n = fill(self.buffer_mut(frame)).min(self.frame_size);
+        frame.len = n as u32;
+        n
+    }
+
     /// The whole buffer of a frame, for a device to read into.
     pub fn buffer_mut<'a>(&'a self, frame: &'a mut PoolFrame) -> &'a mut [u8] {
         // SAFETY: as in `write`.

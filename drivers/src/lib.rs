@@ -125,6 +125,11 @@ pub trait PacketIo: Send {
         fill: impl FnOnce(&mut [u8]) -> R,
     ) -> Option<R>;
 
+    /// Lets `fill` write into the frame's whole buffer and return how many
+    /// bytes it wrote, which becomes the frame's length (0 leaves it empty,
+    /// for a caller that found nothing to send).
+    fn fill_frame(&self, frame: &mut Self::Frame, fill: impl FnOnce(&mut [u8]) -> usize) -> usize;
+
     /// The fd that turns readable when frames arrive.
     fn poll_fd(&self) -> BorrowedFd<'_>;
 

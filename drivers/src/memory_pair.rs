@@ -211,6 +211,10 @@ impl PacketIo for MemoryPort {
         self.pool.write(frame, len, fill)
     }
 
+    fn fill_frame(&self, frame: &mut PoolFrame, fill: impl FnOnce(&mut [u8]) -> usize) -> usize {
+        self.pool.fill(frame, fill)
+    }
+
     fn poll_fd(&self) -> BorrowedFd<'_> {
         self.rx.wake.as_fd()
     }

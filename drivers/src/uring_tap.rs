@@ -338,6 +338,10 @@ impl PacketIo for TapQueue {
         self.pool.write(frame, len, fill)
     }
 
+    fn fill_frame(&self, frame: &mut PoolFrame, fill: impl FnOnce(&mut [u8]) -> usize) -> usize {
+        self.pool.fill(frame, fill)
+    }
+
     fn poll_fd(&self) -> BorrowedFd<'_> {
         // SAFETY: the ring's fd lives as long as `self.ring`, which outlives
         // the returned borrow.

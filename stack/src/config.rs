@@ -80,10 +80,46 @@ impl FromStr for DriverKind {
     }
 }
 
-/// TCP tuning applied to every socket.
+/// Which TCP runs the stack's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcpEngineKind {
+    /// hoststack's own engine (`hoststack-tcp`): SACK, RACK-TLP, CUBIC, a
+    /// 200 ms RTO floor, SYN cookies, a listen backlog, O(1) per segment.
+    #[default]
+    Hoststack,
+    /// smoltcp's TCP sockets (one per connection, scanned each poll).
+    Smoltcp,
+}
+
+impl FromStr for TcpEngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hoststack" => Ok(Self::Hoststack),
+            "smoltcp" => Ok(Self::Smoltcp),
+            _ => Err(format!(
+                "unknown TCP engine '{s}' (expected hoststack or smoltcp)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for TcpEngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Hoststack => "hoststack",
+            Self::Smoltcp => "smoltcp",
+        })
+    }
+}
+
+/// TCP tuning applied to every connection.
 #[derive(Debug, Clone)]
 pub struct TcpTuning {
-    /// Receive and send buffer bytes per connection.
+    /// Which engine.
+    pub engine: TcpEngineKind,
+    /// Receive and send buffer bytes per connection (the most each grows
+    /// to, with hoststack's engine; allocated up front with smoltcp's).
     pub buffer: usize,
     /// Listening sockets kept ready per port beyond the SYNs in flight.
     pub listen_spare: usize,
@@ -93,16 +129,68 @@ pub struct TcpTuning {
     pub nagle: bool,
     /// Delayed ACK; `None` acks at once.
     pub ack_delay: Option<Duration>,
+    /// Floor of the retransmission timeout (hoststack's engine).
+    pub rto_min: Duration,
+    /// Half-open connections a listener keeps before answering with SYN
+    /// cookies (hoststack's engine).
+    pub syn_backlog: u32,
+    /// Established connections waiting for the session layer per listener
+    /// (hoststack's engine).
+    pub accept_backlog: u32,
+    /// Congestion control (hoststack's engine): CUBIC or NewReno.
+    pub congestion: hoststack_tcp::CongestionAlgorithmKind,
 }
 
 impl Default for TcpTuning {
     fn default() -> Self {
         Self {
+            engine: TcpEngineKind::default(),
             buffer: 1 << 20,
             listen_spare: 8,
             listen_max: 4096,
             nagle: false,
             ack_delay: None,
+            rto_min: Duration::from_millis(200),
+            syn_backlog: 4096,
+            accept_backlog: 4096,
+            congestion: hoststack_tcp::CongestionAlgorithmKind::Cubic,
+        }
+    }
+}
+
+impl TcpTuning {
+    /// The engine config for an interface of IP MTU `mtu`, with `secret`
+    /// keying its initial sequence numbers and SYN cookies.
+    pub fn engine_config(&self, mtu: usize, secret: u128) -> hoststack_tcp::TcpConfig {
+        let buffer = self.buffer.min(u32::MAX as usize) as u32;
+        hoststack_tcp::TcpConfig {
+            mtu: mtu.min(usize::from(u16::MAX)) as u16,
+            rto_min: hoststack_tcp::Duration::from_micros(self.rto_min.as_micros() as u64),
+            delayed_ack: self.ack_delay.map_or(hoststack_tcp::Duration::ZERO, |d| {
+                hoststack_tcp::Duration::from_micros(d.as_micros() as u64)
+            }),
+            congestion: self.congestion,
+            send_buffer: buffer,
+            recv_buffer: buffer,
+            secret,
+            ..hoststack_tcp::TcpConfig::default()
+        }
+    }
+
+    /// The listen options of every listener.
+    pub fn listen_options(&self) -> hoststack_tcp::ListenOptions {
+        hoststack_tcp::ListenOptions {
+            syn_backlog: self.syn_backlog,
+            accept_backlog: self.accept_backlog,
+            conn: self.conn_options(),
+        }
+    }
+
+    /// The options of every connection.
+    pub fn conn_options(&self) -> hoststack_tcp::ConnOptions {
+        hoststack_tcp::ConnOptions {
+            nodelay: !self.nagle,
+            ..hoststack_tcp::ConnOptions::default()
         }
     }
 }
@@ -138,6 +226,25 @@ pub struct StackConfig {
 }
 
 impl StackConfig {
+    /// The key of the TCP engine's initial sequence numbers and SYN cookies
+    /// (RFC 6528: unguessable): from the kernel's random source, or derived
+    /// from `seed` when one is set (reproducible test runs).
+    pub fn tcp_secret(&self) -> StackResult<u128> {
+        if self.seed != 0 {
+            let s = u128::from(self.seed);
+            return Ok(s << 64 | (s.wrapping_mul(0x9e37_79b9_7f4a_7c15) & u128::from(u64::MAX)));
+        }
+        let mut key = [0u8; 16];
+        let n = rustix::rand::getrandom(&mut key, rustix::rand::GetRandomFlags::empty())
+            .map_err(|e| StackError::os("reading the TCP secret from getrandom", e.into()))?;
+        if n != key.len() {
+            return Err(StackError::Config(
+                "getrandom returned too few bytes".into(),
+            ));
+        }
+        Ok(u128::from_le_bytes(key))
+    }
+
     /// A config for `interface` with `addresses` and defaults otherwise.
     pub fn new(interface: &str, addresses: Vec<AddrPrefix>) -> Self {
         Self {
@@ -197,6 +304,17 @@ impl StackConfig {
             return Err(StackError::Config(
                 "listen pool: spare must be >= 1 and <= max".into(),
             ));
+        }
+        if self.tcp.engine == TcpEngineKind::Hoststack {
+            self.tcp
+                .engine_config(1500, 1)
+                .validate()
+                .map_err(|e| StackError::Config(format!("TCP: {e}")))?;
+            if self.tcp.syn_backlog == 0 || self.tcp.accept_backlog == 0 {
+                return Err(StackError::Config(
+                    "the SYN and accept backlogs must be at least 1".into(),
+                ));
+            }
         }
         Ok(())
     }

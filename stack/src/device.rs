@@ -26,6 +26,8 @@ use crate::zero_window::ZeroWindowGuard;
 /// A driver queue as smoltcp sees it.
 pub struct StackDevice<D: PacketIo> {
     driver: D,
+    /// A burst as it comes from the driver, before the checks.
+    incoming: VecDeque<D::Frame>,
     rx_ready: VecDeque<D::Frame>,
     spent: Vec<D::Frame>,
     tx_stock: Vec<D::Frame>,
@@ -46,6 +48,7 @@ impl<D: PacketIo> StackDevice<D> {
         let max_burst = driver.info().max_burst;
         Self {
             driver,
+            incoming: VecDeque::with_capacity(max_burst),
             rx_ready: VecDeque::with_capacity(max_burst),
             spent: Vec::with_capacity(max_burst),
             tx_stock: Vec::with_capacity(max_burst),
@@ -70,13 +73,77 @@ impl<D: PacketIo> StackDevice<D> {
         &mut self.driver
     }
 
-    /// Pulls a burst from the driver; returns how many frames are waiting.
+    /// Pulls a burst from the driver, records it when a capture runs and
+    /// drops the frames the medium's checksum policy refuses; returns how
+    /// many frames are waiting.
     pub fn receive_burst(&mut self) -> hoststack_drivers::DriverResult<usize> {
         let room = self.max_burst.saturating_sub(self.rx_ready.len());
         if room > 0 {
-            self.driver.rx_burst(&mut self.rx_ready, room)?;
+            self.driver.rx_burst(&mut self.incoming, room)?;
+            let policy = self.driver.info().rx_checksum;
+            while let Some(frame) = self.incoming.pop_front() {
+                let bytes = self.driver.rx_bytes(&frame);
+                if self.capture.is_active() {
+                    self.capture.record(bytes);
+                }
+                match checksum::check_rx(bytes, policy) {
+                    RxChecksumVerdict::Bad => {
+                        self.bad_checksum += 1;
+                        self.spent.push(frame);
+                    }
+                    RxChecksumVerdict::Malformed => {
+                        self.malformed += 1;
+                        self.spent.push(frame);
+                    }
+                    v => {
+                        if v == RxChecksumVerdict::Unverified {
+                            self.unverified += 1;
+                        }
+                        self.rx_ready.push_back(frame);
+                    }
+                }
+            }
         }
         Ok(self.rx_ready.len())
+    }
+
+    /// Offers each waiting frame to `take` in order; a frame it takes (it
+    /// returns true) is done, the others stay for smoltcp in their order.
+    pub fn divert(&mut self, mut take: impl FnMut(&[u8]) -> bool) {
+        for _ in 0..self.rx_ready.len() {
+            let Some(frame) = self.rx_ready.pop_front() else {
+                break;
+            };
+            if take(self.driver.rx_bytes(&frame)) {
+                self.spent.push(frame);
+            } else {
+                self.rx_ready.push_back(frame);
+            }
+        }
+    }
+
+    /// Builds one frame with `fill` (given the whole frame buffer, it
+    /// returns the bytes it wrote; 0 writes nothing) and queues it for the
+    /// next flush. `None` when no frame was free; `Some(0)` when `fill`
+    /// wrote nothing.
+    pub fn send_frame(&mut self, fill: impl FnOnce(&mut [u8]) -> usize) -> Option<usize> {
+        if self.tx_filled.len() >= self.max_burst {
+            let _ = self.driver.tx_burst(&mut self.tx_filled);
+        }
+        if self.tx_stock.is_empty() {
+            self.driver.alloc_tx(&mut self.tx_stock, self.max_burst);
+        }
+        let mut frame = self.tx_stock.pop()?;
+        let n = self.driver.fill_frame(&mut frame, fill);
+        if n == 0 {
+            self.tx_stock.push(frame);
+            return Some(0);
+        }
+        if self.capture.is_active() {
+            self.capture.record(self.driver.rx_bytes(&frame));
+        }
+        self.tx_filled.push(frame);
+        Some(n)
     }
 
     /// Frames received and not yet given to smoltcp.
@@ -238,41 +305,26 @@ impl<D: PacketIo> phy::Device for StackDevice<D> {
             // No frame for a reply: leave the rest of the burst for later.
             return None;
         }
-        let policy = self.driver.info().rx_checksum;
-        loop {
-            let frame = self.rx_ready.pop_front()?;
-            if self.capture.is_active() {
-                self.capture.record(self.driver.rx_bytes(&frame));
-            }
-            match checksum::check_rx(self.driver.rx_bytes(&frame), policy) {
-                RxChecksumVerdict::Bad => self.bad_checksum += 1,
-                RxChecksumVerdict::Malformed => self.malformed += 1,
-                v => {
-                    if v == RxChecksumVerdict::Unverified {
-                        self.unverified += 1;
-                    }
-                    let rewritten = self
-                        .guard
-                        .rewrite_rx(self.driver.rx_bytes(&frame), &mut self.rewritten);
-                    return Some((
-                        RxToken {
-                            driver: &self.driver,
-                            frame,
-                            spent: &mut self.spent,
-                            replacement: rewritten.then_some(self.rewritten.as_slice()),
-                        },
-                        TxToken {
-                            driver: &self.driver,
-                            stock: &mut self.tx_stock,
-                            filled: &mut self.tx_filled,
-                            guard: &mut self.guard,
-                            capture: &self.capture,
-                        },
-                    ));
-                }
-            }
-            self.spent.push(frame);
-        }
+        // Frames were checked and recorded when they arrived.
+        let frame = self.rx_ready.pop_front()?;
+        let rewritten = self
+            .guard
+            .rewrite_rx(self.driver.rx_bytes(&frame), &mut self.rewritten);
+        Some((
+            RxToken {
+                driver: &self.driver,
+                frame,
+                spent: &mut self.spent,
+                replacement: rewritten.then_some(self.rewritten.as_slice()),
+            },
+            TxToken {
+                driver: &self.driver,
+                stock: &mut self.tx_stock,
+                filled: &mut self.tx_filled,
+                guard: &mut self.guard,
+                capture: &self.capture,
+            },
+        ))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {

@@ -55,6 +55,24 @@ impl FaultInjection {
         })
     }
 
+    /// Whether to drop one frame that bypasses smoltcp (hoststack's TCP
+    /// engine's), received (`rx`) or sent, from the same generator and into
+    /// the same counters as smoltcp's frames.
+    pub fn drop_frame(&mut self, rx: bool) -> bool {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let drop = (self.rng % 100) < u64::from(self.drop_pct);
+        if drop {
+            if rx {
+                self.rx_dropped += 1;
+            } else {
+                self.tx_dropped += 1;
+            }
+        }
+        drop
+    }
+
     /// Frames dropped so far: (received, transmitted).
     pub fn dropped(&self) -> (u64, u64) {
         (self.rx_dropped, self.tx_dropped)

@@ -22,14 +22,24 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress};
 use tracing::{debug, warn};
 
-use crate::config::{StackConfig, TcpTuning};
+use crate::config::{StackConfig, TcpEngineKind, TcpTuning};
 use crate::device::StackDevice;
 use crate::error::{StackError, StackResult};
 use crate::fault_injection::FaultInjection;
+use crate::neighbors::{Neighbors, Routes};
 use crate::sleeper::{Sleeper, WakeSource};
+use crate::tcp_frames::{header_room, ip_packet, tcp_segment, write_headers};
 use crate::tcp_listener::count_syns;
+use crate::tcp_transport::EngineTcp;
 use crate::transport::{EphemeralPorts, SmolTransportState, SmolTransports};
-use hoststack_session::session_worker::{QueueChange, SessionWorker};
+use hoststack_app_proto::endpoint::TransportProto;
+use hoststack_drivers::MacAddr;
+use hoststack_session::session_worker::{QueueChange, SessionWorker, TransportSet};
+use hoststack_session::transport::Transport;
+use hoststack_tcp::ChecksumMode;
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::raw;
+use smoltcp::wire::{IpProtocol, IpVersion};
 
 /// How a worker waits for work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -123,6 +133,16 @@ pub struct WorkerStats {
     pub injected_rx_drops: AtomicU64,
     /// See `injected_rx_drops`.
     pub injected_tx_drops: AtomicU64,
+    /// Received TCP segments handed straight to hoststack's TCP engine.
+    pub tcp_segments_in: AtomicU64,
+    /// TCP segments the engine sent in frames built here.
+    pub tcp_segments_out: AtomicU64,
+    /// Engine segments handed to smoltcp because the next hop's Ethernet
+    /// address was not known yet (smoltcp resolves it).
+    pub tcp_segments_resolving: AtomicU64,
+    /// Engine segments dropped: no route to the destination, or smoltcp's
+    /// queue for unresolved next hops was full.
+    pub tcp_segments_unsent: AtomicU64,
 }
 
 /// What other threads use to talk to a worker.
@@ -158,6 +178,209 @@ impl WorkerControl {
     }
 }
 
+/// What the worker needs to run hoststack's TCP engine beside smoltcp:
+/// the engine, where frames go (routes and next hops' addresses), and
+/// smoltcp raw sockets that carry a segment whose next hop must be
+/// resolved first.
+struct TcpPath {
+    engine: EngineTcp,
+    routes: Routes,
+    neighbors: Neighbors,
+    mac: MacAddr,
+    raw4: SocketHandle,
+    raw6: SocketHandle,
+    /// Whether the last segment was IPv6: where the next one is written.
+    last_v6: bool,
+    ip_id: u16,
+    scratch: Vec<u8>,
+    segments_in: u64,
+    segments_out: u64,
+    resolving: u64,
+    unsent: u64,
+}
+
+impl TcpPath {
+    /// Takes the TCP segments of the waiting burst for the engine (after
+    /// learning next hops from every frame); returns how many it took.
+    fn receive<D: PacketIo>(
+        &mut self,
+        device: &mut StackDevice<D>,
+        now: Instant,
+        mut faults: Option<&mut FaultInjection>,
+    ) -> usize {
+        let mut taken = 0;
+        let table = self.engine.table();
+        let Self {
+            engine,
+            routes,
+            neighbors,
+            mac,
+            ..
+        } = self;
+        device.divert(|bytes| {
+            neighbors.observe(routes, bytes);
+            let Some(t) = tcp_segment(bytes, mac, routes) else {
+                return false;
+            };
+            taken += 1;
+            if faults.as_mut().is_some_and(|f| f.drop_frame(true)) {
+                return true;
+            }
+            engine
+                .endpoint()
+                // The device checked the checksum under the medium's policy.
+                .handle_segment(
+                    now,
+                    table,
+                    t.src,
+                    t.dst,
+                    t.segment,
+                    ChecksumMode::AlreadyVerified,
+                );
+            true
+        });
+        self.segments_in += taken;
+        taken as usize
+    }
+
+    /// Sends what the engine has, in frames built here, or through smoltcp
+    /// when the next hop is not resolved yet; returns (frames built,
+    /// whether smoltcp got segments to send).
+    fn transmit<D: PacketIo>(
+        &mut self,
+        device: &mut StackDevice<D>,
+        sockets: &mut SocketSet<'static>,
+        now: Instant,
+        mut faults: Option<&mut FaultInjection>,
+    ) -> (usize, bool) {
+        let (mut built, mut to_smoltcp) = (0, false);
+        loop {
+            let mut done = false;
+            let Self {
+                engine,
+                routes,
+                neighbors,
+                mac,
+                last_v6,
+                ip_id,
+                scratch,
+                raw4,
+                raw6,
+                resolving,
+                unsent,
+                ..
+            } = self;
+            let r = device.send_frame(|buf| {
+                let room = header_room(*last_v6);
+                if buf.len() <= room {
+                    done = true;
+                    return 0;
+                }
+                let Some(t) = engine.endpoint().poll_transmit(now, &mut buf[room..]) else {
+                    done = true;
+                    return 0;
+                };
+                let v6 = t.dst.is_ipv6();
+                let need = header_room(v6);
+                if need != room {
+                    // Wrong guess of the family: move the segment.
+                    if need + t.len > buf.len() {
+                        *unsent += 1;
+                        return 0;
+                    }
+                    buf.copy_within(room..room + t.len, need);
+                    *last_v6 = v6;
+                }
+                *ip_id = ip_id.wrapping_add(1);
+                if faults.as_mut().is_some_and(|f| f.drop_frame(false)) {
+                    return 0;
+                }
+                let Some(hop) = routes.next_hop(t.dst) else {
+                    *unsent += 1;
+                    return 0;
+                };
+                match neighbors.lookup(hop) {
+                    Some(dst_mac) => write_headers(buf, mac, &dst_mac, t.src, t.dst, t.len, *ip_id),
+                    None => {
+                        // smoltcp resolves the next hop and sends it; its
+                        // answer teaches us the address for the rest.
+                        ip_packet(t.src, t.dst, &buf[need..need + t.len], *ip_id, scratch);
+                        let socket = if v6 { *raw6 } else { *raw4 };
+                        match sockets
+                            .get_mut::<raw::Socket<'_>>(socket)
+                            .send_slice(scratch)
+                        {
+                            Ok(()) => {
+                                *resolving += 1;
+                                to_smoltcp = true;
+                            }
+                            Err(_) => *unsent += 1,
+                        }
+                        0
+                    }
+                }
+            });
+            match r {
+                // No free frame: the engine keeps the rest for the next loop.
+                None => break,
+                Some(0) if done => break,
+                Some(0) => {}
+                Some(_) => built += 1,
+            }
+        }
+        self.segments_out += built as u64;
+        (built, to_smoltcp)
+    }
+
+    fn publish(&self, stats: &WorkerStats) {
+        stats
+            .tcp_segments_in
+            .store(self.segments_in, Ordering::Relaxed);
+        stats
+            .tcp_segments_out
+            .store(self.segments_out, Ordering::Relaxed);
+        stats
+            .tcp_segments_resolving
+            .store(self.resolving, Ordering::Relaxed);
+        stats
+            .tcp_segments_unsent
+            .store(self.unsent, Ordering::Relaxed);
+    }
+}
+
+/// Segments smoltcp holds for next hops it is resolving, per family.
+const RESOLVING_SEGMENTS: usize = 64;
+
+fn raw_socket(version: IpVersion, mtu: usize) -> raw::Socket<'static> {
+    // Incoming TCP never reaches smoltcp's raw sockets (it goes to the
+    // engine), so their receive side is minimal.
+    raw::Socket::new(
+        Some(version),
+        Some(IpProtocol::Tcp),
+        raw::PacketBuffer::new(vec![raw::PacketMetadata::EMPTY; 1], vec![0u8; 64]),
+        raw::PacketBuffer::new(
+            vec![raw::PacketMetadata::EMPTY; RESOLVING_SEGMENTS],
+            vec![0u8; RESOLVING_SEGMENTS * (mtu + 60)],
+        ),
+    )
+}
+
+/// The session layer's transports on a worker: TCP from hoststack's engine
+/// or smoltcp's, UDP from smoltcp.
+struct WorkerTransports<'a> {
+    tcp: Option<&'a mut EngineTcp>,
+    smol: SmolTransports<'a>,
+}
+
+impl TransportSet for WorkerTransports<'_> {
+    fn transport(&mut self, proto: TransportProto) -> Option<&mut dyn Transport> {
+        match (proto, self.tcp.as_deref_mut()) {
+            (TransportProto::Tcp, Some(engine)) => Some(engine),
+            _ => self.smol.transport(proto),
+        }
+    }
+}
+
 /// A worker and everything it owns.
 pub struct Worker<D: PacketIo> {
     index: usize,
@@ -180,6 +403,8 @@ pub struct Worker<D: PacketIo> {
     /// `--inject-loss`: smoltcp's fault injector around the device.
     faults: Option<FaultInjection>,
     transport: SmolTransportState,
+    /// hoststack's TCP engine, unless smoltcp's TCP was chosen.
+    tcp: Option<TcpPath>,
     session: SessionWorker,
     sleeper: Option<Sleeper>,
     fired: Vec<WakeSource>,
@@ -249,6 +474,37 @@ impl<D: PacketIo> Worker<D> {
             };
             res.map_err(|_| StackError::Config(format!("cannot add default route via {gw}")))?;
         }
+        let mut sockets = SocketSet::new(Vec::new());
+        let tcp = match cfg.tcp.engine {
+            TcpEngineKind::Smoltcp => None,
+            TcpEngineKind::Hoststack => {
+                let mtu = device.driver().info().mtu;
+                let routes = Routes::new(&cfg.addresses, cfg.gateway);
+                let engine = EngineTcp::new(
+                    cfg.tcp.engine_config(mtu, cfg.tcp_secret()?),
+                    cfg.tcp.listen_options(),
+                    cfg.tcp.conn_options(),
+                    cfg.table,
+                    routes.clone(),
+                    clock.smol(StdInstant::now()),
+                );
+                Some(TcpPath {
+                    engine,
+                    routes,
+                    neighbors: Neighbors::new(),
+                    mac,
+                    raw4: sockets.add(raw_socket(IpVersion::Ipv4, mtu)),
+                    raw6: sockets.add(raw_socket(IpVersion::Ipv6, mtu)),
+                    last_v6: false,
+                    ip_id: (seed >> 16) as u16,
+                    scratch: Vec::new(),
+                    segments_in: 0,
+                    segments_out: 0,
+                    resolving: 0,
+                    unsent: 0,
+                })
+            }
+        };
         let sleeper = match mode {
             WorkerMode::Poll => None,
             _ => Some(Sleeper::new(
@@ -260,7 +516,7 @@ impl<D: PacketIo> Worker<D> {
             index,
             device,
             iface,
-            sockets: SocketSet::new(Vec::new()),
+            sockets,
             tuning: cfg.tcp.clone(),
             ports: EphemeralPorts::new(seed),
             syn_counts: Vec::new(),
@@ -271,6 +527,7 @@ impl<D: PacketIo> Worker<D> {
             clock,
             faults,
             transport: SmolTransportState::default(),
+            tcp,
             session,
             sleeper,
             fired: Vec::new(),
@@ -299,6 +556,9 @@ impl<D: PacketIo> Worker<D> {
     }
 
     fn publish_device_stats(&self) {
+        if let Some(tcp) = &self.tcp {
+            tcp.publish(&self.stats);
+        }
         self.stats
             .zero_window_acks
             .store(self.device.zero_window_acks(), Ordering::Relaxed);
@@ -315,31 +575,47 @@ impl<D: PacketIo> Worker<D> {
         let now = self.clock.smol(at);
         self.loops += 1;
         let received = self.device.receive_burst()?;
-        if received > 0 {
+        if let Some(tcp) = &mut self.tcp {
+            tcp.engine.set_now(now);
+            if received > 0 {
+                tcp.receive(&mut self.device, now, self.faults.as_mut());
+            }
+            if tcp
+                .engine
+                .endpoint_ref()
+                .poll_timeout()
+                .is_some_and(|t| now >= t)
+            {
+                tcp.engine.endpoint().handle_timeout(now);
+            }
+        } else if received > 0 {
             self.prescan_syns(now);
         }
         self.device.stock_tx();
-        // smoltcp walks every socket in a poll; with no frame in and no
-        // socket changed since the last one, only a due timer needs it.
-        let polled =
-            received > 0 || self.device.rx_pending() > 0 || self.next_poll.is_none_or(|t| now >= t);
+        // smoltcp walks every socket in a poll; with no frame left for it
+        // and no socket changed since the last one, only a due timer
+        // needs it.
+        let polled = self.device.rx_pending() > 0 || self.next_poll.is_none_or(|t| now >= t);
         if polled {
             self.poll_iface(now);
         }
         let mut work = received > 0;
-        let check_listeners =
-            (received > 0 && now <= self.accept_until) || self.loops % ACCEPT_SWEEP_LOOPS == 0;
+        let check_listeners = self.tcp.is_none()
+            && ((received > 0 && now <= self.accept_until) || self.loops % ACCEPT_SWEEP_LOOPS == 0);
         if polled || check_listeners || self.rescan {
             self.transport
                 .scan(&mut self.sockets, &self.tuning, check_listeners);
         }
-        let mut tp = SmolTransports::new(
-            &mut self.transport,
-            &mut self.sockets,
-            &mut self.iface,
-            &self.tuning,
-            &mut self.ports,
-        );
+        let mut tp = WorkerTransports {
+            tcp: self.tcp.as_mut().map(|t| &mut t.engine),
+            smol: SmolTransports::new(
+                &mut self.transport,
+                &mut self.sockets,
+                &mut self.iface,
+                &self.tuning,
+                &mut self.ports,
+            ),
+        };
         work |= self.session.poll(&mut tp);
         if let Some(sl) = &mut self.sleeper {
             for change in self.session.take_queue_changes() {
@@ -349,7 +625,18 @@ impl<D: PacketIo> Worker<D> {
                 }
             }
         }
-        let touched = self.transport.take_touched();
+        let mut resolving = false;
+        if let Some(tcp) = &mut self.tcp {
+            let (built, to_smoltcp) = tcp.transmit(
+                &mut self.device,
+                &mut self.sockets,
+                now,
+                self.faults.as_mut(),
+            );
+            work |= built > 0;
+            resolving = to_smoltcp;
+        }
+        let touched = self.transport.take_touched() || resolving;
         if work || touched {
             match &mut self.faults {
                 None => self
@@ -414,7 +701,15 @@ impl<D: PacketIo> Worker<D> {
                 Duration::from_micros(d.total_micros())
             })
             .min(Duration::from_millis(1000))
-            .min(self.session.retry_delay().unwrap_or(Duration::MAX));
+            .min(self.session.retry_delay().unwrap_or(Duration::MAX))
+            .min(self.tcp.as_ref().map_or(Duration::MAX, |t| {
+                t.engine
+                    .endpoint_ref()
+                    .poll_timeout()
+                    .map_or(Duration::MAX, |at| {
+                        Duration::from_micros((at - now.min(at)).total_micros())
+                    })
+            }));
         if delay.is_zero() || self.session.has_pending_work() {
             return Ok(());
         }
@@ -504,9 +799,16 @@ impl<D: PacketIo> Worker<D> {
             warn!(worker = self.index, "worker stopping on error: {e}");
         }
         self.transport.shutdown(&mut self.sockets);
+        if let Some(tcp) = &mut self.tcp {
+            tcp.engine.shutdown();
+        }
         // Let aborts (RSTs) and closes go out before the queue closes.
         for _ in 0..4 {
-            self.poll_iface(self.clock.smol(StdInstant::now()));
+            let now = self.clock.smol(StdInstant::now());
+            if let Some(tcp) = &mut self.tcp {
+                tcp.transmit(&mut self.device, &mut self.sockets, now, None);
+            }
+            self.poll_iface(now);
             let _ = self.device.flush();
         }
         self.device.driver_mut().refresh_stats();

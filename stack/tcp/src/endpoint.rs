@@ -1093,6 +1093,12 @@ impl TcpEndpoint {
         })?
     }
 
+    /// Arms a `Writable` event for when send space next reopens, as a short `send` does: for
+    /// a caller that offered less than it had because the buffer was full.
+    pub fn want_writable(&mut self, conn: ConnHandle) -> Result<(), TcpError> {
+        self.with_conn(conn, |c, _, _| c.want_writable())
+    }
+
     /// Free space in the send buffer (0 once closed).
     pub fn send_space(&self, conn: ConnHandle) -> Result<usize, TcpError> {
         self.conns

@@ -13,6 +13,21 @@ impl ConnHandle {
     pub fn index(self) -> u32 {
         self.index
     }
+
+    /// The handle as one number (generation above index), for a caller that names
+    /// connections by integers; [`ConnHandle::from_bits`] is its inverse.
+    pub fn to_bits(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    /// A handle from [`ConnHandle::to_bits`]. Any number makes a handle; one the engine never
+    /// issued is stale, never another connection.
+    pub fn from_bits(bits: u64) -> Self {
+        Self {
+            index: bits as u32,
+            generation: (bits >> 32) as u32,
+        }
+    }
 }
 
 /// A listener, generation-checked like [`ConnHandle`].

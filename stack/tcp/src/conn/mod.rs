@@ -530,6 +530,10 @@ impl Connection {
         Ok(n)
     }
 
+    pub(crate) fn want_writable(&mut self) {
+        self.write_armed = true;
+    }
+
     pub(crate) fn send_space(&self) -> usize {
         if self.fin_queued || !(self.state.sends_data() || self.is_handshaking()) {
             0
