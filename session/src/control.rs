@@ -271,8 +271,9 @@ impl ControlPlane {
     pub fn sessions(
         &self,
         timeout: Duration,
+        details: bool,
     ) -> SessionResult<Vec<(u32, Vec<crate::session_info::SessionInfo>)>> {
-        let (rx, n) = self.call(|l| l.request_sessions())?;
+        let (rx, n) = self.call(move |l| l.request_sessions(details))?;
         let end = std::time::Instant::now() + timeout;
         let mut out = Vec::new();
         while out.len() < n {

@@ -126,6 +126,7 @@ impl Session {
             tx_fill: self.tx_out.fifo().max_dequeue().unwrap_or(0),
             cut_through: matches!(self.kind, SessionKind::CutThrough { .. }),
             listener: self.listener,
+            transport: Vec::new(),
         }
     }
 }

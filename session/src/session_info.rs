@@ -57,4 +57,7 @@ pub struct SessionInfo {
     /// The listener it was accepted on; `None` for a session the app
     /// connected (what `show app client` lists).
     pub listener: Option<ListenerHandle>,
+    /// The transport's view of the connection (state, windows, timers),
+    /// when asked for.
+    pub transport: Vec<(&'static str, String)>,
 }

@@ -104,6 +104,8 @@ pub enum WorkerCommand {
     },
     /// Report this thread's sessions (for `show session`).
     ShowSessions {
+        /// With each connection's transport details.
+        details: bool,
         /// Where the answer goes: the thread index and its sessions.
         reply: Sender<(u32, Vec<crate::session_info::SessionInfo>)>,
     },
@@ -1265,13 +1267,20 @@ impl SessionLayer {
     /// lock.
     pub fn request_sessions(
         &self,
+        details: bool,
     ) -> (
         std::sync::mpsc::Receiver<(u32, Vec<crate::session_info::SessionInfo>)>,
         usize,
     ) {
         let (tx, rx) = std::sync::mpsc::channel();
         for t in 0..self.threads.len() {
-            self.send(t, WorkerCommand::ShowSessions { reply: tx.clone() });
+            self.send(
+                t,
+                WorkerCommand::ShowSessions {
+                    details,
+                    reply: tx.clone(),
+                },
+            );
         }
         (rx, self.threads.len())
     }

@@ -477,8 +477,18 @@ impl SessionWorker {
                     self.emit_for(idx, BuiltinEvent::Tx(session));
                 }
             }
-            WorkerCommand::ShowSessions { reply } => {
-                let _ = reply.send((self.thread, self.session_infos()));
+            WorkerCommand::ShowSessions { details, reply } => {
+                let mut infos = Vec::with_capacity(self.sessions.len());
+                for (_, s) in &self.sessions {
+                    let mut info = s.info();
+                    if details {
+                        if let (Some(conn), Some(t)) = (s.conn(), tp.transport(s.proto)) {
+                            info.transport = t.conn_details(conn);
+                        }
+                    }
+                    infos.push(info);
+                }
+                let _ = reply.send((self.thread, infos));
             }
             WorkerCommand::AppMessage { app, message } => {
                 self.stats.app_messages.fetch_add(1, Relaxed);

@@ -166,4 +166,11 @@ pub trait Transport {
 
     /// The next thing that happened on the wire.
     fn poll_event(&mut self) -> Option<TransportEvent>;
+
+    /// What the operator sees of `conn` (state, windows, timers), as named
+    /// values for `show session verbose`; nothing by default.
+    fn conn_details(&self, conn: TransportConnId) -> Vec<(&'static str, String)> {
+        let _ = conn;
+        Vec::new()
+    }
 }

@@ -368,4 +368,33 @@ impl Transport for EngineTcp {
         }
         self.events.pop_front()
     }
+
+    fn conn_details(&self, conn: TransportConnId) -> Vec<(&'static str, String)> {
+        let Some(i) = self.engine.info(handle(conn)) else {
+            return Vec::new();
+        };
+        let us = |d: hoststack_tcp::Duration| format!("{}us", d.total_micros());
+        vec![
+            ("state", i.state.to_string()),
+            ("cwnd", i.cwnd.to_string()),
+            (
+                "ssthresh",
+                if i.ssthresh == u32::MAX {
+                    "-".into()
+                } else {
+                    i.ssthresh.to_string()
+                },
+            ),
+            ("srtt", i.srtt.map_or("-".into(), us)),
+            ("rttvar", us(i.rttvar)),
+            ("rto", us(i.rto)),
+            ("in-flight", i.bytes_in_flight.to_string()),
+            ("retransmits", i.retransmits.to_string()),
+            ("sack-blocks", i.sack_blocks_received.to_string()),
+            ("snd-wnd", i.snd_wnd.to_string()),
+            ("rcv-wnd", i.rcv_wnd.to_string()),
+            ("mss", i.mss.to_string()),
+            ("recovery", i.in_recovery.to_string()),
+        ]
+    }
 }

@@ -143,6 +143,24 @@ pub struct WorkerStats {
     /// Engine segments dropped: no route to the destination, or smoltcp's
     /// queue for unresolved next hops was full.
     pub tcp_segments_unsent: AtomicU64,
+    /// hoststack's TCP engine as of the last publication (about once a
+    /// second); `None` with smoltcp's TCP.
+    pub tcp: std::sync::Mutex<Option<TcpSnapshot>>,
+}
+
+/// What `show interface` and the metrics show of a worker's TCP engine.
+#[derive(Debug, Clone, Default)]
+pub struct TcpSnapshot {
+    /// Established and closing connections.
+    pub connections: usize,
+    /// Half-open (SYN-RECEIVED) entries.
+    pub half_open: usize,
+    /// TIME-WAIT entries.
+    pub time_wait: usize,
+    /// Buffer chunks in use.
+    pub buffer_chunks: usize,
+    /// Every engine counter.
+    pub counters: hoststack_tcp::TcpCounters,
 }
 
 /// What other threads use to talk to a worker.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use hoststack_drivers::afxdp::{XdpAttachMode, XdpCopyMode};
 
-use hoststack_stack::config::{AddrPrefix, DriverKind, StackConfig, TcpTuning};
+use hoststack_stack::config::{AddrPrefix, DriverKind, StackConfig, TcpEngineKind, TcpTuning};
 use hoststack_stack::error::{StackError, StackResult};
 use hoststack_stack::worker::WorkerMode;
 
@@ -46,6 +46,9 @@ pub(crate) struct StackArgs {
     /// TCP send and receive buffer per connection, bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub(crate) tcp_buffer: usize,
+    /// TCP engine: hoststack (its own) or smoltcp.
+    #[arg(long, default_value = "hoststack")]
+    pub(crate) tcp_engine: TcpEngineKind,
     /// Enter this network namespace (from `ip netns`) before opening the interface.
     #[arg(long)]
     pub(crate) netns: Option<String>,
@@ -71,6 +74,7 @@ impl StackArgs {
             addresses: self.address.clone(),
             gateway: self.gateway,
             tcp: TcpTuning {
+                engine: self.tcp_engine,
                 buffer: self.tcp_buffer,
                 ..TcpTuning::default()
             },

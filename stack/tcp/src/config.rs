@@ -18,6 +18,28 @@ pub enum CongestionAlgorithmKind {
     NewReno,
 }
 
+impl core::str::FromStr for CongestionAlgorithmKind {
+    type Err = TcpError;
+    fn from_str(s: &str) -> Result<Self, TcpError> {
+        match s {
+            "cubic" => Ok(Self::Cubic),
+            "newreno" | "reno" => Ok(Self::NewReno),
+            _ => Err(TcpError::InvalidOption(
+                "congestion control must be cubic or newreno",
+            )),
+        }
+    }
+}
+
+impl core::fmt::Display for CongestionAlgorithmKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Cubic => "cubic",
+            Self::NewReno => "newreno",
+        })
+    }
+}
+
 /// TCP keepalive probing (RFC 9293 §3.8.4), off unless configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeepaliveConfig {

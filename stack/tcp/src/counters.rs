@@ -1,106 +1,127 @@
 //! Engine-wide counters: every segment refused or dropped is counted by reason, and so is
 //! every recovery action. Plain `u64`s the stack reads; nothing on a per-segment path logs.
 
-/// Counters of one endpoint since it was created.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TcpCounters {
+/// Declares the counters once: the struct and the list of names the stack shows and exports.
+macro_rules! tcp_counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// Counters of one endpoint since it was created.
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct TcpCounters {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        impl TcpCounters {
+            /// Every counter with its name, in declaration order.
+            pub fn fields(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+                [$((stringify!($name), self.$name),)*].into_iter()
+            }
+
+            /// Each counter's name and its one-line description, in declaration order.
+            pub fn descriptions() -> &'static [(&'static str, &'static str)] {
+                &[$((stringify!($name), concat!($($doc),*)),)*]
+            }
+        }
+    };
+}
+
+tcp_counters! {
     /// Segments handed to `handle_segment`.
-    pub segments_in: u64,
+    segments_in,
     /// Segments written by `poll_transmit`.
-    pub segments_out: u64,
+    segments_out,
     /// Payload bytes accepted in order.
-    pub bytes_in: u64,
+    bytes_in,
     /// Payload bytes sent, retransmissions included.
-    pub bytes_out: u64,
+    bytes_out,
     /// Segments with a wrong checksum.
-    pub bad_checksum: u64,
+    bad_checksum,
     /// Segments too short, with bad header length or options, or impossible flag sets.
-    pub malformed: u64,
+    malformed,
     /// Segments for no connection and no listener.
-    pub no_listener: u64,
+    no_listener,
     /// RSTs sent in reply to segments that matched nothing.
-    pub rst_sent: u64,
+    rst_sent,
     /// RSTs not sent because of the rate limit.
-    pub rst_suppressed: u64,
+    rst_suppressed,
     /// RSTs received that ended a connection or half-open entry.
-    pub rst_received: u64,
+    rst_received,
     /// RSTs received outside the window (ignored).
-    pub rst_ignored: u64,
+    rst_ignored,
     /// SYNs answered with a cookie because the SYN queue was full.
-    pub syn_cookies_sent: u64,
+    syn_cookies_sent,
     /// Connections established through a valid cookie.
-    pub syn_cookies_accepted: u64,
+    syn_cookies_accepted,
     /// ACKs that carried an invalid or expired cookie.
-    pub bad_cookies: u64,
+    bad_cookies,
     /// Final ACKs dropped because the accept queue was full.
-    pub accept_queue_full: u64,
+    accept_queue_full,
     /// Connections accepted by listeners.
-    pub passive_opens: u64,
+    passive_opens,
     /// Connections started by `connect`.
-    pub active_opens: u64,
+    active_opens,
     /// Connects that failed (refused, timed out, reset).
-    pub connect_failed: u64,
+    connect_failed,
     /// SYN-ACK retransmissions for half-open entries.
-    pub synack_retransmits: u64,
+    synack_retransmits,
     /// Half-open entries dropped after their last SYN-ACK retransmission.
-    pub half_open_timeouts: u64,
+    half_open_timeouts,
     /// SYN retransmissions of connects.
-    pub syn_retransmits: u64,
+    syn_retransmits,
     /// Challenge ACKs sent (RFC 5961).
-    pub challenge_acks: u64,
+    challenge_acks,
     /// Challenge ACKs not sent because of the rate limit.
-    pub challenge_acks_suppressed: u64,
+    challenge_acks_suppressed,
     /// Segments refused by PAWS (RFC 7323 §5).
-    pub paws_rejected: u64,
+    paws_rejected,
     /// Segments outside the receive window.
-    pub out_of_window: u64,
+    out_of_window,
     /// Segments whose ACK acknowledges unsent data or lies too far back (RFC 5961 §5).
-    pub bad_ack: u64,
+    bad_ack,
     /// Segments without the ACK flag on a synchronized connection (dropped, RFC 9293).
-    pub missing_ack: u64,
+    missing_ack,
     /// Calls with a stale or unknown handle.
-    pub stale_handle: u64,
+    stale_handle,
     /// Segments retransmitted (any reason).
-    pub retransmits: u64,
+    retransmits,
     /// Retransmission timeouts.
-    pub rto_timeouts: u64,
+    rto_timeouts,
     /// Entries into SACK or dupack-based fast recovery.
-    pub fast_recoveries: u64,
+    fast_recoveries,
     /// Tail loss probes sent.
-    pub tlp_probes: u64,
+    tlp_probes,
     /// Bytes marked lost by RACK's time rule.
-    pub rack_lost_bytes: u64,
+    rack_lost_bytes,
     /// Bytes marked lost by RFC 6675's SACK rule or three duplicate ACKs.
-    pub sack_lost_bytes: u64,
+    sack_lost_bytes,
     /// D-SACK blocks received: the peer got something twice (RFC 2883).
-    pub dsacks_received: u64,
+    dsacks_received,
     /// Loss reactions undone because the retransmission proved spurious.
-    pub spurious_retransmits: u64,
+    spurious_retransmits,
     /// Connections reset after too many retransmission timeouts.
-    pub retransmit_timeouts: u64,
+    retransmit_timeouts,
     /// Zero-window probes sent.
-    pub zero_window_probes: u64,
+    zero_window_probes,
     /// Keepalive probes sent.
-    pub keepalive_probes: u64,
+    keepalive_probes,
     /// Connections reset because keepalive probes went unanswered.
-    pub keepalive_timeouts: u64,
+    keepalive_timeouts,
     /// ACKs sent by the delayed-ACK timer.
-    pub delayed_acks: u64,
+    delayed_acks,
     /// Window updates sent after the application read.
-    pub window_updates: u64,
+    window_updates,
     /// Segments that arrived out of order.
-    pub out_of_order: u64,
+    out_of_order,
     /// Connections moved to TIME-WAIT.
-    pub time_wait_entered: u64,
+    time_wait_entered,
     /// TIME-WAIT entries reused by a newer SYN (RFC 6191).
-    pub time_wait_reused: u64,
+    time_wait_reused,
     /// Segments answered or dropped by a TIME-WAIT entry.
-    pub time_wait_segments: u64,
+    time_wait_segments,
     /// Stateless replies dropped because their queue was full.
-    pub reply_queue_full: u64,
+    reply_queue_full,
     /// RSTs sent by `abort`.
-    pub aborts: u64,
+    aborts,
     /// Accepted connections reset before the application accepted them.
-    pub reset_before_accept: u64,
+    reset_before_accept,
 }

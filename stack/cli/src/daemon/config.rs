@@ -20,6 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use hoststack_app_proto::options::AppSizeDefaults;
 use hoststack_drivers::afxdp::{XdpAttachMode, XdpCopyMode};
@@ -27,7 +28,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
-use hoststack_stack::config::{AddrPrefix, DriverKind, StackConfig, TcpTuning};
+use hoststack_stack::config::{AddrPrefix, DriverKind, StackConfig, TcpEngineKind, TcpTuning};
 use hoststack_stack::worker::WorkerMode;
 
 /// Where sockets go when the file does not say.
@@ -108,7 +109,12 @@ struct SessionSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TcpSection {
+    engine: Option<Parse<TcpEngineKind>>,
     buffer: Option<Spanned<ByteSize>>,
+    rto_min_ms: Option<Spanned<u64>>,
+    syn_backlog: Option<Spanned<u32>>,
+    accept_backlog: Option<Spanned<u32>>,
+    congestion: Option<Parse<hoststack_tcp::CongestionAlgorithmKind>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -647,14 +653,40 @@ impl DaemonConfig {
             )?,
             None => base.event_queue_size,
         };
-        let tcp_buffer = size_in_range(
-            src,
-            &file.tcp.buffer,
-            "tcp.buffer",
-            TcpTuning::default().buffer as u64,
-            4 << 10,
-            1 << 30,
-        )?;
+        let tcp = {
+            let t = &file.tcp;
+            let d = TcpTuning::default();
+            let backlog = |v: &Option<Spanned<u32>>, key: &str, default: u32| match v {
+                Some(v) => in_range(src, v, key, 1, 1 << 20, "connections"),
+                None => Ok(default),
+            };
+            TcpTuning {
+                engine: t.engine.as_ref().map_or(d.engine, |e| e.0),
+                buffer: size_in_range(
+                    src,
+                    &t.buffer,
+                    "tcp.buffer",
+                    d.buffer as u64,
+                    4 << 10,
+                    1 << 30,
+                )? as usize,
+                rto_min: match &t.rto_min_ms {
+                    Some(v) => Duration::from_millis(in_range(
+                        src,
+                        v,
+                        "tcp.rto_min_ms",
+                        1,
+                        60_000,
+                        "milliseconds",
+                    )?),
+                    None => d.rto_min,
+                },
+                syn_backlog: backlog(&t.syn_backlog, "tcp.syn_backlog", d.syn_backlog)?,
+                accept_backlog: backlog(&t.accept_backlog, "tcp.accept_backlog", d.accept_backlog)?,
+                congestion: t.congestion.as_ref().map_or(d.congestion, |c| c.0),
+                ..d
+            }
+        };
 
         let d = &file.daemon;
         let runtime_dir = d
@@ -787,10 +819,7 @@ impl DaemonConfig {
                     .unwrap_or_default(),
                 addresses: c.addresses,
                 gateway: c.gateway,
-                tcp: TcpTuning {
-                    buffer: tcp_buffer as usize,
-                    ..TcpTuning::default()
-                },
+                tcp: tcp.clone(),
                 seed: 0,
                 inject_loss: 0,
                 table: c.table,
@@ -944,6 +973,35 @@ table = 3
                 app_socket: "/tmp/hs/app-blue.sock".into(),
             }]
         );
+    }
+
+    #[test]
+    fn tcp_keys_choose_the_engine_and_tune_it_and_bad_values_are_named() {
+        let c = DaemonConfig::parse(
+            &format!(
+                "{MINIMAL}[tcp]\nengine = \"smoltcp\"\nrto_min_ms = 50\nsyn_backlog = 16\n\
+                 accept_backlog = 8\ncongestion = \"newreno\"\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let t = &c.interfaces[0].stack.tcp;
+        assert_eq!(t.engine, TcpEngineKind::Smoltcp);
+        assert_eq!(t.rto_min, Duration::from_millis(50));
+        assert_eq!((t.syn_backlog, t.accept_backlog), (16, 8));
+        assert_eq!(
+            t.congestion,
+            hoststack_tcp::CongestionAlgorithmKind::NewReno
+        );
+        let d = DaemonConfig::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(d.interfaces[0].stack.tcp.engine, TcpEngineKind::Hoststack);
+        let e = err(&format!("{MINIMAL}[tcp]\nengine = \"quantum\"\n"));
+        assert_eq!(e.key, "tcp.engine");
+        assert!(e.message.contains("hoststack or smoltcp"), "{e}");
+        let e = err(&format!("{MINIMAL}[tcp]\nrto_min_ms = 0\n"));
+        assert_eq!(e.key, "tcp.rto_min_ms");
+        let e = err(&format!("{MINIMAL}[tcp]\ncongestion = \"bbr\"\n"));
+        assert_eq!(e.key, "tcp.congestion");
     }
 
     #[test]

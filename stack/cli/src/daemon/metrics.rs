@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use hoststack_session::session_layer::LayerCounters;
 use tracing::{debug, info};
 
-use crate::daemon::show::{AppDetail, AppWorkerView, InterfaceView, WorkerView};
+use crate::daemon::show::{AppDetail, AppWorkerView, InterfaceView, TcpView, WorkerView};
 use hoststack_stack::error::{StackError, StackResult};
 
 /// Everything the metrics report, taken at one moment.
@@ -121,6 +121,56 @@ pub(crate) fn render(m: &MetricsSnapshot) -> String {
         "Frames whose L4 checksum was accepted unverified (veth partial checksums).",
         &per_queue(|i| i.rx_checksum_unverified),
     );
+    let tcp_queues: Vec<(&InterfaceView, &TcpView)> = m
+        .interfaces
+        .iter()
+        .filter_map(|i| i.tcp.as_ref().map(|t| (i, t)))
+        .collect();
+    if !tcp_queues.is_empty() {
+        let tcp_gauges: [Family<TcpView>; 4] = [
+            (
+                "hoststack_tcp_connections",
+                "gauge",
+                "TCP connections per interface queue (hoststack's engine).",
+                |t| t.connections,
+            ),
+            (
+                "hoststack_tcp_half_open",
+                "gauge",
+                "Half-open (SYN-RECEIVED) entries per interface queue.",
+                |t| t.half_open,
+            ),
+            (
+                "hoststack_tcp_time_wait",
+                "gauge",
+                "TIME-WAIT entries per interface queue.",
+                |t| t.time_wait,
+            ),
+            (
+                "hoststack_tcp_buffer_chunks",
+                "gauge",
+                "Send and receive buffer chunks in use per interface queue.",
+                |t| t.buffer_chunks,
+            ),
+        ];
+        for (name, kind, help, get) in tcp_gauges {
+            let v: Vec<(String, u64)> = tcp_queues.iter().map(|(i, t)| (q(i), get(t))).collect();
+            f.family(name, kind, help, &v);
+        }
+        // Every engine counter, one family each, named after the counter.
+        for &(counter, help) in hoststack_tcp::TcpCounters::descriptions() {
+            let v: Vec<(String, u64)> = tcp_queues
+                .iter()
+                .map(|(i, t)| (q(i), t.counters.get(counter).copied().unwrap_or(0)))
+                .collect();
+            f.family(
+                &format!("hoststack_tcp_{counter}_total"),
+                "counter",
+                help.trim(),
+                &v,
+            );
+        }
+    }
 
     let worker_families: [Family<WorkerView>; 8] = [
         (
@@ -425,6 +475,17 @@ mod tests {
                 rx_checksum_unverified: 5,
                 capturing: false,
                 table: 0,
+                tcp: Some(TcpView {
+                    connections: 3,
+                    half_open: 1,
+                    time_wait: 2,
+                    buffer_chunks: 4,
+                    frames_in: 20,
+                    frames_out: 21,
+                    frames_resolving: 1,
+                    frames_unsent: 0,
+                    counters: [("syn_cookies_sent".to_string(), 7)].into_iter().collect(),
+                }),
             }],
             workers: vec![WorkerView {
                 index: 0,
@@ -497,6 +558,11 @@ mod tests {
             t.contains("hoststack_interface_rx_frames_total{interface=\"veth0\",queue=\"0\"} 10\n")
         );
         assert!(t.contains("hoststack_interface_drops_total{interface=\"veth0\",queue=\"0\",reason=\"bad_checksum\"} 3\n"));
+        assert!(t.contains("hoststack_tcp_connections{interface=\"veth0\",queue=\"0\"} 3\n"));
+        assert!(
+            t.contains("hoststack_tcp_syn_cookies_sent_total{interface=\"veth0\",queue=\"0\"} 7\n")
+        );
+        assert!(t.contains("hoststack_tcp_retransmits_total{interface=\"veth0\",queue=\"0\"} 0\n"));
         assert!(t.contains("hoststack_worker_loops_total{worker=\"0\"} 77\n"));
         assert!(t.contains("hoststack_worker_interrupt{worker=\"0\"} 1\n"));
         assert!(

@@ -398,9 +398,14 @@ impl DaemonCtx {
     }
 
     fn sessions(&self) -> Result<Vec<ThreadSessions>, String> {
+        self.sessions_with(false)
+    }
+
+    /// The sessions, with their transport details when `details`.
+    fn sessions_with(&self, details: bool) -> Result<Vec<ThreadSessions>, String> {
         let raw = self
             .control
-            .sessions(SESSIONS_TIMEOUT)
+            .sessions(SESSIONS_TIMEOUT, details)
             .map_err(|e| e.to_string())?;
         let names = self.call(|l| snapshot::app_names(l))?;
         Ok(snapshot::session_views(raw, &names))
@@ -456,7 +461,7 @@ impl DaemonCtx {
                 Ok((show::render_certs(&certs), to_json(&certs)))
             }
             ShowRequest::Session { verbose } => {
-                let threads = self.sessions()?;
+                let threads = self.sessions_with(*verbose)?;
                 Ok((show::render_sessions(&threads, *verbose), to_json(&threads)))
             }
             ShowRequest::Interface => {

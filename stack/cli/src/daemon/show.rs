@@ -321,6 +321,10 @@ pub(crate) struct SessionView {
     pub(crate) cut_through: bool,
     /// Listener it was accepted on (None: the app connected it).
     pub(crate) listener: Option<u64>,
+    /// The transport's view (state, cwnd, srtt, rto, ...) with
+    /// `show session verbose`.
+    #[serde(default)]
+    pub(crate) transport: Vec<(String, String)>,
 }
 
 /// The sessions of one stack thread.
@@ -389,6 +393,33 @@ pub(crate) struct InterfaceView {
     pub(crate) capturing: bool,
     /// The table (FIB index) the interface belongs to.
     pub(crate) table: u32,
+    /// hoststack's TCP engine on this queue (absent with smoltcp's TCP).
+    #[serde(default)]
+    pub(crate) tcp: Option<TcpView>,
+}
+
+/// A queue's TCP engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TcpView {
+    /// Established and closing connections.
+    pub(crate) connections: u64,
+    /// Half-open entries.
+    pub(crate) half_open: u64,
+    /// TIME-WAIT entries.
+    pub(crate) time_wait: u64,
+    /// Buffer chunks in use.
+    pub(crate) buffer_chunks: u64,
+    /// Segments from the wire handed to the engine.
+    pub(crate) frames_in: u64,
+    /// Segments sent in frames built by the worker.
+    pub(crate) frames_out: u64,
+    /// Segments sent through smoltcp while their next hop resolved.
+    pub(crate) frames_resolving: u64,
+    /// Segments dropped unsent (no route, resolution queue full).
+    pub(crate) frames_unsent: u64,
+    /// Every engine counter by name (drops and refusals by reason,
+    /// retransmissions, recoveries, cookies...).
+    pub(crate) counters: std::collections::BTreeMap<String, u64>,
 }
 
 /// One worker thread.
@@ -708,6 +739,10 @@ pub(crate) fn render_certs(certs: &[CertView]) -> String {
     tidy(s)
 }
 
+/// Sessions of one thread that `show session` lists without `verbose`;
+/// past it, it prints counts.
+pub(crate) const SESSION_LIST_LIMIT: usize = 200;
+
 /// `show session [verbose]`: per stack thread.
 pub(crate) fn render_sessions(threads: &[ThreadSessions], verbose: bool) -> String {
     let mut s = String::new();
@@ -719,6 +754,26 @@ pub(crate) fn render_sessions(threads: &[ThreadSessions], verbose: bool) -> Stri
         let n = t.sessions.len();
         let plural = if n == 1 { "" } else { "s" };
         let _ = writeln!(s, "Thread {}: {n} active session{plural}", t.thread);
+        if !verbose && n > SESSION_LIST_LIMIT {
+            // A summary, not 100,000 lines.
+            let mut counts: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+            for x in &t.sessions {
+                let kind = if x.cut_through {
+                    "cut-through"
+                } else {
+                    x.proto.as_str()
+                };
+                *counts.entry((kind, x.state.as_str())).or_default() += 1;
+            }
+            for ((kind, state), c) in counts {
+                let _ = writeln!(s, "    {c:>8} {kind} {state}");
+            }
+            let _ = writeln!(
+                s,
+                "    (more than {SESSION_LIST_LIMIT}: `show session verbose` lists them, `--json` gives them all)"
+            );
+            continue;
+        }
         if verbose {
             let _ = writeln!(
                 s,
@@ -754,6 +809,14 @@ pub(crate) fn render_sessions(threads: &[ThreadSessions], verbose: bool) -> Stri
                     format!("{:#x}", x.handle),
                     kind
                 );
+                if !x.transport.is_empty() {
+                    let details: Vec<String> = x
+                        .transport
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect();
+                    let _ = writeln!(s, "    {}", details.join(", "));
+                }
             } else {
                 let _ = writeln!(
                     s,
@@ -805,6 +868,30 @@ pub(crate) fn render_interfaces(ifs: &[InterfaceView]) -> String {
             i.drops.tx_ring_full,
             i.rx_checksum_unverified
         );
+        if let Some(t) = &i.tcp {
+            let _ = writeln!(
+                s,
+                "    tcp: {} connections, {} half-open, {} time-wait, {} buffer chunks; segments in {} out {} resolving {} unsent {}",
+                t.connections,
+                t.half_open,
+                t.time_wait,
+                t.buffer_chunks,
+                t.frames_in,
+                t.frames_out,
+                t.frames_resolving,
+                t.frames_unsent
+            );
+            // The counters that moved, a few to a line.
+            let moved: Vec<String> = t
+                .counters
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{} {v}", k.replace('_', "-")))
+                .collect();
+            for line in moved.chunks(6) {
+                let _ = writeln!(s, "      {}", line.join(", "));
+            }
+        }
     }
     tidy(s)
 }
@@ -1001,7 +1088,30 @@ mod tests {
             app_worker: 0,
             cut_through: false,
             listener,
+            transport: Vec::new(),
         }
+    }
+
+    #[test]
+    fn many_sessions_are_summarised_and_verbose_lists_them_with_transport_details() {
+        let mut sessions: Vec<SessionView> = (0..500).map(|i| session(0, i, Some(1))).collect();
+        sessions[3].state = "CLOSING".into();
+        sessions[4].transport = vec![
+            ("cwnd".into(), "14480".into()),
+            ("srtt".into(), "90us".into()),
+        ];
+        let threads = [ThreadSessions {
+            thread: 0,
+            sessions,
+        }];
+        let short = render_sessions(&threads, false);
+        assert!(short.contains("Thread 0: 500 active sessions"), "{short}");
+        assert!(short.contains("     499 TCP READY"), "{short}");
+        assert!(short.contains("       1 TCP CLOSING"), "{short}");
+        assert!(short.lines().count() < 10, "{short}");
+        let long = render_sessions(&threads, true);
+        assert_eq!(long.lines().filter(|l| l.starts_with("[0:")).count(), 500);
+        assert!(long.contains("    cwnd 14480, srtt 90us"), "{long}");
     }
 
     #[test]
@@ -1198,6 +1308,22 @@ mod tests {
             rx_checksum_unverified: 5,
             capturing: true,
             table: 3,
+            tcp: Some(TcpView {
+                connections: 2,
+                half_open: 0,
+                time_wait: 1,
+                buffer_chunks: 6,
+                frames_in: 40,
+                frames_out: 41,
+                frames_resolving: 1,
+                frames_unsent: 0,
+                counters: [
+                    ("retransmits".to_string(), 3),
+                    ("syn_cookies_sent".to_string(), 0),
+                ]
+                .into_iter()
+                .collect(),
+            }),
         }]);
         assert!(
             i.contains(
@@ -1208,6 +1334,14 @@ mod tests {
         assert!(
             i.contains("rx 10 frames 1000 bytes, tx 9 frames 900 bytes"),
             "{i}"
+        );
+        assert!(
+            i.contains("tcp: 2 connections, 0 half-open, 1 time-wait, 6 buffer chunks; segments in 40 out 41 resolving 1 unsent 0"),
+            "{i}"
+        );
+        assert!(
+            i.contains("      retransmits 3\n"),
+            "only counters that moved: {i}"
         );
         assert!(
             i.contains("kernel 1 malformed 2 bad-checksum 3 tx-ring-full 4; checksum unverified 5"),

@@ -20,7 +20,7 @@ use hoststack_session::session_worker::SessionWorkerStats;
 
 use crate::daemon::show::{
     AppDetail, AppSummary, AppWorkerView, CertView, DropsView, InterfaceView, ListenerView,
-    NamespaceView, QueueView, SessionView, ThreadSessions, WorkerView,
+    NamespaceView, QueueView, SessionView, TcpView, ThreadSessions, WorkerView,
 };
 use hoststack_stack::runtime::WorkerHandle;
 use hoststack_stack::worker::{WorkerMode, WorkerStats};
@@ -300,6 +300,11 @@ pub(crate) fn session_views(
                     app_worker: s.app_worker.0,
                     cut_through: s.cut_through,
                     listener: s.listener.map(|h| h.as_u64()),
+                    transport: s
+                        .transport
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
                 })
                 .collect();
             sessions.sort_by_key(|s| s.index);
@@ -351,9 +356,34 @@ pub(crate) fn interfaces(workers: &[WorkerProbe], capturing: &[String]) -> Vec<I
                 rx_checksum_unverified: c.rx_checksum_unverified,
                 capturing: capturing.contains(&w.info.name),
                 table: w.table,
+                tcp: tcp_view(&w.stats),
             }
         })
         .collect()
+}
+
+/// A worker's TCP engine, if it runs hoststack's.
+fn tcp_view(stats: &WorkerStats) -> Option<TcpView> {
+    let snap = stats
+        .tcp
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()?;
+    Some(TcpView {
+        connections: snap.connections as u64,
+        half_open: snap.half_open as u64,
+        time_wait: snap.time_wait as u64,
+        buffer_chunks: snap.buffer_chunks as u64,
+        frames_in: stats.tcp_segments_in.load(Relaxed),
+        frames_out: stats.tcp_segments_out.load(Relaxed),
+        frames_resolving: stats.tcp_segments_resolving.load(Relaxed),
+        frames_unsent: stats.tcp_segments_unsent.load(Relaxed),
+        counters: snap
+            .counters
+            .fields()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    })
 }
 
 /// Every worker with its loop and session counters.
