@@ -351,6 +351,14 @@ impl TcpPath {
     }
 
     fn publish(&self, stats: &WorkerStats) {
+        let e = self.engine.endpoint_ref();
+        *stats.tcp.lock().unwrap_or_else(|p| p.into_inner()) = Some(TcpSnapshot {
+            connections: e.connection_count(),
+            half_open: e.half_open_count(),
+            time_wait: e.time_wait_count(),
+            buffer_chunks: e.buffer_chunks_in_use(),
+            counters: e.counters().clone(),
+        });
         stats
             .tcp_segments_in
             .store(self.segments_in, Ordering::Relaxed);

@@ -246,11 +246,19 @@ impl Drop for Proc {
     }
 }
 
+/// Set to `smoltcp` (or `hoststack`) to run [`start_echo_server`]'s
+/// servers on that TCP engine.
+pub const TCP_ENGINE_ENV: &str = "HOSTSTACK_TEST_TCP_ENGINE";
+
 /// `hoststack echo-server` on the lab's host end with `extra` arguments;
 /// returns once it printed its ready line.
 pub fn start_echo_server(lab: &Lab, extra: &[&str]) -> Result<Proc> {
     let mut cmd = Command::new(hoststack_bin());
     cmd.args(["echo-server", "--interface", &lab.host_if]);
+    // CI runs the datapath tests a second time on smoltcp's TCP.
+    if let Ok(engine) = std::env::var(TCP_ENGINE_ENV) {
+        cmd.args(["--tcp-engine", &engine]);
+    }
     for a in lab.host_addresses() {
         cmd.args(["--address", &a.to_string()]);
     }
@@ -275,4 +283,30 @@ pub fn last_json(out: &str) -> Result<serde_json::Value> {
 pub fn peer(lab: &Lab, args: &[&str]) -> Result<serde_json::Value> {
     let out = lab.run_peer(args)?;
     last_json(&out)
+}
+
+/// nftables rules in the lab namespace dropping `pct` % of packets each way.
+pub fn add_nft_loss(lab: &Lab, pct: u32) -> Result<()> {
+    add_nft_loss_per_mille(lab, pct * 10)
+}
+
+/// nftables rules in the lab namespace dropping `per_mille` ‰ of packets
+/// each way (5 is half a percent).
+pub fn add_nft_loss_per_mille(lab: &Lab, per_mille: u32) -> Result<()> {
+    let rules = format!(
+        "table inet hsloss {{\n chain out {{ type filter hook output priority 0; numgen random mod 1000 < {per_mille} counter drop; }}\n chain inp {{ type filter hook input priority 0; numgen random mod 1000 < {per_mille} counter drop; }}\n}}\n"
+    );
+    let mut child = lab
+        .command("nft")
+        .arg("-f")
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, rules.as_bytes())?;
+    drop(child.stdin.take());
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("nft failed (is nftables installed? ci/setup installs it)");
+    }
+    Ok(())
 }

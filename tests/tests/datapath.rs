@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use hoststack_tests::{
-    Lab, LabConfig, Proc, hoststack_bin, last_json, peer, require_root, start_echo_server,
-    unique_lab_name,
+    Lab, LabConfig, Proc, TCP_ENGINE_ENV, hoststack_bin, last_json, peer, require_root,
+    start_echo_server, unique_lab_name,
 };
 
 const MIB: u64 = 1 << 20;
@@ -35,6 +35,13 @@ fn finish(lab: &Lab, server: Proc) -> Result<serde_json::Value> {
         !link.contains("xdp"),
         "an XDP program is still attached after shutdown: {link}"
     );
+    // The TCP engine asked for is the one that ran: hoststack's reports
+    // its counters, smoltcp's has none.
+    let engine_ran = stats["tcp_engine"]
+        .as_object()
+        .is_some_and(|m| !m.is_empty());
+    let smoltcp = std::env::var(TCP_ENGINE_ENV).is_ok_and(|e| e == "smoltcp");
+    assert_eq!(engine_ran, !smoltcp, "{stats}");
     Ok(stats)
 }
 

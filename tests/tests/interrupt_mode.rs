@@ -19,7 +19,8 @@ use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
 use hoststack_stack::builtin_apps::EchoServer;
 use hoststack_stack::{Stack, StackConfig, WorkerMode};
 use hoststack_tests::{
-    Lab, LabConfig, Proc, peer, require_root, stack_addresses, start_echo_server, unique_lab_name,
+    Lab, LabConfig, Proc, add_nft_loss, peer, require_root, stack_addresses, start_echo_server,
+    unique_lab_name,
 };
 
 /// A one-worker stack on an in-memory port (nobody on the other end), in
@@ -276,26 +277,6 @@ fn an_idle_interrupt_mode_worker_uses_under_2_percent_cpu_and_a_polling_one_near
         "poll mode used only {:.1} %: the measurement cannot tell",
         poll * 100.0
     );
-    Ok(())
-}
-
-/// nftables rules in the lab namespace dropping `pct` % of packets each way.
-fn add_nft_loss(lab: &Lab, pct: u32) -> Result<()> {
-    let rules = format!(
-        "table inet hsloss {{\n chain out {{ type filter hook output priority 0; numgen random mod 100 < {pct} counter drop; }}\n chain inp {{ type filter hook input priority 0; numgen random mod 100 < {pct} counter drop; }}\n}}\n"
-    );
-    let mut child = lab
-        .command("nft")
-        .arg("-f")
-        .arg("-")
-        .stdin(std::process::Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, rules.as_bytes())?;
-    drop(child.stdin.take());
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("nft failed (is nftables installed? ci/setup installs it)");
-    }
     Ok(())
 }
 

@@ -628,9 +628,19 @@ fn echo_server(
         .iter()
         .map(|s| s.injected_tx_drops.load(Relaxed))
         .sum();
+    // hoststack's TCP engine, summed over the workers (empty with smoltcp's).
+    let mut tcp_engine = std::collections::BTreeMap::<&str, u64>::new();
+    for w in &workers {
+        if let Some(t) = w.tcp.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            for (k, v) in t.counters.fields() {
+                *tcp_engine.entry(k).or_default() += v;
+            }
+        }
+    }
     println!(
         "{}",
         serde_json::json!({
+            "tcp_engine": tcp_engine,
             "tcp_connections": server.stats.streams.load(Relaxed),
             "tcp_bytes": server.stats.bytes.load(Relaxed),
             "udp_datagrams": server.stats.datagrams.load(Relaxed),
