@@ -82,6 +82,9 @@ pub struct TcpConfig {
     pub max_retransmits: u8,
     /// Time spent in TIME-WAIT (2·MSL).
     pub time_wait: Duration,
+    /// Longest a connection waits in FIN-WAIT-2 for the peer's FIN after ours was
+    /// acknowledged (Linux's `tcp_fin_timeout`); a peer that never closes cannot keep it.
+    pub fin_wait2_timeout: Duration,
     /// Keepalive for new connections; `None` disables it.
     pub keepalive: Option<KeepaliveConfig>,
     /// Congestion control for new connections.
@@ -124,6 +127,7 @@ impl Default for TcpConfig {
             max_synack_retries: 5,
             max_retransmits: 15,
             time_wait: Duration::from_secs(60),
+            fin_wait2_timeout: Duration::from_secs(60),
             keepalive: None,
             congestion: CongestionAlgorithmKind::Cubic,
             send_buffer: 4 << 20,

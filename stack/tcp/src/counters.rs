@@ -114,6 +114,8 @@ tcp_counters! {
     out_of_order,
     /// Connections moved to TIME-WAIT.
     time_wait_entered,
+    /// Connections closed because the peer's FIN never came in FIN-WAIT-2.
+    fin_wait2_timeouts,
     /// TIME-WAIT entries reused by a newer SYN (RFC 6191).
     time_wait_reused,
     /// Segments answered or dropped by a TIME-WAIT entry.

@@ -426,3 +426,25 @@ fn abort_sends_rst_and_the_peer_sees_reset() {
     assert!(pair.client_saw(TcpEvent::Closed { conn: c }));
     assert_eq!(pair.server.connection_count(), 0);
 }
+
+#[test]
+fn fin_wait_2_gives_up_on_a_peer_that_never_closes() {
+    let mut pair = Pair::default_pair();
+    let (c, s) = pair.established();
+    pair.client.close(c).unwrap();
+    pair.flush();
+    pair.run_until(1000, |p| p.server_saw(TcpEvent::RemoteClosed { conn: s }));
+    pair.settle(Duration::from_secs(1));
+    assert_eq!(
+        pair.client.info(c).map(|i| i.state),
+        Some(TcpState::FinWait2),
+        "the server never closes its side"
+    );
+    pair.run_until(1000, |p| p.client_saw(TcpEvent::Closed { conn: c }));
+    assert_eq!(pair.client.counters().fin_wait2_timeouts, 1);
+    assert!(
+        pair.client.info(c).is_none(),
+        "the handle is stale once Closed"
+    );
+    assert_eq!(pair.client.connection_count(), 0);
+}

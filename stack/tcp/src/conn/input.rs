@@ -318,6 +318,7 @@ impl Connection {
     fn enter_time_wait(&mut self, _now: Instant, ctx: &mut Ctx<'_>) -> State {
         ctx.counters.time_wait_entered += 1;
         self.rtx_timer = None;
+        self.fin_wait2_at = None;
         self.keepalive_at = None;
         State::TimeWait
     }
@@ -462,7 +463,10 @@ impl Connection {
         }
         if self.fin_sent && ack == self.snd_nxt {
             match self.state {
-                State::FinWait1 => self.state = State::FinWait2,
+                State::FinWait1 => {
+                    self.state = State::FinWait2;
+                    self.fin_wait2_at = Some(now + ctx.config.fin_wait2_timeout);
+                }
                 State::Closing => self.state = self.enter_time_wait(now, ctx),
                 State::LastAck => {
                     self.state = State::Closed;

@@ -297,6 +297,8 @@ pub(crate) struct Connection {
     rtx_timer: Option<(Instant, RtxTimer)>,
     delack_at: Option<Instant>,
     keepalive_at: Option<Instant>,
+    /// When FIN-WAIT-2 gives up on the peer's FIN.
+    fin_wait2_at: Option<Instant>,
     pub(crate) wheel_id: Option<TimerId>,
     pub(crate) wheel_at: Option<Instant>,
     last_recv: Instant,
@@ -377,6 +379,7 @@ impl Connection {
             rtx_timer: None,
             delack_at: None,
             keepalive_at: None,
+            fin_wait2_at: None,
             wheel_id: None,
             wheel_at: None,
             last_recv: now,

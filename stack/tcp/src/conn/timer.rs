@@ -15,6 +15,7 @@ impl Connection {
             self.rtx_timer.map(|t| t.0),
             self.delack_at,
             self.keepalive_at,
+            self.fin_wait2_at,
         ]
         .into_iter()
         .flatten()
@@ -52,6 +53,17 @@ impl Connection {
         }
         if self.keepalive_at.is_some_and(|at| at <= now) {
             return self.on_keepalive(now, ctx);
+        }
+        if self.fin_wait2_at.is_some_and(|at| at <= now) {
+            self.fin_wait2_at = None;
+            if self.state == State::FinWait2 {
+                // The peer never closed its side: give up on it, as Linux does.
+                ctx.counters.fin_wait2_timeouts += 1;
+                self.state = State::Closed;
+                self.rtx_timer = None;
+                self.delack_at = None;
+                self.keepalive_at = None;
+            }
         }
         Outcome::Continue
     }
