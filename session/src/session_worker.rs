@@ -53,6 +53,9 @@ enum BuiltinEvent {
 /// cannot hold the thread.
 const MAX_BYTES_PER_POLL: usize = 1 << 20;
 
+/// Transport events handled per protocol per poll.
+const TRANSPORT_EVENTS_PER_POLL: usize = 256;
+
 /// Messages taken from one app rx queue per turn, so one chatty app cannot
 /// starve the others.
 pub const APP_QUEUE_BATCH: usize = 64;
@@ -155,6 +158,8 @@ pub struct SessionWorker {
     stats: Arc<SessionWorkerStats>,
     dirty: DirtySessions,
     backlogs: Arc<Backlogs>,
+    /// The last poll stopped at its event budget: transport events wait.
+    events_left: bool,
 }
 
 impl std::fmt::Debug for SessionWorker {
@@ -197,6 +202,7 @@ impl SessionWorker {
             stats: Arc::default(),
             dirty: DirtySessions::new(),
             backlogs,
+            events_left: false,
         }
     }
 
@@ -218,7 +224,10 @@ impl SessionWorker {
     /// True while app events wait for dispatch or app queues are pending:
     /// the thread must not sleep.
     pub fn has_pending_work(&self) -> bool {
-        !self.builtin.is_empty() || !self.pending.is_empty() || !self.dirty.is_empty()
+        !self.builtin.is_empty()
+            || !self.pending.is_empty()
+            || !self.dirty.is_empty()
+            || self.events_left
     }
 
     /// How soon a sleeping thread must wake to retry postponed events: an
@@ -1053,10 +1062,19 @@ impl SessionWorker {
             work = true;
             self.run_command(cmd, tp);
         }
+        self.events_left = false;
         for proto in [TransportProto::Tcp, TransportProto::Udp] {
+            // A bounded batch: the thread must get back to its NIC queue
+            // before the ring overflows; the rest waits for the next poll.
+            let mut handled = 0;
             while let Some(ev) = tp.transport(proto).and_then(|t| t.poll_event()) {
                 work = true;
                 self.transport_event(proto, ev, tp);
+                handled += 1;
+                if handled == TRANSPORT_EVENTS_PER_POLL {
+                    self.events_left = true;
+                    break;
+                }
             }
         }
         work |= self.serve_app_queues(tp);
