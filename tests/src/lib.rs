@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+pub mod daemon;
+
+pub use daemon::Daemon;
 pub use hoststack_lab::{Lab, LabConfig};
 use hoststack_stack::AddrPrefix;
 

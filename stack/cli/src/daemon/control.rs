@@ -240,17 +240,26 @@ fn reply(mut stream: &UnixStream, r: &Response) -> std::io::Result<()> {
     stream.write_all(&line)
 }
 
+/// Largest answer a client reads: the daemon is trusted, and `show session
+/// --json` with 100,000 sessions is tens of megabytes.
+pub(crate) const MAX_ANSWER: usize = 1 << 30;
+
 /// Reads a line of at most [`MAX_LINE`] bytes; `None` at end of stream.
 fn read_line(r: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
+    read_line_max(r, MAX_LINE)
+}
+
+/// Reads a line of at most `max` bytes; `None` at end of stream.
+fn read_line_max(r: &mut impl BufRead, max: usize) -> std::io::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
-    let n = r.take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line)?;
+    let n = r.take(max as u64 + 1).read_until(b'\n', &mut line)?;
     if n == 0 {
         return Ok(None);
     }
-    if line.len() > MAX_LINE {
+    if line.len() > max {
         return Err(std::io::Error::new(
             ErrorKind::InvalidData,
-            format!("request longer than {MAX_LINE} bytes"),
+            format!("line longer than {max} bytes"),
         ));
     }
     Ok(Some(line))
@@ -332,7 +341,7 @@ pub(crate) fn request(
         .write_all(&line)
         .map_err(|e| proto(format!("sending: {e}")))?;
     let mut reader = BufReader::new(&stream);
-    match read_line(&mut reader) {
+    match read_line_max(&mut reader, MAX_ANSWER) {
         Ok(Some(l)) => serde_json::from_slice(&l).map_err(|e| proto(format!("bad answer: {e}"))),
         Ok(None) => Err(proto("the daemon closed the connection".into())),
         Err(e) => Err(proto(format!("no answer: {e}"))),

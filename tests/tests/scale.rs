@@ -1,0 +1,211 @@
+//! hoststack at scale: 100,000 concurrent kernel connections to an external
+//! echo server on the daemon, each echoing its own bytes, held open
+//! together, then closed, with every table back where it started. Needs
+//! root; a process may hold 20,000 files here, so the connections come from
+//! several client processes and source addresses.
+
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use hoststack_tests::{Daemon, lab_bin};
+use serde_json::Value;
+
+const CONNECTIONS: usize = 100_000;
+const CLIENTS: usize = 6;
+
+/// One `kernel_conns --hold` process: its first report, then a line on
+/// stdin closes its connections.
+struct Client {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Client {
+    fn start(d: &Daemon, source: &str, conns: usize) -> Result<Self> {
+        let target = format!("{}:7", d.lab.cfg.host4.addr);
+        let mut child = d
+            .lab
+            .command(lab_bin("kernel_conns").to_str().context("path")?)
+            .args(["--target", &target, "--sources", source, "--hold"])
+            .args(["--conns", &conns.to_string(), "--bytes", "64"])
+            .args(["--concurrency", "250", "--timeout", "200"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        Ok(Self {
+            stdin: child.stdin.take(),
+            stdout: BufReader::new(child.stdout.take().context("stdout")?),
+            child,
+        })
+    }
+
+    fn report(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        serde_json::from_str(&line).with_context(|| format!("kernel_conns said {line:?}"))
+    }
+
+    fn close(&mut self) -> Result<Value> {
+        let mut stdin = self.stdin.take().context("closed twice")?;
+        writeln!(stdin, "close")?;
+        self.report()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// TCP connections in the daemon's engines.
+fn tcp_connections(d: &Daemon) -> Result<u64> {
+    let ifs = d.show_json("interface")?;
+    Ok(ifs
+        .as_array()
+        .context("interfaces")?
+        .iter()
+        .map(|i| i["tcp"]["connections"].as_u64().unwrap_or(0))
+        .sum())
+}
+
+/// The app's fifos and sessions, as `show app 0` counts them.
+fn app_tables(d: &Daemon) -> Result<(u64, u64)> {
+    let a = d.show_json("app 0")?;
+    let workers = a["workers"].as_array().context("workers")?;
+    let sum = |k: &str| workers.iter().map(|w| w[k].as_u64().unwrap_or(0)).sum();
+    Ok((sum("fifos"), sum("sessions")))
+}
+
+fn rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .context("no VmRSS")
+}
+
+#[test]
+fn a_hundred_thousand_kernel_connections_echo_their_own_bytes_and_leave_nothing_behind()
+-> Result<()> {
+    let d = Daemon::start("hk", |_| {
+        "[tcp]\nbuffer = \"16K\"\n\n[session]\nrx_fifo_size = \"4K\"\ntx_fifo_size = \"4K\"\n"
+            .into()
+    })?;
+    let ns = &d.lab.netns;
+    let sources: Vec<String> = (0..CLIENTS)
+        .map(|i| format!("10.77.0.{}", 10 + i))
+        .collect();
+    for s in &sources {
+        let st = Command::new("ip")
+            .args([
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{s}/24"),
+                "dev",
+                &d.lab.peer_if,
+            ])
+            .status()?;
+        ensure!(st.success(), "adding {s}");
+    }
+    let st = Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-qw"])
+        .arg("net.ipv4.ip_local_port_range=1024 65535")
+        .status()?;
+    ensure!(st.success(), "widening the port range");
+    let mut app = d.echo_app(
+        "app.sock",
+        &["--listen", "0.0.0.0:7", "--fifo-size", "4096"],
+    )?;
+    app.discard_stdout();
+    let daemon_pid = d.pid().context("daemon pid")?;
+    let conns0 = tcp_connections(&d)?;
+    let (fifos0, sessions0) = app_tables(&d)?;
+    let rss0 = rss(daemon_pid)?;
+
+    let t = Instant::now();
+    let per = CONNECTIONS / CLIENTS;
+    let mut clients = sources
+        .iter()
+        .map(|s| Client::start(&d, s, per))
+        .collect::<Result<Vec<_>>>()?;
+    let mut verified = 0;
+    for c in &mut clients {
+        let r = c.report()?;
+        if r["failed"].as_u64() != Some(0) {
+            let ifs = d.show("interface").unwrap_or_default();
+            let nstat = Command::new("ip")
+                .args(["netns", "exec", ns, "nstat", "-az"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let nstat: Vec<&str> = nstat
+                .lines()
+                .filter(|l| {
+                    let l = l.to_ascii_lowercase();
+                    (l.contains("syn")
+                        || l.contains("fail")
+                        || l.contains("timeout")
+                        || l.contains("drop")
+                        || l.contains("overflow"))
+                        && l.split_whitespace().nth(1).is_none_or(|v| v != "0")
+                })
+                .collect();
+            bail!("a client failed: {r}\n{ifs}\nclient side: {nstat:?}");
+        }
+        verified += r["verified"].as_u64().unwrap_or(0);
+    }
+    let opened = t.elapsed();
+    let n = (per * CLIENTS) as u64;
+    assert_eq!(verified, n, "connections echoed byte-exact");
+    // The engines publish their tables about once a second.
+    let settle = Instant::now() + Duration::from_secs(5);
+    let mut conns = tcp_connections(&d)?;
+    while conns - conns0 != n && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(200));
+        conns = tcp_connections(&d)?;
+    }
+    let (_, sessions) = app_tables(&d)?;
+    let rss1 = rss(daemon_pid)?;
+    eprintln!(
+        "{n} connections opened and echoed in {:.2} s; daemon RSS {} -> {} MB ({} bytes per connection)",
+        opened.as_secs_f64(),
+        rss0 >> 20,
+        rss1 >> 20,
+        (rss1 - rss0) / n
+    );
+    assert_eq!(sessions - sessions0, n, "sessions while all are open");
+    assert_eq!(conns - conns0, n, "TCP connections while all are open");
+    assert!(
+        (rss1 - rss0) / n <= 16 << 10,
+        "more than 16 KiB per idle connection"
+    );
+
+    for c in &mut clients {
+        let r = c.close()?;
+        assert_eq!(r["closed"].as_u64(), Some(per as u64), "{r}");
+    }
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = (tcp_connections(&d)?, app_tables(&d)?);
+        let before = (conns0, (fifos0, sessions0));
+        if now == before {
+            break;
+        }
+        if Instant::now() > end {
+            bail!("after closing: connections, (fifos, sessions) {now:?}, before {before:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
