@@ -199,6 +199,8 @@ pub struct SegmentManager {
     live_pairs: HashMap<(u32, usize), PairRecord>,
     events: Vec<SegmentEvent>,
     bytes_in_use: usize,
+    /// The segment the last pair went to.
+    last_placed: Option<u32>,
 }
 
 impl SegmentManager {
@@ -240,6 +242,7 @@ impl SegmentManager {
             live_pairs: HashMap::new(),
             events: Vec::new(),
             bytes_in_use: 0,
+            last_placed: None,
             config,
         };
         if manager.config.event_queue_slots > 0 {
@@ -347,9 +350,24 @@ impl SegmentManager {
     }
 
     fn place_anywhere(&mut self, rx_size: u32, tx_size: u32) -> SessionResult<PairRecord> {
-        let indices: Vec<u32> = self.segments.keys().copied().collect();
+        // The segment that took the last pair usually takes this one too, so
+        // a pair costs O(1) however many segments exist; only when it is
+        // full are the others tried, newest first.
+        if let Some(index) = self.last_placed {
+            if let Some(record) = self.place_in(index, rx_size, tx_size) {
+                return Ok(record);
+            }
+        }
+        let indices: Vec<u32> = self
+            .segments
+            .keys()
+            .rev()
+            .copied()
+            .filter(|&i| Some(i) != self.last_placed)
+            .collect();
         for index in indices {
             if let Some(record) = self.place_in(index, rx_size, tx_size) {
+                self.last_placed = Some(index);
                 return Ok(record);
             }
         }
@@ -363,7 +381,10 @@ impl SegmentManager {
         }
         let index = self.add_segment(size)?;
         match self.place_in(index, rx_size, tx_size) {
-            Some(record) => Ok(record),
+            Some(record) => {
+                self.last_placed = Some(index);
+                Ok(record)
+            }
             None => {
                 self.remove_segment_if_empty(index);
                 Err(SessionError::NoSpace("new segment too small".into()))
@@ -508,6 +529,9 @@ impl SegmentManager {
         }
         if self.segments.get(&index).is_some_and(Segment::is_empty) {
             self.segments.remove(&index);
+            if self.last_placed == Some(index) {
+                self.last_placed = None;
+            }
             self.events.push(SegmentEvent::Removed { index });
             tracing::debug!(index, prefix = %self.name_prefix, "empty segment removed");
         }
