@@ -3,7 +3,7 @@
 //!
 //! `echo_server --socket PATH [--listen 0.0.0.0:7] [--udp IP:PORT]
 //!  [--workers N] [--local-scope] [--discard] [--fifo-size BYTES]
-//!  [--event-queue-size SLOTS] [--name NAME]`
+//!  [--event-queue-size SLOTS] [--name NAME] [--quiet]`
 //!
 //! With `--udp` it also echoes UDP datagrams on that endpoint, each back to
 //! its sender.
@@ -12,7 +12,8 @@
 //! app would) and dropped, never sent back.
 //!
 //! Prints `ready` once every worker listens, then one line per accepted
-//! session: `accepted worker=W total=N`.
+//! session: `accepted worker=W total=N` (not with `--quiet`, as a
+//! benchmark runs it: a line per connection costs a write each).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,11 +34,12 @@ struct Args {
     fifo_size: u32,
     event_queue_size: u32,
     name: String,
+    quiet: bool,
 }
 
 const USAGE: &str = "usage: echo_server --socket PATH [--listen IP:PORT] [--udp IP:PORT] \
 [--workers N] [--local-scope] [--discard] [--fifo-size BYTES] [--event-queue-size SLOTS] \
-[--name NAME]";
+[--name NAME] [--quiet]";
 
 /// Bad command line: the reason and the usage on stderr, exit status 2.
 fn usage_error(why: &str) -> ! {
@@ -61,6 +63,7 @@ fn args() -> Args {
         fifo_size: 512 << 10,
         event_queue_size: 0,
         name: "echo-server".into(),
+        quiet: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -78,6 +81,7 @@ fn args() -> Args {
             "--name" => a.name = v(),
             "--local-scope" => a.local = true,
             "--discard" => a.discard = true,
+            "--quiet" => a.quiet = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0)
@@ -140,7 +144,7 @@ fn serve(
     mut w: Worker,
     listen: SocketAddr,
     udp: Option<SocketAddr>,
-    discard: bool,
+    (discard, quiet): (bool, bool),
     total: Arc<AtomicU64>,
     ready: std::sync::mpsc::Sender<()>,
 ) -> SessionResult<()> {
@@ -159,7 +163,9 @@ fn serve(
             match ev {
                 Event::Accepted(s) => {
                     let n = total.fetch_add(1, Ordering::Relaxed) + 1;
-                    println!("accepted worker={} total={n}", w.index());
+                    if !quiet {
+                        println!("accepted worker={} total={n}", w.index());
+                    }
                     sessions.insert(s.handle(), s);
                 }
                 Event::Readable(h) | Event::Writable(h) | Event::Closed(h) => {
@@ -226,8 +232,8 @@ fn main() -> SessionResult<()> {
         .into_iter()
         .map(|w| {
             let (t, tx) = (total.clone(), tx.clone());
-            let (listen, udp, discard) = (a.listen, a.udp, a.discard);
-            std::thread::spawn(move || serve(w, listen, udp, discard, t, tx))
+            let (listen, udp, flags) = (a.listen, a.udp, (a.discard, a.quiet));
+            std::thread::spawn(move || serve(w, listen, udp, flags, t, tx))
         })
         .collect();
     for _ in 0..a.workers {
