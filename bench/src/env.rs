@@ -1,6 +1,6 @@
 //! The benchmark's surroundings: the veth lab, interface facts and
-//! counters read through iproute2, offload switches, and the `hoststack`
-//! echo server as a child process that is always stopped.
+//! counters read through iproute2, offload switches, an ingress drop on
+//! the peer, and child processes that are always stopped.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -108,11 +108,12 @@ pub fn kernel_owns_host_end(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-/// Makes the kernel peer drop UDP to `port` at its interface's ingress
-/// (nftables netdev hook), after the frame was counted and before the IP
-/// stack: on a veth the receiver's work runs on the sender's core, and a
-/// sink should not bill the sender for routing and ICMP errors.
-pub fn peer_udp_sink(lab: &Lab, port: u16) -> Result<()> {
+/// Makes the kernel peer drop UDP frames matching `what` (an nftables
+/// match such as `udp dport 9`) at its interface's ingress (netdev hook),
+/// after the frame was counted and before the IP stack: on a veth the
+/// receiver's work runs on the sender's core, and a sink should not bill
+/// the sender for routing, socket lookups and ICMP errors.
+pub fn peer_ingress_drop(lab: &Lab, what: &str) -> Result<()> {
     run(lab
         .command("nft")
         .args(["add", "table", "netdev", "hsbench"]))?;
@@ -123,17 +124,11 @@ pub fn peer_udp_sink(lab: &Lab, port: u16) -> Result<()> {
     run(lab
         .command("nft")
         .args(["add", "chain", "netdev", "hsbench", "sink", &chain]))?;
-    run(lab.command("nft").args([
-        "add",
-        "rule",
-        "netdev",
-        "hsbench",
-        "sink",
-        "udp",
-        "dport",
-        &port.to_string(),
-        "drop",
-    ]))?;
+    run(lab
+        .command("nft")
+        .args(["add", "rule", "netdev", "hsbench", "sink"])
+        .args(what.split_whitespace())
+        .arg("drop"))?;
     Ok(())
 }
 
@@ -330,52 +325,6 @@ impl Drop for Managed {
             let _ = c.wait();
         }
     }
-}
-
-/// `hoststack echo-server` as a child process.
-#[derive(Debug)]
-pub struct HoststackServer(Managed);
-
-impl HoststackServer {
-    /// Starts `hoststack echo-server` on the lab's host end with `extra`
-    /// arguments and waits for its ready line.
-    pub fn start(bin: &Path, lab: &Lab, extra: &[&str]) -> Result<Self> {
-        let mut cmd = Command::new(bin);
-        cmd.args(["echo-server", "--interface", &lab.host_if]);
-        for a in lab.host_addresses() {
-            cmd.args(["--address", &a.to_string()]);
-        }
-        cmd.args(extra);
-        Ok(Self(Managed::start(cmd, "hoststack echo-server", "ready")?))
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.0.pid()
-    }
-
-    /// SIGTERM, wait, and return its final JSON counters.
-    pub fn stop(self) -> Result<serde_json::Value> {
-        self.0
-            .stop()?
-            .context("hoststack echo-server printed no counters")
-    }
-}
-
-/// CPU time (user + system, all threads) process `pid` has used, seconds.
-pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3, utime 14, stime 15.
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // /proc reports clock ticks in USER_HZ, which is 100 on every Linux
-    // architecture's ABI (sysconf(_SC_CLK_TCK)).
-    Ok((ticks(11) + ticks(12)) as f64 / 100.0)
 }
 
 /// The machine the figures come from.

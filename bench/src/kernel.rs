@@ -1,12 +1,13 @@
-//! The Linux kernel's side of every comparison, in Rust (no python in the
-//! measured path): a `sendmmsg` UDP sender, a `recvmmsg` receiver, TCP
-//! discard and echo servers, and the TCP clients (bulk, request/response,
-//! connection rate) that drive either the kernel's servers or hoststack's.
+//! The clients every benchmark drives either side with, in Rust (no python
+//! in the measured path), all on kernel sockets in the lab's namespace: a
+//! `sendmmsg` UDP sender (flat out or paced), a UDP GSO sender, UDP and
+//! TCP request/response, TCP bulk and connection rate, and a one-way
+//! stream for the cut-through row. The kernel's servers are in
+//! [`crate::kserver`].
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::{IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,8 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
 use nix::sys::socket::{
-    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, setsockopt,
-    sockopt,
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg, setsockopt, sockopt,
 };
 
 /// Runs `f` on a new thread that first enters network namespace `netns`
@@ -61,28 +61,62 @@ fn connected_udp(dst: SocketAddr, what: &str) -> Result<UdpSocket> {
 }
 
 /// Sends `payload`-byte UDP datagrams to `dst` with `sendmmsg`, `batch`
-/// per call, until `stop`; counts what the kernel accepted in `sent`.
+/// per call, until `stop`: as fast as the kernel takes them, or paced to
+/// `rate` datagrams per second (the sender sleeps between batches, the
+/// batch shrinking so a burst stays under a millisecond of the rate).
+/// Counts what the kernel accepted in `sent`.
 pub fn udp_sendmmsg(
     dst: SocketAddr,
     payload: usize,
     batch: usize,
+    rate: Option<f64>,
     stop: &AtomicBool,
     sent: &AtomicU64,
 ) -> Result<()> {
     let sock = connected_udp(dst, "UDP sender")?;
+    let batch = match rate {
+        Some(r) => batch.min((r / 1000.0).ceil().max(1.0) as usize),
+        None => batch,
+    };
     let buf: Vec<u8> = (0..payload).map(|i| i as u8).collect();
     let iovs: Vec<[IoSlice<'_>; 1]> = (0..batch).map(|_| [IoSlice::new(&buf)]).collect();
     let addrs: Vec<Option<SockaddrStorage>> = vec![None; batch];
     let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(batch, None);
     let cmsgs: [ControlMessage<'_>; 0] = [];
     let fd = sock.as_raw_fd();
+    let start = Instant::now();
+    let mut total = 0u64;
     while !stop.load(Relaxed) {
-        match sendmmsg(fd, &mut hdrs, &iovs, &addrs, cmsgs, MsgFlags::empty()) {
+        let mut n = batch;
+        if let Some(r) = rate {
+            let due = (start.elapsed().as_secs_f64() * r) as u64;
+            if due <= total {
+                let next = Duration::from_secs_f64((total + batch as u64) as f64 / r);
+                std::thread::sleep(next.saturating_sub(start.elapsed()));
+                continue;
+            }
+            n = n.min((due - total) as usize);
+        }
+        match sendmmsg(
+            fd,
+            &mut hdrs,
+            &iovs[..n],
+            &addrs[..n],
+            cmsgs,
+            MsgFlags::empty(),
+        ) {
             Ok(r) => {
-                sent.fetch_add(r.count() as u64, Relaxed);
+                let n = r.count() as u64;
+                total += n;
+                sent.fetch_add(n, Relaxed);
             }
             // A full qdisc or an unresolved neighbour: try again.
-            Err(Errno::ENOBUFS | Errno::EAGAIN | Errno::ECONNREFUSED | Errno::EHOSTUNREACH) => {}
+            Err(Errno::ENOBUFS | Errno::EAGAIN | Errno::ECONNREFUSED | Errno::EHOSTUNREACH) => {
+                if rate.is_some() {
+                    // Paced: a datagram the kernel refused counts as offered.
+                    total += n as u64;
+                }
+            }
             Err(e) => return Err(anyhow!(e).context("sendmmsg")),
         }
     }
@@ -128,258 +162,6 @@ fn transient(e: &std::io::Error) -> bool {
         .iter()
         .any(|x| *x as i32 == n)
     })
-}
-
-/// Receives UDP datagrams on `bind` with `recvmmsg`, `batch` per call,
-/// until `stop`; counts them in `got`. Calls `ready` once bound.
-pub fn udp_recvmmsg(
-    bind: SocketAddr,
-    batch: usize,
-    stop: &AtomicBool,
-    got: &AtomicU64,
-    ready: impl FnOnce(),
-) -> Result<()> {
-    let sock =
-        UdpSocket::bind(bind).with_context(|| format!("binding the UDP receiver to {bind}"))?;
-    sock.set_read_timeout(Some(Duration::from_millis(50)))?;
-    let _ = setsockopt(&sock, sockopt::RcvBufForce, &(8 << 20));
-    ready();
-    let mut bufs = vec![[0u8; 2048]; batch];
-    let mut hdrs = MultiHeaders::<SockaddrStorage>::preallocate(batch, None);
-    let fd = sock.as_raw_fd();
-    while !stop.load(Relaxed) {
-        let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
-            bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
-        match recvmmsg(
-            fd,
-            &mut hdrs,
-            iovs.iter_mut(),
-            MsgFlags::MSG_WAITFORONE,
-            None,
-        ) {
-            Ok(r) => {
-                got.fetch_add(r.count() as u64, Relaxed);
-            }
-            Err(Errno::EAGAIN | Errno::EINTR) => {}
-            Err(e) => return Err(anyhow!(e).context("recvmmsg")),
-        }
-    }
-    Ok(())
-}
-
-/// What a kernel TCP server does with a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerKind {
-    /// Read and drop everything; close after the client does.
-    Discard,
-    /// Send back what arrives.
-    Echo,
-}
-
-/// A kernel TCP server on its own threads.
-#[derive(Debug)]
-pub struct KernelServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<()>>>,
-    /// Bytes it received.
-    pub bytes: Arc<AtomicU64>,
-}
-
-impl KernelServer {
-    /// Listens on `addr` and serves each connection on a thread pinned to
-    /// `core`.
-    pub fn start(addr: SocketAddr, kind: ServerKind, core: Option<usize>) -> Result<Self> {
-        let listener =
-            TcpListener::bind(addr).with_context(|| format!("kernel server: binding {addr}"))?;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let bytes = Arc::new(AtomicU64::new(0));
-        let (s, b) = (stop.clone(), bytes.clone());
-        let thread = spawn_in("kernel-server", None, core, move || {
-            let mut conns = Vec::new();
-            while !s.load(Relaxed) {
-                match listener.accept() {
-                    Ok((c, _)) => {
-                        let (s, b) = (s.clone(), b.clone());
-                        conns.push(spawn_in("kernel-conn", None, core, move || {
-                            serve(c, kind, &s, &b)
-                        })?);
-                        conns.retain(|h| !h.is_finished());
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                    Err(e) => return Err(anyhow!(e).context("accept")),
-                }
-            }
-            for c in conns {
-                let _ = c.join();
-            }
-            Ok(())
-        })?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-            bytes,
-        })
-    }
-
-    /// Stops accepting and waits for the connection threads.
-    pub fn stop(mut self) -> Result<()> {
-        self.stop.store(true, Relaxed);
-        match self.thread.take() {
-            Some(t) => join(t),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for KernelServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve(c: TcpStream, kind: ServerKind, stop: &AtomicBool, bytes: &AtomicU64) -> Result<()> {
-    c.set_nonblocking(false)?;
-    c.set_nodelay(true)?;
-    c.set_read_timeout(Some(Duration::from_millis(100)))?;
-    serve_stream(c, kind, stop, bytes)
-}
-
-/// Serves one connected stream (TCP or Unix) whose read timeout is set.
-fn serve_stream<S: Read + Write>(
-    mut c: S,
-    kind: ServerKind,
-    stop: &AtomicBool,
-    bytes: &AtomicU64,
-) -> Result<()> {
-    let mut buf = vec![
-        0u8;
-        if kind == ServerKind::Discard {
-            256 << 10
-        } else {
-            64 << 10
-        }
-    ];
-    loop {
-        match c.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => {
-                bytes.fetch_add(n as u64, Relaxed);
-                if kind == ServerKind::Echo && c.write_all(&buf[..n]).is_err() {
-                    return Ok(());
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if stop.load(Relaxed) {
-                    return Ok(());
-                }
-            }
-            Err(_) => return Ok(()),
-        }
-    }
-}
-
-/// Where a kernel server process listens.
-#[derive(Debug, Clone)]
-pub enum Listen {
-    /// A TCP address.
-    Tcp(SocketAddr),
-    /// A Unix stream socket path.
-    Unix(std::path::PathBuf),
-}
-
-/// The body of `hoststack-bench kernel-server`: a kernel server in its own
-/// process (so its CPU time and its copies are its own), one thread per
-/// connection. Prints `ready` once listening and, when `stop` is set, a
-/// JSON line with the bytes it received.
-pub fn server_process(listen: &Listen, kind: ServerKind, stop: &AtomicBool) -> Result<()> {
-    let bytes = Arc::new(AtomicU64::new(0));
-    let stop_all = Arc::new(AtomicBool::new(false));
-    let mut conns: Vec<JoinHandle<Result<()>>> = Vec::new();
-    enum L {
-        Tcp(TcpListener),
-        Unix(std::os::unix::net::UnixListener),
-    }
-    let l = match listen {
-        Listen::Tcp(a) => L::Tcp(TcpListener::bind(a).with_context(|| format!("binding {a}"))?),
-        Listen::Unix(p) => {
-            let _ = std::fs::remove_file(p);
-            L::Unix(
-                std::os::unix::net::UnixListener::bind(p)
-                    .with_context(|| format!("binding {}", p.display()))?,
-            )
-        }
-    };
-    match &l {
-        L::Tcp(t) => t.set_nonblocking(true)?,
-        L::Unix(u) => u.set_nonblocking(true)?,
-    }
-    println!("ready");
-    // Sleep in poll(2) until a client comes (waking 10 times a second to
-    // see the stop flag), as a kernel server would: its idle CPU is the
-    // idle-cpu benchmark's baseline.
-    let tick = rustix::time::Timespec {
-        tv_sec: 0,
-        tv_nsec: 100_000_000,
-    };
-    while !stop.load(Relaxed) {
-        {
-            use std::os::fd::AsFd;
-            let fd = match &l {
-                L::Tcp(t) => t.as_fd(),
-                L::Unix(u) => u.as_fd(),
-            };
-            let mut fds = [rustix::event::PollFd::new(
-                &fd,
-                rustix::event::PollFlags::IN,
-            )];
-            match rustix::event::poll(&mut fds, Some(&tick)) {
-                Ok(0) => continue,
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(anyhow!(std::io::Error::from(e)).context("poll")),
-            }
-        }
-        let (b, st) = (bytes.clone(), stop_all.clone());
-        let accepted = match &l {
-            L::Tcp(t) => t
-                .accept()
-                .map(|(c, _)| std::thread::spawn(move || serve(c, kind, &st, &b))),
-            L::Unix(u) => u.accept().map(|(c, _)| {
-                std::thread::spawn(move || -> Result<()> {
-                    c.set_nonblocking(false)?;
-                    c.set_read_timeout(Some(Duration::from_millis(100)))?;
-                    serve_stream(c, kind, &st, &b)
-                })
-            }),
-        };
-        match accepted {
-            Ok(h) => {
-                conns.push(h);
-                conns.retain(|h| !h.is_finished());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(anyhow!(e).context("accept")),
-        }
-    }
-    stop_all.store(true, Relaxed);
-    for c in conns {
-        let _ = c.join();
-    }
-    if let Listen::Unix(p) = listen {
-        let _ = std::fs::remove_file(p);
-    }
-    println!("{}", serde_json::json!({ "bytes": bytes.load(Relaxed) }));
-    Ok(())
 }
 
 /// Streams `bytes` one way through `s` in 64 KiB writes (as the hoststack
@@ -485,6 +267,21 @@ pub struct RrResult {
     pub elapsed: Duration,
     /// Each exchange's round trip, ns, sorted.
     pub samples: Vec<u64>,
+    /// Requests that got no answer (UDP only).
+    pub lost: u64,
+}
+
+impl RrResult {
+    /// The result of a window that opened at `opened` (None: never).
+    fn new(mut samples: Vec<u64>, opened: Option<Instant>, lost: u64) -> Self {
+        samples.sort_unstable();
+        Self {
+            count: samples.len() as u64,
+            elapsed: opened.map_or(Duration::ZERO, |m| m.elapsed()),
+            samples,
+            lost,
+        }
+    }
 }
 
 /// `size`-byte exchanges on one connection: `warmup`, then `duration`
@@ -523,13 +320,76 @@ pub fn tcp_rr(
     if back != msg {
         bail!("the echo came back different");
     }
-    let elapsed = measuring.map_or(Duration::ZERO, |m| m.elapsed());
-    samples.sort_unstable();
-    Ok(RrResult {
-        count: samples.len() as u64,
-        elapsed,
-        samples,
-    })
+    Ok(RrResult::new(samples, measuring, 0))
+}
+
+/// `size`-byte datagram exchanges with a UDP echo server at `dst`, one
+/// in flight: `warmup`, then `duration` measured. A datagram not echoed
+/// within 200 ms is counted lost and the next one sent.
+pub fn udp_rr(
+    dst: SocketAddr,
+    size: usize,
+    warmup: Duration,
+    duration: Duration,
+    stop: &AtomicBool,
+) -> Result<RrResult> {
+    let sock = connected_udp(dst, "UDP request/response client")?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut msg: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
+    let mut back = vec![0u8; size + 1];
+    let mut samples = Vec::with_capacity(1 << 20);
+    let (mut lost, mut seq) = (0u64, 0u32);
+    // The server may still be coming up: its first echo may take a while.
+    let ready_by = Instant::now() + Duration::from_secs(10);
+    let start = Instant::now();
+    let mut measuring = None;
+    loop {
+        let now = Instant::now();
+        match measuring {
+            None if now - start >= warmup && seq > 0 => measuring = Some(now),
+            Some(m) if now - m >= duration => break,
+            _ => {}
+        }
+        if stop.load(Relaxed) {
+            break;
+        }
+        seq = seq.wrapping_add(1);
+        msg[..4].copy_from_slice(&seq.to_be_bytes());
+        let t0 = Instant::now();
+        sock.send(&msg).context("udp rr send")?;
+        // Skip late echoes of earlier datagrams.
+        let got = loop {
+            match sock.recv(&mut back) {
+                Ok(n) if n == size && back[..4] == msg[..4] => break true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break false;
+                }
+                Err(e) if transient(&e) => break false,
+                Err(e) => return Err(anyhow!(e).context("udp rr recv")),
+            }
+        };
+        if !got {
+            if measuring.is_some() {
+                lost += 1;
+            } else if Instant::now() > ready_by {
+                bail!("no echo from {dst} within 10 s");
+            }
+            continue;
+        }
+        if measuring.is_some() {
+            samples.push(t0.elapsed().as_nanos() as u64);
+        }
+        if back[..size] != msg[..] {
+            bail!("the echo came back different");
+        }
+    }
+    Ok(RrResult::new(samples, measuring, lost))
 }
 
 /// Connection rate.

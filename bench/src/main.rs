@@ -19,7 +19,7 @@ use hoststack_drivers::afxdp::XdpAttachMode;
 
 use hoststack_bench::frames::SizeMix;
 use hoststack_bench::pktgen::{FlowTemplate, LatencyOpts, QueueOpts, RxOpts, TxOpts};
-use hoststack_bench::{env, frames, kernel, pktgen, report, suite};
+use hoststack_bench::{cpu, env, frames, kserver, pktgen, report, suite, tuning};
 
 /// hoststack benchmarks and pktgen: every figure beside the Linux kernel's.
 #[derive(Debug, Parser)]
@@ -39,21 +39,35 @@ enum Command {
     /// Run benchmarks side by side with the kernel (all when none named);
     /// prints a table, optionally writes JSON and a PNG chart of the ratios.
     Run(RunArgs),
-    /// List the benchmarks, and the ones not possible yet.
-    List,
-    /// (internal) A kernel TCP or Unix-socket server in its own process,
-    /// used by the benchmarks; prints `ready`, and its byte count on SIGTERM.
+    /// List the benchmarks (with --markdown: the table of what both sides
+    /// run, for bench/README.md), and the ones not possible yet.
+    List {
+        /// Print the markdown table instead.
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// (internal) The kernel's epoll server in its own process, used by the
+    /// benchmarks; prints `ready`, and its totals as JSON on SIGTERM.
     #[command(hide = true)]
     KernelServer {
-        /// Listen on this TCP address.
+        /// Serve TCP on this address.
         #[arg(long, conflicts_with = "unix")]
         tcp: Option<std::net::SocketAddr>,
-        /// Listen on this Unix socket path.
+        /// Serve a Unix stream socket at this path.
         #[arg(long)]
         unix: Option<PathBuf>,
-        /// Echo what arrives instead of discarding it.
+        /// Echo stream bytes back (default: discard them).
         #[arg(long)]
         echo: bool,
+        /// Echo UDP datagrams on this address.
+        #[arg(long)]
+        udp_echo: Option<std::net::SocketAddr>,
+        /// Spin in epoll_wait(0) instead of blocking.
+        #[arg(long)]
+        busy_poll: bool,
+        /// One worker per core, pinned (SO_REUSEPORT when several).
+        #[arg(long, value_delimiter = ',')]
+        cores: Vec<usize>,
     },
 }
 
@@ -62,18 +76,32 @@ struct RunArgs {
     /// Benchmarks to run (default: all available).
     names: Vec<String>,
     /// Runs per side; the table shows the median and min-max.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Measured seconds of each packet-rate, request/response and
     /// connection-rate run.
     #[arg(long, default_value_t = 3.0)]
     duration: f64,
     /// Seconds of each TCP bulk stream.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 5.0)]
     bulk_duration: f64,
     /// Seconds of load before a measured window opens.
     #[arg(long, default_value_t = 0.5)]
     warmup: f64,
+    /// Offered datagrams/s of the CPU efficiency row's fixed load.
+    #[arg(long, default_value_t = 20_000.0)]
+    cpu_load: f64,
+    /// Seconds of the check before each benchmark that nothing else uses
+    /// the CPUs.
+    #[arg(long, default_value_t = 1.0)]
+    quiet_window: f64,
+    /// CPU (% of one core) other processes may use during that check.
+    #[arg(long, default_value_t = 10.0)]
+    busy_threshold: f64,
+    /// Run even when other processes use the CPUs; the table and the JSON
+    /// then say the figures were taken on a busy machine, and by what.
+    #[arg(long)]
+    allow_busy: bool,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -257,29 +285,45 @@ fn interrupted_flag() -> Result<Arc<AtomicBool>> {
 
 fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::List => {
-            for (n, d) in suite::BENCHMARKS {
-                println!("{n:<14} {d}");
+        Command::List { markdown } => {
+            if markdown {
+                print!("{}", suite::markdown());
+                return Ok(ExitCode::SUCCESS);
+            }
+            for b in suite::BENCHMARKS {
+                println!("{:<15} {}", b.name, b.title);
             }
             for (n, why) in suite::NOT_YET {
-                println!("{n:<14} (not possible yet) {why}");
+                println!("{n:<15} (not possible yet) {why}");
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_benchmarks(args),
-        Command::KernelServer { tcp, unix, echo } => {
-            let listen = match (tcp, unix) {
-                (Some(a), None) => kernel::Listen::Tcp(a),
-                (None, Some(p)) => kernel::Listen::Unix(p),
-                _ => bail!("give --tcp ADDR or --unix PATH"),
-            };
+        Command::KernelServer {
+            tcp,
+            unix,
+            echo,
+            udp_echo,
+            busy_poll,
+            cores,
+        } => {
             let kind = if echo {
-                kernel::ServerKind::Echo
+                kserver::StreamKind::Echo
             } else {
-                kernel::ServerKind::Discard
+                kserver::StreamKind::Discard
             };
-            let stop = interrupted_flag()?;
-            kernel::server_process(&listen, kind, &stop)?;
+            let stream = match (tcp, unix) {
+                (Some(a), None) => Some((kserver::Listen::Tcp(a), kind)),
+                (None, Some(p)) => Some((kserver::Listen::Unix(p), kind)),
+                _ => None,
+            };
+            let totals = kserver::serve(&kserver::ServerOpts {
+                stream,
+                udp_echo,
+                busy_poll,
+                cores,
+            })?;
+            println!("{}", serde_json::to_string(&totals)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Pktgen { mode } => pktgen_cmd(mode),
@@ -295,7 +339,10 @@ fn secs(v: f64, what: &str) -> Result<Duration> {
 
 fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
     let names: Vec<String> = if args.names.is_empty() {
-        suite::BENCHMARKS.iter().map(|b| b.0.to_string()).collect()
+        suite::BENCHMARKS
+            .iter()
+            .map(|b| b.name.to_string())
+            .collect()
     } else {
         args.names.clone()
     };
@@ -303,17 +350,30 @@ fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    if !(args.cpu_load.is_finite() && args.cpu_load > 0.0) {
+        bail!("--cpu-load must be a positive rate");
+    }
+    if let Some(done) = tuning::restore_leftovers()? {
+        eprintln!("restored sysctls an interrupted run had changed: {done}");
+    }
     let settings = suite::Settings {
         runs: args.runs,
         duration: secs(args.duration, "--duration")?,
         bulk_duration: secs(args.bulk_duration, "--bulk-duration")?,
         warmup: Duration::from_secs_f64(args.warmup.max(0.0)),
+        cpu_load: args.cpu_load,
         lab: args.lab.clone(),
         subnet: args.subnet,
         mtu: args.mtu,
         hoststack: env::hoststack_binary(args.hoststack.as_deref())?,
         interrupted: interrupted_flag()?,
+        busy: cpu::BusyPolicy {
+            threshold: args.busy_threshold,
+            allow: args.allow_busy,
+            log: Default::default(),
+        },
     };
+    let quiet_window = secs(args.quiet_window, "--quiet-window")?;
     let mut report = report::Report {
         finished_unix: 0,
         machine: env::Machine::read(),
@@ -323,27 +383,43 @@ fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
             "duration_s": settings.duration.as_secs_f64(),
             "bulk_duration_s": settings.bulk_duration.as_secs_f64(),
             "warmup_s": settings.warmup.as_secs_f64(),
+            "cpu_load": settings.cpu_load,
             "lab": settings.lab,
             "subnet": format!("10.77.{}.0/24", settings.subnet),
             "mtu": settings.mtu.unwrap_or(1500),
             "hoststack": settings.hoststack.display().to_string(),
             "placement": "load (clients, senders) on core 0 in the lab namespace; side under test on core 1",
+            "quiet_window_s": quiet_window.as_secs_f64(),
+            "busy_threshold_percent": args.busy_threshold,
+            "allow_busy": args.allow_busy,
         }),
+        benchmarks: Vec::new(),
         rows: Vec::new(),
         notes: Vec::new(),
+        busy: Vec::new(),
         not_available: report::Report::not_yet(),
         failed: Vec::new(),
     };
-    let busy = cpu_busy_percent(Duration::from_millis(500));
-    if busy > 10.0 {
-        eprintln!(
-            "warning: the CPUs were {busy:.0} % busy just before starting: other work on this machine will distort the figures"
-        );
-    }
-    report.settings["cpu_busy_percent_before_start"] = serde_json::json!(busy);
     let started = Instant::now();
     for name in &names {
+        if settings.interrupted.load(Relaxed) {
+            break;
+        }
+        // Nothing of ours runs between benchmarks: whatever uses the CPUs
+        // now is someone else's.
+        let activity = cpu::foreign_activity(quiet_window)?;
+        if let Err(e) = settings.busy.judge(name, "before it started", activity) {
+            eprintln!("[{name}] {e:#}");
+            report.failed.push(report::Failed {
+                name: name.clone(),
+                error: format!("{e:#}"),
+            });
+            break;
+        }
         eprintln!("[{name}] starting");
+        if let Some(b) = suite::find(name) {
+            report.benchmarks.push(*b);
+        }
         match suite::run_named(name, &settings) {
             Ok(o) => {
                 report.rows.extend(o.rows);
@@ -351,16 +427,18 @@ fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
             }
             Err(e) => {
                 eprintln!("[{name}] FAILED: {e:#}");
+                let refused = e.downcast_ref::<cpu::Refused>().is_some();
                 report.failed.push(report::Failed {
                     name: name.clone(),
                     error: format!("{e:#}"),
                 });
-                if settings.interrupted.load(Relaxed) {
+                if refused {
                     break;
                 }
             }
         }
     }
+    report.busy = settings.busy.notes();
     report.finished_unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -374,33 +452,13 @@ fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
         report::write_chart(&report, p)?;
         eprintln!("wrote {}", p.display());
     }
-    Ok(if report.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// How busy all CPUs were over `window`, from /proc/stat (0 when unreadable).
-fn cpu_busy_percent(window: Duration) -> f64 {
-    let sample = || -> Option<(u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let v: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .take(8)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let idle = v.get(3)? + v.get(4)?;
-        Some((v.iter().sum(), idle))
-    };
-    let Some((t1, i1)) = sample() else { return 0.0 };
-    std::thread::sleep(window);
-    let Some((t2, i2)) = sample() else { return 0.0 };
-    let total = t2.saturating_sub(t1).max(1) as f64;
-    100.0 * (1.0 - i2.saturating_sub(i1) as f64 / total)
+    Ok(
+        if report.failed.is_empty() && !settings.interrupted.load(Relaxed) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 fn stop_after(

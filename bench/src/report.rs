@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::cpu::BusyNote;
 use crate::env::Machine;
-use crate::suite::{NOT_YET, Row};
+use crate::suite::{Bench, NOT_YET, Row};
 
 /// Everything one `run` measured.
 #[derive(Debug, Clone, Serialize)]
@@ -22,10 +23,15 @@ pub struct Report {
     pub command: String,
     /// Runs per side, windows, lab.
     pub settings: serde_json::Value,
+    /// What both sides of each benchmark that ran do.
+    pub benchmarks: Vec<Bench>,
     /// Every figure beside the kernel's.
     pub rows: Vec<Row>,
     /// Extra facts.
     pub notes: Vec<String>,
+    /// Other processes found using the CPUs before a benchmark or during
+    /// a measurement (`--allow-busy`); empty on a quiet machine.
+    pub busy: Vec<BusyNote>,
     /// Benchmarks that cannot run yet.
     pub not_available: Vec<NotAvailable>,
     /// Benchmarks that failed in this run.
@@ -80,32 +86,38 @@ fn spread(s: &crate::stats::Spread) -> String {
     format!("{} ({}-{})", fig(s.median), fig(s.min), fig(s.max))
 }
 
-/// The table, as text (also the README's).
+/// The table, as text (also the README's): one group of lines per row,
+/// hoststack's lines first with their ratio, then the kernel's with the
+/// one the ratios are taken against marked `base`.
 pub fn table(r: &Report) -> String {
     let head = [
         "benchmark",
         "metric",
         "unit",
-        "hoststack median (min-max)",
-        "kernel median (min-max)",
-        "kernel side",
+        "side",
+        "median (min-max)",
         "ratio",
     ];
-    let rows: Vec<[String; 7]> = r
-        .rows
-        .iter()
-        .map(|x| {
-            [
-                x.bench.clone(),
-                x.metric.clone(),
-                x.unit.clone(),
-                spread(&x.hoststack),
-                spread(&x.kernel),
-                x.kernel_label.clone(),
-                x.ratio.map_or_else(|| "n/a".into(), |r| format!("{r:.2}x")),
-            ]
-        })
-        .collect();
+    let mut rows: Vec<[String; 6]> = Vec::new();
+    for x in &r.rows {
+        for (i, l) in x.lines.iter().enumerate() {
+            let first = i == 0;
+            let keep = |s: &str| if first { s.to_string() } else { String::new() };
+            let ratio = if l.kernel {
+                if l.base { "base".into() } else { String::new() }
+            } else {
+                l.ratio.map_or_else(|| "n/a".into(), |v| format!("{v:.2}x"))
+            };
+            rows.push([
+                keep(&x.bench),
+                keep(&x.metric),
+                keep(&x.unit),
+                l.side.clone(),
+                spread(&l.runs),
+                ratio,
+            ]);
+        }
+    }
     let mut w = head.map(str::len);
     for row in &rows {
         for (i, c) in row.iter().enumerate() {
@@ -113,6 +125,15 @@ pub fn table(r: &Report) -> String {
         }
     }
     let mut out = String::new();
+    for b in &r.busy {
+        let _ = writeln!(
+            out,
+            "WARNING: TAKEN ON A BUSY MACHINE: {} {}: other processes used {}",
+            b.bench,
+            b.when,
+            b.activity.summary()
+        );
+    }
     let line = |out: &mut String, cells: &[&str]| {
         for (i, c) in cells.iter().enumerate() {
             let _ = write!(out, "{c:<width$}  ", width = w[i]);
@@ -127,13 +148,23 @@ pub fn table(r: &Report) -> String {
         &mut out,
         &rule.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    for row in &rows {
+    let mut last_bench = None;
+    for (row, cells) in r
+        .rows
+        .iter()
+        .flat_map(|x| x.lines.iter().map(move |_| x))
+        .zip(&rows)
+    {
+        if !cells[0].is_empty() && last_bench.is_some_and(|b: &str| b != row.bench) {
+            out.push('\n');
+        }
+        last_bench = Some(&row.bench);
         line(
             &mut out,
-            &row.iter().map(String::as_str).collect::<Vec<_>>(),
+            &cells.iter().map(String::as_str).collect::<Vec<_>>(),
         );
     }
-    out.push_str("ratio: hoststack/kernel for rates, kernel/hoststack for latencies and CPU; above 1 means hoststack is better\n");
+    out.push_str("ratio: each hoststack line against the better kernel line (base): hoststack/kernel for rates, kernel/hoststack for latencies and CPU; above 1 means hoststack is better\n");
     for n in &r.notes {
         let _ = writeln!(out, "note: {n}");
     }
@@ -142,6 +173,16 @@ pub fn table(r: &Report) -> String {
     }
     for n in &r.not_available {
         let _ = writeln!(out, "not yet: {}: {}", n.name, n.why);
+    }
+    if !r.benchmarks.is_empty() {
+        out.push_str("\nwhat each benchmark runs (load on core 0 in the lab namespace, side under test on core 1):\n");
+        for b in &r.benchmarks {
+            let _ = writeln!(
+                out,
+                "{}: {}\n  hoststack: {}\n  kernel: {}\n  load: {}",
+                b.name, b.title, b.hoststack, b.kernel, b.measured
+            );
+        }
     }
     out
 }
@@ -186,41 +227,59 @@ fn register_font() -> Result<()> {
     .map_err(anyhow::Error::msg)
 }
 
-/// Draws the ratios as horizontal bars, with the parity line at 1.
+/// Powers of two from 1/`hi` to `hi`: the log axis's labels.
+fn ticks(hi: f64) -> Vec<f64> {
+    let n = hi.log2().floor() as i32;
+    (-n..=n).map(|e| 2f64.powi(e)).collect()
+}
+
+/// Draws the ratios as horizontal bars from the parity line at 1, on a
+/// log axis.
 pub fn write_chart(r: &Report, path: &Path) -> Result<()> {
     register_font()?;
-    let rows: Vec<(&Row, f64)> = r
+    let rows: Vec<(String, f64)> = r
         .rows
         .iter()
         .filter(|x| x.chart)
-        .filter_map(|x| x.ratio.map(|v| (x, v)))
+        .flat_map(|x| {
+            x.lines
+                .iter()
+                .filter(|l| !l.kernel)
+                .filter_map(move |l| l.ratio.map(|v| (format!("{} ({})", x.label, l.short), v)))
+                .filter(|(_, v)| *v > 0.0)
+        })
         .collect();
     if rows.is_empty() {
         bail!("nothing to chart");
     }
     let n = rows.len();
-    let height = 140 + 46 * n as u32;
-    let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
+    let height = 140 + 34 * n as u32;
+    let root = BitMapBackend::new(path, (1150, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let max = rows
+    // A log axis: 2x better and 2x worse are the same distance from the
+    // parity line, and one wild ratio does not flatten the others.
+    let (lo, hi) = rows
         .iter()
-        .map(|x| x.1)
-        .fold(1.0f64, f64::max)
-        .mul_add(1.15, 0.0)
-        .max(1.5);
+        .fold((1.0f64, 1.0f64), |(lo, hi), x| (lo.min(x.1), hi.max(x.1)));
+    // Symmetric about 1.
+    let hi = (hi * 1.6).max(1.3 / lo).max(2.0);
+    let lo = 1.0 / hi;
     // First row on top.
-    let labels: Vec<String> = rows.iter().rev().map(|x| x.0.label.clone()).collect();
+    let labels: Vec<String> = rows.iter().rev().map(|x| x.0.clone()).collect();
     let at = |i: usize| n - 1 - i;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "hoststack vs Linux kernel (ratio of medians; >1: hoststack better)",
-            ("sans-serif", 22),
+            "hoststack vs Linux kernel's better configuration (ratio of medians; >1: hoststack better)",
+            ("sans-serif", 20),
         )
         .margin(16)
         .x_label_area_size(36)
-        .y_label_area_size(300)
+        .y_label_area_size(430)
         // An integer range is inclusive in plotters: 0..n-1 is n segments.
-        .build_cartesian_2d(0f64..max, (0..n - 1).into_segmented())?;
+        .build_cartesian_2d(
+            (lo..hi).log_scale().with_key_points(ticks(hi)),
+            (0..n - 1).into_segmented(),
+        )?;
     chart
         .configure_mesh()
         .disable_y_mesh()
@@ -229,7 +288,8 @@ pub fn write_chart(r: &Report, path: &Path) -> Result<()> {
             SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
             _ => String::new(),
         })
-        .x_desc("ratio")
+        .x_label_formatter(&|v| format!("{v:.2}x"))
+        .x_desc("ratio (log scale)")
         .light_line_style(WHITE)
         .label_style(("sans-serif", 15))
         .draw()?;
@@ -241,18 +301,18 @@ pub fn write_chart(r: &Report, path: &Path) -> Result<()> {
         };
         let mut bar = Rectangle::new(
             [
-                (0.0, SegmentValue::Exact(at(i))),
+                (1.0, SegmentValue::Exact(at(i))),
                 (ratio, SegmentValue::Exact(at(i) + 1)),
             ],
             color.filled(),
         );
-        bar.set_margin(6, 6, 0, 0);
+        bar.set_margin(5, 5, 0, 0);
         bar
     }))?;
     chart.draw_series(rows.iter().enumerate().map(|(i, &(_, ratio))| {
         Text::new(
             format!("{ratio:.2}x"),
-            (ratio + max * 0.01, SegmentValue::CenterOf(at(i))),
+            (ratio.max(1.0) * 1.03, SegmentValue::CenterOf(at(i))),
             ("sans-serif", 15).into_font(),
         )
     }))?;

@@ -1,0 +1,501 @@
+//! The side-by-side benchmarks. Each one measures hoststack and the Linux
+//! kernel on the same work, in the same invocation, on a veth lab built
+//! fresh for every measurement (so offload changes, ARP entries or
+//! TIME_WAIT sockets of one side never leak into the other), alternating
+//! the sides run by run.
+//!
+//! A benchmark is one entry of [`BENCHMARKS`]: its name, what each side
+//! runs (printed under the table, in the JSON and by `list --markdown` for
+//! bench/README.md) and the function that measures it. A row of the table
+//! is one metric with a line per side: hoststack's configurations and the
+//! kernel's (by default an epoll server, and the same server busy-polling
+//! with idle CPUs kept polling); every hoststack line's ratio is taken
+//! against the better kernel line. [`sides`] starts the servers,
+//! [`sides::alternate`] runs a client against each side in turn and
+//! [`Row::of`] turns the runs into a row: a new benchmark is a function
+//! built from those three and an entry in the list.
+//!
+//! Placement on the 2-core machine: the load (client, sender) runs on core
+//! 0 inside the lab's namespace; the side under test (hoststack's worker
+//! and its app, the kernel's server threads, pktgen's queue) on core 1.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hoststack_lab::Lab;
+use serde::Serialize;
+
+use crate::cpu::{BusyPolicy, Watch};
+use crate::env;
+use crate::stats::Spread;
+
+mod bulk;
+mod cpu_efficiency;
+mod cut_through;
+mod modes;
+mod pktgen_row;
+mod rr;
+pub mod sides;
+mod udp;
+
+/// One benchmark: what both sides run, and how it is measured.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Bench {
+    /// Its name on the command line and in the table.
+    pub name: &'static str,
+    /// One line on what it measures.
+    pub title: &'static str,
+    /// What hoststack's side runs: server, app, mode, pinning.
+    pub hoststack: &'static str,
+    /// What the kernel's side runs.
+    pub kernel: &'static str,
+    /// The client or load, and where the figure is counted.
+    pub measured: &'static str,
+    #[serde(skip)]
+    run: fn(&Settings) -> Result<Outcome>,
+}
+
+const KERNEL_ECHO: &str = "`hoststack-bench kernel-server` (its own process): one epoll loop on a thread pinned to core 1, nonblocking sockets, TCP_NODELAY on every connection (SO_REUSEPORT listeners when several workers); twice: default (blocking epoll_wait), and busy-polling (epoll_wait with zero timeout in a loop, net.core.busy_read and busy_poll at 50 us, idle CPUs held in their polling state through /dev/cpu_dma_latency = 0)";
+
+/// The benchmarks, in the order they run.
+pub const BENCHMARKS: &[Bench] = &[
+    Bench {
+        name: "udp-rr-64",
+        title: "UDP 64-byte request/response, one flow: transactions/s, p50, p99",
+        hoststack: "UDP sessions and an app on 1 worker pinned to core 1, poll mode: the builtin echo app (`hoststack echo-server --udp-port 7`), and the external echo app (`hoststack serve` + `echo_server --udp 0.0.0.0:7`, pinned to core 1, over the app socket and shared-memory fifos)",
+        kernel: "UDP echo on `hoststack-bench kernel-server`: recvmmsg/sendmmsg (batch 64) from an epoll loop pinned to core 1; default and busy-polling as for the TCP rows",
+        measured: "one kernel UDP socket in the namespace (core 0): send 64 bytes, wait for the echo (200 ms timeout, counted lost), again; round trips over the window",
+        run: udp::udp_rr_64,
+    },
+    Bench {
+        name: "udp-echo-64",
+        title: "UDP echo rate, 64-byte frames: datagrams echoed per second with the client sending flat out",
+        hoststack: "the same two apps as udp-rr-64 (builtin and external echo, poll mode, core 1)",
+        kernel: "the same recvmmsg/sendmmsg epoll echo as udp-rr-64, default and busy-polling",
+        measured: "a kernel sendmmsg sender (batch 64, 18-byte payloads = 64-byte frames) in the namespace on core 0; echoes counted at the peer interface's rx_packets and dropped at its nftables ingress hook (before the client's socket)",
+        run: udp::udp_echo_64,
+    },
+    Bench {
+        name: "tcp-rr-64",
+        title: "TCP 64-byte request/response on one connection: transactions/s, p50, p99",
+        hoststack: "`hoststack serve --app-socket` (1 worker pinned to core 1, poll mode) with the external `echo_server` app (pinned to core 1), and as a second line the builtin echo app (`hoststack echo-server`)",
+        kernel: KERNEL_ECHO,
+        measured: "a Rust kernel client in the namespace on core 0, TCP_NODELAY: write 64 bytes, read the 64-byte echo, one connection; transactions/s, p50, p99 over the window",
+        run: rr::tcp_rr_64,
+    },
+    Bench {
+        name: "tcp-connrate",
+        title: "TCP connection rate: connect, 64-byte exchange, close",
+        hoststack: "as tcp-rr-64: external echo app over the app socket, and the builtin echo app (poll mode, core 1)",
+        kernel: KERNEL_ECHO,
+        measured: "a Rust kernel client in the namespace on core 0: connect, 64-byte exchange, close, one at a time; the namespace sets tcp_max_tw_buckets=0 so ports are free again at once (the FIN exchange still happens)",
+        run: rr::tcp_connrate,
+    },
+    Bench {
+        name: "tcp-bulk",
+        title: "TCP bulk, one stream into the server: goodput",
+        hoststack: "external `echo_server --discard` on `hoststack serve`, and the builtin `hoststack echo-server --discard` (poll mode, core 1); the peer keeps the veth's offloads",
+        kernel: "a discard server (same epoll server, 256 KiB reads): with the veth's default offloads, and with TSO/GSO/GRO off on both ends (default and busy-polling)",
+        measured: "a Rust kernel client in the namespace on core 0 writes 128 KiB at a time for --bulk-duration; bytes over the time until the server closed after the client's FIN. The AF_XDP medium ceiling (pktgen and UDP GSO into an AF_XDP receiver) is measured in the same run and given as a note",
+        run: bulk::tcp_bulk,
+    },
+    Bench {
+        name: "cpu-efficiency",
+        title: "UDP echo per server CPU-second, at a fixed offered rate and flat out",
+        hoststack: "external echo app on `hoststack serve` (core 1), in poll mode and in interrupt mode",
+        kernel: "the UDP epoll echo of udp-rr-64, default and busy-polling",
+        measured: "the udp-echo-64 sender paced to --cpu-load datagrams/s, then flat out, on the same server; echoes counted at the peer. Server CPU = user+system time of the server's processes (/proc/PID/stat) + irq and softirq time of every CPU (/proc/stat; on a veth the receive softirq of the server's traffic runs on the sender's core)",
+        run: cpu_efficiency::cpu_efficiency,
+    },
+    Bench {
+        name: "worker-modes",
+        title: "Idle CPU and TCP 64-byte round trips per hoststack worker mode (poll, interrupt, adaptive)",
+        hoststack: "`hoststack serve --mode poll|interrupt|adaptive` (core 1) with the external echo app (core 1)",
+        kernel: KERNEL_ECHO,
+        measured: "CPU of the server's processes over a window with no traffic (/proc, 10 ms ticks), then the tcp-rr-64 client",
+        run: modes::worker_modes,
+    },
+    Bench {
+        name: "cut-through",
+        title: "Cut-through between two processes: one-way stream",
+        hoststack: "the `throughput_client --one-way` (core 0) and `echo_server --discard` (core 1) examples attached with local scope to `hoststack serve --mode interrupt`: fifos in a shared memfd segment (4 MiB), no transport",
+        kernel: "the same stream over a Unix socket pair (4 MiB send buffer), and over TCP on 127.0.0.1, the reader an epoll discard server in its own process on core 1",
+        measured: "64 KiB writes; bytes over the time until the reader has taken the last one",
+        run: cut_through::cut_through,
+    },
+    Bench {
+        name: "pktgen-tx-64",
+        title: "Packet generator: 64-byte UDP frames transmitted, no stack on either side",
+        hoststack: "`pktgen` on the host end, AF_XDP (copy mode on a veth), pre-built frames, bursts of 256, pinned to core 1",
+        kernel: "an AF_PACKET raw socket bound to the host end with PACKET_QDISC_BYPASS, the same pre-built frames sent with sendmmsg in batches of 64, pinned to core 1",
+        measured: "the peer's rx_packets; the peer drops UDP/9 at its nftables ingress hook",
+        run: pktgen_row::pktgen_tx_64,
+    },
+];
+
+/// Benchmarks the open issues ask for that cannot run yet, and why.
+pub const NOT_YET: &[(&str, &str)] = &[
+    (
+        "loss-sweep",
+        "TCP goodput against loss rates: waits for the TCP engine issue",
+    ),
+    (
+        "syn-flood",
+        "connection rate under a SYN flood: waits for the TCP engine issue (SYN cookies)",
+    ),
+    (
+        "idle-conn-sweep",
+        "round trips with N idle connections open: waits for the scale issue",
+    ),
+    (
+        "mem-per-conn",
+        "memory per established connection: waits for the scale issue",
+    ),
+    (
+        "queue-scaling",
+        "rates over 1..N queues and workers: waits for the multi-queue issue",
+    ),
+];
+
+/// The benchmark called `name`.
+pub fn find(name: &str) -> Option<&'static Bench> {
+    BENCHMARKS.iter().find(|b| b.name == name)
+}
+
+const LOAD_CORE: usize = 0;
+const TEST_CORE: usize = 1;
+
+/// How a whole run is configured.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Runs per side (median, min, max over them).
+    pub runs: usize,
+    /// Measured window of each rate, request/response and CPU run.
+    pub duration: Duration,
+    /// Length of each TCP bulk stream.
+    pub bulk_duration: Duration,
+    /// Time before the window opens.
+    pub warmup: Duration,
+    /// The fixed offered load of the CPU efficiency row, datagrams/s.
+    pub cpu_load: f64,
+    /// Lab name.
+    pub lab: String,
+    /// Lab subnet (10.77.N.0/24).
+    pub subnet: u8,
+    /// Lab MTU (None: 1500).
+    pub mtu: Option<usize>,
+    /// The `hoststack` binary.
+    pub hoststack: PathBuf,
+    /// Set by SIGINT/SIGTERM.
+    pub interrupted: Arc<AtomicBool>,
+    /// What to do when other processes use the CPUs.
+    pub busy: BusyPolicy,
+}
+
+impl Settings {
+    /// Runs one measurement while watching the other processes on the
+    /// machine; refuses its figure (or, with --allow-busy, notes it) when
+    /// they used more than the threshold.
+    fn guarded<T>(&self, bench: &str, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let w = Watch::start();
+        let r = f()?;
+        self.busy
+            .judge(bench, &format!("during {what}"), w.finish())?;
+        Ok(r)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.interrupted.load(Relaxed) {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+
+    fn sleep(&self, d: Duration) -> Result<()> {
+        let end = Instant::now() + d;
+        loop {
+            self.check()?;
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
+    }
+
+    /// Warm up, then the per-second rate of `read` over the window.
+    fn window(&self, mut read: impl FnMut() -> Result<u64>) -> Result<f64> {
+        self.sleep(self.warmup)?;
+        let (a, t0) = (read()?, Instant::now());
+        self.sleep(self.duration)?;
+        let (b, t1) = (read()?, Instant::now());
+        Ok(b.saturating_sub(a) as f64 / (t1 - t0).as_secs_f64())
+    }
+
+    fn lab(&self) -> Result<Lab> {
+        env::fresh_lab(&self.lab, self.subnet, self.mtu)
+    }
+
+    /// (load core, core under test), None on a 1-core machine.
+    fn cores(&self) -> (Option<usize>, Option<usize>) {
+        if std::thread::available_parallelism().map_or(1, usize::from) >= 2 {
+            (Some(LOAD_CORE), Some(TEST_CORE))
+        } else {
+            (None, None)
+        }
+    }
+}
+
+fn progress(bench: &str, run: usize, runs: usize, side: &str, figure: &str) {
+    eprintln!("[{bench}] run {run}/{runs} {side}: {figure}");
+}
+
+fn ip4(lab: &Lab) -> (IpAddr, IpAddr) {
+    (lab.cfg.host4.addr, lab.cfg.peer4.addr)
+}
+
+/// One side's figure in a row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Line {
+    /// What this side runs, e.g. "hoststack: external app, poll".
+    pub side: String,
+    /// Short form for the chart.
+    pub short: String,
+    /// A kernel configuration (else hoststack's).
+    pub kernel: bool,
+    /// The runs.
+    pub runs: Spread,
+    /// hoststack lines: the advantage over the best kernel line,
+    /// hoststack/kernel for rates and kernel/hoststack for latencies and
+    /// costs (above 1: hoststack better), from the medians; None when no
+    /// finite ratio exists.
+    pub ratio: Option<f64>,
+    /// Kernel lines: the one the ratios are taken against.
+    pub base: bool,
+}
+
+/// One side's runs before they become a line.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// Long label.
+    pub side: String,
+    /// Short label.
+    pub short: String,
+    /// A kernel configuration.
+    pub kernel: bool,
+    /// One value per run.
+    pub values: Vec<f64>,
+}
+
+/// One metric, a line per side.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Benchmark name.
+    pub bench: String,
+    /// What is measured.
+    pub metric: String,
+    /// Unit of every line.
+    pub unit: String,
+    /// True when more is better (rates); false for latencies and costs.
+    pub higher_is_better: bool,
+    /// hoststack's lines first, then the kernel's.
+    pub lines: Vec<Line>,
+    /// Short label for the chart.
+    pub label: String,
+    /// Whether the chart shows it.
+    #[serde(skip)]
+    pub chart: bool,
+}
+
+fn ratio(higher_is_better: bool, h: f64, k: f64) -> Option<f64> {
+    match (higher_is_better, h, k) {
+        (_, h, k) if h == 0.0 && k == 0.0 => Some(1.0),
+        (true, h, k) if k > 0.0 => Some(h / k),
+        (false, h, k) if h > 0.0 => Some(k / h),
+        _ => None,
+    }
+}
+
+impl Row {
+    /// A row from its figures; hoststack's ratios against the best kernel
+    /// figure (highest median for rates, lowest for latencies and costs).
+    pub fn new(
+        bench: &str,
+        metric: &str,
+        unit: &str,
+        higher_is_better: bool,
+        figures: Vec<Figure>,
+    ) -> Self {
+        let (mut hs, mut k): (Vec<Line>, Vec<Line>) = figures
+            .into_iter()
+            .map(|f| Line {
+                side: f.side,
+                short: f.short,
+                kernel: f.kernel,
+                runs: Spread::of(&f.values),
+                ratio: None,
+                base: false,
+            })
+            .partition(|l| !l.kernel);
+        let better = |a: f64, b: f64| if higher_is_better { a > b } else { a < b };
+        let best = (0..k.len()).reduce(|b, i| {
+            if better(k[i].runs.median, k[b].runs.median) {
+                i
+            } else {
+                b
+            }
+        });
+        if let Some(b) = best {
+            k[b].base = true;
+            let base = k[b].runs.median;
+            for l in &mut hs {
+                l.ratio = ratio(higher_is_better, l.runs.median, base);
+            }
+        }
+        hs.extend(k);
+        Self {
+            bench: bench.into(),
+            metric: metric.into(),
+            unit: unit.into(),
+            higher_is_better,
+            lines: hs,
+            label: format!("{bench} {unit}"),
+            chart: true,
+        }
+    }
+
+    /// Sets the chart label.
+    pub fn labelled(mut self, label: &str) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    /// Keeps the row off the chart.
+    pub fn unchart(mut self) -> Self {
+        self.chart = false;
+        self
+    }
+
+    /// The kernel line the ratios are taken against.
+    pub fn base(&self) -> Option<&Line> {
+        self.lines.iter().find(|l| l.base)
+    }
+}
+
+/// What one benchmark produced.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Outcome {
+    /// Figures.
+    pub rows: Vec<Row>,
+    /// Extra facts (medium ceiling, offered load, losses).
+    pub notes: Vec<String>,
+}
+
+/// Checks the names before anything runs.
+pub fn validate(names: &[String]) -> Result<()> {
+    for n in names {
+        if find(n).is_none() {
+            if let Some((_, why)) = NOT_YET.iter().find(|(b, _)| b == n) {
+                bail!("benchmark {n} is not possible yet: {why}");
+            }
+            bail!(
+                "no benchmark named {n} (known: {})",
+                BENCHMARKS
+                    .iter()
+                    .map(|b| b.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs benchmark `name`.
+pub fn run_named(name: &str, s: &Settings) -> Result<Outcome> {
+    validate(&[name.to_string()])?;
+    let b = find(name).context("validated")?;
+    (b.run)(s).with_context(|| format!("benchmark {name}"))
+}
+
+/// The README's table of what each benchmark runs, as markdown.
+pub fn markdown() -> String {
+    let esc = |s: &str| s.replace('|', "\\|");
+    let mut out = String::from(
+        "| name | what | hoststack side | kernel side | load and where it is counted |\n|---|---|---|---|---|\n",
+    );
+    for b in BENCHMARKS {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} |\n",
+            b.name,
+            esc(b.title),
+            esc(b.hoststack),
+            esc(b.kernel),
+            esc(b.measured)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fig(side: &str, kernel: bool, v: &[f64]) -> Figure {
+        Figure {
+            side: side.into(),
+            short: side.into(),
+            kernel,
+            values: v.to_vec(),
+        }
+    }
+
+    #[test]
+    fn ratios_are_taken_against_the_better_kernel_line() {
+        let r = Row::new(
+            "b",
+            "rate",
+            "x/s",
+            true,
+            vec![
+                fig("hs", false, &[120.0]),
+                fig("k default", true, &[50.0]),
+                fig("k busy", true, &[100.0]),
+            ],
+        );
+        assert_eq!(r.base().map(|l| l.side.as_str()), Some("k busy"));
+        assert_eq!(r.lines[0].ratio, Some(1.2));
+        let lat = Row::new(
+            "b",
+            "p50",
+            "us",
+            false,
+            vec![
+                fig("hs", false, &[20.0]),
+                fig("k default", true, &[30.0]),
+                fig("k busy", true, &[40.0]),
+            ],
+        );
+        assert_eq!(lat.base().map(|l| l.side.as_str()), Some("k default"));
+        assert_eq!(lat.lines[0].ratio, Some(1.5));
+    }
+
+    #[test]
+    fn every_benchmark_has_a_unique_name_and_says_what_both_sides_run() {
+        for (i, b) in BENCHMARKS.iter().enumerate() {
+            assert!(
+                !b.hoststack.is_empty() && !b.kernel.is_empty() && !b.measured.is_empty(),
+                "{}",
+                b.name
+            );
+            assert!(BENCHMARKS[..i].iter().all(|o| o.name != b.name));
+            assert!(NOT_YET.iter().all(|(n, _)| *n != b.name));
+        }
+        assert!(validate(&["nope".into()]).is_err());
+        assert!(markdown().lines().count() == BENCHMARKS.len() + 2);
+    }
+}

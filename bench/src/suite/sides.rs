@@ -1,0 +1,421 @@
+//! The servers a benchmark compares, each started as its user would start
+//! it, and the loop that measures them in turn.
+//!
+//! - hoststack's builtin echo app: `hoststack echo-server`;
+//! - hoststack with an external app: `hoststack serve --app-socket` and the
+//!   `echo_server` example attached over the app socket (what a user's own
+//!   program gets);
+//! - the kernel: `hoststack-bench kernel-server`, an epoll server
+//!   ([`crate::kserver`]), by default and busy-polling.
+//!
+//! Idle CPUs are kept polling (`/dev/cpu_dma_latency` = 0) for the
+//! configurations that spend CPU for latency: hoststack in poll mode and
+//! the busy-polling kernel. The default kernel and hoststack's interrupt
+//! and adaptive modes run with the machine as it is.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Result, bail};
+use hoststack_lab::Lab;
+
+use super::{Figure, Row, Settings, progress};
+use crate::env::{self, Managed};
+use crate::tuning::Held;
+
+/// A hoststack worker mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Busy loop.
+    Poll,
+    /// Sleep until work arrives.
+    Interrupt,
+    /// Switch by load.
+    Adaptive,
+}
+
+impl Mode {
+    /// The `--mode` argument.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Mode::Poll => "poll",
+            Mode::Interrupt => "interrupt",
+            Mode::Adaptive => "adaptive",
+        }
+    }
+}
+
+/// One side of a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// `hoststack echo-server` (builtin echo app).
+    Builtin(Mode),
+    /// `hoststack serve` + the external `echo_server` app.
+    External(Mode),
+    /// The kernel's epoll server, blocking in `epoll_wait`.
+    Kernel,
+    /// The kernel's epoll server spinning, socket busy polling on, idle
+    /// CPUs polling.
+    KernelBusy,
+}
+
+impl Side {
+    /// Long label.
+    pub fn label(self) -> String {
+        match self {
+            Side::Builtin(m) => format!("hoststack: builtin echo app, {} mode", m.arg()),
+            Side::External(m) => format!(
+                "hoststack: external app over the app socket, {} mode",
+                m.arg()
+            ),
+            Side::Kernel => "kernel: epoll server".into(),
+            Side::KernelBusy => "kernel: epoll server, busy-polling".into(),
+        }
+    }
+
+    /// Short label (chart).
+    pub fn short(self) -> String {
+        match self {
+            Side::Builtin(m) => format!("builtin, {}", m.arg()),
+            Side::External(m) => format!("external app, {}", m.arg()),
+            Side::Kernel => "kernel".into(),
+            Side::KernelBusy => "kernel busy-poll".into(),
+        }
+    }
+
+    /// A kernel configuration.
+    pub fn is_kernel(self) -> bool {
+        matches!(self, Side::Kernel | Side::KernelBusy)
+    }
+
+    fn idle_poll(self) -> bool {
+        matches!(
+            self,
+            Side::Builtin(Mode::Poll) | Side::External(Mode::Poll) | Side::KernelBusy
+        )
+    }
+}
+
+/// What the server serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// TCP echo on [`ECHO_PORT`].
+    TcpEcho,
+    /// TCP discard on [`BULK_PORT`].
+    TcpDiscard,
+    /// UDP echo on [`ECHO_PORT`].
+    UdpEcho,
+}
+
+/// TCP and UDP echo port.
+pub const ECHO_PORT: u16 = 7;
+/// TCP discard port.
+pub const BULK_PORT: u16 = 5001;
+
+/// `program args` pinned to `core` with taskset (unpinned when None).
+pub fn pinned(core: Option<usize>, program: &Path, args: &[&str]) -> Command {
+    match core {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &c.to_string()]).arg(program).args(args);
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(program);
+            cmd.args(args);
+            cmd
+        }
+    }
+}
+
+/// `hoststack-bench kernel-server ARGS` on `core`: `ready` once listening.
+pub fn kernel_server(core: Option<usize>, args: &[&str]) -> Result<Managed> {
+    let me = std::env::current_exe()?;
+    let mut cmd = Command::new(me);
+    cmd.arg("kernel-server").args(args);
+    if let Some(c) = core {
+        cmd.args(["--cores", &c.to_string()]);
+    }
+    Managed::start(cmd, "hoststack-bench kernel-server", "ready")
+}
+
+/// The external examples' directory, checked.
+pub fn example(s: &Settings, name: &str) -> Result<std::path::PathBuf> {
+    let p = env::examples_dir(&s.hoststack).join(name);
+    if !p.is_file() {
+        bail!(
+            "{} is missing: build the examples (cargo build --release -p hoststack-app --examples)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// The stack's arguments for a lab's host end.
+fn stack_args(lab: &Lab, mode: Mode, core: Option<usize>) -> Vec<String> {
+    let mut a = vec!["--interface".to_string(), lab.host_if.clone()];
+    for addr in lab.host_addresses() {
+        a.extend(["--address".into(), addr.to_string()]);
+    }
+    a.extend(["--mode".into(), mode.arg().into()]);
+    if let Some(c) = core {
+        a.extend(["--cores".into(), c.to_string()]);
+    }
+    a
+}
+
+/// A running server side, stopped by [`Server::stop`] (or on drop).
+#[derive(Debug)]
+pub struct Server {
+    /// Processes in the order they were started (the stack first).
+    procs: Vec<Managed>,
+    /// The app socket to remove afterwards.
+    socket: Option<std::path::PathBuf>,
+    _held: Held,
+}
+
+impl Server {
+    /// The server's process ids (stack and app, or the kernel server).
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(Managed::pid).collect()
+    }
+
+    /// Stops the apps, then the stack; returns the stack's (or the kernel
+    /// server's) last JSON line.
+    pub fn stop(mut self) -> Result<Option<serde_json::Value>> {
+        let mut first = None;
+        let mut result = Ok(());
+        while let Some(p) = self.procs.pop() {
+            if self.procs.is_empty() {
+                first = Some(p.stop());
+            } else if let Err(e) = p.terminate() {
+                result = Err(e);
+            }
+        }
+        if let Some(s) = self.socket.take() {
+            let _ = std::fs::remove_file(s);
+        }
+        result?;
+        first.unwrap_or(Ok(None))
+    }
+}
+
+impl Side {
+    /// Starts this side's server for `svc` on the lab's host end.
+    pub fn start(self, s: &Settings, lab: &Lab, svc: Service) -> Result<Server> {
+        let (_, core) = s.cores();
+        let held = Held::new(self.idle_poll(), self == Side::KernelBusy)?;
+        match self {
+            Side::Kernel | Side::KernelBusy => {
+                env::kernel_owns_host_end(lab)?;
+                let host = lab.cfg.host4.addr;
+                let tcp = |port| SocketAddr::new(host, port).to_string();
+                let mut args = match svc {
+                    Service::TcpEcho => vec!["--tcp".into(), tcp(ECHO_PORT), "--echo".into()],
+                    Service::TcpDiscard => vec!["--tcp".into(), tcp(BULK_PORT)],
+                    Service::UdpEcho => vec!["--udp-echo".into(), tcp(ECHO_PORT)],
+                };
+                if self == Side::KernelBusy {
+                    args.push("--busy-poll".into());
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Ok(Server {
+                    procs: vec![kernel_server(core, &args)?],
+                    socket: None,
+                    _held: held,
+                })
+            }
+            Side::Builtin(mode) => {
+                let mut args = stack_args(lab, mode, core);
+                let port = |p: u16| p.to_string();
+                let svc_args = match svc {
+                    Service::TcpEcho => ["--tcp-port", &port(ECHO_PORT), "--udp-port", "0"]
+                        .map(String::from)
+                        .to_vec(),
+                    Service::TcpDiscard => [
+                        "--discard",
+                        "--tcp-port",
+                        &port(BULK_PORT),
+                        "--udp-port",
+                        "0",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    Service::UdpEcho => ["--tcp-port", "0", "--udp-port", &port(ECHO_PORT)]
+                        .map(String::from)
+                        .to_vec(),
+                };
+                args.extend(svc_args);
+                let mut cmd = Command::new(&s.hoststack);
+                cmd.arg("echo-server").args(&args);
+                Ok(Server {
+                    procs: vec![Managed::start(cmd, "hoststack echo-server", "ready")?],
+                    socket: None,
+                    _held: held,
+                })
+            }
+            Side::External(mode) => {
+                let app = example(s, "echo_server")?;
+                let sock = std::env::temp_dir().join(format!(
+                    "hsbench-{}-{}.sock",
+                    std::process::id(),
+                    s.lab
+                ));
+                let sock_s = sock.display().to_string();
+                let mut cmd = Command::new(&s.hoststack);
+                cmd.arg("serve")
+                    .args(stack_args(lab, mode, core))
+                    .args(["--app-socket", &sock_s]);
+                let serve = Managed::start(cmd, "hoststack serve", "ready")?;
+                let mut args = vec!["--socket", &sock_s, "--quiet"];
+                let (listen, udp);
+                match svc {
+                    Service::TcpEcho => {
+                        listen = format!("0.0.0.0:{ECHO_PORT}");
+                        args.extend(["--listen", &listen]);
+                    }
+                    Service::TcpDiscard => {
+                        listen = format!("0.0.0.0:{BULK_PORT}");
+                        args.extend(["--listen", &listen, "--discard"]);
+                    }
+                    Service::UdpEcho => {
+                        listen = format!("0.0.0.0:{ECHO_PORT}");
+                        udp = format!("0.0.0.0:{ECHO_PORT}");
+                        args.extend(["--listen", &listen, "--udp", &udp]);
+                    }
+                }
+                let app = Managed::start(
+                    pinned(core, &app, &args),
+                    "the echo_server example",
+                    "ready",
+                )?;
+                Ok(Server {
+                    procs: vec![serve, app],
+                    socket: Some(sock),
+                    _held: held,
+                })
+            }
+        }
+    }
+}
+
+/// One configuration of a benchmark: a side, and whether the lab's
+/// offloads (TSO, GSO, GRO) are turned off on both ends first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// The side.
+    pub side: Side,
+    /// Offloads off on both veth ends.
+    pub offloads_off: bool,
+}
+
+impl Config {
+    /// `side` on the lab as it comes.
+    pub fn plain(side: Side) -> Self {
+        Self {
+            side,
+            offloads_off: false,
+        }
+    }
+
+    /// Long label.
+    pub fn label(&self) -> String {
+        if self.offloads_off {
+            format!("{}, TSO/GSO/GRO off", self.side.label())
+        } else {
+            self.side.label()
+        }
+    }
+
+    /// Short label.
+    pub fn short(&self) -> String {
+        if self.offloads_off {
+            format!("{}, offloads off", self.side.short())
+        } else {
+            self.side.short()
+        }
+    }
+}
+
+/// Every configuration's runs: the measured values and the server's last
+/// JSON line of each.
+pub type Results<T> = Vec<(Config, Vec<(T, Option<serde_json::Value>)>)>;
+
+/// For each run, each configuration in turn: a fresh lab, its server for
+/// `svc`, `measure` against it, the server stopped. `show` formats a
+/// result for the progress line.
+pub fn alternate<T>(
+    s: &Settings,
+    bench: &str,
+    configs: &[Config],
+    svc: Service,
+    mut measure: impl FnMut(&Settings, &Lab, &Server) -> Result<T>,
+    show: impl Fn(&T) -> String,
+) -> Result<Results<T>> {
+    let mut out: Results<T> = configs.iter().map(|c| (*c, Vec::new())).collect();
+    for run in 1..=s.runs {
+        for (config, runs) in &mut out {
+            s.check()?;
+            let lab = s.lab()?;
+            if config.offloads_off {
+                env::set_offloads(&lab, false, false)?;
+                env::set_offloads(&lab, true, false)?;
+            }
+            let what = format!("run {run} of {}", config.label());
+            let (r, json) = s.guarded(bench, &what, || {
+                let server = config.side.start(s, &lab, svc)?;
+                let r = measure(s, &lab, &server);
+                let stopped = server.stop();
+                Ok((r?, stopped?))
+            })?;
+            progress(bench, run, s.runs, &config.label(), &show(&r));
+            runs.push((r, json));
+        }
+    }
+    Ok(out)
+}
+
+/// The same sides on the lab as it comes.
+pub fn plain(sides: &[Side]) -> Vec<Config> {
+    sides.iter().copied().map(Config::plain).collect()
+}
+
+impl Row {
+    /// A row of `metric` from the results of the configurations `keep`
+    /// accepts, `value` picking the figure out of each run.
+    pub fn of<T>(
+        bench: &str,
+        metric: &str,
+        unit: &str,
+        higher_is_better: bool,
+        results: &Results<T>,
+        keep: impl Fn(&Config) -> bool,
+        value: impl Fn(&T) -> f64,
+    ) -> Row {
+        let figures = results
+            .iter()
+            .filter(|(c, _)| keep(c))
+            .map(|(c, runs)| Figure {
+                side: c.label(),
+                short: c.short(),
+                kernel: c.side.is_kernel(),
+                values: runs.iter().map(|(t, _)| value(t)).collect(),
+            })
+            .collect();
+        Row::new(bench, metric, unit, higher_is_better, figures)
+    }
+}
+
+/// The sum of `f` over every run of every configuration.
+pub fn total<T>(results: &Results<T>, f: impl Fn(&T) -> u64) -> u64 {
+    results
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|(r, _)| f(r)))
+        .sum()
+}
+
+/// Keeps every configuration.
+pub fn all(_: &Config) -> bool {
+    true
+}
