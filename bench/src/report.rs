@@ -187,8 +187,19 @@ pub fn table(r: &Report) -> String {
     out
 }
 
+/// Creates the directory `path` goes in.
+fn parent_dir(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Writes the JSON file.
 pub fn write_json(r: &Report, path: &Path) -> Result<()> {
+    parent_dir(path)?;
     let text = serde_json::to_string_pretty(r)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
@@ -237,6 +248,7 @@ fn ticks(hi: f64) -> Vec<f64> {
 /// log axis.
 pub fn write_chart(r: &Report, path: &Path) -> Result<()> {
     register_font()?;
+    parent_dir(path)?;
     let rows: Vec<(String, f64)> = r
         .rows
         .iter()

@@ -59,30 +59,32 @@ pub struct Bench {
     run: fn(&Settings) -> Result<Outcome>,
 }
 
-const KERNEL_ECHO: &str = "`hoststack-bench kernel-server` (its own process): one epoll loop on a thread pinned to core 1, nonblocking sockets, TCP_NODELAY on every connection (SO_REUSEPORT listeners when several workers); twice: default (blocking epoll_wait), and busy-polling (epoll_wait with zero timeout in a loop, net.core.busy_read and busy_poll at 50 us, idle CPUs held in their polling state through /dev/cpu_dma_latency = 0)";
+const KERNEL_ECHO: &str = "TCP echo on `hoststack-bench kernel-server` (its own process): one epoll loop on a thread pinned to core 1, nonblocking sockets, TCP_NODELAY on every connection (SO_REUSEPORT listeners when several workers); twice: default (blocking epoll_wait), and busy-polling (epoll_wait with zero timeout in a loop, net.core.busy_read and busy_poll at 50 us, idle CPUs held in their polling state through /dev/cpu_dma_latency = 0)";
+
+const KERNEL_UDP_ECHO: &str = "UDP echo on `hoststack-bench kernel-server` (its own process): one socket (4 MiB receive buffer) in an epoll loop on a thread pinned to core 1, recvmmsg/sendmmsg in batches of 64; twice: default (blocking epoll_wait), and busy-polling (epoll_wait with zero timeout in a loop, net.core.busy_read and busy_poll at 50 us, idle CPUs held polling through /dev/cpu_dma_latency = 0)";
 
 /// The benchmarks, in the order they run.
 pub const BENCHMARKS: &[Bench] = &[
     Bench {
         name: "udp-rr-64",
         title: "UDP 64-byte request/response, one flow: transactions/s, p50, p99",
-        hoststack: "UDP sessions and an app on 1 worker pinned to core 1, poll mode: the builtin echo app (`hoststack echo-server --udp-port 7`), and the external echo app (`hoststack serve` + `echo_server --udp 0.0.0.0:7`, pinned to core 1, over the app socket and shared-memory fifos)",
-        kernel: "UDP echo on `hoststack-bench kernel-server`: recvmmsg/sendmmsg (batch 64) from an epoll loop pinned to core 1; default and busy-polling as for the TCP rows",
+        hoststack: "UDP sessions and an app, 1 worker pinned to core 1 in poll mode (idle CPUs held polling, as for the busy-polling kernel): the builtin echo app (`hoststack echo-server --udp-port 7`), and the external echo app (`hoststack serve --app-socket` + `echo_server --udp 0.0.0.0:7 --quiet`, pinned to core 1, over the app socket and shared-memory fifos)",
+        kernel: KERNEL_UDP_ECHO,
         measured: "one kernel UDP socket in the namespace (core 0): send 64 bytes, wait for the echo (200 ms timeout, counted lost), again; round trips over the window",
         run: udp::udp_rr_64,
     },
     Bench {
         name: "udp-echo-64",
         title: "UDP echo rate, 64-byte frames: datagrams echoed per second with the client sending flat out",
-        hoststack: "the same two apps as udp-rr-64 (builtin and external echo, poll mode, core 1)",
-        kernel: "the same recvmmsg/sendmmsg epoll echo as udp-rr-64, default and busy-polling",
+        hoststack: "the builtin echo app and the external echo app on UDP sessions, as in udp-rr-64 (poll mode, core 1, idle CPUs polling)",
+        kernel: KERNEL_UDP_ECHO,
         measured: "a kernel sendmmsg sender (batch 64, 18-byte payloads = 64-byte frames) in the namespace on core 0; echoes counted at the peer interface's rx_packets and dropped at its nftables ingress hook (before the client's socket)",
         run: udp::udp_echo_64,
     },
     Bench {
         name: "tcp-rr-64",
         title: "TCP 64-byte request/response on one connection: transactions/s, p50, p99",
-        hoststack: "`hoststack serve --app-socket` (1 worker pinned to core 1, poll mode) with the external `echo_server` app (pinned to core 1), and as a second line the builtin echo app (`hoststack echo-server`)",
+        hoststack: "`hoststack serve --app-socket` (1 worker pinned to core 1, poll mode, idle CPUs held polling) with the external `echo_server --quiet` app pinned to core 1, and as a second line the builtin echo app (`hoststack echo-server`, same worker)",
         kernel: KERNEL_ECHO,
         measured: "a Rust kernel client in the namespace on core 0, TCP_NODELAY: write 64 bytes, read the 64-byte echo, one connection; transactions/s, p50, p99 over the window",
         run: rr::tcp_rr_64,
@@ -90,7 +92,7 @@ pub const BENCHMARKS: &[Bench] = &[
     Bench {
         name: "tcp-connrate",
         title: "TCP connection rate: connect, 64-byte exchange, close",
-        hoststack: "as tcp-rr-64: external echo app over the app socket, and the builtin echo app (poll mode, core 1)",
+        hoststack: "as in tcp-rr-64: the external echo app over the app socket, and the builtin echo app (poll mode, core 1, idle CPUs polling)",
         kernel: KERNEL_ECHO,
         measured: "a Rust kernel client in the namespace on core 0: connect, 64-byte exchange, close, one at a time; the namespace sets tcp_max_tw_buckets=0 so ports are free again at once (the FIN exchange still happens)",
         run: rr::tcp_connrate,
@@ -106,15 +108,15 @@ pub const BENCHMARKS: &[Bench] = &[
     Bench {
         name: "cpu-efficiency",
         title: "UDP echo per server CPU-second, at a fixed offered rate and flat out",
-        hoststack: "external echo app on `hoststack serve` (core 1), in poll mode and in interrupt mode",
-        kernel: "the UDP epoll echo of udp-rr-64, default and busy-polling",
+        hoststack: "the external echo app on `hoststack serve` (both on core 1), in poll mode (idle CPUs polling) and in interrupt mode (machine as it is)",
+        kernel: KERNEL_UDP_ECHO,
         measured: "the udp-echo-64 sender paced to --cpu-load datagrams/s, then flat out, on the same server; echoes counted at the peer. Server CPU = user+system time of the server's processes (/proc/PID/stat) + irq and softirq time of every CPU (/proc/stat; on a veth the receive softirq of the server's traffic runs on the sender's core)",
         run: cpu_efficiency::cpu_efficiency,
     },
     Bench {
         name: "worker-modes",
         title: "Idle CPU and TCP 64-byte round trips per hoststack worker mode (poll, interrupt, adaptive)",
-        hoststack: "`hoststack serve --mode poll|interrupt|adaptive` (core 1) with the external echo app (core 1)",
+        hoststack: "`hoststack serve --mode poll|interrupt|adaptive` (core 1) with the external echo app (core 1); idle CPUs held polling in poll mode only",
         kernel: KERNEL_ECHO,
         measured: "CPU of the server's processes over a window with no traffic (/proc, 10 ms ticks), then the tcp-rr-64 client",
         run: modes::worker_modes,
@@ -422,21 +424,18 @@ pub fn run_named(name: &str, s: &Settings) -> Result<Outcome> {
     (b.run)(s).with_context(|| format!("benchmark {name}"))
 }
 
-/// The README's table of what each benchmark runs, as markdown.
+/// What each benchmark runs, as markdown for bench/README.md: a heading
+/// per benchmark, then its hoststack side, kernel side and load.
 pub fn markdown() -> String {
-    let esc = |s: &str| s.replace('|', "\\|");
-    let mut out = String::from(
-        "| name | what | hoststack side | kernel side | load and where it is counted |\n|---|---|---|---|---|\n",
-    );
+    let mut out = String::new();
     for b in BENCHMARKS {
         out.push_str(&format!(
-            "| `{}` | {} | {} | {} | {} |\n",
-            b.name,
-            esc(b.title),
-            esc(b.hoststack),
-            esc(b.kernel),
-            esc(b.measured)
+            "### `{}`\n\n{}.\n\n- **hoststack**: {}\n- **kernel**: {}\n- **load, and where it is counted**: {}\n\n",
+            b.name, b.title, b.hoststack, b.kernel, b.measured
         ));
+    }
+    for (n, why) in NOT_YET {
+        out.push_str(&format!("- not yet, `{n}`: {why}\n"));
     }
     out
 }
@@ -496,6 +495,6 @@ mod tests {
             assert!(NOT_YET.iter().all(|(n, _)| *n != b.name));
         }
         assert!(validate(&["nope".into()]).is_err());
-        assert!(markdown().lines().count() == BENCHMARKS.len() + 2);
+        assert_eq!(markdown().matches("### ").count(), BENCHMARKS.len());
     }
 }
