@@ -389,6 +389,7 @@ fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
             "mtu": settings.mtu.unwrap_or(1500),
             "hoststack": settings.hoststack.display().to_string(),
             "placement": "load (clients, senders) on core 0 in the lab namespace; side under test on core 1",
+            "commit": source_commit(),
             "quiet_window_s": quiet_window.as_secs_f64(),
             "busy_threshold_percent": args.busy_threshold,
             "allow_busy": args.allow_busy,
@@ -459,6 +460,25 @@ fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
             ExitCode::FAILURE
         },
     )
+}
+
+/// The commit of the source tree this binary was built from, when it is
+/// a git checkout (what the figures belong to).
+fn source_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn stop_after(

@@ -125,6 +125,16 @@ pub fn table(r: &Report) -> String {
         }
     }
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "hoststack-bench at {}, runs per side: {}; {}, {} cores, {} GiB, Linux {}",
+        r.settings["commit"].as_str().unwrap_or("an unknown commit"),
+        r.settings["runs"],
+        r.machine.cpu,
+        r.machine.cores,
+        r.machine.memory_gib,
+        r.machine.kernel
+    );
     for b in &r.busy {
         let _ = writeln!(
             out,

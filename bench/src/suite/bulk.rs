@@ -104,6 +104,7 @@ pub(super) fn tcp_bulk(s: &Settings) -> Result<Outcome> {
         Config::plain(Side::External(Mode::Poll)),
         Config::plain(Side::Builtin(Mode::Poll)),
         Config::plain(Side::Kernel),
+        Config::plain(Side::KernelBusy),
         off(Side::Kernel),
         off(Side::KernelBusy),
     ];

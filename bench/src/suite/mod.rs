@@ -101,7 +101,7 @@ pub const BENCHMARKS: &[Bench] = &[
         name: "tcp-bulk",
         title: "TCP bulk, one stream into the server: goodput",
         hoststack: "external `echo_server --discard` on `hoststack serve`, and the builtin `hoststack echo-server --discard` (poll mode, core 1); the peer keeps the veth's offloads",
-        kernel: "a discard server (same epoll server, 256 KiB reads): with the veth's default offloads, and with TSO/GSO/GRO off on both ends (default and busy-polling)",
+        kernel: "a discard server (the same epoll server, 256 KiB reads), default and busy-polling: with the veth's default offloads, and with TSO/GSO/GRO off on both ends",
         measured: "a Rust kernel client in the namespace on core 0 writes 128 KiB at a time for --bulk-duration; bytes over the time until the server closed after the client's FIN. The AF_XDP medium ceiling (pktgen and UDP GSO into an AF_XDP receiver) is measured in the same run and given as a note",
         run: bulk::tcp_bulk,
     },
