@@ -102,10 +102,12 @@ struct RunArgs {
     /// then say the figures were taken on a busy machine, and by what.
     #[arg(long)]
     allow_busy: bool,
-    /// Write the report as JSON to this file.
+    /// Write the report as JSON to this file (default when every
+    /// benchmark runs: bench/results/latest.json in the source tree).
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Write a PNG bar chart of the ratios to this file.
+    /// Write a PNG bar chart of the ratios to this file (default when
+    /// every benchmark runs: bench/results/latest.png).
     #[arg(long)]
     chart: Option<PathBuf>,
     /// Lab name (namespace hs-NAME, veth hsNAMEh / hsNAMEp), rebuilt for
@@ -445,11 +447,33 @@ fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
         .map_or(0, |d| d.as_secs());
     eprintln!("all done in {:.0} s", started.elapsed().as_secs_f64());
     print!("{}", report::table(&report));
-    if let Some(p) = &args.json {
+    // The whole suite is what bench/README.md publishes: written there
+    // unless told otherwise; a run of some benchmarks only writes when asked.
+    let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
+    // Never over a published table with a failed or busy one.
+    let whole = args.names.is_empty()
+        && report.failed.is_empty()
+        && report.busy.is_empty()
+        && !settings.interrupted.load(Relaxed);
+    if args.names.is_empty() && !whole && (args.json.is_none() || args.chart.is_none()) {
+        eprintln!(
+            "not writing {}: the run failed, was interrupted or ran on a busy machine (--json and --chart write anyway)",
+            results.display()
+        );
+    }
+    let json = args
+        .json
+        .clone()
+        .or_else(|| whole.then(|| results.join("latest.json")));
+    let chart = args
+        .chart
+        .clone()
+        .or_else(|| whole.then(|| results.join("latest.png")));
+    if let Some(p) = &json {
         report::write_json(&report, p)?;
         eprintln!("wrote {}", p.display());
     }
-    if let Some(p) = &args.chart {
+    if let Some(p) = &chart {
         report::write_chart(&report, p)?;
         eprintln!("wrote {}", p.display());
     }
