@@ -17,17 +17,18 @@ use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
 use nix::sys::socket::{
     AddressFamily, ControlMessage, LinkAddr, MsgFlags, MultiHeaders, SockFlag, SockType, bind,
-    sendmmsg, setsockopt, socket,
+    getsockopt, sendmmsg, setsockopt, socket,
 };
 
-// The macro expands to itself and to `setsockopt_impl!` unqualified.
-use nix::{setsockopt_impl, sockopt_impl};
+// The macro expands to itself, `setsockopt_impl!` and `getsockopt_impl!`,
+// unqualified.
+use nix::{getsockopt_impl, setsockopt_impl, sockopt_impl};
 
 sockopt_impl!(
     /// `PACKET_QDISC_BYPASS`: frames skip the qdisc layer and go to the
     /// driver's transmit routine directly.
     PacketQdiscBypass,
-    SetOnly,
+    Both,
     libc::SOL_PACKET,
     libc::PACKET_QDISC_BYPASS,
     bool
@@ -56,6 +57,9 @@ pub fn open(ifname: &str, bypass_qdisc: bool) -> Result<OwnedFd> {
     bind(fd.as_raw_fd(), &addr).with_context(|| format!("binding AF_PACKET to {ifname}"))?;
     if bypass_qdisc {
         setsockopt(&fd, PacketQdiscBypass, &true).context("setting PACKET_QDISC_BYPASS")?;
+        if !getsockopt(&fd, PacketQdiscBypass).context("reading PACKET_QDISC_BYPASS")? {
+            bail!("PACKET_QDISC_BYPASS did not stay set");
+        }
     }
     Ok(fd)
 }
