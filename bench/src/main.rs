@@ -102,6 +102,10 @@ struct RunArgs {
     /// then say the figures were taken on a busy machine, and by what.
     #[arg(long)]
     allow_busy: bool,
+    /// hoststack's TCP engine for every hoststack side (`--tcp-engine` of
+    /// the hoststack binary; default: the binary's default).
+    #[arg(long)]
+    tcp_engine: Option<String>,
     /// Write the report as JSON to this file (default when every
     /// benchmark runs: bench/results/latest.json in the source tree).
     #[arg(long)]
@@ -364,6 +368,7 @@ fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
         bulk_duration: secs(args.bulk_duration, "--bulk-duration")?,
         warmup: Duration::from_secs_f64(args.warmup.max(0.0)),
         cpu_load: args.cpu_load,
+        tcp_engine: args.tcp_engine.clone(),
         lab: args.lab.clone(),
         subnet: args.subnet,
         mtu: args.mtu,
@@ -386,6 +391,7 @@ fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
             "bulk_duration_s": settings.bulk_duration.as_secs_f64(),
             "warmup_s": settings.warmup.as_secs_f64(),
             "cpu_load": settings.cpu_load,
+            "tcp_engine": settings.tcp_engine.as_deref().unwrap_or("the hoststack binary's default"),
             "lab": settings.lab,
             "subnet": format!("10.77.{}.0/24", settings.subnet),
             "mtu": settings.mtu.unwrap_or(1500),

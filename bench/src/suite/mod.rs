@@ -184,6 +184,8 @@ pub struct Settings {
     pub warmup: Duration,
     /// The fixed offered load of the CPU efficiency row, datagrams/s.
     pub cpu_load: f64,
+    /// `--tcp-engine` for hoststack (None: its default).
+    pub tcp_engine: Option<String>,
     /// Lab name.
     pub lab: String,
     /// Lab subnet (10.77.N.0/24).

@@ -153,8 +153,11 @@ pub fn example(s: &Settings, name: &str) -> Result<std::path::PathBuf> {
 }
 
 /// The stack's arguments for a lab's host end.
-fn stack_args(lab: &Lab, mode: Mode, core: Option<usize>) -> Vec<String> {
+fn stack_args(s: &Settings, lab: &Lab, mode: Mode, core: Option<usize>) -> Vec<String> {
     let mut a = vec!["--interface".to_string(), lab.host_if.clone()];
+    if let Some(e) = &s.tcp_engine {
+        a.extend(["--tcp-engine".into(), e.clone()]);
+    }
     for addr in lab.host_addresses() {
         a.extend(["--address".into(), addr.to_string()]);
     }
@@ -227,7 +230,7 @@ impl Side {
                 })
             }
             Side::Builtin(mode) => {
-                let mut args = stack_args(lab, mode, core);
+                let mut args = stack_args(s, lab, mode, core);
                 let port = |p: u16| p.to_string();
                 let svc_args = match svc {
                     Service::TcpEcho => ["--tcp-port", &port(ECHO_PORT), "--udp-port", "0"]
@@ -265,7 +268,7 @@ impl Side {
                 let sock_s = sock.display().to_string();
                 let mut cmd = Command::new(&s.hoststack);
                 cmd.arg("serve")
-                    .args(stack_args(lab, mode, core))
+                    .args(stack_args(s, lab, mode, core))
                     .args(["--app-socket", &sock_s]);
                 let serve = Managed::start(cmd, "hoststack serve", "ready")?;
                 let mut args = vec!["--socket", &sock_s, "--quiet"];
