@@ -17,6 +17,10 @@ use hoststack_app_proto::handle::{AppWorkerIndex, SessionHandle};
 use crate::session_info::SessionInfo;
 use crate::transport::DatagramMeta;
 
+/// Work to finish after a lock is released or a poll is over: a builtin
+/// app's callbacks never run under the session layer's lock.
+pub type Deferred = Box<dyn FnOnce() + Send>;
+
 /// What a builtin app's callback may do, on the thread that called it.
 /// Every call on a session checks that the app worker being called owns it
 /// (`NotOwner`, `NoSession` otherwise).

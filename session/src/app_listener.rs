@@ -261,6 +261,62 @@ impl AppListener {
     }
 }
 
+/// A stack thread's copy of a listener's workers: the thread picks the
+/// worker of each session it accepts itself, round robin by the same rule
+/// as [`AppListener::select_worker`], without asking the control plane.
+/// The control plane sends a new worker list whenever the set changes; the
+/// rotation goes on from the worker chosen last.
+#[derive(Debug)]
+pub struct ThreadListener<W> {
+    /// (map index, worker), by map index.
+    workers: Vec<(WorkerMapIndex, W)>,
+    last_chosen: Option<WorkerMapIndex>,
+}
+
+impl<W> ThreadListener<W> {
+    /// A listener whose sessions go to `workers` (any order).
+    pub fn new(workers: Vec<(WorkerMapIndex, W)>) -> Self {
+        let mut l = Self {
+            workers: Vec::new(),
+            last_chosen: None,
+        };
+        l.set_workers(workers);
+        l
+    }
+
+    /// Replaces the workers.
+    pub fn set_workers(&mut self, mut workers: Vec<(WorkerMapIndex, W)>) {
+        workers.sort_by_key(|(m, _)| m.0);
+        self.workers = workers;
+    }
+
+    /// The worker that gets the next session: the lowest map index above
+    /// the one chosen last, wrapping to the lowest; `None` without workers.
+    pub fn select(&mut self) -> Option<&W> {
+        let i = match self.last_chosen {
+            Some(last) => self
+                .workers
+                .iter()
+                .position(|(m, _)| m.0 > last.0)
+                .unwrap_or(0),
+            None => 0,
+        };
+        let (m, w) = self.workers.get(i)?;
+        self.last_chosen = Some(*m);
+        Some(w)
+    }
+
+    /// Workers.
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,5 +582,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_thread_listener_chooses_round_robin_like_the_control_plane() {
+        let mut control = listener(&[0, 2, 5]);
+        let mut thread = ThreadListener::new(vec![(w(5), 'c'), (w(0), 'a'), (w(2), 'b')]);
+        let mut picked = Vec::new();
+        for _ in 0..7 {
+            let m = control.select_worker().unwrap();
+            let t = *thread.select().unwrap();
+            picked.push(t);
+            assert_eq!(t, ['a', 'x', 'b', 'x', 'x', 'c'][m.0 as usize]);
+        }
+        assert_eq!(picked, vec!['a', 'b', 'c', 'a', 'b', 'c', 'a']);
+    }
+
+    #[test]
+    fn a_thread_listener_goes_on_from_the_last_choice_when_its_workers_change() {
+        let mut t = ThreadListener::new(vec![(w(0), 0), (w(1), 1), (w(2), 2)]);
+        assert_eq!(t.select(), Some(&0));
+        assert_eq!(t.select(), Some(&1));
+        t.set_workers(vec![(w(0), 0), (w(2), 2), (w(3), 3)]);
+        assert_eq!(t.select(), Some(&2));
+        assert_eq!(t.select(), Some(&3));
+        assert_eq!(t.select(), Some(&0));
+        t.set_workers(Vec::new());
+        assert_eq!(t.select(), None);
     }
 }

@@ -31,6 +31,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use crate::control::ControlPlane;
+use crate::segment_fd_outbox::SegmentFdOutbox;
 use hoststack_app_proto::app_event::AppEvent;
 use hoststack_app_proto::app_rx_queue::{AppRxQueue, ControlMessage, RxMessage};
 use hoststack_app_proto::app_wire::{AppReply, AppRequest, FrameReader, encode_reply};
@@ -157,6 +158,14 @@ impl Drop for AppSocketServer {
 fn serve(listener: UnixListener, namespace: String, control: ControlPlane, stop: Arc<AtomicBool>) {
     let mut clients: Vec<Client> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let outbox = match control.call(|l| l.outbox()) {
+        Ok(o) => o,
+        Err(e) => {
+            warn!("app socket: no control plane: {e}");
+            return;
+        }
+    };
+    let outbox_wake = outbox.subscribe();
     while !stop.load(Ordering::SeqCst) {
         // Apps write a main queue's eventfd only while we announce a sleep.
         let idle = clients
@@ -167,7 +176,7 @@ fn serve(listener: UnixListener, namespace: String, control: ControlPlane, stop:
         } else {
             Duration::ZERO
         };
-        let ready = wait(&listener, &clients, timeout);
+        let ready = wait(&listener, &clients, outbox_wake.fd(), timeout);
         for c in &clients {
             if let Some(q) = &c.main_queue {
                 q.awake();
@@ -184,10 +193,12 @@ fn serve(listener: UnixListener, namespace: String, control: ControlPlane, stop:
                 serve_main_queue(c, &control);
             }
         }
-        send_segment_fds(&mut clients, &control);
+        outbox_wake.drain();
+        send_segment_fds(&mut clients, &outbox);
         clients.retain_mut(|c| {
             if c.closed {
                 drop_client(c, &control);
+                outbox.forget_client(c.id);
                 false
             } else {
                 true
@@ -201,7 +212,12 @@ fn serve(listener: UnixListener, namespace: String, control: ControlPlane, stop:
 
 /// Waits for the listener, a client socket or a main queue; returns
 /// (listener ready, per-client ready).
-fn wait(listener: &UnixListener, clients: &[Client], timeout: Duration) -> (bool, Vec<bool>) {
+fn wait(
+    listener: &UnixListener,
+    clients: &[Client],
+    outbox: Option<BorrowedFd<'_>>,
+    timeout: Duration,
+) -> (bool, Vec<bool>) {
     use rustix::event::{PollFd, PollFlags, Timespec};
     let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(1 + 2 * clients.len());
     fds.push(PollFd::new(listener, PollFlags::IN));
@@ -212,6 +228,10 @@ fn wait(listener: &UnixListener, clients: &[Client], timeout: Duration) -> (bool
         if let Some(q) = &c.main_queue {
             fds.push(PollFd::new(q.eventfd(), PollFlags::IN));
         }
+    }
+    // Segment fds to send wake the server; they are looked for every turn.
+    if let Some(fd) = &outbox {
+        fds.push(PollFd::new(fd, PollFlags::IN));
     }
     let ts = Timespec {
         tv_sec: 0,
@@ -469,11 +489,10 @@ fn control_message(app: AppIndex, m: ControlMessage, control: &ControlPlane) {
     let _ = control.call(move |l| l.post_to_worker(app, worker, &event));
 }
 
-fn send_segment_fds(clients: &mut [Client], control: &ControlPlane) {
-    let Ok(pending) = control.call(|l| l.take_segment_fds()) else {
-        return;
-    };
+fn send_segment_fds(clients: &mut [Client], outbox: &SegmentFdOutbox) {
+    let pending = outbox.take_for(|id| clients.iter().any(|c| c.id == id && !c.closed));
     for p in pending {
+        debug!(client = p.client, segment = p.index, "sending a segment fd");
         if let Some(c) = clients.iter_mut().find(|c| c.id == p.client && !c.closed) {
             let r = AppReply::SegmentFd {
                 worker: p.worker,

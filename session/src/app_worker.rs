@@ -1,19 +1,33 @@
-//! App workers: one per thread of an application, each with its own
-//! segment manager (the first segment protected), its event delivery (a
-//! builtin app's callbacks, or an external app's shared-memory event queue
-//! with an optional eventfd) and counters.
+//! App workers: one per thread of an application, each with its segments
+//! (the first one protected, holding the event queue), its event delivery
+//! (a builtin app's callbacks, or an external app's shared-memory event
+//! queue with an optional eventfd) and counters.
+//!
+//! The part stack threads need lives in an [`AppWorkerShare`] every thread
+//! holds an `Arc` of, so a session is born and dies on its thread without
+//! the session layer's lock: the thread picks the worker from its own copy
+//! of the listener, allocates the fifos in the worker's segment manager for
+//! that thread (a mutex only that thread takes, but for `show` and detach),
+//! and counts the session in an atomic. A dying worker is freed by the
+//! control thread once that count reaches zero.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, Ordering::Relaxed,
+};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tracing::warn;
 
-use crate::app_callbacks::AppCallbacks;
+use crate::app_callbacks::{AppCallbacks, Deferred};
 use crate::app_event_queue::AppEventQueue;
-use crate::segment_manager::SegmentManager;
-use hoststack_app_proto::app_event::AppEvent;
-use hoststack_app_proto::error::SessionResult;
-use hoststack_app_proto::handle::{AppIndex, AppWorkerIndex, ListenerHandle, WorkerMapIndex};
+use crate::segment_fd_outbox::{PendingSegmentFd, SegmentFdOutbox};
+use crate::segment_manager::{FifoPair, SegmentEvent, SegmentManager, SegmentManagerConfig};
+use hoststack_app_proto::app_event::{AppEvent, FifoLocation};
+use hoststack_app_proto::error::{SessionError, SessionResult};
+use hoststack_app_proto::handle::{
+    AppIndex, AppWorkerIndex, FibIndex, ListenerHandle, WorkerMapIndex,
+};
+use hoststack_shm::fifo::Fifo;
 
 /// How events reach an app worker.
 #[derive(Clone)]
@@ -50,29 +64,379 @@ pub struct AppWorkerCounters {
     pub events_dropped: AtomicU64,
 }
 
-/// One worker of an application.
+/// Which segment manager a fifo pair came from, so it goes back there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairOrigin {
+    /// The first segment's (control operations, preallocated pairs).
+    First,
+    /// Stack thread `n`'s.
+    Thread(usize),
+}
+
+/// A fifo pair a session frees when it goes.
 #[derive(Debug)]
-pub struct AppWorker {
+pub struct OwnedPair {
+    /// The app worker whose segments hold it.
+    pub share: Arc<AppWorkerShare>,
+    /// The pair.
+    pub pair: FifoPair,
+    /// Where it came from.
+    pub origin: PairOrigin,
+}
+
+impl OwnedPair {
+    /// Gives the pair back; the segment changes that causes are announced
+    /// to the app (`deferred` takes a builtin app's callbacks).
+    pub fn free(self, outbox: &SegmentFdOutbox, deferred: &mut Vec<Deferred>) {
+        let events = self.share.free_pair(self.origin, &self.pair);
+        self.share.announce(events, outbox, deferred);
+    }
+}
+
+/// A new session's fifos, allocated in an app worker's segments.
+#[derive(Debug)]
+pub struct SessionFifos {
+    /// (rx, tx) seen from the stack.
+    pub fifos: (Fifo, Fifo),
+    /// Where they are, for an external app.
+    pub location: FifoLocation,
+    /// What to free when the session goes.
+    pub owned: OwnedPair,
+}
+
+/// What every stack thread holds of an app worker.
+pub struct AppWorkerShare {
     /// Global index.
     pub index: AppWorkerIndex,
     /// Its app.
     pub app: AppIndex,
     /// Its number inside the app.
     pub map_index: WorkerMapIndex,
-    /// Its segments and fifos.
-    pub segment_manager: SegmentManager,
+    /// The FIB of its app's namespace (its sessions' lookup keys).
+    pub fib: FibIndex,
     /// Where its events go.
     pub sink: EventSink,
-    /// Listeners it is part of.
-    pub listeners: Vec<ListenerHandle>,
-    /// Sessions it owns (alive on some stack thread).
-    pub sessions: usize,
-    /// Api client that registered it (external apps).
-    pub api_client: Option<u32>,
     /// Counters.
     pub counters: Arc<AppWorkerCounters>,
-    /// Set when the worker is being deleted; freed once `sessions` is 0.
-    pub dying: bool,
+    /// Api client that registered it (external apps).
+    pub api_client: Option<u32>,
+    sessions: AtomicUsize,
+    dying: AtomicBool,
+    first: Mutex<SegmentManager>,
+    /// One manager per stack thread, made by that thread for its first
+    /// session; `None` settings: every pair comes from the first segment's
+    /// (the app preallocates there, or may add no segment).
+    threads: Box<[Mutex<Option<SegmentManager>>]>,
+    thread_config: Option<SegmentManagerConfig>,
+    name: String,
+    segment_ids: Arc<AtomicU32>,
+    /// Tx fifo watermarks, percent.
+    watermarks: (u8, u8),
+}
+
+impl std::fmt::Debug for AppWorkerShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppWorkerShare")
+            .field("index", &self.index)
+            .field("app", &self.app)
+            .field("sessions", &self.sessions())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How to build an [`AppWorkerShare`].
+#[derive(Debug)]
+pub struct AppWorkerSpec {
+    /// Global index.
+    pub index: AppWorkerIndex,
+    /// Its app.
+    pub app: AppIndex,
+    /// Its number inside the app.
+    pub map_index: WorkerMapIndex,
+    /// Its namespace's FIB.
+    pub fib: FibIndex,
+    /// Where its events go.
+    pub sink: EventSink,
+    /// Api client (external apps).
+    pub api_client: Option<u32>,
+    /// Its first segment's manager.
+    pub first: SegmentManager,
+    /// Stack threads.
+    pub threads: usize,
+    /// Prefix of its segments' names.
+    pub name: String,
+    /// Where segment indices come from.
+    pub segment_ids: Arc<AtomicU32>,
+    /// Tx fifo watermarks, percent (high, low).
+    pub watermarks: (u8, u8),
+}
+
+impl AppWorkerShare {
+    /// A share over `spec`'s first segment manager.
+    pub fn new(spec: AppWorkerSpec) -> Arc<Self> {
+        let c = spec.first.config().clone();
+        // Threads get segments of their own unless the app preallocates in
+        // the first one or may have no other.
+        let thread_config = (c.additional_segment_size > 0
+            && c.prealloc_fifo_pairs == 0
+            && c.prealloc_fifo_headers == 0)
+            .then_some(SegmentManagerConfig {
+                first_segment_size: c.additional_segment_size,
+                event_queue_slots: 0,
+                first_alloc_percent: 100,
+                ..c
+            });
+        Arc::new(Self {
+            index: spec.index,
+            app: spec.app,
+            map_index: spec.map_index,
+            fib: spec.fib,
+            sink: spec.sink,
+            counters: Arc::default(),
+            api_client: spec.api_client,
+            sessions: AtomicUsize::new(0),
+            dying: AtomicBool::new(false),
+            first: Mutex::new(spec.first),
+            threads: (0..spec.threads).map(|_| Mutex::new(None)).collect(),
+            thread_config,
+            name: spec.name,
+            segment_ids: spec.segment_ids,
+            watermarks: spec.watermarks,
+        })
+    }
+
+    /// The first segment's manager (control operations, `show`).
+    pub fn first_segments(&self) -> MutexGuard<'_, SegmentManager> {
+        lock(&self.first)
+    }
+
+    /// Sessions alive on any thread.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::SeqCst)
+    }
+
+    /// Whether the worker is being deleted.
+    pub fn is_dying(&self) -> bool {
+        self.dying.load(Ordering::SeqCst)
+    }
+
+    /// Marks the worker dying; true when it has no session left (free it
+    /// now). A thread whose last session of it ends later says so through
+    /// [`AppWorkerShare::session_ended`].
+    pub fn mark_dying(&self) -> bool {
+        self.dying.store(true, Ordering::SeqCst);
+        self.sessions() == 0
+    }
+
+    /// Counts a new session.
+    pub fn session_started(&self) {
+        self.sessions.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts a session that ended; true when it was the last one of a
+    /// dying worker (the control thread must free it).
+    pub fn session_ended(&self) -> bool {
+        self.counters.closed.fetch_add(1, Relaxed);
+        let before = self.sessions.fetch_sub(1, Ordering::SeqCst);
+        before == 1 && self.is_dying()
+    }
+
+    /// Allocates a session's fifo pair: in the segments of stack thread
+    /// `thread` (made on first use), or in the first segment for control
+    /// operations (`None`) and for apps that preallocate. Segment changes
+    /// are announced through `outbox` and `deferred`.
+    pub fn alloc_fifos(
+        self: &Arc<Self>,
+        thread: Option<usize>,
+        outbox: &SegmentFdOutbox,
+        deferred: &mut Vec<Deferred>,
+    ) -> SessionResult<SessionFifos> {
+        if self.is_dying() {
+            return Err(SessionError::InvalidAppWorker(self.index.0));
+        }
+        let (origin, pair, fifos, events) = match (thread, &self.thread_config) {
+            (Some(t), Some(config)) if t < self.threads.len() => {
+                let mut slot = lock(&self.threads[t]);
+                if slot.is_none() {
+                    // Its first segment is news to the app: announced.
+                    *slot = Some(SegmentManager::announced(
+                        &format!("{}-t{t}", self.name),
+                        config.clone(),
+                        self.segment_ids.clone(),
+                    )?);
+                }
+                let Some(m) = slot.as_mut() else {
+                    return Err(SessionError::NoSpace("no segment manager".into()));
+                };
+                let pair = m.alloc_fifo_pair()?;
+                let fifos = m.fifos(&pair)?;
+                (PairOrigin::Thread(t), pair, fifos, m.take_events())
+            }
+            _ => {
+                let mut m = lock(&self.first);
+                let pair = m.alloc_fifo_pair()?;
+                let fifos = m.fifos(&pair)?;
+                (PairOrigin::First, pair, fifos, m.take_events())
+            }
+        };
+        self.announce(events, outbox, deferred);
+        // The app's watermarks, in percent of the tx fifo: crossing below
+        // low after going above high raises a tx-space event.
+        let size = u64::from(fifos.1.size());
+        let pct = |p: u8| (size * u64::from(p) / 100) as u32;
+        fifos
+            .1
+            .set_watermarks(pct(self.watermarks.0), pct(self.watermarks.1))?;
+        let location = FifoLocation {
+            segment: pair.segment_index,
+            rx_offset: pair.rx_offset as u32,
+            tx_offset: pair.tx_offset as u32,
+        };
+        Ok(SessionFifos {
+            fifos,
+            location,
+            owned: OwnedPair {
+                share: self.clone(),
+                pair,
+                origin,
+            },
+        })
+    }
+
+    /// Frees a pair; returns the segment changes to announce.
+    fn free_pair(&self, origin: PairOrigin, pair: &FifoPair) -> Vec<SegmentEvent> {
+        let freed = match origin {
+            PairOrigin::First => {
+                let mut m = lock(&self.first);
+                m.free_fifo_pair(pair).map(|()| m.take_events())
+            }
+            PairOrigin::Thread(t) => match self.threads.get(t).map(lock) {
+                Some(mut slot) => match slot.as_mut() {
+                    Some(m) => m.free_fifo_pair(pair).map(|()| m.take_events()),
+                    None => Ok(Vec::new()),
+                },
+                None => Ok(Vec::new()),
+            },
+        };
+        match freed {
+            Ok(events) if !self.is_dying() => events,
+            // Segments of a dying worker are not announced.
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                warn!(worker = self.index.0, "freeing fifos: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Tells the app about added and removed segments: an event on its
+    /// queue and the fd through the app socket, or its builtin callbacks.
+    pub fn announce(
+        &self,
+        events: Vec<SegmentEvent>,
+        outbox: &SegmentFdOutbox,
+        deferred: &mut Vec<Deferred>,
+    ) {
+        for ev in events {
+            match &self.sink {
+                EventSink::Builtin(cbs) => {
+                    let (f, index, size) = match ev {
+                        SegmentEvent::Added { index, size, .. } => (&cbs.add_segment, index, size),
+                        SegmentEvent::Removed { index } => (&cbs.del_segment, index, 0),
+                    };
+                    if let Some(f) = f.clone() {
+                        deferred.push(Box::new(move || f(index, size)));
+                    }
+                }
+                EventSink::Queue(_) => {
+                    let event = match &ev {
+                        SegmentEvent::Added { index, size, .. } => AppEvent::SegmentAdded {
+                            index: *index,
+                            size: *size as u64,
+                        },
+                        SegmentEvent::Removed { index } => {
+                            AppEvent::SegmentRemoved { index: *index }
+                        }
+                    };
+                    // The fd first: the app waits for it when the event
+                    // comes, never the other way round.
+                    if let (SegmentEvent::Added { index, size, fd }, Some(client)) =
+                        (ev, self.api_client)
+                    {
+                        outbox.push(PendingSegmentFd {
+                            client,
+                            worker: self.map_index.0,
+                            index,
+                            size: size as u64,
+                            fd,
+                        });
+                    }
+                    let _ = self.sink.post(&event, &self.counters);
+                }
+            }
+        }
+    }
+
+    /// (segments, fifos, bytes in use) over all its segment managers.
+    pub fn segment_totals(&self) -> (usize, usize, usize) {
+        let mut t = {
+            let m = lock(&self.first);
+            (m.segment_count(), m.fifos_allocated(), m.bytes_in_use())
+        };
+        for slot in self.threads.iter() {
+            if let Some(m) = lock(slot).as_ref() {
+                t.0 += m.segment_count();
+                t.1 += m.fifos_allocated();
+                t.2 += m.bytes_in_use();
+            }
+        }
+        t
+    }
+}
+
+/// One worker of an application, as the control plane keeps it.
+#[derive(Debug)]
+pub struct AppWorker {
+    /// What stack threads hold of it.
+    pub share: Arc<AppWorkerShare>,
+    /// Listeners it is part of.
+    pub listeners: Vec<ListenerHandle>,
+}
+
+impl AppWorker {
+    /// Global index.
+    pub fn index(&self) -> AppWorkerIndex {
+        self.share.index
+    }
+
+    /// Its app.
+    pub fn app(&self) -> AppIndex {
+        self.share.app
+    }
+
+    /// Its number inside the app.
+    pub fn map_index(&self) -> WorkerMapIndex {
+        self.share.map_index
+    }
+
+    /// Where its events go.
+    pub fn sink(&self) -> &EventSink {
+        &self.share.sink
+    }
+
+    /// Its counters.
+    pub fn counters(&self) -> &Arc<AppWorkerCounters> {
+        &self.share.counters
+    }
+
+    /// Api client that registered it.
+    pub fn api_client(&self) -> Option<u32> {
+        self.share.api_client
+    }
 }
 
 impl EventSink {

@@ -68,6 +68,8 @@ fn lock(layer: &Mutex<SessionLayer>) -> MutexGuard<'_, SessionLayer> {
 fn run_locked<R>(layer: &Mutex<SessionLayer>, f: impl FnOnce(&mut SessionLayer) -> R) -> R {
     let (r, deferred) = {
         let mut l = lock(layer);
+        // Workers whose last session ended on a stack thread since.
+        l.reap_dead_workers();
         let r = f(&mut l);
         (r, l.take_deferred())
     };
@@ -136,7 +138,7 @@ impl ControlThread {
         while !stop() {
             match self.jobs.recv_timeout(Duration::from_millis(50)) {
                 Ok(job) => run_locked(&self.shared.layer, job)(),
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => run_locked(&self.shared.layer, |_| ()),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }

@@ -214,6 +214,21 @@ impl SegmentManager {
         Self::with_ids(name_prefix, config, None)
     }
 
+    /// Like [`with_ids`](Self::with_ids), and the first segment is recorded
+    /// as [`SegmentEvent::Added`] too: for a manager made after the app
+    /// attached, whose first segment the app has not heard of.
+    pub fn announced(
+        name_prefix: &str,
+        config: SegmentManagerConfig,
+        ids: Arc<AtomicU32>,
+    ) -> SessionResult<Self> {
+        let mut m = Self::with_ids(name_prefix, config, Some(ids))?;
+        let first = m.first_segment();
+        let (index, fd, size) = (m.first_segment_index, first.try_clone_fd()?, first.size());
+        m.events.push(SegmentEvent::Added { index, fd, size });
+        Ok(m)
+    }
+
     /// Like [`new`](Self::new), with segment indices taken from `ids`
     /// (shared by every manager of a session layer, so an index names one
     /// segment whichever app maps it).

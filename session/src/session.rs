@@ -8,8 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::app_worker::{AppWorkerCounters, EventSink};
-use crate::segment_manager::FifoPair;
+use crate::app_worker::{AppWorkerCounters, AppWorkerShare, EventSink, OwnedPair};
 use crate::session_info::{SessionInfo, SessionState};
 use crate::transport::TransportConnId;
 use hoststack_app_proto::app_event::FifoLocation;
@@ -52,7 +51,9 @@ pub struct Session {
     pub listener: Option<ListenerHandle>,
     /// The fifo pair this session frees when it goes (the server side of a
     /// cut-through pair owns the shared pair; the client side owns none).
-    pub owned_pair: Option<(AppWorkerIndex, FifoPair)>,
+    pub owned_pair: Option<OwnedPair>,
+    /// Its app worker, as threads hold it.
+    pub share: Arc<AppWorkerShare>,
     /// Where the fifos live, for external apps.
     pub fifo_location: FifoLocation,
     /// Stack side of the rx fifo.

@@ -7,28 +7,33 @@
 //! forwards calls from other threads there — and never wait for a stack
 //! thread: what a thread must do (listen on its interface, connect, close an
 //! app's sessions) is sent to it as a [`WorkerCommand`] and done in its next
-//! loop. Stack threads lock the layer only when a session is born or dies.
+//! loop. Stack threads never lock the layer: what they need to give a
+//! session to an app worker (the worker's share, the listener's workers)
+//! reaches them in commands, and a session's birth and death touch only
+//! the thread's own tables (see `app_worker` and `session_owners`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Receiver, Sender, channel};
 
 use hashbrown::HashMap;
 use slab::Slab;
 use tracing::{debug, warn};
 
-use crate::app_callbacks::AppCallbacks;
+use crate::app_callbacks::{AppCallbacks, Deferred};
 use crate::app_event_queue::{AppEventQueue, Backlogs};
 use crate::app_listener::AppListener;
-use crate::app_worker::{AppWorker, AppWorkerCounters, EventSink};
+use crate::app_worker::{AppWorker, AppWorkerShare, AppWorkerSpec, EventSink, OwnedPair};
 use crate::application::{AppIdentity, Application};
 use crate::cert::{CertKeyStore, CryptoEngines};
 use crate::lookup::{ListenerQuery, ListenerScope, SessionLookup};
 use crate::namespace::AppNamespaces;
-use crate::segment_manager::{FifoPair, SegmentEvent, SegmentManager, SegmentManagerConfig};
+use crate::segment_fd_outbox::{PendingSegmentFd, SegmentFdOutbox};
+use crate::segment_manager::{SegmentManager, SegmentManagerConfig};
+use crate::session_owners::SessionOwners;
 use hoststack_app_proto::app_event::{APP_EVENT_SIZE, AppEvent, FifoLocation};
-use hoststack_app_proto::endpoint::SessionKey;
-use hoststack_app_proto::endpoint::{Endpoint, FiveTuple, IpFamily, TransportProto};
+
+use hoststack_app_proto::endpoint::{Endpoint, IpFamily, TransportProto};
 use hoststack_app_proto::error::{SessionError, SessionResult};
 use hoststack_app_proto::handle::{
     AppIndex, AppWorkerIndex, CertKeyIndex, ListenerHandle, NamespaceIndex, SessionHandle,
@@ -50,6 +55,15 @@ pub enum WorkerCommand {
         proto: TransportProto,
         /// Where.
         endpoint: Endpoint,
+        /// The app workers its sessions go to, by map index.
+        workers: Vec<Arc<AppWorkerShare>>,
+    },
+    /// The app workers a listener's sessions go to changed.
+    ListenerWorkers {
+        /// The listener.
+        listener: ListenerHandle,
+        /// Its workers, by map index.
+        workers: Vec<Arc<AppWorkerShare>>,
     },
     /// Close the transport listener.
     Unlisten {
@@ -61,7 +75,7 @@ pub enum WorkerCommand {
     /// Open a transport connection for an app worker.
     Connect {
         /// Who asked.
-        app_worker: AppWorkerIndex,
+        share: Arc<AppWorkerShare>,
         /// Protocol.
         proto: TransportProto,
         /// Where to.
@@ -138,21 +152,15 @@ pub struct CutThroughPlan {
 /// fifos are.
 #[derive(Debug)]
 pub struct NewSessionParts {
-    /// The app.
-    pub app: AppIndex,
     /// The app worker.
-    pub app_worker: AppWorkerIndex,
-    /// Its event delivery.
-    pub sink: EventSink,
-    /// Its counters.
-    pub counters: Arc<AppWorkerCounters>,
+    pub share: Arc<AppWorkerShare>,
     /// (rx, tx) seen from this side.
     pub fifos: (Fifo, Fifo),
     /// Where they are, for an external app.
     pub location: FifoLocation,
     /// The pair to free with the session (None for the client half of a
     /// cut-through pair).
-    pub owned_pair: Option<(AppWorkerIndex, FifoPair)>,
+    pub owned_pair: Option<OwnedPair>,
 }
 
 /// A stack thread as the control plane sees it.
@@ -161,6 +169,19 @@ pub struct ThreadPort {
     pub commands: Sender<WorkerCommand>,
     /// Wakes it if it sleeps.
     pub wake: Arc<dyn Fn() + Send + Sync>,
+    /// Who owns its sessions.
+    pub owners: Arc<SessionOwners>,
+}
+
+impl ThreadPort {
+    /// A thread reached through `commands`, woken by `wake`.
+    pub fn new(commands: Sender<WorkerCommand>, wake: Arc<dyn Fn() + Send + Sync>) -> Self {
+        Self {
+            commands,
+            wake,
+            owners: Arc::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ThreadPort {
@@ -189,26 +210,6 @@ pub struct AttachReply {
     pub app: AppIndex,
     /// Its first worker (map index 0).
     pub worker: AppWorkerIndex,
-}
-
-/// Work to finish after the lock is released (user callbacks must never
-/// run under the layer lock).
-pub type Deferred = Box<dyn FnOnce() + Send>;
-
-/// A segment added to an external app worker, whose fd the app socket
-/// must pass to the app.
-#[derive(Debug)]
-pub struct PendingSegmentFd {
-    /// The api client of the worker.
-    pub client: u32,
-    /// The worker's map index.
-    pub worker: u32,
-    /// Segment index.
-    pub index: u32,
-    /// Its size.
-    pub size: u64,
-    /// The segment's fd.
-    pub fd: std::os::fd::OwnedFd,
 }
 
 /// Counts of everything the layer holds, to prove detach frees it all.
@@ -250,7 +251,6 @@ pub struct SessionLayer {
     /// shared memory (true, the default). Without, their control requests
     /// and io notifications come over the app socket, one system call each.
     pub private_rx_queues: bool,
-    owners: HashMap<SessionHandle, AppWorkerIndex>,
     threads: Vec<ThreadPort>,
     next_thread: usize,
     reach: Vec<crate::thread_reach::ThreadReach>,
@@ -258,9 +258,12 @@ pub struct SessionLayer {
     no_lookup: [bool; 2],
     segment_seq: u64,
     deferred: Vec<Deferred>,
-    segment_fds: Vec<PendingSegmentFd>,
+    outbox: Arc<SegmentFdOutbox>,
     segment_ids: Arc<std::sync::atomic::AtomicU32>,
     backlogs: Arc<Backlogs>,
+    /// Dying app workers whose last session just ended, sent by the stack
+    /// thread that ended it.
+    reaps: (Sender<AppWorkerIndex>, Receiver<AppWorkerIndex>),
 }
 
 impl std::fmt::Debug for SessionLayer {
@@ -292,7 +295,6 @@ impl SessionLayer {
             engines: CryptoEngines::new(),
             app_defaults: hoststack_app_proto::options::AppSizeDefaults::default(),
             private_rx_queues: true,
-            owners: HashMap::new(),
             threads,
             next_thread: 0,
             reach: Vec::new(),
@@ -300,20 +302,38 @@ impl SessionLayer {
             no_lookup: [false; 2],
             segment_seq: 0,
             deferred: Vec::new(),
-            segment_fds: Vec::new(),
+            outbox: Arc::default(),
             segment_ids: Arc::default(),
             backlogs: Arc::default(),
+            reaps: channel(),
+        }
+    }
+
+    /// Where stack threads leave the fds of segments they added.
+    pub fn outbox(&self) -> Arc<SegmentFdOutbox> {
+        self.outbox.clone()
+    }
+
+    /// Where a stack thread says a dying app worker's last session ended.
+    pub fn reaper(&self) -> Sender<AppWorkerIndex> {
+        self.reaps.0.clone()
+    }
+
+    /// Who owns stack thread `thread`'s sessions.
+    pub fn owners(&self, thread: usize) -> Option<Arc<SessionOwners>> {
+        self.threads.get(thread).map(|t| t.owners.clone())
+    }
+
+    /// Frees the dying app workers stack threads reported done.
+    pub fn reap_dead_workers(&mut self) {
+        while let Ok(wi) = self.reaps.1.try_recv() {
+            self.reap_worker(wi);
         }
     }
 
     /// The event queues with postponed events, which stack threads retry.
     pub fn backlogs(&self) -> Arc<Backlogs> {
         self.backlogs.clone()
-    }
-
-    /// Segment fds the app socket must still send.
-    pub fn take_segment_fds(&mut self) -> Vec<PendingSegmentFd> {
-        std::mem::take(&mut self.segment_fds)
     }
 
     /// Callbacks queued while the lock was held; run them after releasing
@@ -525,8 +545,8 @@ impl SessionLayer {
             .app_workers
             .get(wi.as_usize())
             .ok_or(SessionError::InvalidAppWorker(wi.0))?;
-        let sm = &w.segment_manager;
-        let EventSink::Queue(q) = &w.sink else {
+        let sm = w.share.first_segments();
+        let EventSink::Queue(q) = w.sink() else {
             return Err(SessionError::InvalidValue(
                 "a builtin app worker has no event queue".into(),
             ));
@@ -537,7 +557,7 @@ impl SessionLayer {
             fds.push(e.try_clone()?.into_owned_fd());
         }
         let info = hoststack_app_proto::app_wire::WorkerInfo {
-            worker: w.map_index.0,
+            worker: w.map_index().0,
             segment_index: sm.first_segment_index(),
             segment_size: sm.first_segment().size() as u64,
             event_queue_offset: sm.event_queue_offset().unwrap_or(0) as u64,
@@ -610,7 +630,7 @@ impl SessionLayer {
             .app_workers
             .get(wi.as_usize())
             .ok_or(SessionError::InvalidAppWorker(wi.0))?;
-        w.sink.post(event, &w.counters)
+        w.sink().post(event, w.counters())
     }
 
     /// The app with index `app`.
@@ -672,8 +692,9 @@ impl SessionLayer {
             return Err(SessionError::NoApp(app.0));
         }
         let map_index = WorkerMapIndex(a.next_map_index);
+        let name = format!("hs-{}-{}", a.name(), seq);
         let mut sm = SegmentManager::with_ids(
-            &format!("hs-{}-{}", a.name(), seq),
+            &name,
             SegmentManagerConfig::for_app(&a.options),
             Some(self.segment_ids.clone()),
         )?;
@@ -700,19 +721,30 @@ impl SessionLayer {
         };
         let _ = sm.take_events();
         a.next_map_index += 1;
+        let fib = self
+            .namespaces
+            .get(a.namespace)
+            .map(|n| n.fib_index())
+            .unwrap_or_default();
+        let watermarks = (a.options.high_watermark, a.options.low_watermark);
         let entry = self.app_workers.vacant_entry();
         let index = AppWorkerIndex(entry.key() as u32);
-        entry.insert(AppWorker {
+        let share = AppWorkerShare::new(AppWorkerSpec {
             index,
             app,
             map_index,
-            segment_manager: sm,
+            fib,
             sink,
-            listeners: Vec::new(),
-            sessions: 0,
             api_client,
-            counters: Arc::default(),
-            dying: false,
+            first: sm,
+            threads: self.threads.len(),
+            name,
+            segment_ids: self.segment_ids.clone(),
+            watermarks,
+        });
+        entry.insert(AppWorker {
+            share,
+            listeners: Vec::new(),
         });
         a.workers.insert(map_index, index);
         Ok((map_index, index))
@@ -776,6 +808,7 @@ impl SessionLayer {
                     if let Some(l) = self.listeners.get_mut(lh.index() as usize) {
                         l.listener.move_to_worker(map_index, to)?;
                     }
+                    self.sync_listener(lh);
                     if let Some(w) = self.app_workers.get_mut(to_wi.as_usize()) {
                         if !w.listeners.contains(&lh) {
                             w.listeners.push(lh);
@@ -790,14 +823,15 @@ impl SessionLayer {
                     };
                     if gone {
                         self.remove_listener(lh);
+                    } else {
+                        self.sync_listener(lh);
                     }
                 }
             }
         }
         if let Some(w) = self.app_workers.get_mut(wi.as_usize()) {
-            w.dying = true;
             w.listeners.clear();
-            if w.sessions > 0 {
+            if !w.share.mark_dying() {
                 self.broadcast(|| WorkerCommand::CloseAppWorkerSessions { app_worker: wi });
             }
         }
@@ -811,15 +845,15 @@ impl SessionLayer {
         let Some(w) = self.app_workers.get(wi.as_usize()) else {
             return;
         };
-        if !w.dying || w.sessions > 0 {
+        if !w.share.is_dying() || w.share.sessions() > 0 {
             return;
         }
-        let app = w.app;
+        let app = w.app();
         self.app_workers.remove(wi.as_usize());
         let Some(a) = self.apps.get(app.as_usize()) else {
             return;
         };
-        let still_referenced = self.app_workers.iter().any(|(_, w)| w.app == app);
+        let still_referenced = self.app_workers.iter().any(|(_, w)| w.app() == app);
         if a.workers.is_empty() && !still_referenced {
             let a = self.apps.remove(app.as_usize());
             self.app_ids.remove(&a.identity);
@@ -833,8 +867,8 @@ impl SessionLayer {
         let victims: Vec<(AppIndex, WorkerMapIndex)> = self
             .app_workers
             .iter()
-            .filter(|(_, w)| w.api_client == Some(client) && !w.dying)
-            .map(|(_, w)| (w.app, w.map_index))
+            .filter(|(_, w)| w.api_client() == Some(client) && !w.share.is_dying())
+            .map(|(_, w)| (w.app(), w.map_index()))
             .collect();
         for (app, m) in &victims {
             let _ = self.del_worker_inner(*app, *m);
@@ -903,6 +937,7 @@ impl SessionLayer {
             if let Some(w) = self.app_workers.get_mut(wi.as_usize()) {
                 w.listeners.push(lh);
             }
+            self.sync_listener(lh);
             return Ok(lh);
         }
         // Another app on the endpoint?
@@ -961,6 +996,7 @@ impl SessionLayer {
                 .listener
                 .set_global_listener(Some(lh));
             // Only the interfaces of the namespace's table carry it.
+            let workers = self.listener_workers(lh);
             for t in crate::thread_reach::threads_in_table(&self.reach, self.threads.len(), fib.0) {
                 self.send(
                     t,
@@ -968,6 +1004,7 @@ impl SessionLayer {
                         listener: lh,
                         proto,
                         endpoint,
+                        workers: workers.clone(),
                     },
                 );
             }
@@ -1007,8 +1044,42 @@ impl SessionLayer {
         }
         if gone {
             self.remove_listener(listener);
+        } else {
+            self.sync_listener(listener);
         }
         Ok(())
+    }
+
+    /// The shares of listener `lh`'s app workers, by map index.
+    fn listener_workers(&self, lh: ListenerHandle) -> Vec<Arc<AppWorkerShare>> {
+        let Some(entry) = self.listeners.get(lh.index() as usize) else {
+            return Vec::new();
+        };
+        let app = entry.listener.app();
+        entry
+            .listener
+            .workers()
+            .iter()
+            .filter_map(|m| self.app_worker_of(app, m).ok())
+            .filter_map(|wi| self.app_workers.get(wi.as_usize()))
+            .map(|w| w.share.clone())
+            .collect()
+    }
+
+    /// Tells the stack threads which app workers listener `lh`'s sessions
+    /// go to now.
+    fn sync_listener(&self, lh: ListenerHandle) {
+        let Some(entry) = self.listeners.get(lh.index() as usize) else {
+            return;
+        };
+        if !entry.global {
+            return;
+        }
+        let workers = self.listener_workers(lh);
+        self.broadcast(|| WorkerCommand::ListenerWorkers {
+            listener: lh,
+            workers: workers.clone(),
+        });
     }
 
     fn remove_listener(&mut self, lh: ListenerHandle) {
@@ -1084,6 +1155,7 @@ impl SessionLayer {
             if let Some(l) = self.listeners.get_mut(lh.index() as usize) {
                 l.listener.move_to_worker(from, to)?;
             }
+            self.sync_listener(*lh);
         }
         if let Some(w) = self.app_workers.get_mut(from_wi.as_usize()) {
             w.listeners.clear();
@@ -1173,10 +1245,11 @@ impl SessionLayer {
             ))
         })?;
         self.next_thread = self.next_thread.wrapping_add(1);
+        let share = self.share_of(wi)?;
         self.send(
             thread,
             WorkerCommand::Connect {
-                app_worker: wi,
+                share,
                 proto,
                 remote,
                 opaque,
@@ -1203,18 +1276,30 @@ impl SessionLayer {
             .select_worker()
             .ok_or_else(|| SessionError::NoListener(remote.to_string()))?;
         let server_wi = self.app_worker_of(server_app, server_map)?;
-        let server = self.alloc_session_parts(server_wi)?;
+        let server = self.alloc_session_parts(server_wi, None)?;
         // The client reads what the server writes and the other way round;
         // both map the server worker's segment.
-        let client_w = self
-            .app_workers
-            .get(client_wi.as_usize())
-            .ok_or(SessionError::InvalidAppWorker(client_wi.0))?;
+        let client_share = self.share_of(client_wi)?;
+        client_share.session_started();
+        // An external client maps the server worker's segment the fifos
+        // live in; send it its fd (the client keeps mappings by index).
+        if let (EventSink::Queue(_), Some(client)) = (&client_share.sink, client_share.api_client) {
+            let index = server.location.segment;
+            if let Some(seg) = server.share.first_segments().segment(index) {
+                let size = seg.size() as u64;
+                if let Ok(fd) = seg.try_clone_fd() {
+                    self.outbox.push(PendingSegmentFd {
+                        client,
+                        worker: client_share.map_index.0,
+                        index,
+                        size,
+                        fd,
+                    });
+                }
+            }
+        }
         let client = NewSessionParts {
-            app: client_w.app,
-            app_worker: client_wi,
-            sink: client_w.sink.clone(),
-            counters: client_w.counters.clone(),
+            share: client_share,
             fifos: (server.fifos.1.clone(), server.fifos.0.clone()),
             location: FifoLocation {
                 segment: server.location.segment,
@@ -1223,31 +1308,6 @@ impl SessionLayer {
             },
             owned_pair: None,
         };
-        if let Some(w) = self.app_workers.get_mut(client_wi.as_usize()) {
-            w.sessions += 1;
-        }
-        // An external client maps the server worker's segment the fifos
-        // live in; send it its fd (the client keeps mappings by index).
-        let client_w = &self.app_workers[client_wi.as_usize()];
-        if let (EventSink::Queue(_), Some(client)) = (&client_w.sink, client_w.api_client) {
-            let worker = client_w.map_index.0;
-            let index = server.location.segment;
-            if let Some(seg) = self.app_workers[server_wi.as_usize()]
-                .segment_manager
-                .segment(index)
-            {
-                let size = seg.size() as u64;
-                if let Ok(fd) = seg.try_clone_fd() {
-                    self.segment_fds.push(PendingSegmentFd {
-                        client,
-                        worker,
-                        index,
-                        size,
-                        fd,
-                    });
-                }
-            }
-        }
         let thread = self.next_thread % self.threads.len();
         self.next_thread = self.next_thread.wrapping_add(1);
         let plan = CutThroughPlan {
@@ -1314,11 +1374,12 @@ impl SessionLayer {
         session: SessionHandle,
     ) -> SessionResult<AppWorkerIndex> {
         self.app(app)?;
-        let wi = *self
-            .owners
-            .get(&session)
+        let wi = self
+            .threads
+            .get(session.thread() as usize)
+            .and_then(|t| t.owners.owner(session))
             .ok_or(SessionError::NoSession(session.as_u64()))?;
-        let owner = self.app_workers.get(wi.as_usize()).map(|w| w.app);
+        let owner = self.app_workers.get(wi.as_usize()).map(|w| w.app());
         if owner != Some(app) {
             return Err(SessionError::NotOwner(session.as_u64()));
         }
@@ -1354,197 +1415,55 @@ impl SessionLayer {
 
     // ---- stack-thread bookkeeping ------------------------------------
 
-    /// Allocates a fifo pair in app worker `wi`'s segments and describes the
-    /// new session's side; segment changes become deferred callbacks (and
-    /// events for external apps).
-    pub fn alloc_session_parts(&mut self, wi: AppWorkerIndex) -> SessionResult<NewSessionParts> {
-        let w = self
-            .app_workers
-            .get_mut(wi.as_usize())
-            .ok_or(SessionError::InvalidAppWorker(wi.0))?;
-        if w.dying {
-            return Err(SessionError::InvalidAppWorker(wi.0));
-        }
-        let pair = w.segment_manager.alloc_fifo_pair()?;
-        let fifos = w.segment_manager.fifos(&pair)?;
-        // The app's watermarks, in percent of the tx fifo: crossing below
-        // low after going above high raises a tx-space event.
-        if let Some(a) = self.apps.get(w.app.as_usize()) {
-            let size = u64::from(fifos.1.size());
-            let pct = |p: u8| (size * u64::from(p) / 100) as u32;
-            fifos
-                .1
-                .set_watermarks(pct(a.options.high_watermark), pct(a.options.low_watermark))?;
-        }
-        let deferred = &mut self.deferred;
-        for ev in w.segment_manager.take_events() {
-            let event = match &ev {
-                SegmentEvent::Added { index, size, .. } => AppEvent::SegmentAdded {
-                    index: *index,
-                    size: *size as u64,
-                },
-                SegmentEvent::Removed { index } => AppEvent::SegmentRemoved { index: *index },
-            };
-            match &w.sink {
-                EventSink::Builtin(cbs) => {
-                    let f = match &ev {
-                        SegmentEvent::Added { .. } => cbs.add_segment.clone(),
-                        SegmentEvent::Removed { .. } => cbs.del_segment.clone(),
-                    };
-                    if let Some(f) = f {
-                        let (i, s) = match ev {
-                            SegmentEvent::Added { index, size, .. } => (index, size),
-                            SegmentEvent::Removed { index } => (index, 0),
-                        };
-                        deferred.push(Box::new(move || f(i, s)));
-                    }
-                }
-                EventSink::Queue(_) => {
-                    let _ = w.sink.post(&event, &w.counters);
-                    if let (SegmentEvent::Added { index, size, .. }, Some(client)) =
-                        (&ev, w.api_client)
-                    {
-                        let (index, size) = (*index, *size as u64);
-                        if let SegmentEvent::Added { fd, .. } = ev {
-                            self.segment_fds.push(PendingSegmentFd {
-                                client,
-                                worker: w.map_index.0,
-                                index,
-                                size,
-                                fd,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        w.sessions += 1;
-        let location = FifoLocation {
-            segment: pair.segment_index,
-            rx_offset: pair.rx_offset as u32,
-            tx_offset: pair.tx_offset as u32,
-        };
-        let parts = NewSessionParts {
-            app: w.app,
-            app_worker: wi,
-            sink: w.sink.clone(),
-            counters: w.counters.clone(),
-            fifos,
-            location,
-            owned_pair: Some((wi, pair)),
-        };
-        Ok(parts)
-    }
-
-    /// Picks the app worker for a session arriving on `lh` (round robin)
-    /// and allocates its fifos.
-    pub fn accept_parts(&mut self, lh: ListenerHandle) -> SessionResult<NewSessionParts> {
-        let entry = self
-            .listeners
-            .get_mut(lh.index() as usize)
-            .ok_or_else(|| SessionError::NoListener(lh.to_string()))?;
-        let app = entry.listener.app();
-        let map = entry
-            .listener
-            .select_worker()
-            .ok_or_else(|| SessionError::NoListener(lh.to_string()))?;
-        let wi = self.app_worker_of(app, map)?;
-        self.alloc_session_parts(wi)
-    }
-
-    /// Records who owns a live session (for ownership checks).
-    pub fn register_owner(&mut self, session: SessionHandle, wi: AppWorkerIndex) {
-        self.owners.insert(session, wi);
-    }
-
-    /// Enters an established session in the table of its owner's namespace.
-    pub fn add_established(
+    /// Allocates a fifo pair in app worker `wi`'s first segment (a control
+    /// operation's session: `thread` None) or in its segments for stack
+    /// thread `thread`, and describes the new session's side; segment
+    /// changes become deferred callbacks (and events for external apps).
+    pub fn alloc_session_parts(
         &mut self,
-        session: SessionHandle,
         wi: AppWorkerIndex,
-        tuple: FiveTuple,
-    ) -> Option<SessionKey> {
-        let app = self.app_workers.get(wi.as_usize())?.app;
-        let ns = self.apps.get(app.as_usize())?.namespace;
-        let fib = self
-            .namespaces
-            .get(ns)
-            .map(|n| n.fib_index())
-            .unwrap_or_default();
-        let key = SessionKey::new(fib, tuple);
-        match self.lookup.add_session(key, session) {
-            Ok(()) => Some(key),
-            Err(e) => {
-                warn!(%session, "established table: {e}");
-                None
-            }
-        }
+        thread: Option<usize>,
+    ) -> SessionResult<NewSessionParts> {
+        let share = self.share_of(wi)?;
+        let f = share.alloc_fifos(thread, &self.outbox, &mut self.deferred)?;
+        share.session_started();
+        Ok(NewSessionParts {
+            share,
+            fifos: f.fifos,
+            location: f.location,
+            owned_pair: Some(f.owned),
+        })
     }
 
-    /// Forgets a session: its table entry, its owner, its fifo pair; frees a
-    /// dying app worker (and app) it was the last session of.
-    pub fn release_session(
-        &mut self,
-        session: SessionHandle,
-        wi: AppWorkerIndex,
-        key: Option<SessionKey>,
-        pair: Option<(AppWorkerIndex, FifoPair)>,
-    ) {
-        if let Some(k) = key {
-            let _ = self.lookup.del_session(&k, session);
-        }
-        self.owners.remove(&session);
-        if let Some((owner, pair)) = pair {
-            if let Some(w) = self.app_workers.get_mut(owner.as_usize()) {
-                if let Err(e) = w.segment_manager.free_fifo_pair(&pair) {
-                    warn!(%session, "freeing fifos: {e}");
-                }
-                // Segments removed now are not announced to a dying worker.
-                let _ = w.segment_manager.take_events();
-            }
-        }
-        if let Some(w) = self.app_workers.get_mut(wi.as_usize()) {
-            w.sessions = w.sessions.saturating_sub(1);
-            w.counters
-                .closed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.reap_worker(wi);
-    }
-
-    /// Drops the session count a planned session took when it never came
-    /// to be (connect failed before a session existed, cut-through refused).
-    pub fn release_unborn(&mut self, wi: AppWorkerIndex, pair: Option<(AppWorkerIndex, FifoPair)>) {
-        if let Some((owner, pair)) = pair {
-            if let Some(w) = self.app_workers.get_mut(owner.as_usize()) {
-                let _ = w.segment_manager.free_fifo_pair(&pair);
-                let _ = w.segment_manager.take_events();
-            }
-        }
-        if let Some(w) = self.app_workers.get_mut(wi.as_usize()) {
-            w.sessions = w.sessions.saturating_sub(1);
-        }
-        self.reap_worker(wi);
+    /// What the stack threads hold of app worker `wi`.
+    fn share_of(&self, wi: AppWorkerIndex) -> SessionResult<Arc<AppWorkerShare>> {
+        self.app_workers
+            .get(wi.as_usize())
+            .map(|w| w.share.clone())
+            .ok_or(SessionError::InvalidAppWorker(wi.0))
     }
 
     /// Counts of everything held.
     pub fn counters(&self) -> LayerCounters {
+        let (mut segments, mut fifos) = (0, 0);
+        for (_, w) in self.app_workers.iter() {
+            let (s, f, _) = w.share.segment_totals();
+            segments += s;
+            fifos += f;
+        }
         LayerCounters {
             apps: self.apps.len(),
             app_workers: self.app_workers.len(),
             listeners: self.listeners.len(),
-            sessions: self.owners.len(),
-            segments: self
-                .app_workers
-                .iter()
-                .map(|(_, w)| w.segment_manager.segment_count())
-                .sum(),
-            fifos: self
-                .app_workers
-                .iter()
-                .map(|(_, w)| w.segment_manager.fifos_allocated())
-                .sum(),
-            table_entries: self.lookup.counters().entries(),
+            sessions: self.threads.iter().map(|t| t.owners.len()).sum(),
+            segments,
+            fifos,
+            table_entries: self.lookup.counters().entries()
+                + self
+                    .threads
+                    .iter()
+                    .map(|t| t.owners.established())
+                    .sum::<usize>(),
         }
     }
 }

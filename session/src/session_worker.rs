@@ -16,27 +16,35 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
 
 use hashbrown::HashMap;
 use slab::Slab;
 use tracing::{debug, warn};
 
 use crate::app_callbacks::AppContext;
+use crate::app_callbacks::Deferred;
 use crate::app_event_queue::Backlogs;
+use crate::app_listener::ThreadListener;
 use crate::app_worker::EventSink;
+use crate::app_worker::{AppWorkerShare, OwnedPair};
 use crate::dirty_sessions::DirtySessions;
+use crate::segment_fd_outbox::SegmentFdOutbox;
 use crate::session::{Session, SessionKind};
 use crate::session_info::{SessionInfo, SessionState};
-use crate::session_layer::{Deferred, NewSessionParts, SessionLayer, WorkerCommand};
+
+use crate::session_layer::{NewSessionParts, SessionLayer, WorkerCommand};
+use crate::session_owners::SessionOwners;
 use crate::transport::{DatagramMeta, Transport, TransportConnId, TransportEvent};
 use hoststack_app_proto::app_event::{AppEvent, DGRAM_HEADER_SIZE};
 use hoststack_app_proto::app_rx_queue::{AppRxQueue, ControlMessage, IoMessage, RxMessage};
 use hoststack_app_proto::datagram::{peek_datagram, read_datagram, write_datagram};
-use hoststack_app_proto::endpoint::{Endpoint, FiveTuple, TransportProto};
+use hoststack_app_proto::endpoint::{Endpoint, FiveTuple, SessionKey, TransportProto};
 use hoststack_app_proto::error::{SessionError, SessionResult};
-use hoststack_app_proto::handle::{AppIndex, AppWorkerIndex, ListenerHandle, SessionHandle};
+use hoststack_app_proto::handle::{
+    AppIndex, AppWorkerIndex, FibIndex, ListenerHandle, SessionHandle,
+};
 
 /// The builtin-app events a worker dispatches as callbacks.
 #[derive(Debug, Clone)]
@@ -139,11 +147,9 @@ impl SessionWorkerStats {
 /// One thread's sessions.
 pub struct SessionWorker {
     thread: u32,
-    layer: Arc<Mutex<SessionLayer>>,
     commands: Receiver<WorkerCommand>,
     sessions: Slab<Session>,
     by_conn: HashMap<(TransportProto, TransportConnId), u32>,
-    listening: HashMap<ListenerHandle, TransportProto>,
     builtin: VecDeque<(
         Arc<crate::app_callbacks::AppCallbacks>,
         AppWorkerIndex,
@@ -160,6 +166,17 @@ pub struct SessionWorker {
     backlogs: Arc<Backlogs>,
     /// The last poll stopped at its event budget: transport events wait.
     events_left: bool,
+    /// This thread's copies of the listeners it carries: the workers their
+    /// sessions go to.
+    listeners: HashMap<ListenerHandle, ThreadListener<Arc<AppWorkerShare>>>,
+    /// Who owns this thread's sessions (the control plane checks it).
+    owners: Arc<SessionOwners>,
+    /// Established sessions by 6-tuple.
+    established: HashMap<SessionKey, SessionHandle>,
+    /// Where fds of segments this thread adds go.
+    outbox: Arc<SegmentFdOutbox>,
+    /// Where a dying app worker's last session is reported.
+    reaper: Sender<AppWorkerIndex>,
 }
 
 impl std::fmt::Debug for SessionWorker {
@@ -171,12 +188,6 @@ impl std::fmt::Debug for SessionWorker {
     }
 }
 
-fn lock(layer: &Mutex<SessionLayer>) -> MutexGuard<'_, SessionLayer> {
-    // A panic elsewhere under the lock leaves tables that are still
-    // consistent per operation; keep serving.
-    layer.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl SessionWorker {
     /// The worker of stack thread `thread`, receiving `commands`.
     pub fn new(
@@ -184,14 +195,18 @@ impl SessionWorker {
         layer: Arc<Mutex<SessionLayer>>,
         commands: Receiver<WorkerCommand>,
     ) -> Self {
-        let backlogs = lock(&layer).backlogs();
+        let (backlogs, owners, outbox, reaper) = {
+            // A panic elsewhere under the lock leaves tables that are
+            // consistent per operation.
+            let l = layer.lock().unwrap_or_else(|p| p.into_inner());
+            let owners = l.owners(thread as usize).unwrap_or_default();
+            (l.backlogs(), owners, l.outbox(), l.reaper())
+        };
         Self {
             thread,
-            layer,
             commands,
             sessions: Slab::new(),
             by_conn: HashMap::new(),
-            listening: HashMap::new(),
             builtin: VecDeque::new(),
             scratch: vec![0u8; 64 * 1024],
             deferred: Vec::new(),
@@ -203,6 +218,11 @@ impl SessionWorker {
             dirty: DirtySessions::new(),
             backlogs,
             events_left: false,
+            listeners: HashMap::new(),
+            owners,
+            established: HashMap::new(),
+            outbox,
+            reaper,
         }
     }
 
@@ -365,6 +385,7 @@ impl SessionWorker {
         let entry = self.sessions.vacant_entry();
         let idx = entry.key() as u32;
         let handle = SessionHandle::new(self.thread, idx);
+        self.owners.insert(handle, parts.share.index);
         let (rx, tx) = parts.fifos;
         entry.insert(Session {
             handle,
@@ -373,8 +394,8 @@ impl SessionWorker {
             kind,
             local,
             remote,
-            app: parts.app,
-            app_worker: parts.app_worker,
+            app: parts.share.app,
+            app_worker: parts.share.index,
             listener: None,
             owned_pair: parts.owned_pair,
             fifo_location: parts.location,
@@ -382,8 +403,9 @@ impl SessionWorker {
             tx_out: tx.consumer(),
             app_rx: rx.consumer(),
             app_tx: tx.producer(),
-            sink: parts.sink,
-            counters: parts.counters,
+            sink: parts.share.sink.clone(),
+            counters: parts.share.counters.clone(),
+            share: parts.share,
             lookup_key: None,
             peer_finished: false,
             rx_blocked: false,
@@ -421,9 +443,81 @@ impl SessionWorker {
                 .sink
                 .post(&AppEvent::Cleanup { session: handle }, &s.counters);
         }
-        let mut layer = lock(&self.layer);
-        layer.release_session(handle, s.app_worker, s.lookup_key, s.owned_pair.take());
-        self.deferred.extend(layer.take_deferred());
+        self.release(handle, &s.share, s.lookup_key, s.owned_pair.take());
+    }
+
+    /// A session's share of the tables goes: its owner and established
+    /// entry, its fifos, and its count in its app worker (the control
+    /// thread frees a dying worker whose last session this was).
+    fn release(
+        &mut self,
+        handle: SessionHandle,
+        share: &AppWorkerShare,
+        key: Option<SessionKey>,
+        pair: Option<OwnedPair>,
+    ) {
+        self.owners.remove(handle);
+        if let Some(k) = key {
+            if self.established.get(&k) == Some(&handle) {
+                self.established.remove(&k);
+                self.owners.set_established(self.established.len());
+            }
+        }
+        if let Some(pair) = pair {
+            pair.free(&self.outbox, &mut self.deferred);
+        }
+        if share.session_ended() {
+            let _ = self.reaper.send(share.index);
+        }
+    }
+
+    /// Enters an established session in this thread's table.
+    /// Enters an established session in this thread's table; `None` when
+    /// the 6-tuple is already another session's (which keeps it).
+    fn add_established(
+        &mut self,
+        handle: SessionHandle,
+        fib: FibIndex,
+        tuple: FiveTuple,
+    ) -> Option<SessionKey> {
+        let key = SessionKey::new(fib, tuple);
+        match self.established.entry(key) {
+            hashbrown::hash_map::Entry::Occupied(e) => {
+                warn!(%handle, other = %e.get(), "established table: 6-tuple taken");
+                return None;
+            }
+            hashbrown::hash_map::Entry::Vacant(v) => {
+                v.insert(handle);
+            }
+        }
+        self.owners.set_established(self.established.len());
+        Some(key)
+    }
+
+    /// Fifos for a new session of `share`, in this thread's segments.
+    fn alloc_parts(&mut self, share: &Arc<AppWorkerShare>) -> SessionResult<NewSessionParts> {
+        let f = share.alloc_fifos(Some(self.thread as usize), &self.outbox, &mut self.deferred)?;
+        share.session_started();
+        Ok(NewSessionParts {
+            share: share.clone(),
+            fifos: f.fifos,
+            location: f.location,
+            owned_pair: Some(f.owned),
+        })
+    }
+
+    /// The parts of a session `listener` accepted: its next app worker in
+    /// round robin, fifos from that worker's segments for this thread. No
+    /// lock but the segment manager's, which only this thread takes.
+    fn accept_parts(&mut self, listener: ListenerHandle) -> SessionResult<NewSessionParts> {
+        let share = self
+            .listeners
+            .get_mut(&listener)
+            .ok_or_else(|| SessionError::NoListener(listener.to_string()))?
+            .select()
+            .ok_or_else(|| SessionError::NoListener(listener.to_string()))?
+            .clone();
+        self.alloc_parts(&share)
     }
 
     // ---- commands from the control plane -----------------------------
@@ -434,6 +528,7 @@ impl SessionWorker {
                 listener,
                 proto,
                 endpoint,
+                workers,
             } => {
                 let Some(t) = tp.transport(proto) else {
                     warn!(thread = self.thread, ?proto, "no transport for a listen");
@@ -441,15 +536,21 @@ impl SessionWorker {
                 };
                 match t.listen(listener, endpoint) {
                     Ok(()) => {
-                        self.listening.insert(listener, proto);
+                        self.listeners
+                            .insert(listener, ThreadListener::new(by_map_index(workers)));
                     }
                     Err(e) => {
                         warn!(thread = self.thread, %endpoint, "transport listen failed: {e}")
                     }
                 }
             }
+            WorkerCommand::ListenerWorkers { listener, workers } => {
+                if let Some(l) = self.listeners.get_mut(&listener) {
+                    l.set_workers(by_map_index(workers));
+                }
+            }
             WorkerCommand::Unlisten { listener, proto } => {
-                if self.listening.remove(&listener).is_some() {
+                if self.listeners.remove(&listener).is_some() {
                     if let Some(t) = tp.transport(proto) {
                         t.unlisten(listener);
                     }
@@ -471,11 +572,11 @@ impl SessionWorker {
                 }
             }
             WorkerCommand::Connect {
-                app_worker,
+                share,
                 proto,
                 remote,
                 opaque,
-            } => self.start_connect(app_worker, proto, remote, opaque, tp),
+            } => self.start_connect(share, proto, remote, opaque, tp),
             WorkerCommand::CutThrough(plan) => self.start_cut_through(*plan),
             WorkerCommand::Disconnect { session } => self.app_disconnect(session, tp),
             WorkerCommand::WakeSession { session } => {
@@ -533,28 +634,24 @@ impl SessionWorker {
 
     fn start_connect(
         &mut self,
-        wi: AppWorkerIndex,
+        share: Arc<AppWorkerShare>,
         proto: TransportProto,
         remote: Endpoint,
         opaque: u64,
         tp: &mut dyn TransportSet,
     ) {
-        let parts = {
-            let mut layer = lock(&self.layer);
-            let p = layer.alloc_session_parts(wi);
-            self.deferred.extend(layer.take_deferred());
-            p
-        };
-        let parts = match parts {
+        let parts = match self.alloc_parts(&share) {
             Ok(p) => p,
             Err(e) => {
                 // Tell the app; it has no session to hang the error on.
-                let sink_counters = lock(&self.layer)
-                    .app_worker(wi)
-                    .map(|w| (w.sink.clone(), w.counters.clone()));
-                if let Some((sink, counters)) = sink_counters {
-                    self.emit_connect_failed(&sink, &counters, wi, opaque, remote, e);
-                }
+                self.emit_connect_failed(
+                    &share.sink,
+                    &share.counters,
+                    share.index,
+                    opaque,
+                    remote,
+                    e,
+                );
                 return;
             }
         };
@@ -572,7 +669,6 @@ impl SessionWorker {
         );
         let handle = self.handle(idx);
         self.sessions[idx as usize].opaque = opaque;
-        lock(&self.layer).register_owner(handle, wi);
         let result = match tp.transport(proto) {
             Some(t) => t.connect(handle, remote),
             None => Err(SessionError::Transport(format!(
@@ -635,9 +731,8 @@ impl SessionWorker {
             if let Some(conn) = s.conn() {
                 self.by_conn.remove(&(s.proto, conn));
             }
-            let mut layer = lock(&self.layer);
-            layer.release_session(s.handle, s.app_worker, None, s.owned_pair.take());
-            self.deferred.extend(layer.take_deferred());
+            let pair = s.owned_pair.take();
+            self.release(s.handle, &s.share, None, pair);
         }
     }
 
@@ -650,7 +745,6 @@ impl SessionWorker {
             server_endpoint,
             opaque,
         } = plan;
-        let (server_wi, client_wi) = (server.app_worker, client.app_worker);
         let client_ep = Endpoint {
             ip: server_endpoint.ip,
             port: 0,
@@ -680,11 +774,6 @@ impl SessionWorker {
         self.sessions[s_idx as usize].listener = Some(listener);
         self.sessions[c_idx as usize].kind = SessionKind::CutThrough { peer: sh };
         self.sessions[c_idx as usize].opaque = opaque;
-        {
-            let mut layer = lock(&self.layer);
-            layer.register_owner(sh, server_wi);
-            layer.register_owner(ch, client_wi);
-        }
         self.sessions[s_idx as usize]
             .counters
             .accepted
@@ -780,13 +869,7 @@ impl SessionWorker {
                 conn,
                 tuple,
             } => {
-                let parts = {
-                    let mut layer = lock(&self.layer);
-                    let p = layer.accept_parts(listener);
-                    self.deferred.extend(layer.take_deferred());
-                    p
-                };
-                let parts = match parts {
+                let parts = match self.accept_parts(listener) {
                     Ok(p) => p,
                     Err(e) => {
                         debug!(thread = self.thread, "refusing a connection: {e}");
@@ -796,7 +879,7 @@ impl SessionWorker {
                         return;
                     }
                 };
-                let wi = parts.app_worker;
+                let fib = parts.share.fib;
                 let idx = self.insert_session(
                     parts,
                     proto,
@@ -807,15 +890,9 @@ impl SessionWorker {
                 );
                 let handle = self.handle(idx);
                 self.by_conn.insert((proto, conn), idx);
-                let key = {
-                    let mut layer = lock(&self.layer);
-                    layer.register_owner(handle, wi);
-                    if proto == TransportProto::Tcp {
-                        layer.add_established(handle, wi, tuple)
-                    } else {
-                        None
-                    }
-                };
+                let key = (proto == TransportProto::Tcp)
+                    .then(|| self.add_established(handle, fib, tuple))
+                    .flatten();
                 let s = &mut self.sessions[idx as usize];
                 s.lookup_key = key;
                 s.listener = Some(listener);
@@ -841,13 +918,11 @@ impl SessionWorker {
                 s.remote = tuple.remote();
                 s.kind = SessionKind::Transport(Some(conn));
                 s.counters.connected.fetch_add(1, Relaxed);
-                let (wi, opaque) = (s.app_worker, s.opaque);
+                let (fib, opaque) = (s.share.fib, s.opaque);
                 self.by_conn.insert((proto, conn), idx);
-                let key = if proto == TransportProto::Tcp {
-                    lock(&self.layer).add_established(session, wi, tuple)
-                } else {
-                    None
-                };
+                let key = (proto == TransportProto::Tcp)
+                    .then(|| self.add_established(session, fib, tuple))
+                    .flatten();
                 self.sessions[idx as usize].lookup_key = key;
                 // The app may have written before the connect completed.
                 self.dirty.mark(idx);
@@ -1494,4 +1569,14 @@ impl AppContext for AppCx<'_> {
         let s = self.own(h)?;
         Ok(FiveTuple::new(s.proto, s.local, s.remote).ok())
     }
+}
+
+/// A listener's workers as a thread keeps them: by map index.
+fn by_map_index(
+    workers: Vec<Arc<AppWorkerShare>>,
+) -> Vec<(
+    hoststack_app_proto::handle::WorkerMapIndex,
+    Arc<AppWorkerShare>,
+)> {
+    workers.into_iter().map(|w| (w.map_index, w)).collect()
 }

@@ -246,7 +246,7 @@ impl EchoServer {
                     a.workers
                         .get(m)
                         .and_then(|wi| l.app_worker(*wi))
-                        .map_or(0, |w| w.counters.accepted.load(Relaxed))
+                        .map_or(0, |w| w.counters().accepted.load(Relaxed))
                 })
                 .collect())
         })?

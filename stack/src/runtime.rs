@@ -129,10 +129,7 @@ fn session_setup(threads: &[&StackConfig]) -> StackResult<SessionSetup> {
         let control = Arc::new(WorkerControl::new()?);
         let (tx, rx) = mpsc::channel();
         let c = control.clone();
-        ports.push(ThreadPort {
-            commands: tx,
-            wake: Arc::new(move || c.wake()),
-        });
+        ports.push(ThreadPort::new(tx, Arc::new(move || c.wake())));
         controls.push(control);
         inboxes.push(rx);
     }

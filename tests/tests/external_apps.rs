@@ -409,10 +409,10 @@ fn a_64_slot_event_queue_serves_10000_sessions_postponing_and_losing_nothing() -
             for a in l.apps() {
                 for wi in a.workers.values() {
                     let Some(w) = l.app_worker(*wi) else { continue };
-                    if let EventSink::Queue(q) = &w.sink {
+                    if let EventSink::Queue(q) = w.sink() {
                         totals.0 += q.counters().postponed.load(Ordering::Relaxed);
                     }
-                    totals.1 += w.counters.events_dropped.load(Ordering::Relaxed);
+                    totals.1 += w.counters().events_dropped.load(Ordering::Relaxed);
                 }
             }
             totals

@@ -41,14 +41,14 @@ impl Harness {
             let (tx, rx) = mpsc::channel();
             let slot: Arc<Mutex<Option<std::thread::Thread>>> = Arc::default();
             let s = slot.clone();
-            ports.push(ThreadPort {
-                commands: tx,
-                wake: Arc::new(move || {
+            ports.push(ThreadPort::new(
+                tx,
+                Arc::new(move || {
                     if let Some(t) = s.lock().unwrap().as_ref() {
                         t.unpark();
                     }
                 }),
-            });
+            ));
             inboxes.push(rx);
             parkers.push(slot);
         }
@@ -499,7 +499,7 @@ fn cut_through_sessions_spread_round_robin_over_server_workers() {
                         m.0,
                         l.app_worker(*wi)
                             .unwrap()
-                            .counters
+                            .counters()
                             .accepted
                             .load(Ordering::Relaxed),
                     )
@@ -623,7 +623,7 @@ fn an_external_app_worker_gets_its_accept_event_in_its_shared_memory_queue() {
     // queue through a second handle.
     let q = h
         .control
-        .call(move |l| match &l.app_worker(wi).unwrap().sink {
+        .call(move |l| match &l.app_worker(wi).unwrap().sink() {
             hoststack_session::app_worker::EventSink::Queue(q) => q.queue().try_clone().unwrap(),
             _ => panic!("external app without a queue"),
         })

@@ -63,7 +63,7 @@ fn summary(l: &SessionLayer, a: &Application) -> AppSummary {
     let api_client = a
         .workers
         .values()
-        .filter_map(|wi| l.app_worker(*wi).and_then(|w| w.api_client))
+        .filter_map(|wi| l.app_worker(*wi).and_then(|w| w.api_client()))
         .min();
     AppSummary {
         index: a.index.0,
@@ -136,20 +136,20 @@ pub(crate) fn app_details(l: &SessionLayer, connects: &[SessionView]) -> Vec<App
                 .iter()
                 .filter_map(|(m, wi)| {
                     let w = l.app_worker(*wi)?;
-                    let sm = &w.segment_manager;
-                    let c = &w.counters;
-                    let postponed = match &w.sink {
+                    let (segments, fifos, bytes_in_use) = w.share.segment_totals();
+                    let c = w.counters();
+                    let postponed = match w.sink() {
                         EventSink::Queue(q) => Some(q.counters()),
                         EventSink::Builtin(_) => None,
                     };
                     Some(AppWorkerView {
                         index: wi.0,
                         map_index: m.0,
-                        api_client: w.api_client,
-                        segments: sm.segment_count(),
-                        fifos: sm.fifos_allocated(),
-                        bytes_in_use: sm.bytes_in_use(),
-                        sessions: w.sessions,
+                        api_client: w.api_client(),
+                        segments,
+                        fifos,
+                        bytes_in_use,
+                        sessions: w.share.sessions(),
                         listeners: w.listeners.len(),
                         accepted: c.accepted.load(Relaxed),
                         connected: c.connected.load(Relaxed),
@@ -199,7 +199,7 @@ pub(crate) fn queues(l: &SessionLayer, only: Option<u32>) -> Vec<QueueView> {
         maps.sort_by_key(|(m, _)| m.0);
         for (m, wi) in maps {
             let Some(w) = l.app_worker(*wi) else { continue };
-            if let EventSink::Queue(eq) = &w.sink {
+            if let EventSink::Queue(eq) = w.sink() {
                 let (q, c) = (eq.queue(), eq.counters());
                 out.push(QueueView {
                     app: a.index.0,
