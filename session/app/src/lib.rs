@@ -113,6 +113,41 @@ pub struct AppStatsSnapshot {
     pub wait_syscalls: u64,
 }
 
+/// How long a message waits for room in a full stack queue before the
+/// stack thread counts as stuck.
+const QUEUE_FULL_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Sends with `send`, waiting while the queue is full: a full queue means
+/// the stack thread is behind (a burst of closes, say), which a close or a
+/// notification must outlast, as a socket call would block. `QueueFull`
+/// only after [`QUEUE_FULL_PATIENCE`].
+fn send_patiently(
+    patience: Duration,
+    mut send: impl FnMut() -> SessionResult<()>,
+) -> SessionResult<()> {
+    let mut waited = None;
+    let mut pause = Duration::from_micros(1);
+    loop {
+        match send() {
+            Err(SessionError::QueueFull) => {
+                let since = *waited.get_or_insert_with(Instant::now);
+                if since.elapsed() >= patience {
+                    return Err(SessionError::QueueFull);
+                }
+                // Yield first (the stack thread may be on this core), then
+                // sleep longer and longer, up to a millisecond.
+                if pause < Duration::from_micros(50) {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(pause);
+                }
+                pause = (pause * 2).min(Duration::from_millis(1));
+            }
+            r => return r,
+        }
+    }
+}
+
 struct Conn {
     stream: UnixStream,
     reader: FrameReader,
@@ -189,21 +224,9 @@ impl Shared {
             return Ok(());
         }
         let q = self.thread_queue(session)?;
-        // A full queue means the stack thread is behind: give it a moment.
-        let mut tries = 0;
-        loop {
-            match q.send_io(m) {
-                Ok(()) => {
-                    self.stats.notifications.fetch_add(1, Relaxed);
-                    return Ok(());
-                }
-                Err(SessionError::QueueFull) if tries < 1000 => {
-                    tries += 1;
-                    std::thread::yield_now();
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        send_patiently(QUEUE_FULL_PATIENCE, || q.send_io(m))?;
+        self.stats.notifications.fetch_add(1, Relaxed);
+        Ok(())
     }
 
     fn region(&self, segment: u32) -> SessionResult<SharedRegion> {
@@ -609,7 +632,7 @@ impl Worker {
             return self.shared.post_over_socket(main, RxMessage::Control(*m));
         }
         let q = self.shared.main_queue()?;
-        q.send_control(m)
+        send_patiently(QUEUE_FULL_PATIENCE, || q.send_control(m))
     }
 
     fn next_event(&mut self) -> SessionResult<Option<AppEvent>> {
@@ -1080,5 +1103,49 @@ impl Session {
                 session: self.handle.as_u64(),
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_is_waited_out() {
+        let mut full_for = 20;
+        let r = send_patiently(Duration::from_secs(5), || {
+            if full_for == 0 {
+                return Ok(());
+            }
+            full_for -= 1;
+            Err(SessionError::QueueFull)
+        });
+        assert_eq!(r, Ok(()));
+        assert_eq!(full_for, 0);
+    }
+
+    #[test]
+    fn a_queue_full_for_longer_than_the_patience_is_an_error() {
+        let t = Instant::now();
+        let mut tries = 0;
+        let r = send_patiently(Duration::from_millis(30), || {
+            tries += 1;
+            Err(SessionError::QueueFull)
+        });
+        assert_eq!(r, Err(SessionError::QueueFull));
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        // Backed off: not a busy spin for 30 ms.
+        assert!(tries < 1000, "{tries} tries");
+    }
+
+    #[test]
+    fn other_errors_are_not_retried() {
+        let mut tries = 0;
+        let r = send_patiently(Duration::from_secs(5), || {
+            tries += 1;
+            Err(SessionError::NoSession(7))
+        });
+        assert_eq!(r, Err(SessionError::NoSession(7)));
+        assert_eq!(tries, 1);
     }
 }
