@@ -198,6 +198,9 @@ pub fn lab_names(name: &str) -> (String, String, String, String) {
     )
 }
 
+/// Packets the kernel peer's qdisc holds while hoststack's end is busy.
+const PEER_TX_QUEUE_LEN: u32 = 10_000;
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 11
@@ -313,6 +316,35 @@ impl Lab {
             "nodad",
         ])?;
         run(&["ip", "-n", ns, "link", "set", &self.peer_if, "up"])?;
+        if !c.tap {
+            // A veth comes without a qdisc, so when the XDP end's ring is
+            // full the kernel peer's transmits fail outright (its TCP counts
+            // them as TCPRetransFail and, for closed sockets, gives up
+            // silently). A real NIC has a queue that holds a burst back;
+            // veth pushes back into one when it exists.
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "link",
+                "set",
+                &self.peer_if,
+                "txqueuelen",
+                &PEER_TX_QUEUE_LEN.to_string(),
+            ])?;
+            let root = if c.queues > 1 { "mq" } else { "pfifo_fast" };
+            run(&[
+                "tc",
+                "-n",
+                ns,
+                "qdisc",
+                "replace",
+                "dev",
+                &self.peer_if,
+                "root",
+                root,
+            ])?;
+        }
         if c.peer_tso_off && !c.tap {
             run(&[
                 "ip",
