@@ -15,6 +15,15 @@ use hoststack_tests::{Daemon, lab_bin};
 use serde_json::Value;
 
 const CONNECTIONS: usize = 100_000;
+
+/// Connections to open: 100,000 unless `HOSTSTACK_SCALE_CONNECTIONS` says
+/// otherwise (for probing by hand).
+fn connections() -> usize {
+    std::env::var("HOSTSTACK_SCALE_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CONNECTIONS)
+}
 const CLIENTS: usize = 6;
 
 /// One `kernel_conns --hold` process: its first report, then a line on
@@ -83,6 +92,30 @@ fn app_tables(d: &Daemon) -> Result<(u64, u64)> {
     Ok((sum("fifos"), sum("sessions")))
 }
 
+/// The kernel side's counters of transmissions that failed or gave up.
+fn kernel_tcp_counters(ns: &str) -> String {
+    let Ok(o) = Command::new("ip")
+        .args(["netns", "exec", ns, "nstat", "-az"])
+        .output()
+    else {
+        return "nstat failed".into();
+    };
+    let text = String::from_utf8_lossy(&o.stdout);
+    let wanted = [
+        "TcpRetransSegs",
+        "TcpExtTCPRetransFail",
+        "TcpExtTCPAbortOnTimeout",
+    ];
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (name, value) = (w.next()?, w.next()?);
+            wanted.contains(&name).then(|| format!("{name} {value}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn rss(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -134,7 +167,7 @@ fn a_hundred_thousand_kernel_connections_echo_their_own_bytes_and_leave_nothing_
     let rss0 = rss(daemon_pid)?;
 
     let t = Instant::now();
-    let per = CONNECTIONS / CLIENTS;
+    let per = connections() / CLIENTS;
     let mut clients = sources
         .iter()
         .map(|s| Client::start(&d, s, per))
@@ -200,9 +233,16 @@ fn a_hundred_thousand_kernel_connections_echo_their_own_bytes_and_leave_nothing_
         let now = (tcp_connections(&d)?, app_tables(&d)?);
         let before = (conns0, (fifos0, sessions0));
         if now == before {
+            eprintln!("closed; kernel side: {}", kernel_tcp_counters(ns));
             break;
         }
         if Instant::now() > end {
+            // What is left, to say why.
+            let left = d.show("session verbose").unwrap_or_default();
+            let head: Vec<&str> = left.lines().take(30).collect();
+            eprintln!("sessions left:\n{}", head.join("\n"));
+            eprintln!("{}", d.show("interface").unwrap_or_default());
+            eprintln!("kernel side: {}", kernel_tcp_counters(ns));
             bail!("after closing: connections, (fifos, sessions) {now:?}, before {before:?}");
         }
         std::thread::sleep(Duration::from_millis(200));
