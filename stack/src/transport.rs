@@ -27,41 +27,79 @@ use tracing::debug;
 use crate::config::TcpTuning;
 use crate::tcp_listener::{SpareTcpSockets, TcpListenerPool};
 
-/// Ephemeral TCP/UDP source ports of one worker.
+/// The local ports of one worker's smoltcp sockets, and the choice of
+/// ephemeral ones: O(1) per choice (random probes into a count of the
+/// ports in use), a bounded sweep of the range only when it is nearly full,
+/// and `None` when it is full.
 #[derive(Debug)]
 pub struct EphemeralPorts {
     state: u64,
+    /// Sockets (connections, listeners) bound to each port.
+    in_use: HashMap<u16, u32>,
 }
 
 /// The IANA dynamic range.
 const EPHEMERAL_LOW: u16 = 49152;
+/// Ports in it.
+const EPHEMERAL_SPAN: u32 = (u16::MAX - EPHEMERAL_LOW) as u32 + 1;
+/// Random tries before the sweep (all fail with odds 0.9^64 = 0.1 % when
+/// nine ports in ten are taken).
+const EPHEMERAL_PROBES: usize = 64;
 
 impl EphemeralPorts {
     /// Seeds the choice.
     pub fn new(seed: u64) -> Self {
-        Self { state: seed | 1 }
+        Self {
+            state: seed | 1,
+            in_use: HashMap::new(),
+        }
     }
 
-    /// A port in 49152..=65535 no socket of `sockets` uses locally.
-    pub fn next(&mut self, sockets: &SocketSet<'static>) -> u16 {
-        loop {
-            self.state ^= self.state << 13;
-            self.state ^= self.state >> 7;
-            self.state ^= self.state << 17;
-            let port =
-                EPHEMERAL_LOW + (self.state % u64::from(u16::MAX - EPHEMERAL_LOW + 1)) as u16;
-            let used = sockets.iter().any(|(_, s)| match s {
-                smoltcp::socket::Socket::Tcp(t) => {
-                    t.local_endpoint().map(|e| e.port) == Some(port)
-                        || t.listen_endpoint().port == port
-                }
-                smoltcp::socket::Socket::Udp(u) => u.endpoint().port == port,
-                _ => false,
-            });
-            if !used {
-                return port;
+    fn random_port(&mut self) -> u16 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        EPHEMERAL_LOW + (self.state % u64::from(EPHEMERAL_SPAN)) as u16
+    }
+
+    /// A free port in 49152..=65535, now counted as used; `None` when every
+    /// one is.
+    pub fn allocate(&mut self) -> Option<u16> {
+        for _ in 0..EPHEMERAL_PROBES {
+            let port = self.random_port();
+            if !self.in_use.contains_key(&port) {
+                self.claim(port);
+                return Some(port);
             }
         }
+        let start = u32::from(self.random_port() - EPHEMERAL_LOW);
+        let port = (0..EPHEMERAL_SPAN)
+            .map(|i| EPHEMERAL_LOW + ((start + i) % EPHEMERAL_SPAN) as u16)
+            .find(|p| !self.in_use.contains_key(p))?;
+        self.claim(port);
+        Some(port)
+    }
+
+    /// Counts one more socket on `port` (0: none).
+    pub fn claim(&mut self, port: u16) {
+        if port != 0 {
+            *self.in_use.entry(port).or_insert(0) += 1;
+        }
+    }
+
+    /// Counts one socket less on `port`.
+    pub fn release(&mut self, port: u16) {
+        if let hashbrown::hash_map::Entry::Occupied(mut e) = self.in_use.entry(port) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// Ports with at least one socket.
+    pub fn ports_in_use(&self) -> usize {
+        self.in_use.len()
     }
 }
 
@@ -80,6 +118,9 @@ enum Phase {
     Aborted,
     /// A bound UDP socket.
     Bound,
+    /// Closed by us and forgotten; its socket finishes TIME-WAIT on the
+    /// lingering list.
+    Lingering,
 }
 
 #[derive(Debug)]
@@ -90,6 +131,9 @@ struct Conn {
     /// A send took less than it was offered: report `Writable` once the
     /// socket has room.
     want_writable: bool,
+    /// The local port it claimed in [`EphemeralPorts`] (0: none, as for an
+    /// accepted connection, which shares its listener's).
+    port: u16,
 }
 
 /// Datagrams a UDP session socket buffers each way.
@@ -98,15 +142,15 @@ const UDP_PACKETS: usize = 1024;
 const UDP_BYTES: usize = 2 << 20;
 
 /// One worker's transport bookkeeping.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SmolTransportState {
     tcp_listeners: HashMap<ListenerHandle, TcpListenerPool>,
     conns: Slab<Conn>,
     tcp_events: VecDeque<TransportEvent>,
     udp_events: VecDeque<TransportEvent>,
     /// Closed-by-us TCP sockets finishing (TIME-WAIT), no longer a
-    /// connection of anyone.
-    lingering: Vec<SocketHandle>,
+    /// connection of anyone, with the port each holds.
+    lingering: Vec<(SocketHandle, u16)>,
     accepted: Vec<SocketHandle>,
     listener_scratch: Vec<ListenerHandle>,
     /// Closed TCP sockets for the next connections.
@@ -115,6 +159,8 @@ pub struct SmolTransportState {
     /// taken, closed, added): the worker must poll it before trusting its
     /// cached next deadline.
     touched: bool,
+    /// Local ports in use.
+    ports: EphemeralPorts,
 }
 
 fn to_std(a: IpAddress) -> IpAddr {
@@ -137,6 +183,27 @@ fn tcp_tuple(s: &tcp::Socket<'_>) -> Option<FiveTuple> {
 }
 
 impl SmolTransportState {
+    /// Empty, with ephemeral ports chosen from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            tcp_listeners: HashMap::new(),
+            conns: Slab::new(),
+            tcp_events: VecDeque::new(),
+            udp_events: VecDeque::new(),
+            lingering: Vec::new(),
+            accepted: Vec::new(),
+            listener_scratch: Vec::new(),
+            spares: SpareTcpSockets::default(),
+            touched: false,
+            ports: EphemeralPorts::new(seed),
+        }
+    }
+
+    /// Local ports its sockets hold.
+    pub fn ports_in_use(&self) -> usize {
+        self.ports.ports_in_use()
+    }
+
     /// TCP ports with a listener pool (for the SYN pre-scan).
     pub fn tcp_listen_ports(&self, out: &mut Vec<(u16, usize)>) {
         out.clear();
@@ -177,12 +244,14 @@ impl SmolTransportState {
         socket: SocketHandle,
         proto: TransportProto,
         phase: Phase,
+        port: u16,
     ) -> TransportConnId {
         TransportConnId(self.conns.insert(Conn {
             socket,
             proto,
             phase,
             want_writable: false,
+            port,
         }) as u64)
     }
 
@@ -216,7 +285,7 @@ impl SmolTransportState {
                 let s = sockets.get::<tcp::Socket<'_>>(h);
                 match tcp_tuple(s) {
                     Some(tuple) => {
-                        let conn = self.new_conn(h, TransportProto::Tcp, Phase::Established);
+                        let conn = self.new_conn(h, TransportProto::Tcp, Phase::Established, 0);
                         self.tcp_events.push_back(TransportEvent::Accepted {
                             listener: lh,
                             conn,
@@ -301,27 +370,32 @@ impl SmolTransportState {
                     }
                     tcp::State::TimeWait => {
                         self.tcp_events.push_back(TransportEvent::Closed { conn });
-                        self.lingering.push(c.socket);
-                        c.phase = Phase::Aborted; // forgotten below without removing the socket
+                        // Forgotten below, but the socket finishes on the
+                        // lingering list, which holds its port.
+                        self.lingering.push((c.socket, c.port));
+                        c.port = 0;
+                        c.phase = Phase::Lingering;
                         gone.push(i);
                     }
                     _ => {}
                 },
                 Phase::Aborted => gone.push(i),
-                Phase::Bound => {}
+                Phase::Bound | Phase::Lingering => {}
             }
         }
         for i in gone {
             let c = self.conns.remove(i);
-            if !self.lingering.contains(&c.socket) {
+            self.ports.release(c.port);
+            if c.phase != Phase::Lingering {
                 self.spares.recycle(sockets, c.socket);
             }
         }
-        let spares = &mut self.spares;
-        self.lingering.retain(|&h| {
+        let (spares, ports) = (&mut self.spares, &mut self.ports);
+        self.lingering.retain(|&(h, port)| {
             let closed = sockets.get::<tcp::Socket<'_>>(h).state() == tcp::State::Closed;
             if closed {
                 spares.recycle(sockets, h);
+                ports.release(port);
             }
             !closed
         });
@@ -356,8 +430,6 @@ pub struct SmolTransports<'a> {
     pub iface: &'a mut Interface,
     /// TCP tuning for new sockets.
     pub tuning: &'a TcpTuning,
-    /// Ephemeral ports.
-    pub ports: &'a mut EphemeralPorts,
     proto: TransportProto,
 }
 
@@ -368,14 +440,12 @@ impl<'a> SmolTransports<'a> {
         sockets: &'a mut SocketSet<'static>,
         iface: &'a mut Interface,
         tuning: &'a TcpTuning,
-        ports: &'a mut EphemeralPorts,
     ) -> Self {
         Self {
             state,
             sockets,
             iface,
             tuning,
-            ports,
             proto: TransportProto::Tcp,
         }
     }
@@ -409,6 +479,13 @@ impl<'a> SmolTransports<'a> {
     fn udp(&mut self, c: TransportConnId) -> Option<&mut udp::Socket<'static>> {
         let h = self.conn(c)?.socket;
         Some(self.sockets.get_mut::<udp::Socket<'static>>(h))
+    }
+
+    /// A free ephemeral port, claimed.
+    fn ephemeral_port(&mut self) -> SessionResult<u16> {
+        self.state.ports.allocate().ok_or_else(|| {
+            SessionError::Transport("every ephemeral port (49152-65535) is in use".into())
+        })
     }
 
     fn new_udp_socket(&mut self, bind: IpListenEndpoint) -> SessionResult<SocketHandle> {
@@ -456,11 +533,15 @@ impl Transport for SmolTransports<'_> {
                     &mut self.state.spares,
                 )
                 .map_err(|e| SessionError::Transport(e.to_string()))?;
+                self.state.ports.claim(ep.port);
                 self.state.tcp_listeners.insert(listener, pool);
             }
             TransportProto::Udp => {
                 let h = self.new_udp_socket(listen_endpoint(ep))?;
-                let conn = self.state.new_conn(h, TransportProto::Udp, Phase::Bound);
+                self.state.ports.claim(ep.port);
+                let conn = self
+                    .state
+                    .new_conn(h, TransportProto::Udp, Phase::Bound, ep.port);
                 let remote = Endpoint {
                     ip: hoststack_app_proto::endpoint::IpFamily::of(&ep.ip).zero_addr(),
                     port: 0,
@@ -479,6 +560,7 @@ impl Transport for SmolTransports<'_> {
     fn unlisten(&mut self, listener: ListenerHandle) {
         if let Some(mut pool) = self.state.tcp_listeners.remove(&listener) {
             pool.close(self.sockets, &mut self.state.spares);
+            self.state.ports.release(pool.port());
             self.state.touched = true;
         }
     }
@@ -491,14 +573,16 @@ impl Transport for SmolTransports<'_> {
         let remote_ep = IpEndpoint::new(IpAddress::from(remote.ip), remote.port);
         match self.proto {
             TransportProto::Tcp => {
+                let port = self.ephemeral_port()?;
                 let mut s = self.state.spares.take(self.tuning);
-                let port = self.ports.next(self.sockets);
-                s.connect(self.iface.context(), remote_ep, port)
-                    .map_err(|e| SessionError::Transport(format!("connect to {remote}: {e}")))?;
+                if let Err(e) = s.connect(self.iface.context(), remote_ep, port) {
+                    self.state.ports.release(port);
+                    return Err(SessionError::Transport(format!("connect to {remote}: {e}")));
+                }
                 let h = self.sockets_mut().add(s);
                 Ok(self
                     .state
-                    .new_conn(h, TransportProto::Tcp, Phase::Connecting(session)))
+                    .new_conn(h, TransportProto::Tcp, Phase::Connecting(session), port))
             }
             TransportProto::Udp => {
                 let local_ip = self
@@ -507,12 +591,20 @@ impl Transport for SmolTransports<'_> {
                     .ok_or_else(|| {
                         SessionError::Transport(format!("no source address to reach {remote}"))
                     })?;
-                let port = self.ports.next(self.sockets);
-                let h = self.new_udp_socket(IpListenEndpoint {
+                let port = self.ephemeral_port()?;
+                let h = match self.new_udp_socket(IpListenEndpoint {
                     addr: Some(local_ip),
                     port,
-                })?;
-                let conn = self.state.new_conn(h, TransportProto::Udp, Phase::Bound);
+                }) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.state.ports.release(port);
+                        return Err(e);
+                    }
+                };
+                let conn = self
+                    .state
+                    .new_conn(h, TransportProto::Udp, Phase::Bound, port);
                 let tuple = FiveTuple::new(
                     TransportProto::Udp,
                     Endpoint {
@@ -668,6 +760,7 @@ impl Transport for SmolTransports<'_> {
             }
             TransportProto::Udp => {
                 let c = self.state.conns.remove(conn.0 as usize);
+                self.state.ports.release(c.port);
                 self.sockets_mut().remove(c.socket);
                 self.state
                     .udp_events
@@ -689,6 +782,7 @@ impl Transport for SmolTransports<'_> {
             }
             TransportProto::Udp => {
                 let c = self.state.conns.remove(conn.0 as usize);
+                self.state.ports.release(c.port);
                 self.sockets_mut().remove(c.socket);
             }
         }
@@ -699,5 +793,58 @@ impl Transport for SmolTransports<'_> {
             TransportProto::Tcp => self.state.tcp_events.pop_front(),
             TransportProto::Udp => self.state.udp_events.pop_front(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ephemeral_ports_are_distinct_in_range_and_come_back_when_released() {
+        let mut p = EphemeralPorts::new(7);
+        let mut seen = hashbrown::HashSet::new();
+        for _ in 0..1000 {
+            let port = p.allocate().unwrap();
+            assert!(port >= EPHEMERAL_LOW);
+            assert!(seen.insert(port), "port {port} handed out twice");
+        }
+        assert_eq!(p.ports_in_use(), 1000);
+        for &port in &seen {
+            p.release(port);
+        }
+        assert_eq!(p.ports_in_use(), 0);
+    }
+
+    #[test]
+    fn a_claimed_listener_port_is_never_handed_out() {
+        let mut p = EphemeralPorts::new(3);
+        // Every port but one taken by listeners: the sweep finds the last.
+        for port in EPHEMERAL_LOW..=u16::MAX {
+            if port != 60000 {
+                p.claim(port);
+            }
+        }
+        assert_eq!(p.allocate(), Some(60000));
+        // Full: an answer, not a spin.
+        assert_eq!(p.allocate(), None);
+        p.release(50000);
+        assert_eq!(p.allocate(), Some(50000));
+    }
+
+    #[test]
+    fn a_port_shared_by_two_sockets_stays_taken_until_both_release_it() {
+        let mut p = EphemeralPorts::new(11);
+        p.claim(0); // no port: nothing counted
+        assert_eq!(p.ports_in_use(), 0);
+        p.claim(50001);
+        p.claim(50001);
+        p.release(50001);
+        assert_eq!(p.ports_in_use(), 1);
+        p.release(50001);
+        assert_eq!(p.ports_in_use(), 0);
+        // Releasing what is not held changes nothing.
+        p.release(50001);
+        assert_eq!(p.ports_in_use(), 0);
     }
 }

@@ -31,7 +31,7 @@ use crate::sleeper::{Sleeper, WakeSource};
 use crate::tcp_frames::{header_room, ip_packet, tcp_segment, write_headers};
 use crate::tcp_listener::count_syns;
 use crate::tcp_transport::EngineTcp;
-use crate::transport::{EphemeralPorts, SmolTransportState, SmolTransports};
+use crate::transport::{SmolTransportState, SmolTransports};
 use hoststack_app_proto::endpoint::TransportProto;
 use hoststack_drivers::MacAddr;
 use hoststack_session::session_worker::{QueueChange, SessionWorker, TransportSet};
@@ -414,7 +414,6 @@ pub struct Worker<D: PacketIo> {
     iface: Interface,
     sockets: SocketSet<'static>,
     tuning: TcpTuning,
-    ports: EphemeralPorts,
     syn_counts: Vec<(u16, usize)>,
     /// Until when arriving frames may complete a handshake on a listener
     /// pool (set by SYNs); the pools are checked after each burst till then.
@@ -544,7 +543,6 @@ impl<D: PacketIo> Worker<D> {
             iface,
             sockets,
             tuning: cfg.tcp.clone(),
-            ports: EphemeralPorts::new(seed),
             syn_counts: Vec::new(),
             accept_until: smoltcp::time::Instant::ZERO,
             loops: 0,
@@ -552,7 +550,7 @@ impl<D: PacketIo> Worker<D> {
             rescan: true,
             clock,
             faults,
-            transport: SmolTransportState::default(),
+            transport: SmolTransportState::new(seed),
             tcp,
             session,
             sleeper,
@@ -639,7 +637,6 @@ impl<D: PacketIo> Worker<D> {
                 &mut self.sockets,
                 &mut self.iface,
                 &self.tuning,
-                &mut self.ports,
             ),
         };
         work |= self.session.poll(&mut tp);
