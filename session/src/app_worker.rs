@@ -272,14 +272,12 @@ impl AppWorkerShare {
                 let Some(m) = slot.as_mut() else {
                     return Err(SessionError::NoSpace("no segment manager".into()));
                 };
-                let pair = m.alloc_fifo_pair()?;
-                let fifos = m.fifos(&pair)?;
+                let (pair, fifos) = m.alloc_fifos()?;
                 (PairOrigin::Thread(t), pair, fifos, m.take_events())
             }
             _ => {
                 let mut m = lock(&self.first);
-                let pair = m.alloc_fifo_pair()?;
-                let fifos = m.fifos(&pair)?;
+                let (pair, fifos) = m.alloc_fifos()?;
                 (PairOrigin::First, pair, fifos, m.take_events())
             }
         };

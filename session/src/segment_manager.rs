@@ -336,6 +336,23 @@ impl SegmentManager {
     /// the maximum; `NoSpace` when nothing fits and no segment may be
     /// added.
     pub fn alloc_fifo_pair_sized(&mut self, rx_size: u32, tx_size: u32) -> SessionResult<FifoPair> {
+        Ok(self.alloc_fifos_sized(rx_size, tx_size)?.0)
+    }
+
+    /// Allocates a pair of the configured sizes and returns it with the
+    /// stack's (rx, tx) handles: the ones formatting made, whose geometry
+    /// the stack keeps privately. Never re-attach from the header, which
+    /// the app may have rewritten.
+    pub fn alloc_fifos(&mut self) -> SessionResult<(FifoPair, (Fifo, Fifo))> {
+        self.alloc_fifos_sized(self.config.rx_fifo_size, self.config.tx_fifo_size)
+    }
+
+    /// [`SegmentManager::alloc_fifos`] with explicit sizes.
+    pub fn alloc_fifos_sized(
+        &mut self,
+        rx_size: u32,
+        tx_size: u32,
+    ) -> SessionResult<(FifoPair, (Fifo, Fifo))> {
         for size in [rx_size, tx_size] {
             if size == 0 || size > self.config.max_fifo_size {
                 return Err(SessionError::InvalidValue(format!(
@@ -354,14 +371,17 @@ impl SegmentManager {
                 self.place_anywhere(rx_size, tx_size)?
             }
         };
-        if let Err(e) = self.format(&record) {
-            self.release(record)?;
-            return Err(e);
-        }
+        let fifos = match self.format(&record) {
+            Ok(f) => f,
+            Err(e) => {
+                self.release(record)?;
+                return Err(e);
+            }
+        };
         self.live_pairs
             .insert((record.segment_index, record.rx.header_offset()), record);
         self.bytes_in_use += record.bytes();
-        Ok(record.pair())
+        Ok((record.pair(), fifos))
     }
 
     fn place_anywhere(&mut self, rx_size: u32, tx_size: u32) -> SessionResult<PairRecord> {
@@ -459,21 +479,25 @@ impl SegmentManager {
         })
     }
 
-    /// Writes fresh fifo headers for both fifos of `record`.
-    fn format(&self, record: &PairRecord) -> SessionResult<()> {
+    /// Writes fresh fifo headers for both fifos of `record`; the (rx, tx)
+    /// handles, with the geometry given here.
+    fn format(&self, record: &PairRecord) -> SessionResult<(Fifo, Fifo)> {
         let segment = self
             .segments
             .get(&record.segment_index)
             .ok_or_else(|| SessionError::InvalidValue("segment vanished".into()))?;
-        for (storage, size) in [(record.rx, record.rx_size), (record.tx, record.tx_size)] {
+        let init = |storage: FifoStorage, size| {
             Fifo::init_with_data_at(
                 segment.region(),
                 storage.header_offset(),
                 storage.data_offset(),
                 size,
-            )?;
-        }
-        Ok(())
+            )
+        };
+        Ok((
+            init(record.rx, record.rx_size)?,
+            init(record.tx, record.tx_size)?,
+        ))
     }
 
     /// Frees a pair [`SegmentManager::alloc_fifo_pair`] returned. A
@@ -552,7 +576,9 @@ impl SegmentManager {
         }
     }
 
-    /// Attaches handles on both fifos of a live pair: `(rx, tx)`.
+    /// Attaches handles on both fifos of a live pair, `(rx, tx)`, from their
+    /// headers as the app would (tests; the stack keeps the handles
+    /// [`SegmentManager::alloc_fifos`] returned).
     pub fn fifos(&self, pair: &FifoPair) -> SessionResult<(Fifo, Fifo)> {
         let segment = self.segment(pair.segment_index).ok_or_else(|| {
             SessionError::InvalidValue(format!("no segment {}", pair.segment_index))
@@ -704,6 +730,29 @@ mod tests {
 
     fn pair_bytes(rx: u32, tx: u32) -> usize {
         aligned(fifo_required_size(rx)) + aligned(fifo_required_size(tx))
+    }
+
+    #[test]
+    fn the_stacks_fifo_handles_keep_their_geometry_when_the_app_rewrites_the_header() {
+        use std::os::unix::fs::FileExt;
+        let mut sm = SegmentManager::new("hs-sm-geom", small_config()).unwrap();
+        let (pair, (rx, _tx)) = sm.alloc_fifos().unwrap();
+        // The app writes through its own mapping of the memfd: size and
+        // data offset (bytes 68..80 of the header) made huge.
+        let file = std::fs::File::from(
+            sm.segment(pair.segment_index)
+                .unwrap()
+                .try_clone_fd()
+                .unwrap(),
+        );
+        file.write_all_at(&[0xff; 12], pair.rx_offset as u64 + 68)
+            .unwrap();
+        assert_eq!(rx.size(), 4096);
+        assert_eq!(rx.data_offset(), pair.rx_offset + FIFO_HEADER_SIZE);
+        let mut p = rx.producer();
+        assert_eq!(p.enqueue(b"still mine").unwrap(), 10);
+        // Attaching from the header now fails, as it would for the app.
+        assert!(sm.fifos(&pair).is_err());
     }
 
     #[test]
