@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
+use crate::app_socket_outbox::AppSocketOutbox;
 use crate::control::ControlPlane;
-use crate::segment_fd_outbox::SegmentFdOutbox;
 use hoststack_app_proto::app_event::AppEvent;
 use hoststack_app_proto::app_rx_queue::{AppRxQueue, ControlMessage, RxMessage};
 use hoststack_app_proto::app_wire::{AppReply, AppRequest, FrameReader, encode_reply};
@@ -195,6 +195,15 @@ fn serve(listener: UnixListener, namespace: String, control: ControlPlane, stop:
         }
         outbox_wake.drain();
         send_segment_fds(&mut clients, &outbox);
+        for id in outbox.take_closing(|id| clients.iter().any(|c| c.id == id)) {
+            if let Some(c) = clients.iter_mut().find(|c| c.id == id) {
+                info!(
+                    client = id,
+                    "closing the connection of an app the stack detached"
+                );
+                c.closed = true;
+            }
+        }
         clients.retain_mut(|c| {
             if c.closed {
                 drop_client(c, &control);
@@ -308,7 +317,11 @@ fn read_client(c: &mut Client, namespace: &str, control: &ControlPlane, buf: &mu
                 Ok(Some((id, req))) => handle_request(c, id, req, namespace, control),
                 Ok(None) => break,
                 Err(e) => {
-                    warn!(client = c.id, "bad message on the app socket, closing: {e}");
+                    crate::warn_limited!(
+                        "bad message on the app socket",
+                        client = c.id,
+                        "bad message on the app socket, closing: {e}"
+                    );
                     let id = c.reader.failed_request_id().unwrap_or(0);
                     reply(c, id, &AppReply::from_error(&e), &[]);
                     c.closed = true;
@@ -410,7 +423,14 @@ fn serve_main_queue(c: &mut Client, control: &ControlPlane) {
                 debug!(app = app.0, "io message {io:?} on the main queue; ignored")
             }
             Ok(None) => break,
-            Err(e) => warn!(app = app.0, "main rx queue: {e}"),
+            Err(e) => {
+                // Not served again: the verdict detaches the app and closes
+                // this connection.
+                c.main_queue = None;
+                let what = format!("main rx queue: {e}");
+                let _ = control.call(move |l| l.condemn(app, u32::MAX, what));
+                return;
+            }
         }
     }
 }
@@ -426,9 +446,11 @@ fn post(app: AppIndex, thread: u32, message: RxMessage, control: &ControlPlane) 
             // part in it, and control requests above return once run.
             let layer = control.layer().lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = layer.post_app_message(app, thread, io) {
-                warn!(
+                crate::warn_limited!(
+                    "io message over the app socket dropped",
                     app = app.0,
-                    thread, "io message over the app socket dropped: {e}"
+                    thread,
+                    "io message over the app socket dropped: {e}"
                 );
             }
         }
@@ -489,7 +511,7 @@ fn control_message(app: AppIndex, m: ControlMessage, control: &ControlPlane) {
     let _ = control.call(move |l| l.post_to_worker(app, worker, &event));
 }
 
-fn send_segment_fds(clients: &mut [Client], outbox: &SegmentFdOutbox) {
+fn send_segment_fds(clients: &mut [Client], outbox: &AppSocketOutbox) {
     let pending = outbox.take_for(|id| clients.iter().any(|c| c.id == id && !c.closed));
     for p in pending {
         debug!(client = p.client, segment = p.index, "sending a segment fd");

@@ -20,7 +20,7 @@ use tracing::warn;
 
 use crate::app_callbacks::{AppCallbacks, Deferred};
 use crate::app_event_queue::AppEventQueue;
-use crate::segment_fd_outbox::{PendingSegmentFd, SegmentFdOutbox};
+use crate::app_socket_outbox::{AppSocketOutbox, PendingSegmentFd};
 use crate::segment_manager::{FifoPair, SegmentEvent, SegmentManager, SegmentManagerConfig};
 use hoststack_app_proto::app_event::{AppEvent, FifoLocation};
 use hoststack_app_proto::error::{SessionError, SessionResult};
@@ -87,7 +87,7 @@ pub struct OwnedPair {
 impl OwnedPair {
     /// Gives the pair back; the segment changes that causes are announced
     /// to the app (`deferred` takes a builtin app's callbacks).
-    pub fn free(self, outbox: &SegmentFdOutbox, deferred: &mut Vec<Deferred>) {
+    pub fn free(self, outbox: &AppSocketOutbox, deferred: &mut Vec<Deferred>) {
         let events = self.share.free_pair(self.origin, &self.pair);
         self.share.announce(events, outbox, deferred);
     }
@@ -252,7 +252,7 @@ impl AppWorkerShare {
     pub fn alloc_fifos(
         self: &Arc<Self>,
         thread: Option<usize>,
-        outbox: &SegmentFdOutbox,
+        outbox: &AppSocketOutbox,
         deferred: &mut Vec<Deferred>,
     ) -> SessionResult<SessionFifos> {
         if self.is_dying() {
@@ -336,7 +336,7 @@ impl AppWorkerShare {
     pub fn announce(
         &self,
         events: Vec<SegmentEvent>,
-        outbox: &SegmentFdOutbox,
+        outbox: &AppSocketOutbox,
         deferred: &mut Vec<Deferred>,
     ) {
         for ev in events {
@@ -452,7 +452,10 @@ impl EventSink {
                 }
                 Err(e) => {
                     counters.events_dropped.fetch_add(1, Relaxed);
-                    warn!("app event queue refused {event:?}: {e}");
+                    crate::warn_limited!(
+                        "app event queue refused an event",
+                        "app event queue refused {event:?}: {e}"
+                    );
                     Err(e.into())
                 }
             },

@@ -69,7 +69,7 @@ fn run_locked<R>(layer: &Mutex<SessionLayer>, f: impl FnOnce(&mut SessionLayer) 
     let (r, deferred) = {
         let mut l = lock(layer);
         // Workers whose last session ended on a stack thread since.
-        l.reap_dead_workers();
+        l.handle_thread_reports();
         let r = f(&mut l);
         (r, l.take_deferred())
     };

@@ -23,12 +23,13 @@ use tracing::{debug, warn};
 use crate::app_callbacks::{AppCallbacks, Deferred};
 use crate::app_event_queue::{AppEventQueue, Backlogs};
 use crate::app_listener::AppListener;
+use crate::app_socket_outbox::{AppSocketOutbox, PendingSegmentFd};
 use crate::app_worker::{AppWorker, AppWorkerShare, AppWorkerSpec, EventSink, OwnedPair};
 use crate::application::{AppIdentity, Application};
 use crate::cert::{CertKeyStore, CryptoEngines};
+use crate::corruption_verdict::{CorruptionRecord, CorruptionVerdict};
 use crate::lookup::{ListenerQuery, ListenerScope, SessionLookup};
 use crate::namespace::AppNamespaces;
-use crate::segment_fd_outbox::{PendingSegmentFd, SegmentFdOutbox};
 use crate::segment_manager::{SegmentManager, SegmentManagerConfig};
 use crate::session_owners::SessionOwners;
 use hoststack_app_proto::app_event::{APP_EVENT_SIZE, AppEvent, FifoLocation};
@@ -229,6 +230,10 @@ pub struct LayerCounters {
     pub fifos: usize,
     /// Lookup table entries.
     pub table_entries: usize,
+    /// Apps detached for corrupting their shared memory.
+    pub apps_detached_corrupt: u64,
+    /// Warnings held back by the log rate limiter.
+    pub log_lines_suppressed: u64,
 }
 
 /// The shared state of the session layer.
@@ -258,12 +263,14 @@ pub struct SessionLayer {
     no_lookup: [bool; 2],
     segment_seq: u64,
     deferred: Vec<Deferred>,
-    outbox: Arc<SegmentFdOutbox>,
+    outbox: Arc<AppSocketOutbox>,
     segment_ids: Arc<std::sync::atomic::AtomicU32>,
     backlogs: Arc<Backlogs>,
     /// Dying app workers whose last session just ended, sent by the stack
     /// thread that ended it.
     reaps: (Sender<AppWorkerIndex>, Receiver<AppWorkerIndex>),
+    verdicts: (Sender<CorruptionVerdict>, Receiver<CorruptionVerdict>),
+    corruption: CorruptionRecord,
 }
 
 impl std::fmt::Debug for SessionLayer {
@@ -306,11 +313,13 @@ impl SessionLayer {
             segment_ids: Arc::default(),
             backlogs: Arc::default(),
             reaps: channel(),
+            verdicts: channel(),
+            corruption: CorruptionRecord::default(),
         }
     }
 
     /// Where stack threads leave the fds of segments they added.
-    pub fn outbox(&self) -> Arc<SegmentFdOutbox> {
+    pub fn outbox(&self) -> Arc<AppSocketOutbox> {
         self.outbox.clone()
     }
 
@@ -324,11 +333,61 @@ impl SessionLayer {
         self.threads.get(thread).map(|t| t.owners.clone())
     }
 
-    /// Frees the dying app workers stack threads reported done.
-    pub fn reap_dead_workers(&mut self) {
+    /// Where a stack thread reports an app that broke its shared memory.
+    pub fn verdict_sink(&self) -> Sender<CorruptionVerdict> {
+        self.verdicts.0.clone()
+    }
+
+    /// Acts on what stack threads reported: frees the dying app workers
+    /// whose last session ended, detaches the apps found corrupting their
+    /// shared memory.
+    pub fn handle_thread_reports(&mut self) {
         while let Ok(wi) = self.reaps.1.try_recv() {
             self.reap_worker(wi);
         }
+        while let Ok(v) = self.verdicts.1.try_recv() {
+            self.condemn(v.app, v.thread, v.what);
+        }
+    }
+
+    /// Detaches app `app`, found writing invalid values into its shared
+    /// memory by stack thread `thread` (`u32::MAX`: the control side);
+    /// counted and logged once per app.
+    pub fn condemn(&mut self, app: AppIndex, thread: u32, what: String) {
+        let v = CorruptionVerdict { app, thread, what };
+        let Some(a) = self.apps.get(v.app.as_usize()) else {
+            return;
+        };
+        if a.detaching {
+            return;
+        }
+        let name = a.identity.name().to_string();
+        let clients: Vec<u32> = a
+            .workers
+            .values()
+            .filter_map(|wi| self.app_workers.get(wi.as_usize())?.api_client())
+            .collect();
+        crate::warn_limited!(
+            "app detached for corrupting its shared memory",
+            app = v.app.0,
+            name = %name,
+            thread = v.thread,
+            "app detached: {}",
+            v.what
+        );
+        self.corruption.apps_detached += 1;
+        self.corruption.last = Some((name, v.what));
+        if let Err(e) = self.detach(v.app) {
+            debug!(app = v.app.0, "detaching a corrupting app: {e}");
+        }
+        for c in clients {
+            self.outbox.close_client(c);
+        }
+    }
+
+    /// Apps detached for corrupting their shared memory.
+    pub fn corruption(&self) -> &CorruptionRecord {
+        &self.corruption
     }
 
     /// The event queues with postponed events, which stack threads retry.
@@ -1464,6 +1523,8 @@ impl SessionLayer {
                     .iter()
                     .map(|t| t.owners.established())
                     .sum::<usize>(),
+            apps_detached_corrupt: self.corruption.apps_detached,
+            log_lines_suppressed: crate::log_limit::suppressed_total(),
         }
     }
 }

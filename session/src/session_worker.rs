@@ -27,10 +27,11 @@ use crate::app_callbacks::AppContext;
 use crate::app_callbacks::Deferred;
 use crate::app_event_queue::Backlogs;
 use crate::app_listener::ThreadListener;
+use crate::app_socket_outbox::AppSocketOutbox;
 use crate::app_worker::EventSink;
 use crate::app_worker::{AppWorkerShare, OwnedPair};
+use crate::corruption_verdict::CorruptionVerdict;
 use crate::dirty_sessions::DirtySessions;
-use crate::segment_fd_outbox::SegmentFdOutbox;
 use crate::session::{Session, SessionKind};
 use crate::session_info::{SessionInfo, SessionState};
 
@@ -174,9 +175,15 @@ pub struct SessionWorker {
     /// Established sessions by 6-tuple.
     established: HashMap<SessionKey, SessionHandle>,
     /// Where fds of segments this thread adds go.
-    outbox: Arc<SegmentFdOutbox>,
+    outbox: Arc<AppSocketOutbox>,
     /// Where a dying app worker's last session is reported.
     reaper: Sender<AppWorkerIndex>,
+    /// Where an app found corrupting its shared memory is reported.
+    verdicts: Sender<CorruptionVerdict>,
+    /// Apps this thread reported (so once each).
+    condemned: hashbrown::HashSet<AppIndex>,
+    /// Generation of each session slot, bumped when the slot is freed.
+    generations: Vec<u16>,
 }
 
 impl std::fmt::Debug for SessionWorker {
@@ -195,12 +202,18 @@ impl SessionWorker {
         layer: Arc<Mutex<SessionLayer>>,
         commands: Receiver<WorkerCommand>,
     ) -> Self {
-        let (backlogs, owners, outbox, reaper) = {
+        let (backlogs, owners, outbox, reaper, verdicts) = {
             // A panic elsewhere under the lock leaves tables that are
             // consistent per operation.
             let l = layer.lock().unwrap_or_else(|p| p.into_inner());
             let owners = l.owners(thread as usize).unwrap_or_default();
-            (l.backlogs(), owners, l.outbox(), l.reaper())
+            (
+                l.backlogs(),
+                owners,
+                l.outbox(),
+                l.reaper(),
+                l.verdict_sink(),
+            )
         };
         Self {
             thread,
@@ -223,6 +236,9 @@ impl SessionWorker {
             established: HashMap::new(),
             outbox,
             reaper,
+            verdicts,
+            condemned: hashbrown::HashSet::new(),
+            generations: Vec::new(),
         }
     }
 
@@ -280,7 +296,7 @@ impl SessionWorker {
     /// An app rx queue's eventfd fired.
     pub fn queue_signalled(&mut self, id: u32) {
         if let Some(q) = self.app_queues.get(&id) {
-            let _ = self.pending.signal(id, !q.is_empty());
+            let _ = self.pending.signal(id, q.has_ready());
         }
     }
 
@@ -299,15 +315,32 @@ impl SessionWorker {
         self.sessions.iter().map(|(_, s)| s.info()).collect()
     }
 
+    /// The handle of live session `idx` (its slot's current generation).
     fn handle(&self, idx: u32) -> SessionHandle {
-        SessionHandle::new(self.thread, idx)
+        SessionHandle::with_generation(self.thread, idx, self.generation(idx))
     }
 
+    fn generation(&self, idx: u32) -> u16 {
+        self.generations.get(idx as usize).copied().unwrap_or(0)
+    }
+
+    /// Slot `idx` was freed: the next session in it gets another handle.
+    fn bump_generation(&mut self, idx: u32) {
+        let i = idx as usize;
+        if self.generations.len() <= i {
+            self.generations.resize(i + 1, 0);
+        }
+        self.generations[i] = self.generations[i].wrapping_add(1);
+    }
+
+    /// The live session `h` names: its thread, slot and generation.
     fn session_mut(&mut self, h: SessionHandle) -> Option<&mut Session> {
         if h.thread() != self.thread {
             return None;
         }
-        self.sessions.get_mut(h.index() as usize)
+        self.sessions
+            .get_mut(h.index() as usize)
+            .filter(|s| s.handle == h)
     }
 
     // ---- events to apps ---------------------------------------------
@@ -382,9 +415,9 @@ impl SessionWorker {
         local: Endpoint,
         remote: Endpoint,
     ) -> u32 {
+        let idx = self.sessions.vacant_key() as u32;
+        let handle = self.handle(idx);
         let entry = self.sessions.vacant_entry();
-        let idx = entry.key() as u32;
-        let handle = SessionHandle::new(self.thread, idx);
         self.owners.insert(handle, parts.share.index);
         let (rx, tx) = parts.fifos;
         entry.insert(Session {
@@ -422,6 +455,7 @@ impl SessionWorker {
             return;
         }
         let mut s = self.sessions.remove(idx as usize);
+        self.bump_generation(idx);
         if let Some(conn) = s.conn() {
             self.by_conn.remove(&(s.proto, conn));
         }
@@ -728,6 +762,7 @@ impl SessionWorker {
         if let Some(mut s) =
             (self.sessions.contains(idx as usize)).then(|| self.sessions.remove(idx as usize))
         {
+            self.bump_generation(idx);
             if let Some(conn) = s.conn() {
                 self.by_conn.remove(&(s.proto, conn));
             }
@@ -792,7 +827,12 @@ impl SessionWorker {
             return;
         }
         let idx = session.index();
-        let Some(s) = self.sessions.get_mut(idx as usize) else {
+        // A stale handle (the slot was reused) names nothing.
+        let Some(s) = self
+            .sessions
+            .get_mut(idx as usize)
+            .filter(|s| s.handle == session)
+        else {
             return;
         };
         match s.kind {
@@ -979,21 +1019,22 @@ impl SessionWorker {
     // ---- moving bytes ---------------------------------------------------
 
     /// Transport -> rx fifo for one stream session; returns bytes moved.
-    fn pull_stream(&mut self, idx: u32, t: &mut dyn Transport) -> usize {
+    /// An error is a fifo the app corrupted.
+    fn pull_stream(&mut self, idx: u32, t: &mut dyn Transport) -> SessionResult<usize> {
         let s = &mut self.sessions[idx as usize];
-        let Some(conn) = s.conn() else { return 0 };
+        let Some(conn) = s.conn() else { return Ok(0) };
         let mut moved = 0;
         loop {
             let avail = t.recv_available(conn);
             if avail == 0 {
                 break;
             }
-            let room = s.rx_in.max_enqueue().unwrap_or(0) as usize;
+            let room = s.rx_in.max_enqueue()? as usize;
             if room == 0 {
                 // Full: stop reading, which lets the transport close its
                 // window; ask the app to say when it made room. Room that
                 // appeared before the request was seen means go on.
-                if s.rx_in.request_dequeue_notification().unwrap_or(0) > 0 {
+                if s.rx_in.request_dequeue_notification()? > 0 {
                     continue;
                 }
                 s.rx_blocked = true;
@@ -1001,23 +1042,33 @@ impl SessionWorker {
             }
             let want = room.min(avail).min(MAX_BYTES_PER_POLL - moved);
             let rx = &mut s.rx_in;
-            let n = t.recv(conn, want, &mut |data| rx.enqueue(data).unwrap_or(0));
+            let mut fault = None;
+            let n = t.recv(conn, want, &mut |data| {
+                rx.enqueue(data).unwrap_or_else(|e| {
+                    fault = Some(e);
+                    0
+                })
+            });
+            if let Some(e) = fault {
+                return Err(e.into());
+            }
             moved += n;
             if n == 0 || moved >= MAX_BYTES_PER_POLL {
                 break;
             }
         }
-        moved
+        Ok(moved)
     }
 
     /// Transport -> rx fifo for a datagram session: header + payload per
     /// datagram, never split.
-    fn pull_datagrams(&mut self, idx: u32, t: &mut dyn Transport) -> usize {
+    fn pull_datagrams(&mut self, idx: u32, t: &mut dyn Transport) -> SessionResult<usize> {
         let s = &mut self.sessions[idx as usize];
-        let Some(conn) = s.conn() else { return 0 };
+        let Some(conn) = s.conn() else { return Ok(0) };
         let capacity = s.rx_in.fifo().size() as usize;
         let mut moved = 0;
         let mut too_big = 0;
+        let mut fault = None;
         for _ in 0..256 {
             let rx = &mut s.rx_in;
             let mut need = 0;
@@ -1027,16 +1078,27 @@ impl SessionWorker {
                     too_big += 1;
                     return true;
                 }
-                if !write_datagram(rx, &meta.remote, &meta.local, payload).unwrap_or(false) {
-                    need = DGRAM_HEADER_SIZE + payload.len();
-                    return false;
+                match write_datagram(rx, &meta.remote, &meta.local, payload) {
+                    Ok(true) => {
+                        moved += DGRAM_HEADER_SIZE + payload.len();
+                        true
+                    }
+                    Ok(false) => {
+                        need = DGRAM_HEADER_SIZE + payload.len();
+                        false
+                    }
+                    Err(e) => {
+                        fault = Some(e);
+                        false
+                    }
                 }
-                moved += DGRAM_HEADER_SIZE + payload.len();
-                true
             });
+            if let Some(e) = fault.take() {
+                return Err(e);
+            }
             if need > 0 {
                 // Room that appeared before the request was seen: go on.
-                if s.rx_in.request_dequeue_notification().unwrap_or(0) as usize >= need {
+                if s.rx_in.request_dequeue_notification()? as usize >= need {
                     continue;
                 }
                 s.rx_blocked = true;
@@ -1049,33 +1111,23 @@ impl SessionWorker {
         if too_big > 0 {
             self.stats.datagrams_too_big.fetch_add(too_big, Relaxed);
         }
-        moved
+        Ok(moved)
     }
 
     /// tx fifo -> transport for one session; returns bytes moved.
-    fn push_tx(&mut self, idx: u32, t: &mut dyn Transport) -> usize {
+    fn push_tx(&mut self, idx: u32, t: &mut dyn Transport) -> SessionResult<usize> {
         let s = &mut self.sessions[idx as usize];
-        let Some(conn) = s.conn() else { return 0 };
+        let Some(conn) = s.conn() else { return Ok(0) };
         let mut moved = 0;
         if s.proto == TransportProto::Udp {
-            loop {
-                let d = match peek_datagram(&s.tx_out) {
-                    Ok(Some(d)) => d,
-                    Ok(None) => break,
-                    Err(e) => {
-                        // The app wrote garbage: drop everything it queued.
-                        warn!(session = %s.handle, "bad datagram in a tx fifo ({e}); dropping its contents");
-                        let avail = s.tx_out.max_dequeue().unwrap_or(0);
-                        let _ = s.tx_out.drop_bytes(avail);
-                        break;
-                    }
-                };
+            // A datagram header the app garbled is an error like any other
+            // invalid value in its fifo.
+            while let Some(d) = peek_datagram(&s.tx_out)? {
                 let len = usize::from(d.len);
                 self.scratch.resize(len.max(self.scratch.len()), 0);
                 let got = s
                     .tx_out
-                    .peek(DGRAM_HEADER_SIZE as u32, &mut self.scratch[..len])
-                    .unwrap_or(0);
+                    .peek(DGRAM_HEADER_SIZE as u32, &mut self.scratch[..len])?;
                 let meta = DatagramMeta {
                     remote: d.remote,
                     local: d.local,
@@ -1083,33 +1135,42 @@ impl SessionWorker {
                 if got < len || !t.send_datagram(conn, meta, &self.scratch[..len]) {
                     break;
                 }
-                let _ = s.tx_out.drop_bytes((DGRAM_HEADER_SIZE + len) as u32);
+                s.tx_out.drop_bytes((DGRAM_HEADER_SIZE + len) as u32)?;
                 moved += DGRAM_HEADER_SIZE + len;
             }
         } else {
             // Offer everything: a send that takes less arms the transport's
             // Writable, which brings the session back here.
             loop {
-                let avail = s.tx_out.max_dequeue().unwrap_or(0) as usize;
+                let avail = s.tx_out.max_dequeue()? as usize;
                 let want = avail.min(MAX_BYTES_PER_POLL - moved);
                 if want == 0 {
                     break;
                 }
                 let tx = &mut s.tx_out;
-                let n = t.send(conn, want, &mut |buf| tx.dequeue(buf).unwrap_or(0));
+                let mut fault = None;
+                let n = t.send(conn, want, &mut |buf| {
+                    tx.dequeue(buf).unwrap_or_else(|e| {
+                        fault = Some(e);
+                        0
+                    })
+                });
+                if let Some(e) = fault {
+                    return Err(e.into());
+                }
                 moved += n;
                 if n == 0 {
                     break;
                 }
             }
         }
-        s.tx_pending = s.tx_out.max_dequeue().unwrap_or(0) > 0;
-        let below_low = moved > 0 && s.tx_out.crossed_below_low_watermark().unwrap_or(false);
+        s.tx_pending = s.tx_out.max_dequeue()? > 0;
+        let below_low = moved > 0 && s.tx_out.crossed_below_low_watermark()?;
         if moved > 0 && (s.tx_out.take_dequeue_notification_request() | below_low) {
             let h = s.handle;
             self.emit_for(idx, BuiltinEvent::Tx(h));
         }
-        moved
+        Ok(moved)
     }
 
     fn flush_tx(&mut self, idx: u32, tp: &mut dyn TransportSet) {
@@ -1118,7 +1179,10 @@ impl SessionWorker {
         };
         let proto = s.proto;
         let Some(t) = tp.transport(proto) else { return };
-        self.push_tx(idx, t);
+        if let Err(e) = self.push_tx(idx, t) {
+            self.fifo_corrupted(idx, e, tp);
+            return;
+        }
         let s = &mut self.sessions[idx as usize];
         if s.state == SessionState::Closing && !s.tx_pending {
             if let Some(conn) = s.conn() {
@@ -1190,8 +1254,10 @@ impl SessionWorker {
         if self.app_queues.is_empty() {
             return false;
         }
+        // Only a published message counts: a slot claimed and never
+        // published, or rewritten indices, must not keep the thread awake.
         for (&id, q) in &self.app_queues {
-            if !q.is_empty() {
+            if q.has_ready() {
                 self.pending.signal(id, true);
             }
         }
@@ -1208,6 +1274,7 @@ impl SessionWorker {
                 let _ = q.eventfd().drain();
             }
             self.stats.batches.fetch_add(1, Relaxed);
+            let mut fault = None;
             for _ in 0..APP_QUEUE_BATCH {
                 match q.recv() {
                     Ok(Some(m)) => {
@@ -1217,11 +1284,19 @@ impl SessionWorker {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        warn!(thread = self.thread, app = turn.queue, "app rx queue: {e}");
+                        fault = Some(e);
+                        break;
                     }
                 }
             }
-            let left = !q.is_empty();
+            if let Some(e) = fault {
+                // The queue is not served again: the verdict detaches the
+                // app.
+                self.app_queues.insert(turn.queue, q);
+                self.condemn_app(AppIndex(turn.queue), format!("rx queue: {e}"));
+                continue;
+            }
+            let left = q.has_ready();
             self.app_queues.insert(turn.queue, q);
             self.pending.finish(turn.queue, left);
         }
@@ -1245,7 +1320,8 @@ impl SessionWorker {
                 SessionHandle::from_u64(*session)
             }
             RxMessage::Control(other) => {
-                warn!(
+                crate::warn_limited!(
+                    "control message on a worker thread's queue",
                     thread = self.thread,
                     app = app.0,
                     "control message {other:?} sent to a worker thread; ignored"
@@ -1257,7 +1333,13 @@ impl SessionWorker {
             return;
         };
         if s.app != app {
-            warn!(thread = self.thread, app = app.0, %session, "app named a session it does not own; ignored");
+            crate::warn_limited!(
+                "app named a session it does not own",
+                thread = self.thread,
+                app = app.0,
+                %session,
+                "app named a session it does not own; ignored"
+            );
             return;
         }
         let idx = session.index();
@@ -1292,15 +1374,31 @@ impl SessionWorker {
     /// Moves one session's bytes both ways and raises the events they
     /// cause.
     fn service_session(&mut self, idx: u32, tp: &mut dyn TransportSet) -> bool {
+        match self.service_session_checked(idx, tp) {
+            Ok(work) => work,
+            Err(e) => {
+                self.fifo_corrupted(idx, e, tp);
+                true
+            }
+        }
+    }
+
+    /// [`SessionWorker::service_session`]; an error is an invalid value in
+    /// one of the session's fifos.
+    fn service_session_checked(
+        &mut self,
+        idx: u32,
+        tp: &mut dyn TransportSet,
+    ) -> SessionResult<bool> {
         let Some(s) = self.sessions.get_mut(idx as usize) else {
-            return false;
+            return Ok(false);
         };
         if matches!(s.kind, SessionKind::CutThrough { .. }) || s.conn().is_none() {
-            return false;
+            return Ok(false);
         }
         let proto = s.proto;
         let mut work = false;
-        if s.rx_blocked && s.rx_in.max_enqueue().unwrap_or(0) > 0 {
+        if s.rx_blocked && s.rx_in.max_enqueue()? > 0 {
             s.rx_blocked = false;
             work = true;
         }
@@ -1310,15 +1408,15 @@ impl SessionWorker {
                 SessionState::Ready | SessionState::RemoteClosed | SessionState::Closing
             );
         let Some(t) = tp.transport(proto) else {
-            return false;
+            return Ok(false);
         };
         // A session that used its whole budget comes back next round.
         let mut more = false;
         if pulling {
             let moved = if proto == TransportProto::Udp {
-                self.pull_datagrams(idx, t)
+                self.pull_datagrams(idx, t)?
             } else {
-                self.pull_stream(idx, t)
+                self.pull_stream(idx, t)?
             };
             if moved > 0 {
                 work = true;
@@ -1326,13 +1424,9 @@ impl SessionWorker {
                 self.notify_rx(idx);
             }
         }
-        let has_tx = self.sessions[idx as usize]
-            .tx_out
-            .max_dequeue()
-            .unwrap_or(0)
-            > 0;
+        let has_tx = self.sessions[idx as usize].tx_out.max_dequeue()? > 0;
         if has_tx {
-            let moved = self.push_tx(idx, t);
+            let moved = self.push_tx(idx, t)?;
             work |= moved > 0;
             more |= moved >= MAX_BYTES_PER_POLL;
         }
@@ -1362,7 +1456,35 @@ impl SessionWorker {
                 }
             }
         }
-        work
+        Ok(work)
+    }
+
+    /// A session's fifo held an invalid value: the verdict on its app, and
+    /// the session reset now (the app's others go when it is detached).
+    fn fifo_corrupted(&mut self, idx: u32, e: SessionError, tp: &mut dyn TransportSet) {
+        let Some(s) = self.sessions.get(idx as usize) else {
+            return;
+        };
+        let (app, h) = (s.app, s.handle);
+        self.condemn_app(app, format!("session {h}: fifo: {e}"));
+        self.abort_session(idx, tp);
+    }
+
+    /// Reports app `app` for corrupting its shared memory (once per app on
+    /// this thread) and stops serving its rx queue here.
+    fn condemn_app(&mut self, app: AppIndex, what: String) {
+        if !self.condemned.insert(app) {
+            return;
+        }
+        self.pending.remove(app.0);
+        if self.app_queues.remove(&app.0).is_some() {
+            self.queue_changes.push(QueueChange::Removed { id: app.0 });
+        }
+        let _ = self.verdicts.send(CorruptionVerdict {
+            app,
+            thread: self.thread,
+            what,
+        });
     }
 
     fn dispatch_builtin(&mut self) -> bool {

@@ -612,6 +612,20 @@ impl AppRxQueue {
         self.events.is_empty() && self.control.is_empty()
     }
 
+    /// Consumer: whether either ring has a published message at its head
+    /// (what `recv` returns next). A slot an app claimed and never
+    /// published, or indices it rewrote, do not count: nothing spins on
+    /// them.
+    pub fn has_ready(&self) -> bool {
+        self.events.has_ready() || self.control.has_ready()
+    }
+
+    /// Consumer: whether either ring's head slot holds a value no producer
+    /// could have written (`recv` would fail on it).
+    pub fn head_corrupted(&self) -> bool {
+        self.events.head_corrupted() || self.control.head_corrupted()
+    }
+
     /// Messages waiting in both rings (a snapshot).
     pub fn len(&self) -> usize {
         self.events.len() + self.control.len()

@@ -46,7 +46,10 @@
 //!
 //! The peer may write anything into the header or the slots. Slot count and
 //! slot size are read and validated once at [`MessageQueue::attach`] and
-//! cached. A producer retries a bounded number of times and then reports
+//! cached. The consumer keeps its head privately (read from the header
+//! once, at attach) and only stores it there for producers, so a peer that
+//! rewrites `head` or `tail` cannot make the consumer skip, repeat or wait
+//! for messages; what the consumer looks at is the slot at its own head. A producer retries a bounded number of times and then reports
 //! `QueueFull` or `Corrupted`; it never spins forever. The consumer reports
 //! a sequence number that is neither "empty" nor "ready" as `Corrupted`,
 //! and drops (and reports) a message whose length exceeds the slot size.
@@ -156,6 +159,9 @@ pub struct MessageQueue {
     eventfd: Option<EventFd>,
     /// Eventfd writes this handle made (each one a system call).
     notifications: std::sync::atomic::AtomicU64,
+    /// The consumer's head, kept here (private memory; an atomic only so
+    /// `&self` checks can read it); the header's copy is for producers.
+    head: AtomicU64,
 }
 
 // SAFETY: the pointers point into the mapping `region` keeps alive; the
@@ -195,6 +201,7 @@ impl MessageQueue {
                 other => other,
             })?;
         let header = queue.header();
+        queue.head.store(0, Ordering::Relaxed);
         header.head.value.store(0, Ordering::Relaxed);
         header.tail.value.store(0, Ordering::Relaxed);
         header.config.slot_count.store(slots, Ordering::Relaxed);
@@ -234,7 +241,13 @@ impl MessageQueue {
         let slots = header.config.slot_count.load(Ordering::Relaxed);
         let slot_size = header.config.slot_size.load(Ordering::Relaxed);
         check_geometry(slots, slot_size).map_err(ShmError::Corrupted)?;
-        Self::from_parts(region, offset, slots, slot_size, eventfd)
+        let queue = Self::from_parts(region, offset, slots, slot_size, eventfd)?;
+        // The one read of the shared head: where a consumer starts.
+        queue.head.store(
+            queue.header().head.value.load(Ordering::Acquire),
+            Ordering::Relaxed,
+        );
+        Ok(queue)
     }
 
     fn from_parts(
@@ -262,6 +275,7 @@ impl MessageQueue {
             stride: slot_stride(slot_size),
             eventfd,
             notifications: std::sync::atomic::AtomicU64::new(0),
+            head: AtomicU64::new(0),
         })
     }
 
@@ -404,7 +418,7 @@ impl MessageQueue {
                 self.slot_size
             )));
         }
-        let position = self.header().head.value.load(Ordering::Relaxed);
+        let position = self.head.load(Ordering::Relaxed);
         let slot = self.slot_header(position);
         let sequence = slot.sequence.load(Ordering::Acquire);
         if sequence == position {
@@ -432,6 +446,7 @@ impl MessageQueue {
             position.wrapping_add(u64::from(self.slot_count)),
             Ordering::Release,
         );
+        self.head.store(position.wrapping_add(1), Ordering::Relaxed);
         self.header()
             .head
             .value
@@ -460,13 +475,29 @@ impl MessageQueue {
     pub fn empty_before_sleep(&self) -> bool {
         self.header().config.sleeping.store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        let position = self.header().head.value.load(Ordering::Relaxed);
-        let empty =
-            self.slot_header(position).sequence.load(Ordering::Acquire) != position.wrapping_add(1);
+        let empty = !self.has_ready();
         if !empty {
             self.awake();
         }
         empty
+    }
+
+    /// Consumer: whether the slot at its head holds a published message,
+    /// the one `try_recv` returns next (a snapshot). A slot claimed and
+    /// never published, a `tail` the peer moved, or a corrupted sequence
+    /// (which `try_recv` reports) is not ready, so nothing spins on it.
+    pub fn has_ready(&self) -> bool {
+        let position = self.head.load(Ordering::Relaxed);
+        self.slot_header(position).sequence.load(Ordering::Acquire) == position.wrapping_add(1)
+    }
+
+    /// Consumer: whether the slot at its head holds something that is
+    /// neither empty nor a published message (a peer broke the queue;
+    /// `try_recv` would report `Corrupted`).
+    pub fn head_corrupted(&self) -> bool {
+        let position = self.head.load(Ordering::Relaxed);
+        let sequence = self.slot_header(position).sequence.load(Ordering::Acquire);
+        sequence != position && sequence != position.wrapping_add(1)
     }
 
     /// Consumer, after a sleep (or an announced sleep it did not take):
@@ -551,6 +582,7 @@ impl MessageQueue {
             stride: self.stride,
             eventfd,
             notifications: std::sync::atomic::AtomicU64::new(0),
+            head: AtomicU64::new(self.head.load(Ordering::Relaxed)),
         })
     }
 }
@@ -574,6 +606,45 @@ mod tests {
     fn recv(mq: &mut MessageQueue) -> Option<Vec<u8>> {
         let mut buf = vec![0; mq.slot_size()];
         mq.try_recv(&mut buf).unwrap().map(|n| buf[..n].to_vec())
+    }
+
+    #[test]
+    fn a_peer_rewriting_head_and_tail_cannot_make_the_consumer_skip_or_repeat() {
+        let (_seg, mut mq) = queue(8, 64, None);
+        for m in [b"a", b"b", b"c"] {
+            mq.try_send(m).unwrap();
+        }
+        assert_eq!(recv(&mut mq).unwrap(), b"a");
+        mq.header().head.value.store(100, Ordering::Relaxed);
+        mq.header().tail.value.store(5000, Ordering::Relaxed);
+        assert!(mq.has_ready());
+        assert_eq!(recv(&mut mq).unwrap(), b"b");
+        assert_eq!(recv(&mut mq).unwrap(), b"c");
+        assert_eq!(recv(&mut mq), None);
+        assert!(!mq.has_ready());
+        assert!(!mq.head_corrupted());
+    }
+
+    #[test]
+    fn a_slot_claimed_and_never_published_is_not_ready_and_lets_the_consumer_sleep() {
+        let (_seg, mut mq) = queue(8, 64, None);
+        // A producer's claim without the publish: tail one past head.
+        mq.header().tail.value.store(1, Ordering::Relaxed);
+        assert!(!mq.is_empty(), "the claim shows in the snapshot");
+        assert!(!mq.has_ready());
+        assert!(mq.empty_before_sleep());
+        mq.awake();
+        assert_eq!(recv(&mut mq), None);
+    }
+
+    #[test]
+    fn a_broken_sequence_at_the_head_is_reported_not_ready() {
+        let (_seg, mut mq) = queue(8, 64, None);
+        mq.slot_header(0).sequence.store(77, Ordering::Relaxed);
+        assert!(!mq.has_ready());
+        assert!(mq.head_corrupted());
+        let mut buf = vec![0; 64];
+        assert!(matches!(mq.try_recv(&mut buf), Err(ShmError::Corrupted(_))));
     }
 
     #[test]

@@ -311,6 +311,20 @@ pub(crate) fn render(m: &MetricsSnapshot) -> String {
     ] {
         f.family(name, "gauge", help, &[(String::new(), v as u64)]);
     }
+    for (name, help, v) in [
+        (
+            "hoststack_apps_detached_corrupt_total",
+            "Apps detached for writing invalid values into their shared memory.",
+            c.apps_detached_corrupt,
+        ),
+        (
+            "hoststack_log_lines_suppressed_total",
+            "Warnings an app or the network triggered that the rate limiter held back.",
+            c.log_lines_suppressed,
+        ),
+    ] {
+        f.family(name, "counter", help, &[(String::new(), v)]);
+    }
     f.out
 }
 

@@ -424,8 +424,9 @@ impl DaemonCtx {
         match req {
             ShowRequest::App(a) => match a.view() {
                 AppView::List => {
-                    let apps = self.call(|l| snapshot::app_summaries(l))?;
-                    Ok((show::render_app_list(&apps), to_json(&apps)))
+                    let (apps, corruption) =
+                        self.call(|l| (snapshot::app_summaries(l), l.corruption().clone()))?;
+                    Ok((show::render_app_list(&apps, &corruption), to_json(&apps)))
                 }
                 AppView::Detail(i) => {
                     self.check_app(Some(i))?;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::daemon::config::format_size;
+use hoststack_session::corruption_verdict::CorruptionRecord;
 
 /// What `show` was asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -502,15 +503,24 @@ fn connection(s: &SessionView) -> String {
 }
 
 /// `show app`: one line per app.
-pub(crate) fn render_app_list(apps: &[AppSummary]) -> String {
-    if apps.is_empty() {
-        return "No active apps\n".into();
+pub(crate) fn render_app_list(apps: &[AppSummary], corruption: &CorruptionRecord) -> String {
+    let mut s = if apps.is_empty() {
+        "No active apps\n".to_string()
+    } else {
+        let mut s = format!("{:<10}{:<20}{:<40}\n", "Index", "Name", "Namespace");
+        for a in apps {
+            let _ = writeln!(s, "{:<10}{:<20}{:<40}", a.index, a.name, a.namespace);
+        }
+        tidy(s)
+    };
+    if let Some((name, what)) = &corruption.last {
+        let _ = writeln!(
+            s,
+            "{} app(s) detached for corrupting their shared memory; last: {name} ({what})",
+            corruption.apps_detached
+        );
     }
-    let mut s = format!("{:<10}{:<20}{:<40}\n", "Index", "Name", "Namespace");
-    for a in apps {
-        let _ = writeln!(s, "{:<10}{:<20}{:<40}", a.index, a.name, a.namespace);
-    }
-    tidy(s)
+    s
 }
 
 /// `show app INDEX`: the app, its workers, listeners and connects.
@@ -1116,7 +1126,8 @@ mod tests {
 
     #[test]
     fn the_app_list_has_vpp_columns() {
-        let t = render_app_list(&[summary(0, "echo"), summary(1, "client")]);
+        let none = CorruptionRecord::default();
+        let t = render_app_list(&[summary(0, "echo"), summary(1, "client")], &none);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0].trim_end(),
@@ -1124,7 +1135,18 @@ mod tests {
         );
         assert_eq!(lines[1].trim_end(), "0         echo                default");
         assert_eq!(lines.len(), 3);
-        assert_eq!(render_app_list(&[]), "No active apps\n");
+        assert_eq!(render_app_list(&[], &none), "No active apps\n");
+        let bad = CorruptionRecord {
+            apps_detached: 2,
+            last: Some(("evil".into(), "rx queue: corrupted".into())),
+        };
+        assert!(
+            render_app_list(&[], &bad).ends_with(
+                "2 app(s) detached for corrupting their shared memory; last: evil (rx queue: corrupted)\n"
+            ),
+            "{}",
+            render_app_list(&[], &bad)
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Segment fds on their way to external apps.
+//! What other threads leave for the app socket servers: segment fds on
+//! their way to external apps, and connections to close.
 //!
 //! A segment added to an external app's worker is announced on its event
 //! queue; its fd travels over the app's socket, which only the app socket
@@ -7,6 +8,8 @@
 //! each server takes the fds of its own clients and sends them. The app
 //! waits for the fd when the event names a segment it lacks, so the fd
 //! must never wait for a server's idle timeout or go to the wrong server.
+//! An app detached for corrupting its shared memory has its connection
+//! closed the same way, by the server that holds it.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -32,8 +35,10 @@ pub struct PendingSegmentFd {
 
 /// The fds waiting for app socket servers, and the servers' wake-ups.
 #[derive(Debug, Default)]
-pub struct SegmentFdOutbox {
+pub struct AppSocketOutbox {
     pending: Mutex<Vec<PendingSegmentFd>>,
+    /// Api clients whose connection must be closed.
+    closing: Mutex<Vec<u32>>,
     /// One eventfd per server, so that one server draining its wake-up
     /// does not swallow another's.
     servers: Mutex<Vec<Weak<EventFd>>>,
@@ -62,7 +67,7 @@ impl OutboxWake {
     }
 }
 
-impl SegmentFdOutbox {
+impl AppSocketOutbox {
     fn lock(&self) -> MutexGuard<'_, Vec<PendingSegmentFd>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -92,6 +97,30 @@ impl SegmentFdOutbox {
             "segment fd left for the app socket"
         );
         self.lock().push(fd);
+        self.wake_servers();
+    }
+
+    /// Asks the server holding api client `client` to close its connection.
+    pub fn close_client(&self, client: u32) {
+        self.closing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(client);
+        self.wake_servers();
+    }
+
+    /// Takes the close orders for the clients `mine` accepts.
+    pub fn take_closing(&self, mine: impl Fn(u32) -> bool) -> Vec<u32> {
+        let mut closing = self.closing.lock().unwrap_or_else(|p| p.into_inner());
+        if closing.is_empty() {
+            return Vec::new();
+        }
+        let (taken, left): (Vec<_>, Vec<_>) = closing.drain(..).partition(|&c| mine(c));
+        *closing = left;
+        taken
+    }
+
+    fn wake_servers(&self) {
         let servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
         for e in servers.iter().filter_map(Weak::upgrade) {
             // A failed wake-up only delays the fd to the idle timeout.
@@ -114,6 +143,10 @@ impl SegmentFdOutbox {
     /// Drops the fds of a client that went away.
     pub fn forget_client(&self, client: u32) {
         self.lock().retain(|p| p.client != client);
+        self.closing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|&c| c != client);
     }
 
     /// Fds waiting.
@@ -144,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_server_takes_only_its_own_clients_fds() {
-        let o = SegmentFdOutbox::default();
+        let o = AppSocketOutbox::default();
         o.push(pending(1, 10));
         o.push(pending(2, 11));
         o.push(pending(1, 12));
@@ -169,7 +202,7 @@ mod tests {
 
     #[test]
     fn leaving_an_fd_wakes_every_server_until_each_drains() {
-        let o = SegmentFdOutbox::default();
+        let o = AppSocketOutbox::default();
         let (a, b) = (o.subscribe(), o.subscribe());
         assert!(!woken(&a) && !woken(&b));
         o.push(pending(3, 1));
@@ -191,8 +224,22 @@ mod tests {
     }
 
     #[test]
+    fn close_orders_wake_the_servers_and_go_to_the_one_holding_the_client() {
+        let o = AppSocketOutbox::default();
+        let w = o.subscribe();
+        o.close_client(7);
+        o.close_client(8);
+        assert!(woken(&w));
+        assert_eq!(o.take_closing(|c| c == 8), vec![8]);
+        assert_eq!(o.take_closing(|_| true), vec![7]);
+        o.close_client(9);
+        o.forget_client(9);
+        assert!(o.take_closing(|_| true).is_empty());
+    }
+
+    #[test]
     fn a_gone_clients_fds_are_dropped() {
-        let o = SegmentFdOutbox::default();
+        let o = AppSocketOutbox::default();
         o.push(pending(4, 1));
         o.push(pending(5, 2));
         o.forget_client(4);
