@@ -1062,7 +1062,8 @@ mod tests {
         assert_eq!(r[3].fd_count(), 1);
         assert_eq!(r[4].fd_count(), 0);
         assert_eq!(r[5].fd_count(), 0);
-        assert_eq!(r[6].fd_count(), 1);
+        assert_eq!(r[6].fd_count(), 0);
+        assert_eq!(r[7].fd_count(), 1);
     }
 
     #[test]
