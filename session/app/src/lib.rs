@@ -392,6 +392,13 @@ impl App {
         Self::connect_with(path.as_ref(), &AppRequest::Join { app, token })
     }
 
+    /// [`App::join`] over a connection to the app socket made earlier
+    /// (e.g. right after `fork`, before the child drops privileges that
+    /// the socket's mode requires).
+    pub fn join_over(stream: UnixStream, app: u32, token: u64) -> SessionResult<Self> {
+        Self::attach_over(stream, &AppRequest::Join { app, token })
+    }
+
     /// The app's share token, for [`App::join`] in another process.
     pub fn share_token(&self) -> SessionResult<u64> {
         match self.shared.call(&AppRequest::ShareToken)?.0 {
@@ -406,6 +413,10 @@ impl App {
         let stream = UnixStream::connect(path).map_err(|e| {
             SessionError::os("connecting to the app socket (is hoststack running?)", &e)
         })?;
+        Self::attach_over(stream, req)
+    }
+
+    fn attach_over(stream: UnixStream, req: &AppRequest) -> SessionResult<Self> {
         let mut conn = Conn {
             stream,
             reader: FrameReader::new(),

@@ -1121,7 +1121,8 @@ fn collect(st: &mut Inner, eid: u32, out: &mut [epoll_event]) -> usize {
         return 0;
     };
     let mut n = 0;
-    let mut rounds = ep.ready.len() + 4;
+    // Each listed entry once: a level-triggered one goes back to the tail.
+    let mut rounds = ep.ready.len();
     while n < out.len() && rounds > 0 {
         rounds -= 1;
         let Some(key) = ep.ready.pop_front() else {

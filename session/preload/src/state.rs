@@ -367,6 +367,9 @@ pub struct Inner {
     pub attached: Option<Attached>,
     /// (app index, share token) to join as a forked child.
     pub join: Option<(u32, u64)>,
+    /// A forked child's connection to the app socket, made at fork (while
+    /// the child still has its parent's credentials), used when it joins.
+    pub join_conn: Option<std::os::unix::net::UnixStream>,
     /// Attaching failed and the fallback is the kernel: pass through.
     pub disabled: bool,
     /// Attaching failed and was reported (fallback `fail`).
@@ -415,6 +418,7 @@ impl Inner {
             cfg: Config::from_env(),
             attached: None,
             join: None,
+            join_conn: None,
             disabled: false,
             failed: false,
             socks: Slab::new(),
@@ -444,7 +448,10 @@ impl Inner {
             return Err(libc::ECONNREFUSED);
         }
         let r = match self.join {
-            Some((app, token)) => App::join(&self.cfg.app_socket, app, token),
+            Some((app, token)) => match self.join_conn.take() {
+                Some(c) => App::join_over(c, app, token),
+                None => App::join(&self.cfg.app_socket, app, token),
+            },
             None => {
                 let name = self.cfg.app_name.clone().unwrap_or_else(|| {
                     let prog = std::env::args()
@@ -798,6 +805,14 @@ impl Inner {
             std::mem::forget(a);
         }
         self.sleepers = 0;
+        // The parent's own unused connection (closing our copy leaves it
+        // the parent's).
+        drop(self.join_conn.take());
+        if self.join.is_some() {
+            // Connect now: a server child may drop privileges before it
+            // first needs the stack (nginx workers become `nobody`).
+            self.join_conn = std::os::unix::net::UnixStream::connect(&self.cfg.app_socket).ok();
+        }
         self.connecting.clear();
         self.by_session.clear();
         self.by_listener.clear();
