@@ -899,7 +899,7 @@ pub unsafe extern "C" fn epoll_ctl(
     fd: c_int,
     event: *mut epoll_event,
 ) -> c_int {
-    if fdtable::is_ours(fd) || matches!(fdtable::get(epfd), Entry::Epoll(_)) {
+    if is_sock(fd) || matches!(fdtable::get(epfd), Entry::Epoll(_)) {
         // SAFETY: null or the caller's event.
         let e = unsafe { event.as_ref() }.map(|e| (e.events, e.u64));
         if let Some(r) = ops::epoll_ctl(epfd, op, fd, e) {
@@ -908,6 +908,51 @@ pub unsafe extern "C" fn epoll_ctl(
     }
     // SAFETY: pass-through.
     unsafe { real::epoll_ctl(epfd, op, fd, event) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_create(size: c_int) -> c_int {
+    // SAFETY: pass-through.
+    let fd = unsafe { real::epoll_create(size) };
+    if fd >= 0 {
+        ops::epoll_created(fd);
+    }
+    fd
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_create1(flags: c_int) -> c_int {
+    // SAFETY: pass-through.
+    let fd = unsafe { real::epoll_create1(flags) };
+    if fd >= 0 {
+        ops::epoll_created(fd);
+    }
+    fd
+}
+
+/// A wait on an idle epoll instance: the kernel's, then hidden wakeups
+/// filtered if the instance started watching a hoststack socket meanwhile.
+unsafe fn epoll_wait_idle(
+    epfd: c_int,
+    evs: *mut epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const sigset_t,
+) -> c_int {
+    // SAFETY: pass-through.
+    let n = unsafe { real::epoll_pwait(epfd, evs, max, timeout, mask) };
+    if n <= 0 || !matches!(fdtable::get(epfd), Entry::Epoll(_)) {
+        return n;
+    }
+    // SAFETY: the kernel filled `n` of the caller's `max` events; `mask`
+    // null or live.
+    let (v, m) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(evs, max as usize),
+            mask.as_ref(),
+        )
+    };
+    ret_int(ops::epoll_after_passthrough(epfd, v, n as usize, timeout, m).map(|n| n as c_int))
 }
 
 unsafe fn epoll_wait_ours(
@@ -937,6 +982,10 @@ pub unsafe extern "C" fn epoll_wait(
     max: c_int,
     timeout: c_int,
 ) -> c_int {
+    if matches!(fdtable::get(epfd), Entry::EpollIdle(_)) {
+        // SAFETY: same contract.
+        return unsafe { epoll_wait_idle(epfd, evs, max, timeout, std::ptr::null()) };
+    }
     if !matches!(fdtable::get(epfd), Entry::Epoll(_)) {
         // SAFETY: pass-through.
         return unsafe { real::epoll_wait(epfd, evs, max, timeout) };
@@ -953,6 +1002,10 @@ pub unsafe extern "C" fn epoll_pwait(
     timeout: c_int,
     mask: *const sigset_t,
 ) -> c_int {
+    if matches!(fdtable::get(epfd), Entry::EpollIdle(_)) {
+        // SAFETY: same contract.
+        return unsafe { epoll_wait_idle(epfd, evs, max, timeout, mask) };
+    }
     if !matches!(fdtable::get(epfd), Entry::Epoll(_)) {
         // SAFETY: pass-through.
         return unsafe { real::epoll_pwait(epfd, evs, max, timeout, mask) };
@@ -969,6 +1022,10 @@ pub unsafe extern "C" fn epoll_pwait2(
     timeout: *const timespec,
     mask: *const sigset_t,
 ) -> c_int {
+    if matches!(fdtable::get(epfd), Entry::EpollIdle(_)) {
+        // SAFETY: same contract.
+        return unsafe { epoll_wait_idle(epfd, evs, max, ts_ms(timeout), mask) };
+    }
     if !matches!(fdtable::get(epfd), Entry::Epoll(_)) {
         // SAFETY: pass-through.
         return unsafe { real::epoll_pwait2(epfd, evs, max, timeout, mask) };

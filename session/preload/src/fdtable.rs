@@ -18,6 +18,7 @@ pub const MAX_FD: usize = CHUNK * CHUNKS;
 static TABLE: [OnceLock<Box<[AtomicU32]>>; CHUNKS] = [const { OnceLock::new() }; CHUNKS];
 
 const EPOLL_TAG: u32 = 1 << 31;
+const IDLE_TAG: u32 = 1 << 30;
 
 /// What an fd is to the library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,8 @@ pub enum Entry {
     Sock(u32),
     /// An epoll instance that watches hoststack sockets.
     Epoll(u32),
+    /// An epoll instance that never watched one (waits pass through).
+    EpollIdle(u32),
 }
 
 fn slot(fd: i32) -> Option<&'static AtomicU32> {
@@ -40,6 +43,9 @@ fn slot(fd: i32) -> Option<&'static AtomicU32> {
 pub fn get(fd: i32) -> Entry {
     match slot(fd).map(|s| s.load(Ordering::Acquire)) {
         None | Some(0) => Entry::Kernel,
+        Some(v) if v & EPOLL_TAG != 0 && v & IDLE_TAG != 0 => {
+            Entry::EpollIdle((v & !(EPOLL_TAG | IDLE_TAG)) - 1)
+        }
         Some(v) if v & EPOLL_TAG != 0 => Entry::Epoll((v & !EPOLL_TAG) - 1),
         Some(v) => Entry::Sock(v - 1),
     }
@@ -62,6 +68,7 @@ pub fn set(fd: i32, e: Entry) -> Result<(), i32> {
         Entry::Kernel => 0,
         Entry::Sock(i) => i + 1,
         Entry::Epoll(i) => (i + 1) | EPOLL_TAG,
+        Entry::EpollIdle(i) => (i + 1) | EPOLL_TAG | IDLE_TAG,
     };
     let chunk = TABLE[n / CHUNK].get_or_init(|| (0..CHUNK).map(|_| AtomicU32::new(0)).collect());
     chunk[n % CHUNK].store(v, Ordering::Release);
@@ -86,6 +93,8 @@ mod tests {
         assert_eq!(get(100_000), Entry::Sock(7));
         set(100_000, Entry::Epoll(0)).unwrap();
         assert_eq!(get(100_000), Entry::Epoll(0));
+        set(100_000, Entry::EpollIdle(5)).unwrap();
+        assert_eq!(get(100_000), Entry::EpollIdle(5));
         clear(100_000);
         assert_eq!(get(100_000), Entry::Kernel);
         assert_eq!(get(-1), Entry::Kernel);

@@ -594,7 +594,7 @@ pub fn close(fd: RawFd) -> SysResult<()> {
             st.release(sid);
             r
         }
-        Entry::Epoll(eid) => {
+        Entry::Epoll(eid) | Entry::EpollIdle(eid) => {
             fdtable::clear(fd);
             let r = sys::close(fd);
             drop_epoll_fd(st, eid, fd);
@@ -631,7 +631,7 @@ pub fn forget_range(first: u32, last: u32) {
                 fdtable::clear(fd as i32);
                 st.release(sid);
             }
-            Entry::Epoll(eid) => {
+            Entry::Epoll(eid) | Entry::EpollIdle(eid) => {
                 fdtable::clear(fd as i32);
                 drop_epoll_fd(st, eid, fd as i32);
             }
@@ -681,7 +681,7 @@ pub fn dup(fd: RawFd, to: DupTo) -> SysResult<RawFd> {
             fdtable::clear(new);
             match replaced {
                 Entry::Sock(sid) => st.release(sid),
-                Entry::Epoll(eid) => drop_epoll_fd(st, eid, new),
+                Entry::Epoll(eid) | Entry::EpollIdle(eid) => drop_epoll_fd(st, eid, new),
                 Entry::Kernel => {}
             }
             n
@@ -693,7 +693,7 @@ pub fn dup(fd: RawFd, to: DupTo) -> SysResult<RawFd> {
                 s.refs += 1;
             }
         }
-        Entry::Epoll(eid) => {
+        Entry::Epoll(eid) | Entry::EpollIdle(eid) => {
             if let Some(ep) = st.epolls.get_mut(eid as usize) {
                 ep.fds.push(newfd);
             }
@@ -704,7 +704,7 @@ pub fn dup(fd: RawFd, to: DupTo) -> SysResult<RawFd> {
         let _ = sys::close(newfd);
         match old {
             Entry::Sock(sid) => st.release(sid),
-            Entry::Epoll(eid) => drop_epoll_fd(st, eid, newfd),
+            Entry::Epoll(eid) | Entry::EpollIdle(eid) => drop_epoll_fd(st, eid, newfd),
             Entry::Kernel => {}
         }
         return Err(e);
@@ -943,22 +943,12 @@ fn new_cookie(fd: RawFd) -> u64 {
         & !1
 }
 
-/// The epoll state of `epfd`, created (its waker added to the kernel
-/// set) when it first watches one of our sockets.
-fn epoll_of(st: &mut Inner, epfd: RawFd) -> SysResult<u32> {
-    if let Entry::Epoll(eid) = fdtable::get(epfd) {
-        return Ok(eid);
-    }
-    if fdtable::get(epfd) != Entry::Kernel {
-        return Err(libc::EINVAL);
-    }
+fn new_epoll(st: &mut Inner, epfd: RawFd) -> SysResult<u32> {
     let waker = Waker::new()?;
-    let cookie = new_cookie(epfd);
-    sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, waker.fd(), ev::IN, cookie)?;
     let eid = st.epolls.insert(Epoll {
         fds: vec![epfd],
         waker,
-        cookie,
+        cookie: new_cookie(epfd),
         worker_fd: None,
         regs: Default::default(),
         ready: Default::default(),
@@ -966,10 +956,59 @@ fn epoll_of(st: &mut Inner, epfd: RawFd) -> SysResult<u32> {
         woken: false,
         kernel_data: Default::default(),
     }) as u32;
-    if let Err(e) = fdtable::set(epfd, Entry::Epoll(eid)) {
-        st.epolls.remove(eid as usize);
+    Ok(eid)
+}
+
+/// epoll_create(2) made `fd`: track it (and its duplicates) so that the
+/// instance can watch hoststack sockets later. Its waits pass through
+/// until then.
+pub fn epoll_created(fd: RawFd) {
+    let mut g = state::lock();
+    let st = inner(&mut g);
+    if let Ok(eid) = new_epoll(st, fd) {
+        if fdtable::set(fd, Entry::EpollIdle(eid)).is_err() {
+            st.epolls.remove(eid as usize);
+        }
+    }
+}
+
+/// The epoll state of `epfd`, armed (its waker in the kernel set, its
+/// fds marked) when it first watches one of our sockets.
+fn epoll_of(st: &mut Inner, epfd: RawFd) -> SysResult<u32> {
+    let eid = match fdtable::get(epfd) {
+        Entry::Epoll(eid) => return Ok(eid),
+        Entry::EpollIdle(eid) => eid,
+        Entry::Sock(_) => return Err(libc::EINVAL),
+        Entry::Kernel => {
+            // An epoll fd made behind our back (a raw system call): the
+            // kernel says whether it is one; its earlier duplicates are
+            // found through kcmp.
+            let eid = new_epoll(st, epfd)?;
+            for alias in sys::epoll_aliases(epfd) {
+                if fdtable::get(alias) == Entry::Kernel {
+                    if let Some(ep) = st.epolls.get_mut(eid as usize) {
+                        ep.fds.push(alias);
+                    }
+                }
+            }
+            eid
+        }
+    };
+    let ep = st.epolls.get_mut(eid as usize).ok_or(libc::EBADF)?;
+    if let Err(e) = sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, ep.waker.fd(), ev::IN, ep.cookie) {
+        if fdtable::get(epfd) == Entry::Kernel {
+            st.epolls.remove(eid as usize);
+        }
         return Err(e);
     }
+    for &fd in &ep.fds {
+        let _ = fdtable::set(fd, Entry::Epoll(eid));
+    }
+    // A thread may be asleep in a wait that passed through before this
+    // instance watched a hoststack socket: wake it, so that it comes
+    // back through the library (which hides the wakeup).
+    ep.woken = true;
+    ep.waker.wake();
     Ok(eid)
 }
 
@@ -1184,6 +1223,37 @@ fn filter_internal(st: &mut Inner, eid: u32, evs: &mut [epoll_event]) -> usize {
     keep
 }
 
+/// After a wait on `epfd` that passed through (the instance was idle) and
+/// returned `n` events: if the instance started watching hoststack
+/// sockets meanwhile, our own wakeups are hidden and the wait goes on
+/// through the library.
+pub fn epoll_after_passthrough(
+    epfd: RawFd,
+    evs: &mut [epoll_event],
+    n: usize,
+    timeout_ms: i32,
+    mask: Option<&libc::sigset_t>,
+) -> SysResult<usize> {
+    {
+        let mut g = state::lock();
+        let st = inner(&mut g);
+        let Entry::Epoll(eid) = fdtable::get(epfd) else {
+            return Ok(n);
+        };
+        let k = filter_internal(st, eid, &mut evs[..n]);
+        if k > 0 {
+            st.pump();
+            let more = if k < evs.len() {
+                collect(st, eid, &mut evs[k..])
+            } else {
+                0
+            };
+            return Ok(k + more);
+        }
+    }
+    epoll_wait(epfd, evs, timeout_ms, mask)
+}
+
 /// epoll_wait(2) family on an epoll fd that watches our sockets.
 pub fn epoll_wait(
     epfd: RawFd,
@@ -1202,7 +1272,8 @@ pub fn epoll_wait(
         let st = inner(&mut g);
         let Entry::Epoll(eid) = fdtable::get(epfd) else {
             drop(g);
-            return sys::epoll_wait(epfd, evs, timeout_ms, mask);
+            let n = sys::epoll_wait(epfd, evs, timeout_ms, mask)?;
+            return epoll_after_passthrough(epfd, evs, n, timeout_ms, mask);
         };
         st.pump();
         epoll_arm_worker(st, eid);

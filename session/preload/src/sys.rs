@@ -355,3 +355,27 @@ pub fn stderr(msg: &str) {
     // SAFETY: `msg` is valid for its length.
     unsafe { real::write(2, msg.as_ptr().cast(), msg.len()) };
 }
+
+/// Whether fds `a` and `b` refer to the same open file (kcmp(2)).
+pub fn same_file(a: RawFd, b: RawFd) -> bool {
+    let pid = getpid();
+    // SAFETY: kcmp takes no pointers; KCMP_FILE is 0.
+    unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, 0, a, b) == 0 }
+}
+
+/// The other fds of this process that refer to the same epoll instance
+/// as `fd` (an epoll fd duplicated before the library watched it: mio
+/// does that).
+pub fn epoll_aliases(fd: RawFd) -> Vec<RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter(|&other| other != fd)
+        .filter(|&other| {
+            std::fs::read_link(format!("/proc/self/fd/{other}"))
+                .is_ok_and(|l| l.as_os_str() == "anon_inode:[eventpoll]")
+        })
+        .filter(|&other| same_file(fd, other))
+        .collect()
+}
