@@ -5,6 +5,8 @@
 //! - [`kernel`]: the kernel's side of every comparison (`sendmmsg`,
 //!   `recvmmsg`, TCP servers and clients), in Rust;
 //! - [`suite`]: the side-by-side benchmarks on a veth lab;
+//! - [`servers`]: unmodified nginx, redis and memcached through the
+//!   LD_PRELOAD library beside the same servers on the kernel;
 //! - [`report`]: the table, the JSON file and the chart;
 //! - [`env`]: lab helpers, interface counters, the `hoststack` server
 //!   process; [`stats`]: medians and percentiles.
@@ -20,5 +22,6 @@ pub mod frames;
 pub mod kernel;
 pub mod pktgen;
 pub mod report;
+pub mod servers;
 pub mod stats;
 pub mod suite;

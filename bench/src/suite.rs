@@ -54,6 +54,18 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
         "idle-cpu",
         "idle CPU and 64-byte round-trip latency per worker mode (poll, interrupt, adaptive) vs a blocking kernel echo server",
     ),
+    (
+        "nginx",
+        "nginx through libhoststack_preload.so vs the same nginx on the kernel: keep-alive req/s, Connection: close conn/s, p99, CPU per request",
+    ),
+    (
+        "redis",
+        "redis-server through libhoststack_preload.so vs on the kernel: SET and GET ops/s, CPU per op",
+    ),
+    (
+        "memcached",
+        "memcached through libhoststack_preload.so vs on the kernel: memcaslap ops/s, CPU per op",
+    ),
 ];
 
 /// Benchmarks the issue asks for that cannot run yet, and why (none left:
@@ -120,7 +132,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(
+    pub(crate) fn new(
         bench: &str,
         metric: &str,
         unit: &str,
@@ -207,7 +219,7 @@ impl Settings {
     }
 }
 
-fn progress(bench: &str, run: usize, runs: usize, side: &str, figure: String) {
+pub(crate) fn progress(bench: &str, run: usize, runs: usize, side: &str, figure: String) {
     eprintln!("[{bench}] run {run}/{runs} {side}: {figure}");
 }
 
@@ -225,6 +237,9 @@ pub fn run(name: &str, s: &Settings) -> Result<Outcome> {
         "tcp-connrate" => tcp_connrate(s),
         "cut-through" => cut_through(s),
         "idle-cpu" => idle_cpu(s),
+        "nginx" => crate::servers::nginx(s),
+        "redis" => crate::servers::redis(s),
+        "memcached" => crate::servers::memcached(s),
         other => match NOT_YET.iter().find(|(n, _)| *n == other) {
             Some((_, why)) => bail!("benchmark {other} is not possible yet: {why}"),
             None => bail!(
