@@ -312,6 +312,32 @@ fn wait_fd(fd: RawFd, events: i16, timeout: Option<Duration>) -> SysResult<()> {
     }
 }
 
+/// What a non-blocking call that moved `done` bytes returns when it
+/// cannot move more.
+fn would_block(done: usize) -> SysResult<usize> {
+    if done > 0 {
+        Ok(done)
+    } else {
+        Err(libc::EAGAIN)
+    }
+}
+
+/// A blocking call that moved `done` bytes waits for more: `Some(done)`
+/// when the wait ends it (timeout or signal after progress), `None` to go
+/// on.
+fn wait_more(
+    fd: RawFd,
+    events: i16,
+    timeout: Option<Duration>,
+    done: usize,
+) -> SysResult<Option<usize>> {
+    match wait_fd(fd, events, timeout) {
+        Ok(()) => Ok(None),
+        Err(e) if done > 0 && (e == libc::EAGAIN || e == libc::EINTR) => Ok(Some(done)),
+        Err(e) => Err(e),
+    }
+}
+
 /// recv flags we act on.
 const MSG_PEEK: i32 = libc::MSG_PEEK;
 
@@ -374,17 +400,11 @@ pub fn recv(fd: RawFd, bufs: &mut [&mut [u8]], flags: i32) -> SysResult<usize> {
                 _ => return Err(libc::ENOTCONN),
             }
             if nonblock {
-                return if done > 0 {
-                    Ok(done)
-                } else {
-                    Err(libc::EAGAIN)
-                };
+                return would_block(done);
             }
         }
-        match wait_fd(fd, libc::POLLIN, timeout) {
-            Ok(()) => {}
-            Err(e) if done > 0 && (e == libc::EAGAIN || e == libc::EINTR) => return Ok(done),
-            Err(e) => return Err(e),
+        if let Some(n) = wait_more(fd, libc::POLLIN, timeout, done)? {
+            return Ok(n);
         }
     }
 }
@@ -457,11 +477,7 @@ pub fn send(fd: RawFd, bufs: &[&[u8]], flags: i32) -> SysResult<usize> {
                 _ => pipe = true,
             }
             if !pipe && nonblock {
-                return if done > 0 {
-                    Ok(done)
-                } else {
-                    Err(libc::EAGAIN)
-                };
+                return would_block(done);
             }
         }
         if pipe {
@@ -472,10 +488,8 @@ pub fn send(fd: RawFd, bufs: &[&[u8]], flags: i32) -> SysResult<usize> {
                 Err(broken(flags))
             };
         }
-        match wait_fd(fd, libc::POLLOUT, timeout) {
-            Ok(()) => {}
-            Err(e) if done > 0 && (e == libc::EAGAIN || e == libc::EINTR) => return Ok(done),
-            Err(e) => return Err(e),
+        if let Some(n) = wait_more(fd, libc::POLLOUT, timeout, done)? {
+            return Ok(n);
         }
     }
 }
@@ -537,16 +551,12 @@ pub fn sendfile(
                 Err(_) => break Err(libc::EPIPE),
             }
             if nonblock {
-                break if sent > 0 {
-                    Ok(sent)
-                } else {
-                    Err(libc::EAGAIN)
-                };
+                break would_block(sent);
             }
         }
-        match wait_fd(out, libc::POLLOUT, timeout) {
-            Ok(()) => {}
-            Err(e) if sent > 0 && (e == libc::EAGAIN || e == libc::EINTR) => break Ok(sent),
+        match wait_more(out, libc::POLLOUT, timeout, sent) {
+            Ok(None) => {}
+            Ok(Some(n)) => break Ok(n),
             Err(e) => break Err(e),
         }
     };
