@@ -163,7 +163,8 @@ fn preload_socket_semantics() -> Result<()> {
     cmd.arg(&script)
         .arg(st.host())
         .arg(st.lab.cfg.peer4.addr.to_string())
-        .arg(&st.lab.netns);
+        .arg(&st.lab.netns)
+        .arg(st.lab.cfg.host6.addr.to_string());
     let p = Proc::spawn("preload_semantics.py", cmd)?;
     let (ok, out) = p.wait(Duration::from_secs(60))?;
     print!("{out}");

@@ -1,11 +1,11 @@
 # Socket semantics under libhoststack_preload.so, checked against what
 # Linux does for kernel sockets. Run with LD_PRELOAD set, as
-#   python3 preload_semantics.py HOST_ADDR PEER_ADDR NETNS
+#   python3 preload_semantics.py HOST_ADDR PEER_ADDR NETNS HOST6_ADDR
 # (the lab: HOST_ADDR is hoststack's, PEER_ADDR the kernel peer's in NETNS).
 # Prints "ok NAME" per check and "all ok" at the end; exits 1 on a failure.
 import errno, os, select, signal, socket, subprocess, sys, time
 
-HOST, PEER, NETNS = sys.argv[1], sys.argv[2], sys.argv[3]
+HOST, PEER, NETNS, HOST6 = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 KERNEL_ENV = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 PEER_PORT = 9500
 
@@ -216,6 +216,21 @@ try:
     C2.settimeout(5)
     assert C2.recv(10) == b""
     ok("peer close reads as EOF")
+
+    # one port on 0.0.0.0 and on [::] (IPV6_V6ONLY): each family's
+    # connections reach its own listener
+    A = socket.socket(socket.AF_INET); A.bind(("0.0.0.0", 0)); A.listen(4)
+    p2 = A.getsockname()[1]
+    B = socket.socket(socket.AF_INET6)
+    B.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    B.bind(("::", p2)); B.listen(4)
+    assert cmd(f"connect {HOST6} {p2}") == "connected"
+    assert cmd(f"connect {HOST} {p2}") == "connected"
+    B.settimeout(5); A.settimeout(5)
+    c6, a6 = B.accept(); c4, a4 = A.accept()
+    assert ":" in a6[0] and "." in a4[0], (a6, a4)
+    assert c6.getsockname()[0] == HOST6 and c4.getsockname()[0] == HOST
+    ok("IPv4 and IPv6 listeners on one port each get their own family")
     print("all ok", flush=True)
 finally:
     helper.kill()

@@ -560,9 +560,10 @@ impl Inner {
     fn dispatch(&mut self, e: Event) {
         match e {
             Event::Accepted(s) => {
-                let sid = s
+                let named = s
                     .listener()
                     .and_then(|l| self.by_listener.get(&l.as_u64()).copied());
+                let sid = self.listener_for(named, s.local());
                 let Some(sid) = sid else {
                     let _ = s.close();
                     return;
@@ -626,6 +627,44 @@ impl Inner {
                 self.touch(sid);
             }
         }
+    }
+
+    /// The listening sock an accepted session belongs to. The stack names
+    /// its listener, but one port's listeners on 0.0.0.0 and on [::] may
+    /// share that name (its TCP listen pools are per port): the session's
+    /// own address family decides, as the kernel's two sockets would. An
+    /// IPv4 session may go to an AF_INET6 listener (v4-mapped) when no
+    /// AF_INET one takes it; an IPv6 one never goes to an AF_INET one.
+    fn listener_for(&self, named: Option<u32>, local: Endpoint) -> Option<u32> {
+        let want_v6 = local.ip.is_ipv6();
+        let fits = |sid: u32, exact_family: bool| {
+            let Some(sock) = self.socks.get(sid as usize) else {
+                return false;
+            };
+            let Kind::Listener(l) = &sock.kind else {
+                return false;
+            };
+            let family_ok = if exact_family {
+                (sock.family == libc::AF_INET6) == want_v6
+            } else {
+                sock.family == libc::AF_INET6 || !want_v6
+            };
+            family_ok
+                && l.endpoint.port() == local.port
+                && (l.endpoint.ip().is_unspecified() || l.endpoint.ip() == local.ip)
+        };
+        if let Some(n) = named {
+            if fits(n, true) {
+                return Some(n);
+            }
+        }
+        let mut ids: Vec<u32> = self.by_listener.values().copied().collect();
+        ids.sort_unstable();
+        ids.iter()
+            .copied()
+            .find(|&i| fits(i, true))
+            .or_else(|| named.filter(|&n| fits(n, false)))
+            .or_else(|| ids.iter().copied().find(|&i| fits(i, false)))
     }
 
     /// The stream of session `key` on sock `sid`: the sock's own, or one
