@@ -19,7 +19,7 @@ use hoststack_drivers::afxdp::XdpAttachMode;
 
 use hoststack_bench::frames::SizeMix;
 use hoststack_bench::pktgen::{FlowTemplate, LatencyOpts, QueueOpts, RxOpts, TxOpts};
-use hoststack_bench::{env, frames, kernel, pktgen, report, suite};
+use hoststack_bench::{env, frames, kernel, pktgen, report, servers, suite};
 
 /// hoststack benchmarks and pktgen: every figure beside the Linux kernel's.
 #[derive(Debug, Parser)]
@@ -344,7 +344,9 @@ fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
     let started = Instant::now();
     for name in &names {
         eprintln!("[{name}] starting");
-        match suite::run_named(name, &settings) {
+        let outcome =
+            servers::run(name, &settings).unwrap_or_else(|| suite::run_named(name, &settings));
+        match outcome {
             Ok(o) => {
                 report.rows.extend(o.rows);
                 report.notes.extend(o.notes);

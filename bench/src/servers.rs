@@ -28,6 +28,18 @@ use hoststack_lab::Lab;
 use crate::env::{self, Managed};
 use crate::suite::{Outcome, Row, Settings};
 
+/// Runs server benchmark `name` (listed in `suite::BENCHMARKS`); `None`
+/// when `name` is not one of them.
+pub fn run(name: &str, s: &Settings) -> Option<Result<Outcome>> {
+    let r = match name {
+        "nginx" => nginx(s),
+        "redis" => redis(s),
+        "memcached" => memcached(s),
+        _ => return None,
+    };
+    Some(r.with_context(|| format!("benchmark {name}")))
+}
+
 /// Which side serves.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Side {

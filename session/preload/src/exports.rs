@@ -11,7 +11,6 @@
 #![allow(unsafe_code)]
 #![allow(clippy::missing_safety_doc)]
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
 
 use libc::{
@@ -22,7 +21,6 @@ use libc::{
 use crate::fdtable::{self, Entry};
 use crate::ops::{self, DupTo};
 use crate::sockaddr as addr_codec;
-use crate::state::{self, Inner};
 use crate::sys::{self, SysResult, real, set_errno};
 
 fn ret_int(r: SysResult<c_int>) -> c_int {
@@ -1077,36 +1075,4 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
 pub unsafe extern "C" fn vfork() -> libc::pid_t {
     // SAFETY: pass-through to fork.
     unsafe { real::fork() }
-}
-
-thread_local! {
-    static FORK_GUARD: RefCell<Option<std::sync::MutexGuard<'static, Option<Inner>>>> =
-        const { RefCell::new(None) };
-}
-
-extern "C" fn prepare_fork() {
-    let mut g = state::STATE.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(st) = g.as_mut() {
-        st.before_fork();
-    }
-    FORK_GUARD.with(|f| *f.borrow_mut() = Some(g));
-}
-
-extern "C" fn parent_after_fork() {
-    FORK_GUARD.with(|f| f.borrow_mut().take());
-}
-
-extern "C" fn child_after_fork() {
-    FORK_GUARD.with(|f| {
-        if let Some(mut g) = f.borrow_mut().take() {
-            if let Some(st) = g.as_mut() {
-                st.after_fork_child();
-            }
-        }
-    });
-}
-
-/// Registers the fork handlers (once, when the state is created).
-pub fn register_fork_handlers() {
-    sys::register_atfork(prepare_fork, parent_after_fork, child_after_fork);
 }

@@ -4,8 +4,6 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
-use crate::sys::{Errno, SysResult};
-
 /// Bytes of the largest address we write (`sockaddr_in6`).
 pub const MAX_LEN: usize = 28;
 
@@ -47,7 +45,7 @@ pub fn for_family(addr: SocketAddr, family: i32) -> SocketAddr {
 /// Parses a C socket address; `EINVAL` for a short one, `EAFNOSUPPORT`
 /// for another family than `family` allows (an AF_INET6 socket takes
 /// only AF_INET6 addresses; v4-mapped ones come back as IPv4).
-pub fn decode(b: &[u8], family: i32) -> SysResult<SocketAddr> {
+pub fn decode(b: &[u8], family: i32) -> Result<SocketAddr, i32> {
     if b.len() < 2 {
         return Err(libc::EINVAL);
     }
@@ -86,7 +84,7 @@ pub fn decode(b: &[u8], family: i32) -> SysResult<SocketAddr> {
             };
             Ok(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, scope)))
         }
-        _ => Err(libc::EAFNOSUPPORT as Errno),
+        _ => Err(libc::EAFNOSUPPORT),
     }
 }
 

@@ -58,9 +58,40 @@ pub fn lock() -> MutexGuard<'static, Option<Inner>> {
     let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
     if g.is_none() {
         *g = Some(Inner::new());
-        crate::exports::register_fork_handlers();
+        sys::register_atfork(prepare_fork, parent_after_fork, child_after_fork);
     }
     g
+}
+
+thread_local! {
+    /// The state's lock, held by the forking thread from the prepare
+    /// handler until fork returns in the parent and in the child.
+    static FORK_GUARD: std::cell::RefCell<Option<MutexGuard<'static, Option<Inner>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Before fork: no other thread may be inside the state while the
+/// address space is copied.
+extern "C" fn prepare_fork() {
+    let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(st) = g.as_mut() {
+        st.before_fork();
+    }
+    FORK_GUARD.with(|f| *f.borrow_mut() = Some(g));
+}
+
+extern "C" fn parent_after_fork() {
+    FORK_GUARD.with(|f| f.borrow_mut().take());
+}
+
+extern "C" fn child_after_fork() {
+    FORK_GUARD.with(|f| {
+        if let Some(mut g) = f.borrow_mut().take() {
+            if let Some(st) = g.as_mut() {
+                st.after_fork_child();
+            }
+        }
+    });
 }
 
 /// Epoll event bits as `u32`.
