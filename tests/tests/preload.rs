@@ -548,3 +548,66 @@ fn preload_memcached() -> Result<()> {
     );
     Ok(())
 }
+
+/// The app socket's join (what a forked child does): a wrong token is
+/// `NoApp`; the right one adds a worker of the same app over another
+/// connection, which may listen where the app listens (another app may
+/// not); when that connection closes its worker goes and the app's
+/// listener stays with the first worker.
+#[test]
+fn a_second_connection_joins_an_app_with_its_share_token() -> Result<()> {
+    use hoststack_app::{App, AppOptions, Event, SessionError};
+    let st = Stack::start("jn")?;
+    let path = st.dir.join("app.sock");
+    let opts = AppOptions {
+        use_eventfd: true,
+        ..AppOptions::default()
+    };
+    let mut a = App::attach(&path, "join-parent", opts.clone())?;
+    let mut wa = a.worker().context("first worker")?;
+    let ep: SocketAddr = "0.0.0.0:7600".parse()?;
+    wa.listen(ep)?;
+    let token = a.share_token()?;
+    match App::join(&path, a.index(), token ^ 1) {
+        Err(SessionError::NoApp(_)) => {}
+        other => bail!("a wrong token gave {other:?}"),
+    }
+    let mut b = App::join(&path, a.index(), token)?;
+    let mut wb = b.worker().context("joined worker")?;
+    ensure!(b.index() == a.index() && wb.index() != wa.index());
+    wb.listen(ep)?;
+    let mut c = App::attach(&path, "join-other", opts)?;
+    match c.worker().context("other worker")?.listen(ep) {
+        Err(SessionError::AlreadyListening(_)) => {}
+        other => bail!("another app listening on the endpoint gave {other:?}"),
+    }
+    drop(wb);
+    drop(b);
+    // Give the stack a moment to see the joined connection close.
+    std::thread::sleep(Duration::from_millis(300));
+    let to: SocketAddr = format!("{}:7600", st.host()).parse()?;
+    let ns = st.lab.netns.clone();
+    let clients = std::thread::spawn(move || -> Result<Vec<TcpStream>> {
+        enter_netns(&ns)?;
+        (0..3)
+            .map(|_| Ok(TcpStream::connect_timeout(&to, Duration::from_secs(5))?))
+            .collect()
+    });
+    let mut accepted = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while accepted < 3 && Instant::now() < deadline {
+        for e in wa.wait(Some(Duration::from_millis(200)))? {
+            if matches!(e, Event::Accepted(_)) {
+                accepted += 1;
+            }
+        }
+    }
+    let _conns = clients
+        .join()
+        .map_err(|_| anyhow::anyhow!("clients panicked"))??;
+    ensure!(
+        accepted == 3,
+        "the parent's worker accepted {accepted} of 3 after the joined one left"
+    );
+    Ok(())
+}
