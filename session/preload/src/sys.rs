@@ -2,11 +2,13 @@
 //! found with `dlsym(RTLD_NEXT)`, and small safe wrappers over the few
 //! system calls the safe layers above need.
 //!
-//! This is one of the three modules that may use `unsafe` (with
-//! [`crate::exports`] and nothing else). Every real function is resolved
-//! once, lazily, into an atomic: the pass-through path is one atomic load
-//! and an indirect call, with no allocation and no lock, so it is safe in
-//! early initialisation and in signal handlers.
+//! This is one of the two modules that may use `unsafe` (with
+//! [`crate::exports`]). Every real function is looked up once into an
+//! atomic, all of them when the library is loaded (an `.init_array`
+//! constructor) and lazily for a call that comes before that (another
+//! library's constructor): the pass-through path is one atomic load and an
+//! indirect call, with no allocation and no lock, so it is safe in early
+//! initialisation and in signal handlers.
 
 #![allow(unsafe_code)]
 
@@ -54,6 +56,20 @@ macro_rules! real_fns {
         pub mod real {
             #![allow(clippy::missing_safety_doc)]
             use super::*;
+
+            /// Where each function's address is cached (0: not yet looked up).
+            #[allow(non_upper_case_globals)]
+            mod slots {
+                use std::sync::atomic::AtomicUsize;
+                $( pub(super) static $name: AtomicUsize = AtomicUsize::new(0); )*
+            }
+
+            /// Looks every function up now, so that no later call (in a
+            /// signal handler, say) has to call `dlsym`.
+            pub fn resolve_all() {
+                $( resolve(&slots::$name, name_of(concat!(stringify!($name), "\0"))); )*
+            }
+
             $(
                 /// The next definition of this function (usually libc's);
                 /// `ENOSYS` and -1 when there is none.
@@ -61,16 +77,7 @@ macro_rules! real_fns {
                 /// # Safety
                 /// The caller upholds the C function's own contract.
                 pub unsafe fn $name($($arg: $ty),*) -> $ret {
-                    static SLOT: AtomicUsize = AtomicUsize::new(0);
-                    let f = resolve(&SLOT, {
-                        const NAME: &CStr = match CStr::from_bytes_with_nul(
-                            concat!(stringify!($name), "\0").as_bytes(),
-                        ) {
-                            Ok(c) => c,
-                            Err(_) => panic!("bad symbol name"),
-                        };
-                        NAME
-                    });
+                    let f = resolve(&slots::$name, name_of(concat!(stringify!($name), "\0")));
                     if f == 0 {
                         set_errno(libc::ENOSYS);
                         return -1 as $ret;
@@ -84,6 +91,14 @@ macro_rules! real_fns {
             )*
         }
     };
+}
+
+/// A symbol name from its NUL-terminated spelling.
+const fn name_of(s: &'static str) -> &'static CStr {
+    match CStr::from_bytes_with_nul(s.as_bytes()) {
+        Ok(c) => c,
+        Err(_) => panic!("bad symbol name"),
+    }
 }
 
 real_fns! {
@@ -132,14 +147,29 @@ real_fns! {
     socketpair(domain: c_int, ty: c_int, protocol: c_int, sv: *mut c_int) -> c_int;
 }
 
+/// Runs when the library is loaded, before the program's `main`: every
+/// real function is looked up once, so pass-through calls never need
+/// `dlsym` later (in a signal handler, say).
+#[used]
+#[unsafe(link_section = ".init_array")]
+static RESOLVE_AT_LOAD: extern "C" fn() = resolve_at_load;
+
+extern "C" fn resolve_at_load() {
+    real::resolve_all();
+    let _ = resolve(&FCNTL, c"fcntl");
+    let _ = resolve(&IOCTL, c"ioctl");
+}
+
+static FCNTL: AtomicUsize = AtomicUsize::new(0);
+static IOCTL: AtomicUsize = AtomicUsize::new(0);
+
 /// The real `fcntl` (C-variadic; its third argument is an int or a
 /// pointer, passed as a machine word).
 ///
 /// # Safety
 /// As for `fcntl(2)`: `arg` is what `cmd` expects.
 pub unsafe fn real_fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
-    static SLOT: AtomicUsize = AtomicUsize::new(0);
-    let f = resolve(&SLOT, c"fcntl");
+    let f = resolve(&FCNTL, c"fcntl");
     if f == 0 {
         set_errno(libc::ENOSYS);
         return -1;
@@ -155,8 +185,7 @@ pub unsafe fn real_fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
 /// # Safety
 /// As for `ioctl(2)`.
 pub unsafe fn real_ioctl(fd: c_int, req: libc::c_ulong, arg: usize) -> c_int {
-    static SLOT: AtomicUsize = AtomicUsize::new(0);
-    let f = resolve(&SLOT, c"ioctl");
+    let f = resolve(&IOCTL, c"ioctl");
     if f == 0 {
         set_errno(libc::ENOSYS);
         return -1;
