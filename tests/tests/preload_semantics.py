@@ -231,6 +231,26 @@ try:
     assert ":" in a6[0] and "." in a4[0], (a6, a4)
     assert c6.getsockname()[0] == HOST6 and c4.getsockname()[0] == HOST
     ok("IPv4 and IPv6 listeners on one port each get their own family")
+
+    # SO_REUSEPORT: two listeners on one endpoint share its connections;
+    # a third without the option is EADDRINUSE
+    def reuse():
+        r = socket.socket(); r.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1); return r
+    R1 = reuse(); R1.bind(("0.0.0.0", 0)); R1.listen(8)
+    p3 = R1.getsockname()[1]
+    R2 = reuse(); R2.bind(("0.0.0.0", p3)); R2.listen(8)
+    R3 = socket.socket(); R3.bind(("0.0.0.0", p3))
+    expect_errno(errno.EADDRINUSE, R3.listen, 8)
+    for _ in range(4):
+        assert cmd(f"connect {HOST} {p3}") == "connected"
+    got = {R1: 0, R2: 0}
+    deadline = time.time() + 5
+    while sum(got.values()) < 4 and time.time() < deadline:
+        rs, _, _ = select.select([R1, R2], [], [], 1)
+        for r in rs:
+            r.accept()[0].close(); got[r] += 1
+    assert sum(got.values()) == 4 and min(got.values()) >= 1, got
+    ok("SO_REUSEPORT listeners share one endpoint's connections")
     print("all ok", flush=True)
 finally:
     helper.kill()

@@ -142,12 +142,23 @@ pub fn listen(fd: RawFd, backlog: i32) -> SysResult<()> {
         return Err(e);
     }
     let want = bound.unwrap_or_else(|| sockaddr::unspecified(family));
+    let reuseport =
+        sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT).is_ok_and(|v| v != 0);
+    // SO_REUSEPORT on both: this sock shares its sibling's stack listener
+    // (the process's connections are spread over the two).
+    let sibling = if reuseport && want.port() != 0 {
+        st.reuseport_sibling(want, family)
+    } else {
+        None
+    };
     let Some(a) = st.attached.as_mut() else {
         return Err(libc::EIO);
     };
     let mut result = Err(libc::EADDRINUSE);
     let mut chosen = want;
-    if want.port() != 0 {
+    if let Some(h) = sibling {
+        result = Ok(h);
+    } else if want.port() != 0 {
         result = a.worker.listen(want).map_err(|e| state::errno_of(&e));
     } else {
         // Port 0: an ephemeral port, as the kernel picks one.
@@ -180,8 +191,9 @@ pub fn listen(fd: RawFd, backlog: i32) -> SysResult<()> {
         used: false,
         parent_worker: None,
         backlog: Default::default(),
+        reuseport,
     });
-    st.by_listener.insert(h.as_u64(), sid);
+    st.listener_add(h, sid);
     Ok(())
 }
 

@@ -162,6 +162,9 @@ pub struct Listener {
     /// Sessions accepted by the stack, waiting for `accept` (with what
     /// happened to them meanwhile).
     pub backlog: VecDeque<Stream>,
+    /// SO_REUSEPORT was set when it started listening: other such socks
+    /// of the process on the endpoint share its stack listener.
+    pub reuseport: bool,
 }
 
 /// A connected stream.
@@ -411,8 +414,11 @@ pub struct Inner {
     pub epolls: Slab<Epoll>,
     /// Session handle -> sock.
     pub by_session: HashMap<u64, u32>,
-    /// Listener handle -> sock.
-    pub by_listener: HashMap<u64, u32>,
+    /// Listener handle -> the socks on it in this process (several with
+    /// SO_REUSEPORT), in order.
+    pub by_listener: HashMap<u64, Vec<u32>>,
+    /// Round robin over a handle's SO_REUSEPORT socks.
+    pub next_reuseport: usize,
     /// Connect request -> sock.
     pub connecting: HashMap<u32, u32>,
     /// Threads asleep with the worker's eventfd in their wait.
@@ -456,6 +462,7 @@ impl Inner {
             epolls: Slab::new(),
             by_session: HashMap::new(),
             by_listener: HashMap::new(),
+            next_reuseport: 0,
             connecting: HashMap::new(),
             sleepers: 0,
             pid: sys::getpid(),
@@ -593,8 +600,9 @@ impl Inner {
             Event::Accepted(s) => {
                 let named = s
                     .listener()
-                    .and_then(|l| self.by_listener.get(&l.as_u64()).copied());
-                let sid = self.listener_for(named, s.local());
+                    .and_then(|l| self.by_listener.get(&l.as_u64()).cloned())
+                    .unwrap_or_default();
+                let sid = self.listener_for(&named, s.local());
                 let Some(sid) = sid else {
                     let _ = s.close();
                     return;
@@ -666,10 +674,10 @@ impl Inner {
     /// own address family decides, as the kernel's two sockets would. An
     /// IPv4 session may go to an AF_INET6 listener (v4-mapped) when no
     /// AF_INET one takes it; an IPv6 one never goes to an AF_INET one.
-    fn listener_for(&self, named: Option<u32>, local: Endpoint) -> Option<u32> {
+    fn listener_for(&mut self, named: &[u32], local: Endpoint) -> Option<u32> {
         let want_v6 = local.ip.is_ipv6();
-        let fits = |sid: u32, exact_family: bool| {
-            let Some(sock) = self.socks.get(sid as usize) else {
+        let fits = |socks: &Slab<Sock>, sid: u32, exact_family: bool| {
+            let Some(sock) = socks.get(sid as usize) else {
                 return false;
             };
             let Kind::Listener(l) = &sock.kind else {
@@ -684,18 +692,74 @@ impl Inner {
                 && l.endpoint.port() == local.port
                 && (l.endpoint.ip().is_unspecified() || l.endpoint.ip() == local.ip)
         };
-        if let Some(n) = named {
-            if fits(n, true) {
-                return Some(n);
-            }
+        // SO_REUSEPORT siblings share a handle: the ones the process waits
+        // on take turns.
+        let used = |socks: &Slab<Sock>, sid: u32| matches!(socks.get(sid as usize).map(|s| &s.kind), Some(Kind::Listener(l)) if l.used);
+        let exact: Vec<u32> = named
+            .iter()
+            .copied()
+            .filter(|&n| fits(&self.socks, n, true))
+            .collect();
+        if !exact.is_empty() {
+            let waited: Vec<u32> = exact
+                .iter()
+                .copied()
+                .filter(|&n| used(&self.socks, n))
+                .collect();
+            let pool = if waited.is_empty() { &exact } else { &waited };
+            self.next_reuseport = self.next_reuseport.wrapping_add(1);
+            return Some(pool[self.next_reuseport % pool.len()]);
         }
-        let mut ids: Vec<u32> = self.by_listener.values().copied().collect();
+        let mut ids: Vec<u32> = self.by_listener.values().flatten().copied().collect();
         ids.sort_unstable();
         ids.iter()
             .copied()
-            .find(|&i| fits(i, true))
-            .or_else(|| named.filter(|&n| fits(n, false)))
-            .or_else(|| ids.iter().copied().find(|&i| fits(i, false)))
+            .find(|&i| fits(&self.socks, i, true))
+            .or_else(|| named.iter().copied().find(|&n| fits(&self.socks, n, false)))
+            .or_else(|| ids.iter().copied().find(|&i| fits(&self.socks, i, false)))
+    }
+
+    /// Records that listening sock `sid` is on stack listener `h`.
+    pub fn listener_add(&mut self, h: ListenerHandle, sid: u32) {
+        let v = self.by_listener.entry(h.as_u64()).or_default();
+        if !v.contains(&sid) {
+            v.push(sid);
+        }
+    }
+
+    /// Forgets `sid` on `h`; true when another sock of the process is
+    /// still active on it (a SO_REUSEPORT sibling).
+    fn listener_remove(&mut self, h: ListenerHandle, sid: u32) -> bool {
+        let Some(v) = self.by_listener.get_mut(&h.as_u64()) else {
+            return false;
+        };
+        v.retain(|&x| x != sid);
+        let others = v.iter().any(|&x| {
+            matches!(self.socks.get(x as usize).map(|s| &s.kind), Some(Kind::Listener(l)) if l.active)
+        });
+        if v.is_empty() {
+            self.by_listener.remove(&h.as_u64());
+        }
+        others
+    }
+
+    /// An active SO_REUSEPORT listener of this process on `endpoint` with
+    /// `family`, whose stack listener another such sock may share.
+    pub fn reuseport_sibling(&self, endpoint: SocketAddr, family: i32) -> Option<ListenerHandle> {
+        self.by_listener.values().flatten().find_map(|&sid| {
+            let sock = self.socks.get(sid as usize)?;
+            match &sock.kind {
+                Kind::Listener(l)
+                    if l.active
+                        && l.reuseport
+                        && l.endpoint == endpoint
+                        && sock.family == family =>
+                {
+                    Some(l.handle)
+                }
+                _ => None,
+            }
+        })
     }
 
     /// The stream of session `key` on sock `sid`: the sock's own, or one
@@ -783,7 +847,21 @@ impl Inner {
             }
             return;
         }
-        let endpoint = l.endpoint;
+        let (endpoint, reuseport) = (l.endpoint, l.reuseport);
+        let family = self.socks.get(sid as usize).map_or(0, |s| s.family);
+        if reuseport {
+            if let Some(h) = self.reuseport_sibling(endpoint, family) {
+                if let Some(Kind::Listener(l)) =
+                    self.socks.get_mut(sid as usize).map(|s| &mut s.kind)
+                {
+                    l.handle = h;
+                    l.active = true;
+                    l.used = true;
+                }
+                self.listener_add(h, sid);
+                return;
+            }
+        }
         if self.ensure_attached().is_err() {
             return;
         }
@@ -801,16 +879,13 @@ impl Inner {
                 else {
                     return;
                 };
-                if h != l.handle {
-                    self.by_listener.remove(&l.handle.as_u64());
-                    l.handle = h;
-                }
+                l.handle = h;
                 l.active = true;
                 l.used = true;
                 if let Some(pw) = l.parent_worker.take() {
                     let _ = a.worker.remove_listener_worker(pw, h);
                 }
-                self.by_listener.insert(h.as_u64(), sid);
+                self.listener_add(h, sid);
                 let msg = format!("listening on {endpoint} from this process's worker");
                 self.debug(&msg);
             }
@@ -838,12 +913,12 @@ impl Inner {
         }
         match sock.kind {
             Kind::Listener(l) => {
-                self.by_listener.remove(&l.handle.as_u64());
+                let sibling_active = self.listener_remove(l.handle, sid);
                 for s in l.backlog.into_iter().filter_map(|s| s.session) {
                     self.by_session.remove(&s.handle().as_u64());
                     let _ = s.close();
                 }
-                if l.active {
+                if l.active && !sibling_active {
                     if let Some(a) = self.attached.as_mut() {
                         let _ = a.worker.unlisten(l.handle);
                     }
