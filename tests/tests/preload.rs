@@ -611,3 +611,94 @@ fn a_second_connection_joins_an_app_with_its_share_token() -> Result<()> {
     );
     Ok(())
 }
+
+const PY_UDP_ECHO: &str = r#"
+import socket, sys, threading
+def serve(fam, host, port):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.bind((host, port))
+    while True:
+        d, a = s.recvfrom(65536)
+        s.sendto(d, a)
+for fam, host in [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]:
+    threading.Thread(target=serve, args=(fam, host, int(sys.argv[1])), daemon=True).start()
+import time; time.sleep(0.5)
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+/// A preloaded UDP client: unbound sendto (an implicit bind), connect +
+/// send/recv, EDESTADDRREQ, MSG_TRUNC, against a kernel echo in the lab.
+const PY_UDP_CLIENT: &str = r#"
+import errno, os, socket, sys
+peer, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+try:
+    s.send(b"x"); sys.exit("send without a destination worked")
+except OSError as e:
+    assert e.errno == errno.EDESTADDRREQ, e
+for n in (1, 512, 1400, 20000):
+    d = os.urandom(n)
+    s.sendto(d, (peer, port))
+    r, a = s.recvfrom(65536)
+    assert r == d and a == (peer, port), (n, a)
+assert s.getsockname()[1] != 0
+s.connect((peer, port))
+assert s.getpeername() == (peer, port)
+s.send(b"connected")
+assert s.recv(100) == b"connected"
+s.send(b"0123456789")
+buf = bytearray(4)
+assert s.recv_into(buf, 4, socket.MSG_TRUNC) == 10 and bytes(buf) == b"0123"
+s.send(b"0123456789")
+assert s.recv(4) == b"0123"
+print("udp client ok", flush=True)
+"#;
+
+const PY_KERNEL_UDP_ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    d, a = s.recvfrom(65536)
+    s.sendto(d, a)
+"#;
+
+#[test]
+fn preload_udp() -> Result<()> {
+    let st = Stack::start("ud")?;
+    let mut cmd = st.preloaded("python3");
+    cmd.args(["-c", PY_UDP_ECHO, "7800"]);
+    let mut p = Proc::spawn("python udp echo", cmd)?;
+    p.wait_for_line("ready", Duration::from_secs(20))?;
+    // Kernel clients in the lab: IPv4 (fragmented sizes too) and IPv6.
+    let check = format!(
+        r#"
+import os, socket
+for fam, h, sizes in [(socket.AF_INET, "{}", (1, 100, 1400, 8000, 30000)), (socket.AF_INET6, "{}", (1, 100, 1200))]:
+    c = socket.socket(fam, socket.SOCK_DGRAM); c.settimeout(3)
+    for n in sizes:
+        d = os.urandom(n); c.sendto(d, (h, 7800))
+        r, _ = c.recvfrom(65536)
+        assert r == d, (h, n)
+print("udp echo ok")
+"#,
+        st.host(),
+        st.lab.cfg.host6.addr
+    );
+    let out = st.peer_output("python3", &["-c", &check])?;
+    ensure!(out.contains("udp echo ok"), "{out}");
+    // A preloaded client against a kernel echo in the lab.
+    let peer = st.lab.cfg.peer4.addr.to_string();
+    let mut k = st.peer("python3");
+    k.args(["-c", PY_KERNEL_UDP_ECHO, &peer, "7801"]);
+    let mut kp = Proc::spawn("kernel udp echo", k)?;
+    kp.wait_for_line("ready", Duration::from_secs(10))?;
+    let mut c = st.preloaded("python3");
+    c.args(["-c", PY_UDP_CLIENT, &peer, "7801"]);
+    let (ok, out) = Proc::spawn("preloaded udp client", c)?.wait(Duration::from_secs(30))?;
+    ensure!(ok && out.contains("udp client ok"), "udp client: {out}");
+    Ok(())
+}

@@ -391,7 +391,7 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
         return unsafe { real::read(fd, buf, n) };
     }
     // SAFETY: the caller's buffer.
-    ret_size(ops::recv(fd, &mut [unsafe { slice_mut(buf, n) }], 0))
+    ret_size(ops::recv_from(fd, &mut [unsafe { slice_mut(buf, n) }], 0).map(|r| r.copied))
 }
 
 #[unsafe(no_mangle)]
@@ -419,7 +419,7 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_
     }
     // SAFETY: the caller's iovecs.
     let mut v = unsafe { iovecs_mut(iov, n as usize) };
-    ret_size(ops::recv(fd, &mut v, 0))
+    ret_size(ops::recv_from(fd, &mut v, 0).map(|r| r.copied))
 }
 
 #[unsafe(no_mangle)]
@@ -429,7 +429,19 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
         return unsafe { real::recv(fd, buf, n, flags) };
     }
     // SAFETY: the caller's buffer.
-    ret_size(ops::recv(fd, &mut [unsafe { slice_mut(buf, n) }], flags))
+    ret_size(
+        ops::recv_from(fd, &mut [unsafe { slice_mut(buf, n) }], flags).map(|r| received(&r, flags)),
+    )
+}
+
+/// What a receive returns: the bytes copied, or with MSG_TRUNC a
+/// datagram's whole length (as Linux does).
+fn received(r: &ops::Received, flags: c_int) -> usize {
+    if flags & libc::MSG_TRUNC != 0 {
+        r.len
+    } else {
+        r.copied
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -461,13 +473,20 @@ pub unsafe extern "C" fn recvfrom(
         return unsafe { real::recvfrom(fd, buf, n, flags, addr, len) };
     }
     // SAFETY: the caller's buffer.
-    let r = ops::recv(fd, &mut [unsafe { slice_mut(buf, n) }], flags);
-    if r.is_ok() && !addr.is_null() && !len.is_null() {
-        // A stream socket reports no source address (Linux sets 0).
-        // SAFETY: the caller's length.
-        unsafe { *len = 0 };
+    let r = ops::recv_from(fd, &mut [unsafe { slice_mut(buf, n) }], flags);
+    if let Ok(got) = &r {
+        match got.from {
+            // SAFETY: the caller's address buffer.
+            Some(a) => unsafe { put_addr(addr, len, &a) },
+            // A stream socket reports no source address (Linux sets 0).
+            None if !addr.is_null() && !len.is_null() => {
+                // SAFETY: the caller's length.
+                unsafe { *len = 0 }
+            }
+            None => {}
+        }
     }
-    ret_size(r)
+    ret_size(r.map(|got| received(&got, flags)))
 }
 
 #[unsafe(no_mangle)]
@@ -498,11 +517,23 @@ unsafe fn recvmsg_ours(fd: c_int, msg: *mut msghdr, flags: c_int) -> SysResult<u
     }
     // SAFETY: its iovecs.
     let mut v = unsafe { iovecs_mut(m.msg_iov, m.msg_iovlen) };
-    let n = ops::recv(fd, &mut v, flags)?;
-    m.msg_namelen = 0;
+    let got = ops::recv_from(fd, &mut v, flags)?;
+    match got.from {
+        Some(a) if !m.msg_name.is_null() => {
+            let mut l = m.msg_namelen;
+            // SAFETY: the caller's name buffer of `msg_namelen` bytes.
+            unsafe { put_addr(m.msg_name.cast(), &mut l, &a) };
+            m.msg_namelen = l;
+        }
+        _ => m.msg_namelen = 0,
+    }
     m.msg_controllen = 0;
-    m.msg_flags = 0;
-    Ok(n)
+    m.msg_flags = if got.len > got.copied {
+        libc::MSG_TRUNC
+    } else {
+        0
+    };
+    Ok(received(&got, flags))
 }
 
 #[unsafe(no_mangle)]
@@ -559,7 +590,7 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
         return unsafe { real::write(fd, buf, n) };
     }
     // SAFETY: the caller's buffer.
-    ret_size(ops::send(fd, &[unsafe { slice(buf, n) }], 0))
+    ret_size(ops::send_to(fd, &[unsafe { slice(buf, n) }], 0, None))
 }
 
 #[unsafe(no_mangle)]
@@ -573,7 +604,7 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize
     }
     // SAFETY: the caller's iovecs.
     let v = unsafe { iovecs(iov, n as usize) };
-    ret_size(ops::send(fd, &v, 0))
+    ret_size(ops::send_to(fd, &v, 0, None))
 }
 
 #[unsafe(no_mangle)]
@@ -583,7 +614,7 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c
         return unsafe { real::send(fd, buf, n, flags) };
     }
     // SAFETY: the caller's buffer.
-    ret_size(ops::send(fd, &[unsafe { slice(buf, n) }], flags))
+    ret_size(ops::send_to(fd, &[unsafe { slice(buf, n) }], flags, None))
 }
 
 #[unsafe(no_mangle)]
@@ -599,9 +630,19 @@ pub unsafe extern "C" fn sendto(
         // SAFETY: pass-through.
         return unsafe { real::sendto(fd, buf, n, flags, addr, len) };
     }
-    // A connected stream ignores the address (as Linux TCP does).
+    // A stream ignores the address (as Linux TCP does); a datagram goes
+    // there.
+    let to = if addr.is_null() {
+        None
+    } else {
+        // SAFETY: the caller's address of `len` bytes.
+        match unsafe { addr_bytes(addr, len) } {
+            Ok(a) => Some(a),
+            Err(e) => return ret_size(Err(e)),
+        }
+    };
     // SAFETY: the caller's buffer.
-    ret_size(ops::send(fd, &[unsafe { slice(buf, n) }], flags))
+    ret_size(ops::send_to(fd, &[unsafe { slice(buf, n) }], flags, to))
 }
 
 unsafe fn sendmsg_ours(fd: c_int, msg: *const msghdr, flags: c_int) -> SysResult<usize> {
@@ -615,7 +656,13 @@ unsafe fn sendmsg_ours(fd: c_int, msg: *const msghdr, flags: c_int) -> SysResult
     }
     // SAFETY: its iovecs.
     let v = unsafe { iovecs(m.msg_iov, m.msg_iovlen) };
-    ops::send(fd, &v, flags)
+    let to = if m.msg_name.is_null() || m.msg_namelen == 0 {
+        None
+    } else {
+        // SAFETY: the caller's name of `msg_namelen` bytes.
+        Some(unsafe { addr_bytes(m.msg_name.cast(), m.msg_namelen) }?)
+    };
+    ops::send_to(fd, &v, flags, to)
 }
 
 #[unsafe(no_mangle)]

@@ -3,8 +3,8 @@
 //! `LD_PRELOAD` — the role of FD.io VPP's LDP.
 //!
 //! The library interposes the socket, fd and readiness calls of the C
-//! library. TCP sockets over IPv4 and IPv6 become hoststack sessions of
-//! one app worker per process (attached to the daemon over its app
+//! library. TCP and UDP sockets over IPv4 and IPv6 become hoststack
+//! sessions of one app worker per process (attached to the daemon over its app
 //! socket on first use, or joined as a new worker in a forked child);
 //! everything else goes to the C library untouched. Each hoststack socket
 //! keeps a real kernel fd — an unbound kernel socket of the same type —

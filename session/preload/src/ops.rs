@@ -61,13 +61,12 @@ fn thread_waker() -> SysResult<Arc<Waker>> {
 }
 
 /// Whether `(domain, ty, protocol)` is a socket hoststack takes: a TCP
-/// stream over IPv4 or IPv6. (Datagram sockets stay kernel sockets in
-/// this version.)
+/// stream or a UDP datagram socket over IPv4 or IPv6.
 pub fn takes(domain: i32, ty: i32, protocol: i32) -> bool {
     let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
     (domain == libc::AF_INET || domain == libc::AF_INET6)
-        && base == libc::SOCK_STREAM
-        && (protocol == 0 || protocol == libc::IPPROTO_TCP)
+        && ((base == libc::SOCK_STREAM && (protocol == 0 || protocol == libc::IPPROTO_TCP))
+            || (base == libc::SOCK_DGRAM && (protocol == 0 || protocol == libc::IPPROTO_UDP)))
 }
 
 /// socket(2) for a type [`takes`] accepts: a kernel placeholder socket
@@ -82,9 +81,9 @@ pub fn socket(domain: i32, ty: i32, protocol: i32) -> Option<SysResult<RawFd>> {
     }
     Some((|| {
         let fd = sys::socket(domain, ty, protocol)?;
-        let sid = st
-            .socks
-            .insert(Sock::new(domain, ty & libc::SOCK_NONBLOCK != 0)) as u32;
+        let mut sock = Sock::new(domain, ty & libc::SOCK_NONBLOCK != 0);
+        sock.dgram = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) == libc::SOCK_DGRAM;
+        let sid = st.socks.insert(sock) as u32;
         if let Err(e) = fdtable::set(fd, Entry::Sock(sid)) {
             st.socks.remove(sid as usize);
             let _ = sys::close(fd);
@@ -110,9 +109,17 @@ fn to_kernel(st: &mut Inner, fd: RawFd, sid: u32) -> SysResult<()> {
 pub fn bind(fd: RawFd, addr: &[u8]) -> SysResult<()> {
     let mut g = state::lock();
     let st = inner(&mut g);
-    let (_, s) = sock(st, fd)?;
+    let (sid, s) = sock(st, fd)?;
     let a = sockaddr::decode(addr, s.family)?;
     match s.kind {
+        Kind::Fresh if s.dgram => match dgram_bind(st, sid, a) {
+            Err(_) if st.disabled => {
+                fdtable::clear(fd);
+                st.release(sid);
+                sys::bind(fd, &a)
+            }
+            r => r,
+        },
         Kind::Fresh if s.bound.is_none() => {
             s.bound = Some(a);
             Ok(())
@@ -121,11 +128,86 @@ pub fn bind(fd: RawFd, addr: &[u8]) -> SysResult<()> {
     }
 }
 
+/// Listens at the stack on `want` with `proto` (an ephemeral port for
+/// port 0, as the kernel picks one); the handle and where it listens.
+fn listen_at(
+    st: &mut Inner,
+    proto: TransportProto,
+    want: SocketAddr,
+) -> SysResult<(hoststack_app::ListenerHandle, SocketAddr)> {
+    let Some(a) = st.attached.as_mut() else {
+        return Err(libc::EIO);
+    };
+    let mut chosen = want;
+    let result = if want.port() != 0 {
+        a.worker
+            .listen_proto(proto, want)
+            .map_err(|e| state::errno_of(&e))
+    } else {
+        let seed = (sys::getpid() as u32).wrapping_mul(2_654_435_761)
+            ^ Instant::now().elapsed().subsec_nanos();
+        let mut r = Err(libc::EADDRINUSE);
+        for i in 0..64u32 {
+            let port = 32768 + (seed.wrapping_add(i.wrapping_mul(7919)) % 28232) as u16;
+            chosen.set_port(port);
+            match a.worker.listen_proto(proto, chosen) {
+                Ok(h) => {
+                    r = Ok(h);
+                    break;
+                }
+                Err(e) if state::errno_of(&e) == libc::EADDRINUSE => continue,
+                Err(e) => {
+                    r = Err(state::errno_of(&e));
+                    break;
+                }
+            }
+        }
+        r
+    };
+    st.rearm();
+    result.map(|h| (h, chosen))
+}
+
+/// Binds UDP socket `sid` at the stack (a UDP listener) and waits for its
+/// datagram session.
+fn dgram_bind(st: &mut Inner, sid: u32, want: SocketAddr) -> SysResult<()> {
+    st.ensure_attached()?;
+    let (h, local) = listen_at(st, TransportProto::Udp, want)?;
+    if let Some(s) = st.socks.get_mut(sid as usize) {
+        s.bound = Some(local);
+        s.kind = Kind::Dgram(state::Dgram {
+            handle: h,
+            local,
+            sessions: Vec::new(),
+            peer: None,
+            pending: Default::default(),
+        });
+    }
+    st.listener_add(h, sid);
+    // The stack hands the listener's session over at once.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        st.pump();
+        if let Some(Kind::Dgram(d)) = st.socks.get(sid as usize).map(|s| &s.kind) {
+            if !d.sessions.is_empty() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(libc::EIO);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// listen(2).
 pub fn listen(fd: RawFd, backlog: i32) -> SysResult<()> {
     let mut g = state::lock();
     let st = inner(&mut g);
     let (sid, s) = sock(st, fd)?;
+    if s.dgram {
+        return Err(libc::EOPNOTSUPP);
+    }
     match s.kind {
         Kind::Listener(_) => return Ok(()),
         Kind::Fresh | Kind::Failed => {}
@@ -151,37 +233,10 @@ pub fn listen(fd: RawFd, backlog: i32) -> SysResult<()> {
     } else {
         None
     };
-    let Some(a) = st.attached.as_mut() else {
-        return Err(libc::EIO);
+    let (h, chosen) = match sibling {
+        Some(h) => (h, want),
+        None => listen_at(st, TransportProto::Tcp, want)?,
     };
-    let mut result = Err(libc::EADDRINUSE);
-    let mut chosen = want;
-    if let Some(h) = sibling {
-        result = Ok(h);
-    } else if want.port() != 0 {
-        result = a.worker.listen(want).map_err(|e| state::errno_of(&e));
-    } else {
-        // Port 0: an ephemeral port, as the kernel picks one.
-        let seed = (sys::getpid() as u32).wrapping_mul(2_654_435_761)
-            ^ Instant::now().elapsed().subsec_nanos();
-        for i in 0..64u32 {
-            let port = 32768 + (seed.wrapping_add(i.wrapping_mul(7919)) % 28232) as u16;
-            chosen.set_port(port);
-            match a.worker.listen(chosen) {
-                Ok(h) => {
-                    result = Ok(h);
-                    break;
-                }
-                Err(e) if state::errno_of(&e) == libc::EADDRINUSE => continue,
-                Err(e) => {
-                    result = Err(state::errno_of(&e));
-                    break;
-                }
-            }
-        }
-    }
-    st.rearm();
-    let h = result?;
     let s = st.socks.get_mut(sid as usize).ok_or(libc::EBADF)?;
     s.bound = Some(chosen);
     s.kind = Kind::Listener(Listener {
@@ -212,6 +267,9 @@ pub fn accept(fd: RawFd, flags: i32) -> SysResult<(RawFd, SocketAddr)> {
             let s = st.socks.get_mut(sid as usize).ok_or(libc::EBADF)?;
             let family = s.family;
             let nonblock = s.nonblock;
+            if s.dgram {
+                return Err(libc::EOPNOTSUPP);
+            }
             let Kind::Listener(l) = &mut s.kind else {
                 return Err(libc::EINVAL);
             };
@@ -256,12 +314,15 @@ pub fn connect(fd: RawFd, addr: &[u8]) -> SysResult<()> {
         let mut g = state::lock();
         let st = inner(&mut g);
         let (sid, s) = sock(st, fd)?;
+        if s.dgram {
+            return dgram_connect(st, sid, addr);
+        }
         let remote = sockaddr::decode(addr, s.family)?;
         match &s.kind {
             Kind::Connecting(_) => return Err(libc::EALREADY),
             Kind::Stream(_) => return Err(libc::EISCONN),
             Kind::Listener(_) => return Err(libc::EISCONN),
-            Kind::Inherited => return Err(libc::EOPNOTSUPP),
+            Kind::Inherited | Kind::Dgram(_) => return Err(libc::EOPNOTSUPP),
             Kind::Fresh | Kind::Failed => {}
         }
         let nonblock = s.nonblock;
@@ -309,6 +370,212 @@ pub fn connect(fd: RawFd, addr: &[u8]) -> SysResult<()> {
     }
 }
 
+/// connect(2) of a UDP socket: binds it if it is not, sets the default
+/// destination and the only source it receives from (AF_UNSPEC clears
+/// them).
+fn dgram_connect(st: &mut Inner, sid: u32, addr: &[u8]) -> SysResult<()> {
+    let family = st.socks.get(sid as usize).map_or(0, |s| s.family);
+    let unspec =
+        addr.len() >= 2 && i32::from(u16::from_ne_bytes([addr[0], addr[1]])) == libc::AF_UNSPEC;
+    let peer = if unspec {
+        None
+    } else {
+        Some(sockaddr::decode(addr, family)?)
+    };
+    if matches!(
+        st.socks.get(sid as usize).map(|s| &s.kind),
+        Some(Kind::Fresh)
+    ) {
+        if peer.is_none() {
+            return Ok(());
+        }
+        dgram_bind(st, sid, sockaddr::unspecified(family))?;
+    }
+    match st.socks.get_mut(sid as usize).map(|s| &mut s.kind) {
+        Some(Kind::Dgram(d)) => {
+            d.peer = peer;
+            Ok(())
+        }
+        Some(Kind::Inherited) => Err(libc::EOPNOTSUPP),
+        _ => Err(libc::EINVAL),
+    }
+}
+
+/// What a receive took: bytes copied, the datagram's whole length, and
+/// its source (datagram sockets only).
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    /// Bytes copied into the buffers.
+    pub copied: usize,
+    /// The datagram's length (more than `copied` when truncated).
+    pub len: usize,
+    /// Where it came from.
+    pub from: Option<SocketAddr>,
+}
+
+/// recvfrom/recvmsg: a stream's bytes, or one datagram with its source.
+pub fn recv_from(fd: RawFd, bufs: &mut [&mut [u8]], flags: i32) -> SysResult<Received> {
+    let dgram = {
+        let mut g = state::lock();
+        let st = inner(&mut g);
+        sock(st, fd)?.1.dgram
+    };
+    if !dgram {
+        let n = recv(fd, bufs, flags)?;
+        return Ok(Received {
+            copied: n,
+            len: n,
+            from: None,
+        });
+    }
+    if flags & MSG_PEEK != 0 {
+        return Err(libc::EOPNOTSUPP);
+    }
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut tmp = vec![0u8; total];
+    loop {
+        let timeout;
+        {
+            let mut g = state::lock();
+            let st = inner(&mut g);
+            let (_, s) = sock(st, fd)?;
+            let (nonblock, t) = wait_policy(s, flags, true);
+            timeout = t;
+            let family = s.family;
+            match &mut s.kind {
+                Kind::Dgram(d) => {
+                    let peer = d.peer;
+                    let mut next = d.pending.pop_front().map(|(data, dg)| {
+                        let n = data.len().min(tmp.len());
+                        tmp[..n].copy_from_slice(&data[..n]);
+                        (n, dg)
+                    });
+                    let mut sessions = d.sessions.iter_mut();
+                    loop {
+                        let (n, dg) = match next.take() {
+                            Some(x) => x,
+                            None => {
+                                let Some(sess) = sessions.next() else {
+                                    break;
+                                };
+                                match sess.recv_datagram(&mut tmp).map_err(|_| libc::EIO)? {
+                                    Some(x) => x,
+                                    None => continue,
+                                }
+                            }
+                        };
+                        {
+                            if dg.remote.ip.is_ipv6() != (family == libc::AF_INET6)
+                                && family == libc::AF_INET
+                            {
+                                continue;
+                            }
+                            let from = sockaddr::for_family(endpoint_addr(dg.remote), family);
+                            if peer.is_some_and(|p| sockaddr::for_family(p, family) != from) {
+                                continue;
+                            }
+                            let mut off = 0;
+                            for b in bufs.iter_mut() {
+                                let k = b.len().min(n - off);
+                                b[..k].copy_from_slice(&tmp[off..off + k]);
+                                off += k;
+                                if off == n {
+                                    break;
+                                }
+                            }
+                            return Ok(Received {
+                                copied: n,
+                                len: dg.len,
+                                from: Some(from),
+                            });
+                        }
+                    }
+                }
+                Kind::Fresh => {}
+                _ => return Err(libc::EOPNOTSUPP),
+            }
+            if nonblock {
+                return Err(libc::EAGAIN);
+            }
+        }
+        wait_fd(fd, libc::POLLIN, timeout)?;
+    }
+}
+
+/// send/sendto/sendmsg: a stream's bytes (the address is ignored, as
+/// Linux TCP does), or one datagram to `to` (or the connected peer).
+pub fn send_to(fd: RawFd, bufs: &[&[u8]], flags: i32, to: Option<&[u8]>) -> SysResult<usize> {
+    let (dgram, family) = {
+        let mut g = state::lock();
+        let st = inner(&mut g);
+        let (_, s) = sock(st, fd)?;
+        (s.dgram, s.family)
+    };
+    if !dgram {
+        return send(fd, bufs, flags);
+    }
+    let payload: Vec<u8> = bufs.concat();
+    if payload.len() > 65507 {
+        return Err(libc::EMSGSIZE);
+    }
+    let dest = match to {
+        Some(a) => Some(sockaddr::decode(a, family)?),
+        None => None,
+    };
+    loop {
+        let timeout;
+        {
+            let mut g = state::lock();
+            let st = inner(&mut g);
+            let (sid, s) = sock(st, fd)?;
+            if matches!(s.kind, Kind::Fresh) {
+                if dest.is_none() {
+                    return Err(libc::EDESTADDRREQ);
+                }
+                dgram_bind(st, sid, sockaddr::unspecified(family))?;
+            }
+            let (_, s) = sock(st, fd)?;
+            let (nonblock, t) = wait_policy(s, flags, false);
+            timeout = t;
+            let Kind::Dgram(d) = &mut s.kind else {
+                return Err(libc::EOPNOTSUPP);
+            };
+            let Some(remote) = dest.or(d.peer) else {
+                return Err(libc::EDESTADDRREQ);
+            };
+            let Some(sess) = d.sessions.first_mut() else {
+                return Err(libc::EAGAIN);
+            };
+            let local = state::Endpoint {
+                ip: sockaddr::unspecified(if remote.is_ipv4() {
+                    libc::AF_INET
+                } else {
+                    libc::AF_INET6
+                })
+                .ip(),
+                port: 0,
+            };
+            let r = state::Endpoint {
+                ip: remote.ip(),
+                port: remote.port(),
+            };
+            match sess.send_datagram(r, local, &payload) {
+                Ok(true) => return Ok(payload.len()),
+                Ok(false) => {
+                    if sess.want_writable().map_err(|_| libc::EIO)? {
+                        continue;
+                    }
+                }
+                Err(_) => return Err(libc::EIO),
+            }
+            if nonblock {
+                return Err(libc::EAGAIN);
+            }
+        }
+        wait_fd(fd, libc::POLLOUT, timeout)?;
+    }
+}
+
 /// Waits until `fd` (ours) polls `events`, up to `timeout`: `EAGAIN`
 /// when it passes, `EINTR` on a signal.
 fn wait_fd(fd: RawFd, events: i16, timeout: Option<Duration>) -> SysResult<()> {
@@ -322,6 +589,20 @@ fn wait_fd(fd: RawFd, events: i16, timeout: Option<Duration>) -> SysResult<()> {
         0 => Err(libc::EAGAIN),
         _ => Ok(()),
     }
+}
+
+/// Whether a call with `flags` on `s` must not block, and how long a
+/// blocking one may wait (SO_RCVTIMEO for receives, SO_SNDTIMEO for sends).
+fn wait_policy(s: &Sock, flags: i32, receive: bool) -> (bool, Option<Duration>) {
+    let nonblock = s.nonblock || flags & libc::MSG_DONTWAIT != 0;
+    (
+        nonblock,
+        if receive {
+            s.rcv_timeout
+        } else {
+            s.snd_timeout
+        },
+    )
 }
 
 /// What a non-blocking call that moved `done` bytes returns when it
@@ -365,8 +646,8 @@ pub fn recv(fd: RawFd, bufs: &mut [&mut [u8]], flags: i32) -> SysResult<usize> {
             let mut g = state::lock();
             let st = inner(&mut g);
             let (_, s) = sock(st, fd)?;
-            let nonblock = s.nonblock || flags & libc::MSG_DONTWAIT != 0;
-            timeout = s.rcv_timeout;
+            let (nonblock, t) = wait_policy(s, flags, true);
+            timeout = t;
             match &mut s.kind {
                 Kind::Stream(t) => {
                     if t.reset && !t.reset_reported {
@@ -442,8 +723,8 @@ pub fn send(fd: RawFd, bufs: &[&[u8]], flags: i32) -> SysResult<usize> {
             let mut g = state::lock();
             let st = inner(&mut g);
             let (_, s) = sock(st, fd)?;
-            let nonblock = s.nonblock || flags & libc::MSG_DONTWAIT != 0;
-            timeout = s.snd_timeout;
+            let (nonblock, t) = wait_policy(s, flags, false);
+            timeout = t;
             match &mut s.kind {
                 Kind::Stream(t) => {
                     if t.reset {
@@ -751,6 +1032,7 @@ pub fn local_addr(fd: RawFd) -> SysResult<SocketAddr> {
     let fam = s.family;
     Ok(match &s.kind {
         Kind::Listener(l) => l.endpoint,
+        Kind::Dgram(d) => d.local,
         Kind::Stream(t) => match &t.session {
             Some(x) => sockaddr::for_family(endpoint_addr(x.local()), fam),
             None => s.bound.unwrap_or_else(|| sockaddr::unspecified(fam)),
@@ -770,6 +1052,10 @@ pub fn peer_addr(fd: RawFd) -> SysResult<SocketAddr> {
             Some(x) => Ok(sockaddr::for_family(endpoint_addr(x.remote()), fam)),
             None => Err(libc::ENOTCONN),
         },
+        Kind::Dgram(d) => d
+            .peer
+            .map(|p| sockaddr::for_family(p, fam))
+            .ok_or(libc::ENOTCONN),
         _ => Err(libc::ENOTCONN),
     }
 }
@@ -828,6 +1114,7 @@ pub fn readable(fd: RawFd) -> SysResult<i32> {
     match &s.kind {
         Kind::Stream(t) => Ok(t.session.as_ref().map_or(0, |x| x.readable()) as i32),
         Kind::Listener(_) => Err(libc::EINVAL),
+        Kind::Dgram(d) => Ok(d.sessions.iter().map(|x| x.readable()).sum::<usize>() as i32),
         _ => Ok(0),
     }
 }

@@ -216,6 +216,26 @@ pub enum Kind {
     Failed,
     /// A session or listener that belongs to the parent process.
     Inherited,
+    /// A bound UDP socket.
+    Dgram(Dgram),
+}
+
+/// A bound datagram socket: a UDP listener at the stack and its
+/// datagram sessions (one per stack thread).
+#[derive(Debug)]
+pub struct Dgram {
+    /// The stack's listener.
+    pub handle: ListenerHandle,
+    /// Where it is bound.
+    pub local: SocketAddr,
+    /// Its sessions, as the stack hands them over.
+    pub sessions: Vec<Session>,
+    /// connect(2)ed: the default destination and the only accepted source.
+    pub peer: Option<SocketAddr>,
+    /// Datagrams of this socket's family that arrived on a sibling's
+    /// session (a port bound on 0.0.0.0 and on [::]: the stack's UDP
+    /// socket for the port takes both families).
+    pub pending: VecDeque<(Vec<u8>, hoststack_app::Datagram)>,
 }
 
 /// A hoststack socket.
@@ -225,6 +245,8 @@ pub struct Sock {
     pub refs: u32,
     /// AF_INET or AF_INET6.
     pub family: i32,
+    /// A datagram (UDP) socket.
+    pub dgram: bool,
     /// O_NONBLOCK (shared by its fds, as the open file description's).
     pub nonblock: bool,
     /// What it is.
@@ -249,6 +271,7 @@ impl Sock {
         Self {
             refs: 1,
             family,
+            dgram: false,
             nonblock,
             kind: Kind::Fresh,
             bound: None,
@@ -264,8 +287,20 @@ impl Sock {
     /// a TCP socket in the same state.
     pub fn readiness(&self) -> u32 {
         match &self.kind {
+            // An unbound UDP socket can send (it binds on the way).
+            Kind::Fresh if self.dgram => ev::OUT | ev::WRNORM,
             // An unconnected TCP socket: writable and hung up.
             Kind::Fresh => ev::OUT | ev::HUP,
+            Kind::Dgram(d) => {
+                let mut r = 0;
+                if !d.pending.is_empty() || d.sessions.iter().any(|s| s.readable() > 0) {
+                    r |= ev::IN | ev::RDNORM;
+                }
+                if d.sessions.first().is_some_and(|s| s.write_space() > 0) {
+                    r |= ev::OUT | ev::WRNORM;
+                }
+                r
+            }
             Kind::Listener(l) => {
                 if l.backlog.is_empty() {
                     0
@@ -602,6 +637,17 @@ impl Inner {
                     .listener()
                     .and_then(|l| self.by_listener.get(&l.as_u64()).cloned())
                     .unwrap_or_default();
+                // A UDP listener's datagram session.
+                if let Some(&d) = named.first() {
+                    if let Some(Kind::Dgram(g)) =
+                        self.socks.get_mut(d as usize).map(|x| &mut x.kind)
+                    {
+                        self.by_session.insert(s.handle().as_u64(), d);
+                        g.sessions.push(s);
+                        self.touch(d);
+                        return;
+                    }
+                }
                 let sid = self.listener_for(&named, s.local());
                 let Some(sid) = sid else {
                     let _ = s.close();
@@ -641,6 +687,9 @@ impl Inner {
             }
             Event::Readable(h) | Event::Writable(h) => {
                 if let Some(&sid) = self.by_session.get(&h.as_u64()) {
+                    if matches!(e, Event::Readable(_)) {
+                        self.sort_datagrams(sid);
+                    }
                     if let Some(s) = self.stream_of(sid, h.as_u64()) {
                         if matches!(e, Event::Writable(_)) {
                             s.want_tx = false;
@@ -717,6 +766,48 @@ impl Inner {
             .find(|&i| fits(&self.socks, i, true))
             .or_else(|| named.iter().copied().find(|&n| fits(&self.socks, n, false)))
             .or_else(|| ids.iter().copied().find(|&i| fits(&self.socks, i, false)))
+    }
+
+    /// When UDP sock `sid` shares its port with a sock of the other address
+    /// family, moves each datagram its sessions hold to the sock of the
+    /// datagram's family (as the kernel's two sockets would each get
+    /// theirs). A no-op for a port with one sock.
+    pub fn sort_datagrams(&mut self, sid: u32) {
+        let Some(sock) = self.socks.get(sid as usize) else {
+            return;
+        };
+        let Kind::Dgram(d) = &sock.kind else {
+            return;
+        };
+        let port = d.local.port();
+        let find = |family: i32| {
+            self.by_listener.values().flatten().copied().find(|&o| {
+                self.socks.get(o as usize).is_some_and(|x| {
+                    x.family == family
+                        && matches!(&x.kind, Kind::Dgram(g) if g.local.port() == port)
+                })
+            })
+        };
+        let (v4, v6) = (find(libc::AF_INET), find(libc::AF_INET6));
+        let (Some(v4), Some(v6)) = (v4, v6) else {
+            return;
+        };
+        let mut moved: Vec<(u32, Vec<u8>, hoststack_app::Datagram)> = Vec::new();
+        if let Some(Kind::Dgram(d)) = self.socks.get_mut(sid as usize).map(|x| &mut x.kind) {
+            let mut buf = vec![0u8; 65536];
+            for sess in &mut d.sessions {
+                while let Ok(Some((n, dg))) = sess.recv_datagram(&mut buf) {
+                    let to = if dg.remote.ip.is_ipv6() { v6 } else { v4 };
+                    moved.push((to, buf[..n].to_vec(), dg));
+                }
+            }
+        }
+        for (to, data, dg) in moved {
+            if let Some(Kind::Dgram(d)) = self.socks.get_mut(to as usize).map(|x| &mut x.kind) {
+                d.pending.push_back((data, dg));
+            }
+            self.touch(to);
+        }
     }
 
     /// Records that listening sock `sid` is on stack listener `h`.
@@ -935,6 +1026,18 @@ impl Inner {
                 // Its session, if it comes, is closed when it does.
                 self.connecting.remove(&req);
             }
+            Kind::Dgram(d) => {
+                self.listener_remove(d.handle, sid);
+                for x in &d.sessions {
+                    self.by_session.remove(&x.handle().as_u64());
+                }
+                // The stack frees a UDP listener's sessions with it.
+                drop(d.sessions);
+                if let Some(a) = self.attached.as_mut() {
+                    let _ = a.worker.unlisten(d.handle);
+                }
+                self.rearm();
+            }
             Kind::Fresh | Kind::Failed | Kind::Inherited => {}
         }
     }
@@ -975,6 +1078,10 @@ impl Inner {
                 }
                 Kind::Stream(s) => {
                     std::mem::forget(s);
+                    Kind::Inherited
+                }
+                Kind::Dgram(d) => {
+                    std::mem::forget(d);
                     Kind::Inherited
                 }
                 Kind::Fresh => Kind::Fresh,
