@@ -367,6 +367,8 @@ fn preload_nginx() -> Result<()> {
                 .join()
                 .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
             let (n, errors, _) = parse_wrk(&out)?;
+            // Old workers close their idle keep-alive connections as they
+            // quit, so wrk counts a few read errors here on the kernel too.
             println!("nginx reload under load: {n} requests, {errors} errors");
             ensure!(n > 100, "load during the reload stalled: {out}");
             // Every listener still answers after the old workers left.
@@ -383,8 +385,7 @@ fn preload_nginx() -> Result<()> {
                 "after the reload: {n} requests, {errors} errors"
             );
         }
-        let (_, rest) = nginx.terminate()?;
-        let _ = rest;
+        nginx.terminate()?;
     }
     Ok(())
 }

@@ -1263,7 +1263,6 @@ fn new_epoll(st: &mut Inner, epfd: RawFd) -> SysResult<u32> {
         ready: Default::default(),
         waiters: 0,
         woken: false,
-        kernel_data: Default::default(),
     }) as u32;
     Ok(eid)
 }
@@ -1447,8 +1446,7 @@ pub fn epoll_ctl(
                 r.disabled = false;
             }
             _ => {
-                let r = ep.regs.remove(&key).ok_or(libc::ENOENT)?;
-                let _ = r;
+                ep.regs.remove(&key).ok_or(libc::ENOENT)?;
                 if let Some(s) = st.socks.get_mut(sid as usize) {
                     s.watchers.retain(|w| *w != (eid, fd));
                 }

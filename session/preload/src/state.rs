@@ -383,8 +383,6 @@ pub struct Epoll {
     pub waiters: u32,
     /// Its waker was written and not yet cleared.
     pub woken: bool,
-    /// User data of kernel fds registered through us (to avoid cookies).
-    pub kernel_data: HashMap<RawFd, u64>,
 }
 
 impl Epoll {
