@@ -523,6 +523,20 @@ impl App {
         self.shared.call(&AppRequest::Detach).map(|_| ())
     }
 
+    /// The app socket's fd, to watch for the stack going away (it hangs
+    /// up: poll for `POLLRDHUP`, not for input, which the library reads
+    /// itself), e.g. in a poll set that also holds the worker's eventfd.
+    pub fn socket_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        lock(&self.shared.conn).stream.as_raw_fd()
+    }
+
+    /// Fails when the stack has closed the app socket (it stopped, or
+    /// detached the app).
+    pub fn check_stack(&self) -> SessionResult<()> {
+        self.shared.check_stack()
+    }
+
     /// The data path's counters.
     pub fn stats(&self) -> AppStatsSnapshot {
         let s = &self.shared.stats;
