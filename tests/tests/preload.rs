@@ -703,3 +703,47 @@ print("udp echo ok")
     ensure!(ok && out.contains("udp client ok"), "udp client: {out}");
     Ok(())
 }
+
+const PY_HANG: &str = r#"
+import socket, time
+s = socket.socket(); s.bind(("0.0.0.0", 7900)); s.listen(4)
+print("ready", flush=True)
+c, a = s.accept()
+print("accepted", flush=True)
+try:
+    print("recv returned", c.recv(100), flush=True)
+except OSError as e:
+    print("recv raised", e.errno, flush=True)
+"#;
+
+/// A daemon that dies (`kill -9`, no goodbye) wakes a thread blocked in
+/// a hoststack `recv`: the app socket hangs up, every session is reset.
+#[test]
+fn a_dead_daemon_resets_blocked_sessions() -> Result<()> {
+    let mut st = Stack::start("dd")?;
+    let mut cmd = st.preloaded("python3");
+    cmd.args(["-c", PY_HANG]);
+    let mut p = Proc::spawn("python blocked in recv", cmd)?;
+    p.wait_for_line("ready", Duration::from_secs(20))?;
+    let to: SocketAddr = format!("{}:7900", st.host()).parse()?;
+    let ns = st.lab.netns.clone();
+    let client = std::thread::spawn(move || -> Result<TcpStream> {
+        enter_netns(&ns)?;
+        Ok(TcpStream::connect_timeout(&to, Duration::from_secs(5))?)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    p.wait_for_line("accepted", Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_millis(200));
+    st.daemon.take().context("daemon")?.kill9();
+    let line = p.wait_for_line("recv", Duration::from_secs(10))?;
+    ensure!(
+        line == format!(
+            "recv raised {}",
+            rustix::io::Errno::CONNRESET.raw_os_error()
+        ),
+        "after the daemon died: {line}"
+    );
+    drop(client);
+    Ok(())
+}

@@ -1211,6 +1211,14 @@ pub fn poll(
                 revents: 0,
             });
         }
+        let sfd = st.app_socket_fd();
+        if let Some(f) = sfd {
+            k.push(pollfd {
+                fd: f,
+                events: libc::POLLRDHUP,
+                revents: 0,
+            });
+        }
         k.push(pollfd {
             fd: waker.fd(),
             events: libc::POLLIN,
@@ -1236,8 +1244,12 @@ pub fn poll(
         }
         let n_kernel = kernel.len();
         let fired = wfd.is_some() && k[n_kernel].revents != 0;
+        let hung_up = sfd.is_some() && k[n_kernel + usize::from(wfd.is_some())].revents != 0;
         st.end_sleep(fired);
         waker.clear();
+        if hung_up {
+            st.stack_hung_up();
+        }
         r?;
         kernel_hit = k[..n_kernel].iter().any(|p| p.revents != 0);
     }
@@ -1259,6 +1271,7 @@ fn new_epoll(st: &mut Inner, epfd: RawFd) -> SysResult<u32> {
         waker,
         cookie: new_cookie(epfd),
         worker_fd: None,
+        socket_fd: None,
         regs: Default::default(),
         ready: Default::default(),
         waiters: 0,
@@ -1320,29 +1333,37 @@ fn epoll_of(st: &mut Inner, epfd: RawFd) -> SysResult<u32> {
     Ok(eid)
 }
 
-/// Puts the worker's eventfd in the kernel set once the process has one.
+/// Puts the worker's eventfd (and the app socket, for a hang-up) in the
+/// kernel set once the process has them.
 fn epoll_arm_worker(st: &mut Inner, eid: u32) {
-    let Some(w) = st.worker_fd() else {
+    let (Some(w), sock) = (st.worker_fd(), st.app_socket_fd()) else {
         return;
     };
     let Some(ep) = st.epolls.get_mut(eid as usize) else {
         return;
     };
-    if ep.worker_fd == Some(w) {
-        return;
+    if ep.worker_fd != Some(w) {
+        // Exclusive: one sleeping epoll wakes per event batch; it takes
+        // the events and wakes the others that got work through their
+        // wakers.
+        if sys::epoll_ctl(
+            ep.kfd(),
+            libc::EPOLL_CTL_ADD,
+            w,
+            ev::IN | ev::EXCLUSIVE,
+            ep.cookie | 1,
+        )
+        .is_ok()
+        {
+            ep.worker_fd = Some(w);
+        }
     }
-    // Exclusive: one sleeping epoll wakes per event batch; it takes the
-    // events and wakes the others that got work through their wakers.
-    if sys::epoll_ctl(
-        ep.kfd(),
-        libc::EPOLL_CTL_ADD,
-        w,
-        ev::IN | ev::EXCLUSIVE,
-        ep.cookie | 1,
-    )
-    .is_ok()
-    {
-        ep.worker_fd = Some(w);
+    if let Some(fd) = sock {
+        if ep.socket_fd != Some(fd)
+            && sys::epoll_ctl(ep.kfd(), libc::EPOLL_CTL_ADD, fd, ev::RDHUP, ep.cookie | 2).is_ok()
+        {
+            ep.socket_fd = Some(fd);
+        }
     }
 }
 
@@ -1514,6 +1535,7 @@ fn filter_internal(st: &mut Inner, eid: u32, evs: &mut [epoll_event]) -> usize {
         return evs.len();
     };
     let mut keep = 0;
+    let mut hung_up = false;
     for i in 0..evs.len() {
         let d = evs[i].u64;
         if d == ep.cookie {
@@ -1524,8 +1546,19 @@ fn filter_internal(st: &mut Inner, eid: u32, evs: &mut [epoll_event]) -> usize {
         if d == ep.cookie | 1 {
             continue;
         }
+        if d == ep.cookie | 2 {
+            // The app socket hung up: watched no more (it stays so).
+            if let Some(fd) = ep.socket_fd.take() {
+                let _ = sys::epoll_ctl(ep.kfd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+            }
+            hung_up = true;
+            continue;
+        }
         evs[keep] = evs[i];
         keep += 1;
+    }
+    if hung_up {
+        st.stack_hung_up();
     }
     keep
 }

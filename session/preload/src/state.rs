@@ -370,11 +370,14 @@ pub struct Epoll {
     /// Wakes its sleepers when one of its sockets is touched.
     pub waker: Waker,
     /// Kernel event data that marks our own fds in the kernel set
-    /// (`cookie` our waker, `cookie | 1` the worker's eventfd); never
+    /// (`cookie` our waker, `cookie | 1` the worker's eventfd, `cookie | 2`
+    /// the app socket); never
     /// equal to a user's data (re-chosen when a user's collides).
     pub cookie: u64,
     /// The worker eventfd registered in the kernel set, if any.
     pub worker_fd: Option<RawFd>,
+    /// The app socket registered in the kernel set (`cookie | 2`), if any.
+    pub socket_fd: Option<RawFd>,
     /// Registrations of hoststack sockets: (sock, fd) -> reg.
     pub regs: HashMap<(u32, RawFd), Reg>,
     /// Registrations that may be ready.
@@ -403,7 +406,7 @@ impl Epoll {
 
     /// Whether `data` could be mistaken for one of our cookies.
     pub fn collides(&self, data: u64) -> bool {
-        data & !1 == self.cookie
+        data & !3 == self.cookie
     }
 }
 
@@ -415,6 +418,8 @@ pub struct Attached {
     pub worker: Worker,
     /// Its eventfd.
     pub efd: RawFd,
+    /// The app socket (it hangs up when the daemon goes away).
+    pub sock_fd: RawFd,
 }
 
 impl std::fmt::Debug for Attached {
@@ -456,6 +461,8 @@ pub struct Inner {
     pub connecting: HashMap<u32, u32>,
     /// Threads asleep with the worker's eventfd in their wait.
     pub sleepers: u32,
+    /// The daemon closed the app socket.
+    pub stack_dead: bool,
     /// The pid the state belongs to.
     pub pid: i32,
 }
@@ -498,6 +505,7 @@ impl Inner {
             next_reuseport: 0,
             connecting: HashMap::new(),
             sleepers: 0,
+            stack_dead: false,
             pid: sys::getpid(),
         }
     }
@@ -586,13 +594,40 @@ impl Inner {
             worker.index(),
             app.index()
         ));
-        self.attached = Some(Attached { app, worker, efd });
+        let sock_fd = app.socket_fd();
+        self.attached = Some(Attached {
+            app,
+            worker,
+            efd,
+            sock_fd,
+        });
         Ok(())
     }
 
     /// The worker's eventfd, if attached.
     pub fn worker_fd(&self) -> Option<RawFd> {
         self.attached.as_ref().map(|a| a.efd)
+    }
+
+    /// The app socket to watch for a hang-up, while the stack is there.
+    pub fn app_socket_fd(&self) -> Option<RawFd> {
+        self.attached
+            .as_ref()
+            .filter(|_| !self.stack_dead)
+            .map(|a| a.sock_fd)
+    }
+
+    /// A wait saw the app socket hang up: if the daemon is gone, every
+    /// session is reset (its next call fails with `ECONNRESET`) and its
+    /// sleepers are woken.
+    pub fn stack_hung_up(&mut self) {
+        let Some(a) = self.attached.as_ref() else {
+            return;
+        };
+        if let Err(e) = a.app.check_stack() {
+            self.stack_dead = true;
+            self.stack_gone(&e);
+        }
     }
 
     /// Takes the worker's waiting events and applies them.
@@ -617,7 +652,8 @@ impl Inner {
         }
     }
 
-    fn stack_gone(&mut self, e: &SessionError) {
+    /// The stack went away: every session is reset.
+    pub fn stack_gone(&mut self, e: &SessionError) {
         self.debug(&format!("the stack went away: {e}"));
         let ids: Vec<u32> = self.by_session.values().copied().collect();
         for sid in ids {
@@ -1089,6 +1125,7 @@ impl Inner {
         }
         for (_, ep) in self.epolls.iter_mut() {
             ep.worker_fd = None;
+            ep.socket_fd = None;
             ep.waiters = 0;
             ep.woken = false;
         }
