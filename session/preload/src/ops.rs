@@ -42,6 +42,20 @@ fn endpoint_addr(e: state::Endpoint) -> SocketAddr {
 
 thread_local! {
     static WAKER: RefCell<Option<(i32, Arc<Waker>)>> = const { RefCell::new(None) };
+    /// A staging buffer per thread (sendfile's file reads, datagrams
+    /// scattered over several buffers), grown once, never zeroed again.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's staging buffer, at least `len` bytes.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0);
+        }
+        f(&mut s[..len])
+    })
 }
 
 /// This thread's waker (a new one in a forked child).
@@ -432,7 +446,15 @@ pub fn recv_from(fd: RawFd, bufs: &mut [&mut [u8]], flags: i32) -> SysResult<Rec
         return Err(libc::EOPNOTSUPP);
     }
     let total: usize = bufs.iter().map(|b| b.len()).sum();
-    let mut tmp = vec![0u8; total];
+    with_scratch(total, |tmp| recv_datagram_into(fd, bufs, flags, tmp))
+}
+
+fn recv_datagram_into(
+    fd: RawFd,
+    bufs: &mut [&mut [u8]],
+    flags: i32,
+    tmp: &mut [u8],
+) -> SysResult<Received> {
     loop {
         let timeout;
         {
@@ -458,7 +480,7 @@ pub fn recv_from(fd: RawFd, bufs: &mut [&mut [u8]], flags: i32) -> SysResult<Rec
                                 let Some(sess) = sessions.next() else {
                                     break;
                                 };
-                                match sess.recv_datagram(&mut tmp).map_err(|_| libc::EIO)? {
+                                match sess.recv_datagram(tmp).map_err(|_| libc::EIO)? {
                                     Some(x) => x,
                                     None => continue,
                                 }
@@ -795,7 +817,18 @@ pub fn sendfile(
     offset: Option<&mut i64>,
     count: usize,
 ) -> SysResult<usize> {
-    let mut buf = vec![0u8; count.clamp(1, 256 << 10)];
+    with_scratch(count.clamp(1, 256 << 10), |buf| {
+        sendfile_with(out, in_fd, offset, count, buf)
+    })
+}
+
+fn sendfile_with(
+    out: RawFd,
+    in_fd: RawFd,
+    offset: Option<&mut i64>,
+    count: usize,
+    buf: &mut [u8],
+) -> SysResult<usize> {
     let mut off = offset.as_ref().map(|o| **o);
     let mut sent = 0usize;
     let result = loop {
