@@ -34,6 +34,11 @@ pub struct Config {
     pub local_scope: bool,
     /// `HOSTSTACK_DEBUG=1`: one line on stderr per notable event.
     pub debug: bool,
+    /// `HOSTSTACK_SPIN_US`: how long an `epoll_wait` with nothing ready
+    /// keeps looking at the worker's queue before it sleeps (0: sleep at
+    /// once). Saves the sleep and the wakeup under load, costs CPU when
+    /// the load stops.
+    pub spin: std::time::Duration,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -71,6 +76,11 @@ impl Config {
             },
             local_scope: var("HOSTSTACK_LOCAL_SCOPE").is_some_and(|v| v == "1"),
             debug: var("HOSTSTACK_DEBUG").is_some_and(|v| v == "1"),
+            spin: std::time::Duration::from_micros(
+                var("HOSTSTACK_SPIN_US")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            ),
         }
     }
 }

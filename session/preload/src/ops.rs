@@ -1640,6 +1640,7 @@ pub fn epoll_wait(
     let deadline =
         (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
     let mut kernel_hit = false;
+    let mut spin_until: Option<Instant> = None;
     loop {
         let mut g = state::lock();
         let st = inner(&mut g);
@@ -1664,6 +1665,16 @@ pub fn epoll_wait(
                 return Ok(total);
             }
             kernel_hit = false;
+        }
+        // Under load the next event is microseconds away: look again for
+        // a while (HOSTSTACK_SPIN_US) before paying for a sleep.
+        if timeout_ms != 0 && !st.cfg.spin.is_zero() {
+            let until = *spin_until.get_or_insert_with(|| Instant::now() + st.cfg.spin);
+            if Instant::now() < until {
+                drop(g);
+                std::hint::spin_loop();
+                continue;
+            }
         }
         if !st.begin_sleep() {
             continue;
