@@ -3,7 +3,7 @@
 #   python3 preload_semantics.py HOST_ADDR PEER_ADDR NETNS HOST6_ADDR
 # (the lab: HOST_ADDR is hoststack's, PEER_ADDR the kernel peer's in NETNS).
 # Prints "ok NAME" per check and "all ok" at the end; exits 1 on a failure.
-import errno, os, select, signal, socket, subprocess, sys, time
+import array, errno, fcntl, os, select, signal, socket, subprocess, sys, termios, time
 
 HOST, PEER, NETNS, HOST6 = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 KERNEL_ENV = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
@@ -211,11 +211,31 @@ try:
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGPIPE, status
     ok("EPIPE with MSG_NOSIGNAL, SIGPIPE without")
 
-    # the peer resets: ECONNRESET then EPIPE
+    # FIONREAD, FIONBIO, F_GETFL, sendmsg/recvmsg, readv/writev
+    assert cmd("send 1 twelve-bytes") == "sent"
+    time.sleep(0.2)
+    n = array.array("i", [0])
+    fcntl.ioctl(C2.fileno(), termios.FIONREAD, n, True)
+    assert n[0] == 12, n[0]
+    fcntl.ioctl(C2.fileno(), termios.FIONBIO, array.array("i", [1]), False)
+    assert fcntl.fcntl(C2.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
+    a, b = bytearray(6), bytearray(6)
+    assert C2.recvmsg_into([a, b])[0] == 12 and bytes(a + b) == b"twelve-bytes"
+    expect_errno(errno.EAGAIN, C2.recv, 1)
+    assert C2.sendmsg([b"send", b"msg"]) == 7
+    assert cmd("recv 1 7") == "got sendmsg"
+    assert os.writev(C2.fileno(), [b"wri", b"tev"]) == 6
+    assert cmd("recv 1 6") == "got writev"
+    ok("FIONREAD, FIONBIO, F_GETFL, recvmsg/sendmsg, writev")
+
+    # the peer closes: EPOLLIN|EPOLLRDHUP, then EOF
+    ep.register(C2.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
     assert cmd("close 1") == "closed"
-    C2.settimeout(5)
+    evs = ep.poll(5)
+    assert evs and evs[0][1] & select.EPOLLRDHUP and evs[0][1] & select.EPOLLIN, evs
+    C2.setblocking(True); C2.settimeout(5)
     assert C2.recv(10) == b""
-    ok("peer close reads as EOF")
+    ok("peer close: EPOLLRDHUP, then EOF")
 
     # one port on 0.0.0.0 and on [::] (IPV6_V6ONLY): each family's
     # connections reach its own listener
