@@ -261,6 +261,7 @@ pub fn listen(fd: RawFd, backlog: i32) -> SysResult<()> {
         parent_worker: None,
         backlog: Default::default(),
         reuseport,
+        dead: false,
     });
     st.listener_add(h, sid);
     Ok(())
@@ -312,6 +313,9 @@ pub fn accept(fd: RawFd, flags: i32) -> SysResult<(RawFd, SocketAddr)> {
                 }
                 st.by_session.insert(key, nid);
                 return Ok((pfd, remote));
+            }
+            if l.dead {
+                return Err(libc::ECONNABORTED);
             }
             if nonblock {
                 return Err(libc::EAGAIN);

@@ -165,6 +165,8 @@ pub struct Listener {
     /// SO_REUSEPORT was set when it started listening: other such socks
     /// of the process on the endpoint share its stack listener.
     pub reuseport: bool,
+    /// The stack went away: `accept` fails with `ECONNABORTED`.
+    pub dead: bool,
 }
 
 /// A connected stream.
@@ -302,7 +304,9 @@ impl Sock {
                 r
             }
             Kind::Listener(l) => {
-                if l.backlog.is_empty() {
+                if l.dead {
+                    ev::IN | ev::ERR
+                } else if l.backlog.is_empty() {
                     0
                 } else {
                     ev::IN | ev::RDNORM
@@ -659,6 +663,14 @@ impl Inner {
         for sid in ids {
             if let Some(s) = self.socks.get_mut(sid as usize).and_then(Sock::stream) {
                 s.reset = true;
+            }
+            self.touch(sid);
+        }
+        // Listeners: no connection will come; a waiting accept returns.
+        let listeners: Vec<u32> = self.by_listener.values().flatten().copied().collect();
+        for sid in listeners {
+            if let Some(Kind::Listener(l)) = self.socks.get_mut(sid as usize).map(|s| &mut s.kind) {
+                l.dead = true;
             }
             self.touch(sid);
         }
