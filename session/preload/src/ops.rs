@@ -288,6 +288,9 @@ pub fn accept(fd: RawFd, flags: i32) -> SysResult<(RawFd, SocketAddr)> {
             let Kind::Listener(l) = &mut s.kind else {
                 return Err(libc::EINVAL);
             };
+            if l.dead {
+                return Err(libc::ECONNABORTED);
+            }
             if let Some(stream) = l.backlog.pop_front() {
                 let ty = libc::SOCK_STREAM | (flags & (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC));
                 let pfd = match sys::socket(family, ty, 0) {
@@ -313,9 +316,6 @@ pub fn accept(fd: RawFd, flags: i32) -> SysResult<(RawFd, SocketAddr)> {
                 }
                 st.by_session.insert(key, nid);
                 return Ok((pfd, remote));
-            }
-            if l.dead {
-                return Err(libc::ECONNABORTED);
             }
             if nonblock {
                 return Err(libc::EAGAIN);

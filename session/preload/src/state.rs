@@ -165,7 +165,8 @@ pub struct Listener {
     /// SO_REUSEPORT was set when it started listening: other such socks
     /// of the process on the endpoint share its stack listener.
     pub reuseport: bool,
-    /// The stack went away: `accept` fails with `ECONNABORTED`.
+    /// The stack went away: `accept` fails with `ECONNABORTED` (and the
+    /// listener never polls ready).
     pub dead: bool,
 }
 
@@ -304,9 +305,9 @@ impl Sock {
                 r
             }
             Kind::Listener(l) => {
-                if l.dead {
-                    ev::IN | ev::ERR
-                } else if l.backlog.is_empty() {
+                // A dead listener (the stack went away) stays unready: an
+                // event loop must not spin on it; accept says ECONNABORTED.
+                if l.dead || l.backlog.is_empty() {
                     0
                 } else {
                     ev::IN | ev::RDNORM
@@ -666,13 +667,12 @@ impl Inner {
             }
             self.touch(sid);
         }
-        // Listeners: no connection will come; a waiting accept returns.
+        // Listeners: no connection will come; the next accept says so.
         let listeners: Vec<u32> = self.by_listener.values().flatten().copied().collect();
         for sid in listeners {
             if let Some(Kind::Listener(l)) = self.socks.get_mut(sid as usize).map(|s| &mut s.kind) {
                 l.dead = true;
             }
-            self.touch(sid);
         }
     }
 
