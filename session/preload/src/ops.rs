@@ -464,6 +464,10 @@ fn recv_datagram_into(
         {
             let mut g = state::lock();
             let st = inner(&mut g);
+            // A port bound for both families: every datagram goes to its
+            // family's socket first, so that this one never reads the
+            // other's (its Readable event may not have been taken yet).
+            st.sort_datagrams(sock_id(fd)?);
             let (_, s) = sock(st, fd)?;
             let (nonblock, t) = wait_policy(s, flags, true);
             timeout = t;
