@@ -283,9 +283,15 @@ fn parse_wrk(out: &str) -> Result<(u64, u64, f64)> {
 }
 
 fn curl_body(st: &Stack, url: &str) -> Result<Vec<u8>> {
+    curl_within(st, url, 10)
+}
+
+/// curl with a time limit of `secs` seconds.
+fn curl_within(st: &Stack, url: &str, secs: u32) -> Result<Vec<u8>> {
+    let m = secs.to_string();
     let out = st
         .peer("curl")
-        .args(["-s", "-f", "-m", "10", url])
+        .args(["-s", "-f", "-m", &m, url])
         .stdin(Stdio::null())
         .output()?;
     ensure!(
@@ -316,6 +322,9 @@ fn preload_nginx() -> Result<()> {
         let conf = st.dir.join(format!("nginx-{port}.conf"));
         std::fs::write(&conf, nginx_conf(&st.dir, sendfile, port))?;
         let mut cmd = st.preloaded("nginx");
+        // The library's lines (attach, join, listener take-over) go to
+        // nginx's error log, shown if nginx fails to answer.
+        cmd.env("HOSTSTACK_DEBUG", "1");
         cmd.arg("-c")
             .arg(&conf)
             .arg("-e")
@@ -326,15 +335,23 @@ fn preload_nginx() -> Result<()> {
         let nginx = Proc::spawn("nginx", cmd)?;
         let _group = nginx.pid().map(GroupKill);
         let base = format!("http://{}:{port}", st.host());
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Short tries: a connection that comes before the workers took
+        // the listener over waits in the master's queue (see the README).
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match curl_body(&st, &format!("{base}/4k.bin")) {
+            match curl_within(&st, &format!("{base}/4k.bin"), 1) {
                 Ok(b) => {
                     ensure!(b == small, "4 KiB body differs (sendfile {sendfile})");
                     break;
                 }
                 Err(e) if Instant::now() > deadline => {
-                    return Err(e.context("nginx never answered"));
+                    let log =
+                        std::fs::read_to_string(st.dir.join("nginx-error.log")).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    return Err(e.context(format!(
+                        "nginx never answered; its error log ends:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }

@@ -1027,8 +1027,12 @@ impl Inner {
                 self.debug(&msg);
             }
             Err(e) => {
-                let msg = format!("cannot listen on inherited {endpoint}: {e}");
-                self.debug(&msg);
+                // Always said: connections would go to a process that
+                // never accepts them.
+                sys::stderr(&format!(
+                    "hoststack-preload[{}]: cannot take over the listener on {endpoint}: {e}\n",
+                    self.pid
+                ));
             }
         }
     }
