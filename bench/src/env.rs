@@ -239,6 +239,16 @@ impl Managed {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// The lines it printed since they were last read (stderr's marked).
+    pub fn said(&self) -> String {
+        self.lines.try_iter().collect::<Vec<_>>().join(" | ")
+    }
+
     fn finish(&mut self, status: std::process::ExitStatus) -> Result<Option<serde_json::Value>> {
         let mut json = None;
         let mut said = Vec::new();

@@ -28,6 +28,7 @@ pub mod kernel;
 pub mod kserver;
 pub mod pktgen;
 pub mod report;
+pub mod servers;
 pub mod stats;
 pub mod suite;
 pub mod tuning;

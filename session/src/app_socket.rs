@@ -346,9 +346,10 @@ fn handle_request(
         (AppRequest::Attach { name, options }, None) => {
             attach(c, &name, options, namespace, control)
         }
-        (AppRequest::Attach { .. }, Some(_)) => Err(SessionError::AlreadyAttached(
-            "this connection already attached an app".into(),
-        )),
+        (AppRequest::Join { app, token }, None) => join(c, AppIndex(app), token, control),
+        (AppRequest::Attach { .. } | AppRequest::Join { .. }, Some(_)) => Err(
+            SessionError::AlreadyAttached("this connection already attached an app".into()),
+        ),
         (_, None) => Err(SessionError::InvalidValue("attach first".into())),
         (AppRequest::Detach, Some(app)) => control.detach(app).map(|()| {
             c.app = None;
@@ -368,6 +369,10 @@ fn handle_request(
         (AppRequest::DelWorker { worker }, Some(app)) => control
             .del_worker(app, WorkerMapIndex(worker))
             .map(|()| (AppReply::Done, Vec::new())),
+        (AppRequest::ShareToken, Some(app)) => control
+            .call(move |l| l.app(app).map(|a| a.share_token))
+            .and_then(|t| t)
+            .map(|token| (AppReply::ShareToken { token }, Vec::new())),
         (AppRequest::Post { thread, message }, Some(app)) => {
             // Never answered, like a message on a queue.
             post(app, thread, message, control);
@@ -408,6 +413,31 @@ fn attach(
     c.app = Some(app);
     c.main_queue = main;
     debug!(client = c.id, app = app.0, "external app attached");
+    Ok((AppReply::Attached(info), fds))
+}
+
+/// A forked child of an app process joins its app: one more worker, owned
+/// by this connection (so it goes when the child does), and the same
+/// attach reply an attach gets. The app's main queue stays with the
+/// connection that attached.
+fn join(
+    c: &mut Client,
+    app: AppIndex,
+    token: u64,
+    control: &ControlPlane,
+) -> SessionResult<(AppReply, Vec<OwnedFd>)> {
+    let client = c.id;
+    let (info, fds) = control.call(move |l| {
+        let (_, wi) = l.join(app, token, client)?;
+        l.attach_info(app, wi)
+    })??;
+    c.app = Some(app);
+    debug!(
+        client = c.id,
+        app = app.0,
+        worker = info.worker.worker,
+        "joined an app"
+    );
     Ok((AppReply::Attached(info), fds))
 }
 

@@ -64,6 +64,10 @@ pub struct Application {
     pub detaching: bool,
     /// What an external app needs beyond its workers: its rx queues.
     pub external: Option<ExternalParts>,
+    /// The secret a forked child of an external app presents to join it
+    /// as a worker over its own connection (random, never 0 for external
+    /// apps; 0 for builtin apps, which cannot be joined).
+    pub share_token: u64,
 }
 
 /// An external app's app -> stack queues, kept until the app socket hands

@@ -496,6 +496,10 @@ impl SessionLayer {
             next_map_index: 0,
             detaching: false,
             external: None,
+            share_token: match identity {
+                AppIdentity::External { .. } => random_token(),
+                AppIdentity::Builtin(_) => 0,
+            },
         });
         self.app_ids.insert(identity.clone(), index);
         if matches!(identity, AppIdentity::External { .. }) {
@@ -919,6 +923,26 @@ impl SessionLayer {
             self.certs.forget_app(app);
             debug!(app = app.0, "app freed");
         }
+    }
+
+    /// Adds a worker owned by api client `client` to external app `app`,
+    /// which that client proves it may join with the app's share token (a
+    /// forked child of the app's process). An unknown app, a builtin one
+    /// or a wrong token is `NoApp`: the answer says nothing about which.
+    pub fn join(
+        &mut self,
+        app: AppIndex,
+        token: u64,
+        client: u32,
+    ) -> SessionResult<(WorkerMapIndex, AppWorkerIndex)> {
+        let a = self
+            .apps
+            .get(app.as_usize())
+            .ok_or(SessionError::NoApp(app.0))?;
+        if a.share_token == 0 || a.share_token != token || a.external.is_none() {
+            return Err(SessionError::NoApp(app.0));
+        }
+        self.add_worker(app, Some(client))
     }
 
     /// Removes every worker an api client registered (the client is gone).
@@ -1527,4 +1551,30 @@ impl SessionLayer {
             log_lines_suppressed: crate::log_limit::suppressed_total(),
         }
     }
+}
+
+/// A share token: 8 random bytes from the kernel, never 0.
+fn random_token() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    let from_kernel = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    let t = match from_kernel {
+        Ok(()) => u64::from_le_bytes(b),
+        // No /dev/urandom: still unguessable enough from outside the
+        // process (a random SipHash key), and never a constant.
+        Err(_) => {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(monotonic_nanos());
+            h.finish()
+        }
+    };
+    t.max(1)
+}
+
+fn monotonic_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }

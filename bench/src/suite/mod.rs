@@ -15,6 +15,10 @@
 //! [`Row::of`] turns the runs into a row: a new benchmark is a function
 //! built from those three and an entry in the list.
 //!
+//! Unmodified servers (nginx, redis, memcached) are a service like the
+//! echo servers: [`sides::Side::Preload`] runs them under the LD_PRELOAD
+//! library on the daemon, the kernel sides run the same binary as it is.
+//!
 //! Placement on the 2-core machine: the load (client, sender) runs on core
 //! 0 inside the lab's namespace; the side under test (hoststack's worker
 //! and its app, the kernel's server threads, pktgen's queue) on core 1.
@@ -41,6 +45,7 @@ mod pktgen_row;
 mod rr;
 pub mod sides;
 mod udp;
+mod unmodified;
 
 /// One benchmark: what both sides run, and how it is measured.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -62,6 +67,8 @@ pub struct Bench {
 const KERNEL_ECHO: &str = "TCP echo on `hoststack-bench kernel-server` (its own process): one epoll loop on a thread pinned to core 1, nonblocking sockets, TCP_NODELAY on every connection (SO_REUSEPORT listeners when several workers); twice: default (blocking epoll_wait), and busy-polling (epoll_wait with zero timeout in a loop, net.core.busy_read and busy_poll at 50 us, idle CPUs held in their polling state through /dev/cpu_dma_latency = 0)";
 
 const KERNEL_UDP_ECHO: &str = "UDP echo on `hoststack-bench kernel-server` (its own process): one socket (4 MiB receive buffer) in an epoll loop on a thread pinned to core 1, recvmmsg/sendmmsg in batches of 64; twice: default (blocking epoll_wait), and busy-polling (epoll_wait with zero timeout in a loop, net.core.busy_read and busy_poll at 50 us, idle CPUs held polling through /dev/cpu_dma_latency = 0)";
+
+const KERNEL_PROGRAM: &str = "the same binary and configuration with nothing preloaded, pinned to core 1; twice: as it is, and with net.core.busy_read and busy_poll at 50 us and idle CPUs held polling through /dev/cpu_dma_latency = 0 (the program's own loop cannot be made to spin)";
 
 /// The benchmarks, in the order they run.
 pub const BENCHMARKS: &[Bench] = &[
@@ -136,6 +143,30 @@ pub const BENCHMARKS: &[Bench] = &[
         kernel: "an AF_PACKET raw socket bound to the host end with PACKET_QDISC_BYPASS, the same pre-built frames sent with sendmmsg in batches of 64, pinned to core 1",
         measured: "the peer's rx_packets; the peer drops UDP/9 at its nftables ingress hook",
         run: pktgen_row::pktgen_tx_64,
+    },
+    Bench {
+        name: "nginx",
+        title: "nginx, unmodified: HTTP requests/s and p99 for a 4 KiB file with keep-alive and with Connection: close, server CPU per request",
+        hoststack: "Debian's nginx (1 worker process, epoll, sendfile on, access log off) pinned to core 1 under `libhoststack_preload.so`, on `hoststack run` (the daemon): 1 worker pinned to core 1, interrupt mode (the program sleeps on its eventfd as it sleeps in epoll_wait on the kernel), 256 KiB fifos",
+        kernel: KERNEL_PROGRAM,
+        measured: "`wrk -t1 -c32 --latency` in the namespace on core 0 for the window (whole seconds, at least 1) after a warm-up, then again with `Connection: close`: requests/s and p99 of each. Server CPU per request = user+system time of the server's processes (nginx's master and worker; on hoststack's side the daemon too) + irq and softirq time of every CPU, over the wrk run, / requests",
+        run: unmodified::nginx,
+    },
+    Bench {
+        name: "redis",
+        title: "redis, unmodified: SET and GET requests/s, server CPU per request",
+        hoststack: "`redis-server` (persistence off) pinned to core 1 under the library on `hoststack run`, as for nginx (interrupt mode, core 1)",
+        kernel: KERNEL_PROGRAM,
+        measured: "`redis-benchmark -t set,get -c 50 --csv` in the namespace on core 0, 50,000 requests of each per second of the window, after a warm-up of SETs; server CPU per request as for nginx",
+        run: unmodified::redis,
+    },
+    Bench {
+        name: "memcached",
+        title: "memcached, unmodified: memcaslap's get/set mix, ops/s and server CPU per op",
+        hoststack: "`memcached -t 1` (TCP only) pinned to core 1 under the library on `hoststack run`, as for nginx (interrupt mode, core 1)",
+        kernel: KERNEL_PROGRAM,
+        measured: "`memcaslap -T 1 -c 16` (its 9:1 get/set mix) in the namespace on core 0 for the window (whole seconds, at least 1) after a warm-up: its TPS; server CPU per op as for nginx",
+        run: unmodified::memcached,
     },
 ];
 

@@ -5,8 +5,11 @@
 //! - hoststack with an external app: `hoststack serve --app-socket` and the
 //!   `echo_server` example attached over the app socket (what a user's own
 //!   program gets);
+//! - an unmodified server program ([`crate::servers`]: nginx, redis,
+//!   memcached) under the LD_PRELOAD library on `hoststack run`;
 //! - the kernel: `hoststack-bench kernel-server`, an epoll server
-//!   ([`crate::kserver`]), by default and busy-polling.
+//!   ([`crate::kserver`]), or the same unmodified program with nothing
+//!   preloaded, by default and busy-polling.
 //!
 //! Idle CPUs are kept polling (`/dev/cpu_dma_latency` = 0) for the
 //! configurations that spend CPU for latency: hoststack in poll mode and
@@ -20,8 +23,9 @@ use std::process::Command;
 use anyhow::{Result, bail};
 use hoststack_lab::Lab;
 
-use super::{Figure, Row, Settings, progress};
+use super::{Figure, Row, Settings, ip4, progress};
 use crate::env::{self, Managed};
+use crate::servers::{self, Program, Workdir};
 use crate::tuning::Held;
 
 /// A hoststack worker mode.
@@ -53,10 +57,14 @@ pub enum Side {
     Builtin(Mode),
     /// `hoststack serve` + the external `echo_server` app.
     External(Mode),
-    /// The kernel's epoll server, blocking in `epoll_wait`.
+    /// An unmodified program under `libhoststack_preload.so` on
+    /// `hoststack run` (only for [`Service::Program`]).
+    Preload(Mode),
+    /// The kernel's epoll server (or the unmodified program), blocking in
+    /// `epoll_wait`.
     Kernel,
-    /// The kernel's epoll server spinning, socket busy polling on, idle
-    /// CPUs polling.
+    /// The kernel's epoll server spinning (an unmodified program as it
+    /// is), socket busy polling on, idle CPUs polling.
     KernelBusy,
 }
 
@@ -69,6 +77,10 @@ impl Side {
                 "hoststack: external app over the app socket, {} mode",
                 m.arg()
             ),
+            Side::Preload(m) => format!(
+                "hoststack: unmodified server under the LD_PRELOAD library, {} mode",
+                m.arg()
+            ),
             Side::Kernel => "kernel: epoll server".into(),
             Side::KernelBusy => "kernel: epoll server, busy-polling".into(),
         }
@@ -79,6 +91,7 @@ impl Side {
         match self {
             Side::Builtin(m) => format!("builtin, {}", m.arg()),
             Side::External(m) => format!("external app, {}", m.arg()),
+            Side::Preload(m) => format!("preload, {}", m.arg()),
             Side::Kernel => "kernel".into(),
             Side::KernelBusy => "kernel busy-poll".into(),
         }
@@ -92,7 +105,10 @@ impl Side {
     fn idle_poll(self) -> bool {
         matches!(
             self,
-            Side::Builtin(Mode::Poll) | Side::External(Mode::Poll) | Side::KernelBusy
+            Side::Builtin(Mode::Poll)
+                | Side::External(Mode::Poll)
+                | Side::Preload(Mode::Poll)
+                | Side::KernelBusy
         )
     }
 }
@@ -106,6 +122,9 @@ pub enum Service {
     TcpDiscard,
     /// UDP echo on [`ECHO_PORT`].
     UdpEcho,
+    /// An unmodified server program, the same binary and configuration on
+    /// every side.
+    Program(Program),
 }
 
 /// TCP and UDP echo port.
@@ -173,8 +192,14 @@ fn stack_args(s: &Settings, lab: &Lab, mode: Mode, core: Option<usize>) -> Vec<S
 pub struct Server {
     /// Processes in the order they were started (the stack first).
     procs: Vec<Managed>,
+    /// Whether the first process reports: prints a JSON line when it
+    /// stops and must exit cleanly (hoststack, the kernel server); an
+    /// unmodified program only has to stop.
+    reports: bool,
     /// The app socket to remove afterwards.
     socket: Option<std::path::PathBuf>,
+    /// The run's files (an unmodified program's), removed last.
+    _dir: Option<Workdir>,
     _held: Held,
 }
 
@@ -190,7 +215,7 @@ impl Server {
         let mut first = None;
         let mut result = Ok(());
         while let Some(p) = self.procs.pop() {
-            if self.procs.is_empty() {
+            if self.procs.is_empty() && self.reports {
                 first = Some(p.stop());
             } else if let Err(e) = p.terminate() {
                 result = Err(e);
@@ -209,7 +234,11 @@ impl Side {
     pub fn start(self, s: &Settings, lab: &Lab, svc: Service) -> Result<Server> {
         let (_, core) = s.cores();
         let held = Held::new(self.idle_poll(), self == Side::KernelBusy)?;
+        if let Service::Program(p) = svc {
+            return self.start_program(s, lab, p, core, held);
+        }
         match self {
+            Side::Preload(_) => bail!("{} runs only unmodified server programs", self.label()),
             Side::Kernel | Side::KernelBusy => {
                 env::kernel_owns_host_end(lab)?;
                 let host = lab.cfg.host4.addr;
@@ -218,6 +247,7 @@ impl Side {
                     Service::TcpEcho => vec!["--tcp".into(), tcp(ECHO_PORT), "--echo".into()],
                     Service::TcpDiscard => vec!["--tcp".into(), tcp(BULK_PORT)],
                     Service::UdpEcho => vec!["--udp-echo".into(), tcp(ECHO_PORT)],
+                    Service::Program(_) => unreachable!("started above"),
                 };
                 if self == Side::KernelBusy {
                     args.push("--busy-poll".into());
@@ -225,7 +255,9 @@ impl Side {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 Ok(Server {
                     procs: vec![kernel_server(core, &args)?],
+                    reports: true,
                     socket: None,
+                    _dir: None,
                     _held: held,
                 })
             }
@@ -248,13 +280,16 @@ impl Side {
                     Service::UdpEcho => ["--tcp-port", "0", "--udp-port", &port(ECHO_PORT)]
                         .map(String::from)
                         .to_vec(),
+                    Service::Program(_) => unreachable!("started above"),
                 };
                 args.extend(svc_args);
                 let mut cmd = Command::new(&s.hoststack);
                 cmd.arg("echo-server").args(&args);
                 Ok(Server {
                     procs: vec![Managed::start(cmd, "hoststack echo-server", "ready")?],
+                    reports: true,
                     socket: None,
+                    _dir: None,
                     _held: held,
                 })
             }
@@ -287,6 +322,7 @@ impl Side {
                         udp = format!("0.0.0.0:{ECHO_PORT}");
                         args.extend(["--listen", &listen, "--udp", &udp]);
                     }
+                    Service::Program(_) => unreachable!("started above"),
                 }
                 let app = Managed::start(
                     pinned(core, &app, &args),
@@ -295,11 +331,68 @@ impl Side {
                 )?;
                 Ok(Server {
                     procs: vec![serve, app],
+                    reports: true,
                     socket: Some(sock),
+                    _dir: None,
                     _held: held,
                 })
             }
         }
+    }
+}
+
+impl Side {
+    /// Starts unmodified `program` on this side: on the kernel with
+    /// nothing preloaded, or under the preload library on a fresh
+    /// `hoststack run`; returns once it answers.
+    fn start_program(
+        self,
+        s: &Settings,
+        lab: &Lab,
+        program: Program,
+        core: Option<usize>,
+        held: Held,
+    ) -> Result<Server> {
+        let dir = Workdir::new(&format!("{}-{}", program.name(), s.lab))?;
+        let (host, _) = ip4(lab);
+        let mut procs = Vec::new();
+        match self {
+            Side::Kernel | Side::KernelBusy => {
+                env::kernel_owns_host_end(lab)?;
+                procs.push(servers::start(program, lab, host, dir.path(), core, None)?);
+            }
+            Side::Preload(mode) => {
+                let lib = servers::preload_library(&s.hoststack)?;
+                let daemon = servers::Daemon {
+                    hoststack: &s.hoststack,
+                    mode: mode.arg(),
+                    core,
+                    tcp_engine: s.tcp_engine.as_deref(),
+                };
+                procs.push(daemon.start(lab, dir.path())?);
+                let socket = servers::app_socket(dir.path());
+                procs.push(servers::start(
+                    program,
+                    lab,
+                    host,
+                    dir.path(),
+                    core,
+                    Some((&lib, &socket)),
+                )?);
+            }
+            Side::Builtin(_) | Side::External(_) => bail!(
+                "{} serves only the echo services, not {}",
+                self.label(),
+                program.name()
+            ),
+        }
+        Ok(Server {
+            procs,
+            reports: matches!(self, Side::Preload(_)),
+            socket: None,
+            _dir: Some(dir),
+            _held: held,
+        })
     }
 }
 

@@ -401,17 +401,52 @@ impl std::fmt::Debug for App {
 impl App {
     /// Connects to the app socket at `path` and attaches as `name`.
     pub fn attach(path: impl AsRef<Path>, name: &str, options: AppOptions) -> SessionResult<Self> {
-        let stream = UnixStream::connect(path.as_ref()).map_err(|e| {
+        Self::connect_with(path.as_ref(), &AppRequest::attach(name, &options))
+    }
+
+    /// Joins app `app` as one more worker over a connection of its own:
+    /// what a forked child of an app process does, with the token its
+    /// parent got from [`App::share_token`]. The child must not use its
+    /// parent's `App` (their connection and event queue are the parent's);
+    /// the new worker, its listeners and sessions go away when this `App`'s
+    /// connection closes (the child exits), the rest of the app stays.
+    /// A wrong token or a gone app is `NoApp`.
+    pub fn join(path: impl AsRef<Path>, app: u32, token: u64) -> SessionResult<Self> {
+        Self::connect_with(path.as_ref(), &AppRequest::Join { app, token })
+    }
+
+    /// [`App::join`] over a connection to the app socket made earlier
+    /// (e.g. right after `fork`, before the child drops privileges that
+    /// the socket's mode requires).
+    pub fn join_over(stream: UnixStream, app: u32, token: u64) -> SessionResult<Self> {
+        Self::attach_over(stream, &AppRequest::Join { app, token })
+    }
+
+    /// The app's share token, for [`App::join`] in another process.
+    pub fn share_token(&self) -> SessionResult<u64> {
+        match self.shared.call(&AppRequest::ShareToken)?.0 {
+            AppReply::ShareToken { token } => Ok(token),
+            _ => Err(SessionError::Corrupted(
+                "share token answered with something else".into(),
+            )),
+        }
+    }
+
+    fn connect_with(path: &Path, req: &AppRequest) -> SessionResult<Self> {
+        let stream = UnixStream::connect(path).map_err(|e| {
             SessionError::os("connecting to the app socket (is hoststack running?)", &e)
         })?;
+        Self::attach_over(stream, req)
+    }
+
+    fn attach_over(stream: UnixStream, req: &AppRequest) -> SessionResult<Self> {
         let mut conn = Conn {
             stream,
             reader: FrameReader::new(),
             fds: VecDeque::new(),
         };
-        let req = AppRequest::attach(name, &options);
         req.validate()?;
-        send_with_fds(&conn.stream, &encode_request(1, &req), &[])?;
+        send_with_fds(&conn.stream, &encode_request(1, req), &[])?;
         let mut early = Vec::new();
         let (reply, fds) = call_wait(&mut conn, 1, |c, r| {
             let n = r.fd_count();
@@ -511,6 +546,20 @@ impl App {
         self.shared.call(&AppRequest::Detach).map(|_| ())
     }
 
+    /// The app socket's fd, to watch for the stack going away (it hangs
+    /// up: poll for `POLLRDHUP`, not for input, which the library reads
+    /// itself), e.g. in a poll set that also holds the worker's eventfd.
+    pub fn socket_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        lock(&self.shared.conn).stream.as_raw_fd()
+    }
+
+    /// Fails when the stack has closed the app socket (it stopped, or
+    /// detached the app).
+    pub fn check_stack(&self) -> SessionResult<()> {
+        self.shared.check_stack()
+    }
+
     /// The data path's counters.
     pub fn stats(&self) -> AppStatsSnapshot {
         let s = &self.shared.stats;
@@ -582,6 +631,8 @@ pub struct Worker {
     eventfd: Option<EventFd>,
     backlog: VecDeque<AppEvent>,
     rx_fifos: HashMap<u64, Fifo>,
+    /// Connects started with `start_connect`, by request id.
+    pending_connects: HashMap<u32, TransportProto>,
     _segment: Segment,
 }
 
@@ -617,6 +668,7 @@ impl Worker {
             eventfd,
             backlog: VecDeque::new(),
             rx_fifos: HashMap::new(),
+            pending_connects: HashMap::new(),
             _segment: segment,
         })
     }
@@ -771,12 +823,84 @@ impl Worker {
                 remote,
                 fifos,
                 ..
-            } => self.open_session(session, proto, local, remote, fifos),
+            } => self.open_session(session, proto, local, remote, fifos, None),
             AppEvent::Connected { error, .. } => Err(error_of(error, &endpoint.to_string())),
             _ => Err(SessionError::Corrupted(
                 "connect answered with something else".into(),
             )),
         }
+    }
+
+    /// Starts a connect with `proto` and returns at once with its request
+    /// id; the result comes later from [`wait`](Self::wait) or
+    /// [`poll`](Self::poll) as `Event::Connected(id, ..)` (a refusal too).
+    pub fn start_connect(
+        &mut self,
+        proto: TransportProto,
+        remote: SocketAddr,
+    ) -> SessionResult<u32> {
+        let request = self.shared.request_id();
+        self.send_control(&ControlMessage::Connect {
+            worker: self.index,
+            request,
+            proto,
+            endpoint: Endpoint {
+                ip: remote.ip(),
+                port: remote.port(),
+            },
+            opaque: u64::from(request),
+        })?;
+        self.pending_connects.insert(request, proto);
+        Ok(request)
+    }
+
+    /// Takes worker `worker` of this app (another process's, e.g. the
+    /// parent that listened before forking and never accepts) off
+    /// `listener`, without waiting: its answer goes to that worker's
+    /// event queue. Sessions already handed to it stay there.
+    pub fn remove_listener_worker(
+        &self,
+        worker: u32,
+        listener: ListenerHandle,
+    ) -> SessionResult<()> {
+        let request = self.shared.request_id();
+        self.send_control(&ControlMessage::Unlisten {
+            worker,
+            request,
+            listener: listener.as_u64(),
+        })
+    }
+
+    /// The events that are waiting, without sleeping (empty when none).
+    pub fn poll(&mut self) -> SessionResult<Vec<Event>> {
+        self.wait(Some(Duration::ZERO))
+    }
+
+    /// Before the caller sleeps on [`eventfd`](Self::eventfd) in a poll
+    /// set of its own: announces the sleep to the stack and returns true
+    /// if no event waits (sleeping is safe: the next event writes the
+    /// eventfd), false if one does (poll it instead; nothing announced).
+    /// After the sleep, call [`end_sleep`](Self::end_sleep).
+    pub fn announce_sleep(&self) -> bool {
+        self.backlog.is_empty() && self.events.empty_before_sleep()
+    }
+
+    /// After a sleep announced with [`announce_sleep`](Self::announce_sleep):
+    /// the stack stops writing the eventfd; reads what it wrote.
+    pub fn end_sleep(&self) -> SessionResult<()> {
+        self.events.awake();
+        self.drain_eventfd()
+    }
+
+    /// Reads the eventfd's count (without blocking) so it stops being
+    /// readable; events are then taken with [`poll`](Self::poll).
+    pub fn drain_eventfd(&self) -> SessionResult<()> {
+        if let Some(e) = &self.eventfd {
+            if e.drain()? > 0 {
+                self.shared.stats.eventfd_reads.fetch_add(1, Relaxed);
+            }
+        }
+        Ok(())
     }
 
     /// Closes a session through the control path and waits for the
@@ -807,6 +931,7 @@ impl Worker {
         local: Endpoint,
         remote: Endpoint,
         fifos: FifoLocation,
+        listener: Option<ListenerHandle>,
     ) -> SessionResult<Session> {
         let region = self.shared.region(fifos.segment)?;
         let rx = Fifo::attach(&region, fifos.rx_offset as usize)?;
@@ -821,6 +946,7 @@ impl Worker {
             rx: rx.consumer(),
             tx: tx.producer(),
             closed: false,
+            listener,
         })
     }
 
@@ -828,15 +954,20 @@ impl Worker {
         match ev {
             AppEvent::Accepted {
                 session,
+                listener,
                 proto,
                 local,
                 remote,
                 fifos,
-                ..
             } => {
-                out.push(Event::Accepted(
-                    self.open_session(session, proto, local, remote, fifos)?,
-                ));
+                out.push(Event::Accepted(self.open_session(
+                    session,
+                    proto,
+                    local,
+                    remote,
+                    fifos,
+                    Some(listener),
+                )?));
             }
             AppEvent::Connected {
                 session,
@@ -846,8 +977,12 @@ impl Worker {
                 remote,
                 fifos,
             } => {
+                let proto = self
+                    .pending_connects
+                    .remove(&(opaque as u32))
+                    .unwrap_or(TransportProto::Tcp);
                 let r = if error == 0 {
-                    self.open_session(session, TransportProto::Tcp, local, remote, fifos)
+                    self.open_session(session, proto, local, remote, fifos, None)
                 } else {
                     Err(error_of(error, &remote.to_string()))
                 };
@@ -874,7 +1009,13 @@ impl Worker {
             AppEvent::SegmentRemoved { index } => {
                 lock(&self.shared.segments).remove(&index);
             }
-            AppEvent::Reply { .. } => {}
+            AppEvent::Reply { request, error, .. } => {
+                // A connect started with `start_connect` that the stack
+                // refused at once: its only answer.
+                if error != 0 && self.pending_connects.remove(&request).is_some() {
+                    out.push(Event::Connected(request, Err(error_of(error, "connect"))));
+                }
+            }
             AppEvent::Backlog {
                 postponed,
                 max_wait_us,
@@ -946,6 +1087,7 @@ pub struct Session {
     rx: FifoConsumer,
     tx: FifoProducer,
     closed: bool,
+    listener: Option<ListenerHandle>,
 }
 
 impl std::fmt::Debug for Session {
@@ -977,6 +1119,12 @@ impl Session {
     /// The peer.
     pub fn remote(&self) -> Endpoint {
         self.remote
+    }
+
+    /// The listener an accepted session arrived on (`None` for a session
+    /// this app connected).
+    pub fn listener(&self) -> Option<ListenerHandle> {
+        self.listener
     }
 
     /// Bytes waiting to be read.

@@ -44,10 +44,10 @@
 //!
 //! | reply | fds, in this order |
 //! |-------|--------------------|
-//! | `Attached` | worker segment, event-queue eventfd (if `event_queue_eventfd`), rx-queues segment, one eventfd per rx queue (the last two only when there are rx queues) |
+//! | `Attached` (to an attach or a join) | worker segment, event-queue eventfd (if `event_queue_eventfd`), rx-queues segment, one eventfd per rx queue (the last two only when there are rx queues) |
 //! | `WorkerAdded` | worker segment, event-queue eventfd (if `event_queue_eventfd`) |
 //! | `SegmentFd` | the segment |
-//! | `Done`, `Error` | none |
+//! | `Done`, `Error`, `ShareToken` | none |
 //!
 //! # Decoding untrusted bytes
 //!
@@ -86,11 +86,14 @@ const KIND_DETACH: u8 = 0x02;
 const KIND_ADD_WORKER: u8 = 0x03;
 const KIND_DEL_WORKER: u8 = 0x04;
 const KIND_POST: u8 = 0x05;
+const KIND_SHARE_TOKEN: u8 = 0x06;
+const KIND_JOIN: u8 = 0x07;
 const KIND_ATTACHED: u8 = 0x81;
 const KIND_WORKER_ADDED: u8 = 0x82;
 const KIND_DONE: u8 = 0x83;
 const KIND_ERROR: u8 = 0x84;
 const KIND_SEGMENT_FD: u8 = 0x85;
+const KIND_TOKEN: u8 = 0x86;
 
 const SEGMENT_KIND_MEMFD: u8 = 0;
 const SEGMENT_KIND_PRIVATE: u8 = 1;
@@ -128,6 +131,21 @@ pub enum AppRequest {
         thread: u32,
         /// The message.
         message: RxMessage,
+    },
+    /// Ask for the app's share token: the secret another connection (a
+    /// forked child of this process) presents to [`AppRequest::Join`];
+    /// answered by [`AppReply::ShareToken`].
+    ShareToken,
+    /// Join an attached app as one more worker owned by this connection
+    /// (once per connection, instead of attaching): a forked child of an
+    /// app process, which must not share its parent's connection. Answered
+    /// by [`AppReply::Attached`] for the new worker, or `NoApp` for an
+    /// unknown app or a wrong token.
+    Join {
+        /// The app's index.
+        app: u32,
+        /// Its share token.
+        token: u64,
     },
 }
 
@@ -215,6 +233,11 @@ pub enum AppReply {
         /// bytes.
         detail: String,
     },
+    /// The app's share token (for [`AppRequest::Join`]).
+    ShareToken {
+        /// The token.
+        token: u64,
+    },
     /// A segment for one of the app's workers (unsolicited, request id 0).
     SegmentFd {
         /// The worker's map index.
@@ -241,7 +264,7 @@ impl AppReply {
             }
             Self::WorkerAdded(worker) => worker.fd_count(),
             Self::SegmentFd { .. } => 1,
-            Self::Done | Self::Error { .. } => 0,
+            Self::Done | Self::Error { .. } | Self::ShareToken { .. } => 0,
         }
     }
 
@@ -395,6 +418,13 @@ pub fn encode_request(id: u32, request: &AppRequest) -> Vec<u8> {
             w.buf.extend_from_slice(&message.encode());
             w.finish()
         }
+        AppRequest::ShareToken => Writer::frame(KIND_SHARE_TOKEN, id).finish(),
+        AppRequest::Join { app, token } => {
+            let mut w = Writer::frame(KIND_JOIN, id);
+            w.u32(*app);
+            w.u64(*token);
+            w.finish()
+        }
     }
 }
 
@@ -426,6 +456,11 @@ pub fn encode_reply(id: u32, reply: &AppReply) -> Vec<u8> {
             w.finish()
         }
         AppReply::Done => Writer::frame(KIND_DONE, id).finish(),
+        AppReply::ShareToken { token } => {
+            let mut w = Writer::frame(KIND_TOKEN, id);
+            w.u64(*token);
+            w.finish()
+        }
         AppReply::Error { code, detail } => {
             let mut w = Writer::frame(KIND_ERROR, id);
             w.u32(*code);
@@ -607,6 +642,11 @@ fn decode_request(kind: u8, id: u32, body: &[u8]) -> SessionResult<AppRequest> {
             thread: r.u32()?,
             message: RxMessage::decode(r.bytes(body.len() - r.at)?)?,
         },
+        KIND_SHARE_TOKEN => AppRequest::ShareToken,
+        KIND_JOIN => AppRequest::Join {
+            app: r.u32()?,
+            token: r.u64()?,
+        },
         k => return Err(corrupted(format_args!("unknown request kind {k:#x}"))),
     };
     r.finish(request)
@@ -617,7 +657,7 @@ fn decode_reply(kind: u8, id: u32, body: &[u8]) -> SessionResult<AppReply> {
         KIND_SEGMENT_FD if id != 0 => {
             return Err(corrupted(format_args!("segment fd with request id {id}")));
         }
-        KIND_ATTACHED | KIND_WORKER_ADDED | KIND_DONE if id == 0 => {
+        KIND_ATTACHED | KIND_WORKER_ADDED | KIND_DONE | KIND_TOKEN if id == 0 => {
             return Err(corrupted("reply with request id 0"));
         }
         _ => {}
@@ -643,6 +683,7 @@ fn decode_reply(kind: u8, id: u32, body: &[u8]) -> SessionResult<AppReply> {
         }
         KIND_WORKER_ADDED => AppReply::WorkerAdded(r.worker()?),
         KIND_DONE => AppReply::Done,
+        KIND_TOKEN => AppReply::ShareToken { token: r.u64()? },
         KIND_ERROR => {
             let code = r.u32()?;
             if !(ErrorCode::InvalidValue as u32..=ErrorCode::Other as u32).contains(&code) {
@@ -666,14 +707,20 @@ fn decode_reply(kind: u8, id: u32, body: &[u8]) -> SessionResult<AppReply> {
 fn is_request_kind(kind: u8) -> bool {
     matches!(
         kind,
-        KIND_ATTACH | KIND_DETACH | KIND_ADD_WORKER | KIND_DEL_WORKER | KIND_POST
+        KIND_ATTACH
+            | KIND_DETACH
+            | KIND_ADD_WORKER
+            | KIND_DEL_WORKER
+            | KIND_POST
+            | KIND_SHARE_TOKEN
+            | KIND_JOIN
     )
 }
 
 fn is_reply_kind(kind: u8) -> bool {
     matches!(
         kind,
-        KIND_ATTACHED | KIND_WORKER_ADDED | KIND_DONE | KIND_ERROR | KIND_SEGMENT_FD
+        KIND_ATTACHED | KIND_WORKER_ADDED | KIND_DONE | KIND_ERROR | KIND_SEGMENT_FD | KIND_TOKEN
     )
 }
 
@@ -889,6 +936,11 @@ mod tests {
                     opaque: u64::MAX,
                 }),
             },
+            AppRequest::ShareToken,
+            AppRequest::Join {
+                app: 4,
+                token: u64::MAX - 1,
+            },
         ]
     }
 
@@ -916,6 +968,9 @@ mod tests {
             AppReply::WorkerAdded(worker(true)),
             AppReply::WorkerAdded(worker(false)),
             AppReply::Done,
+            AppReply::ShareToken {
+                token: 0x0123_4567_89ab_cdef,
+            },
             AppReply::from_error(&SessionError::WrongNamespaceSecret("blue".into())),
             AppReply::SegmentFd {
                 worker: 1,
@@ -1007,7 +1062,8 @@ mod tests {
         assert_eq!(r[3].fd_count(), 1);
         assert_eq!(r[4].fd_count(), 0);
         assert_eq!(r[5].fd_count(), 0);
-        assert_eq!(r[6].fd_count(), 1);
+        assert_eq!(r[6].fd_count(), 0);
+        assert_eq!(r[7].fd_count(), 1);
     }
 
     #[test]
