@@ -19,6 +19,7 @@ pub mod error;
 pub mod fault_injection;
 pub mod neighbors;
 pub mod pcap;
+pub mod queues;
 pub mod runtime;
 pub mod sleeper;
 mod sys;

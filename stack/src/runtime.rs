@@ -188,10 +188,15 @@ impl Stack {
                 )));
             }
         }
-        let threads: Vec<(usize, u32)> = cfgs
+        // Every queue of every interface, unless told otherwise.
+        let served = cfgs
+            .iter()
+            .map(crate::queues::resolve)
+            .collect::<StackResult<Vec<u32>>>()?;
+        let threads: Vec<(usize, u32)> = served
             .iter()
             .enumerate()
-            .flat_map(|(i, c)| (0..c.queues).map(move |q| (i, q)))
+            .flat_map(|(i, &n)| (0..n).map(move |q| (i, q)))
             .collect();
         let per_thread: Vec<&StackConfig> = threads.iter().map(|&(i, _)| &cfgs[i]).collect();
         let captures: Vec<Arc<Capture>> = cfgs.iter().map(|_| Arc::default()).collect();
