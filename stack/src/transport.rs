@@ -31,6 +31,9 @@ use crate::tcp_listener::{SpareTcpSockets, TcpListenerPool};
 #[derive(Debug)]
 pub struct EphemeralPorts {
     state: u64,
+    /// (this worker's position, workers): ports are `pos` modulo `of`, so
+    /// a reply on any queue names its owner.
+    partition: (u16, u16),
 }
 
 /// The IANA dynamic range.
@@ -39,7 +42,23 @@ const EPHEMERAL_LOW: u16 = 49152;
 impl EphemeralPorts {
     /// Seeds the choice.
     pub fn new(seed: u64) -> Self {
-        Self { state: seed | 1 }
+        Self {
+            state: seed | 1,
+            partition: (0, 1),
+        }
+    }
+
+    /// Picks only ports that are `pos` modulo `of` (the worker's position
+    /// among the `of` workers of its interface).
+    pub fn partitioned(mut self, pos: u16, of: u16) -> Self {
+        self.partition = (pos % of.max(1), of.max(1));
+        self
+    }
+
+    /// The worker whose ports `port` is one of, when it is an ephemeral
+    /// port.
+    pub fn owner(&self, port: u16) -> Option<u16> {
+        (port >= EPHEMERAL_LOW).then(|| port % self.partition.1)
     }
 
     /// A port in 49152..=65535 no socket of `sockets` uses locally.
@@ -48,8 +67,17 @@ impl EphemeralPorts {
             self.state ^= self.state << 13;
             self.state ^= self.state >> 7;
             self.state ^= self.state << 17;
-            let port =
-                EPHEMERAL_LOW + (self.state % u64::from(u16::MAX - EPHEMERAL_LOW + 1)) as u16;
+            let (pos, of) = (u32::from(self.partition.0), u32::from(self.partition.1));
+            let mut p = u32::from(EPHEMERAL_LOW)
+                + (self.state % u64::from(u16::MAX - EPHEMERAL_LOW + 1)) as u32;
+            p = p - p % of + pos;
+            if p > u32::from(u16::MAX) {
+                p -= of;
+            }
+            if p < u32::from(EPHEMERAL_LOW) {
+                p += of;
+            }
+            let port = p as u16;
             let used = sockets.iter().any(|(_, s)| match s {
                 smoltcp::socket::Socket::Tcp(t) => {
                     t.local_endpoint().map(|e| e.port) == Some(port)
@@ -86,6 +114,8 @@ enum Phase {
 struct Conn {
     socket: SocketHandle,
     proto: TransportProto,
+    /// The local port of a UDP socket (0 for TCP).
+    udp_port: u16,
     phase: Phase,
     /// A send took less than it was offered: report `Writable` once the
     /// socket has room.
@@ -111,6 +141,8 @@ pub struct SmolTransportState {
     listener_scratch: Vec<ListenerHandle>,
     /// Closed TCP sockets for the next connections.
     spares: SpareTcpSockets,
+    /// UDP sockets bound per local port.
+    udp_ports: HashMap<u16, u32>,
     /// A socket was changed outside the interface's poll (data queued or
     /// taken, closed, added): the worker must poll it before trusting its
     /// cached next deadline.
@@ -181,9 +213,35 @@ impl SmolTransportState {
         TransportConnId(self.conns.insert(Conn {
             socket,
             proto,
+            udp_port: 0,
             phase,
             want_writable: false,
         }) as u64)
+    }
+
+    fn new_udp_conn(&mut self, socket: SocketHandle, port: u16) -> TransportConnId {
+        let conn = self.new_conn(socket, TransportProto::Udp, Phase::Bound);
+        if let Some(c) = self.conns.get_mut(conn.0 as usize) {
+            c.udp_port = port;
+        }
+        *self.udp_ports.entry(port).or_insert(0) += 1;
+        conn
+    }
+
+    fn remove_udp_conn(&mut self, conn: TransportConnId) -> Option<SocketHandle> {
+        let c = self.conns.try_remove(conn.0 as usize)?;
+        if let Some(n) = self.udp_ports.get_mut(&c.udp_port) {
+            *n -= 1;
+            if *n == 0 {
+                self.udp_ports.remove(&c.udp_port);
+            }
+        }
+        Some(c.socket)
+    }
+
+    /// Whether a UDP socket of this worker is bound to local `port`.
+    pub fn udp_bound(&self, port: u16) -> bool {
+        self.udp_ports.contains_key(&port)
     }
 
     /// Turns socket state changes since the last scan into events. The
@@ -460,7 +518,7 @@ impl Transport for SmolTransports<'_> {
             }
             TransportProto::Udp => {
                 let h = self.new_udp_socket(listen_endpoint(ep))?;
-                let conn = self.state.new_conn(h, TransportProto::Udp, Phase::Bound);
+                let conn = self.state.new_udp_conn(h, ep.port);
                 let remote = Endpoint {
                     ip: hoststack_app_proto::endpoint::IpFamily::of(&ep.ip).zero_addr(),
                     port: 0,
@@ -512,7 +570,7 @@ impl Transport for SmolTransports<'_> {
                     addr: Some(local_ip),
                     port,
                 })?;
-                let conn = self.state.new_conn(h, TransportProto::Udp, Phase::Bound);
+                let conn = self.state.new_udp_conn(h, port);
                 let tuple = FiveTuple::new(
                     TransportProto::Udp,
                     Endpoint {
@@ -667,8 +725,9 @@ impl Transport for SmolTransports<'_> {
                 self.sockets_mut().get_mut::<tcp::Socket<'_>>(h).close();
             }
             TransportProto::Udp => {
-                let c = self.state.conns.remove(conn.0 as usize);
-                self.sockets_mut().remove(c.socket);
+                if let Some(h) = self.state.remove_udp_conn(conn) {
+                    self.sockets_mut().remove(h);
+                }
                 self.state
                     .udp_events
                     .push_back(TransportEvent::Closed { conn });
@@ -688,8 +747,9 @@ impl Transport for SmolTransports<'_> {
                 self.sockets_mut().get_mut::<tcp::Socket<'_>>(h).abort();
             }
             TransportProto::Udp => {
-                let c = self.state.conns.remove(conn.0 as usize);
-                self.sockets_mut().remove(c.socket);
+                if let Some(h) = self.state.remove_udp_conn(conn) {
+                    self.sockets_mut().remove(h);
+                }
             }
         }
     }
@@ -699,5 +759,26 @@ impl Transport for SmolTransports<'_> {
             TransportProto::Tcp => self.state.tcp_events.pop_front(),
             TransportProto::Udp => self.state.udp_events.pop_front(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitioned_ports_name_their_worker() {
+        let sockets = SocketSet::new(Vec::new());
+        for pos in 0..3u16 {
+            let mut p = EphemeralPorts::new(7 + u64::from(pos)).partitioned(pos, 3);
+            for _ in 0..1000 {
+                let port = p.next(&sockets);
+                assert!(port >= EPHEMERAL_LOW, "{port}");
+                assert_eq!(p.owner(port), Some(pos), "{port}");
+            }
+        }
+        let p = EphemeralPorts::new(1);
+        assert_eq!(p.owner(80), None, "not an ephemeral port");
+        assert_eq!(p.owner(50_000), Some(0), "one worker owns them all");
     }
 }
