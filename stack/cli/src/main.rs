@@ -132,9 +132,13 @@ enum Command {
         /// Bytes to send (and verify back).
         #[arg(long, default_value_t = 16 << 20)]
         bytes: u64,
-        /// Stream seed.
+        /// Stream seed (connection i uses seed + i).
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Concurrent connections, each sending (and verifying) --bytes;
+        /// the session layer spreads them over the workers in turn.
+        #[arg(long, default_value_t = 1)]
+        connections: u32,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
@@ -432,8 +436,15 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             connect,
             bytes,
             seed,
+            connections,
             timeout,
-        } => tcp_client(&stack, connect, bytes, seed, Duration::from_secs(timeout)),
+        } => tcp_client(
+            &stack,
+            connect,
+            (bytes, connections),
+            seed,
+            Duration::from_secs(timeout),
+        ),
         Command::UdpClient {
             stack,
             connect,
@@ -615,6 +626,7 @@ fn echo_server(
     let _ = control.detach(server.app);
     let workers: Vec<_> = stack.workers().iter().map(|w| w.stats.clone()).collect();
     let totals = stack.totals();
+    let per_queue = per_queue_report(&stack);
     let result = stack.stop();
     let zero_window_acks: u64 = workers
         .iter()
@@ -654,6 +666,7 @@ fn echo_server(
             "zero_window_acks": zero_window_acks,
             "injected_rx_drops": injected_rx_drops,
             "injected_tx_drops": injected_tx_drops,
+            "per_queue": per_queue(),
         })
     );
     result?;
@@ -686,10 +699,40 @@ fn wait_client(
     }
 }
 
+/// Each worker's queue with its frames and hand-offs, for the commands'
+/// final reports.
+fn per_queue_report(stack: &Stack) -> impl FnOnce() -> serde_json::Value + use<> {
+    let probes: Vec<_> = stack
+        .workers()
+        .iter()
+        .map(|w| (w.info.queue, w.counters.clone(), w.stats.clone()))
+        .collect();
+    move || {
+        serde_json::Value::Array(
+            probes
+                .iter()
+                .map(|(q, c, s)| {
+                    let c = c.snapshot();
+                    serde_json::json!({
+                        "queue": q,
+                        "rx_frames": c.rx_frames,
+                        "tx_frames": c.tx_frames,
+                        "tcp_segments_in": s.tcp_segments_in.load(Relaxed),
+                        "handoff_sent": s.handoff.sent.load(Relaxed),
+                        "handoff_received": s.handoff.received.load(Relaxed),
+                        "handoff_dropped": s.handoff.dropped.load(Relaxed),
+                        "neighbor_answers": s.neighbor_answers.load(Relaxed),
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
 fn tcp_client(
     args: &StackArgs,
     connect: SocketAddr,
-    bytes: u64,
+    (bytes, connections): (u64, u32),
     seed: u64,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
@@ -703,19 +746,49 @@ fn tcp_client(
         ip: connect.ip(),
         port: connect.port(),
     };
-    let client = StreamClient::start(stack.control(), "tcp-client", opts, remote, bytes, seed)?;
-    let outcome = wait_client(&stack, &shutdown, &client.report, timeout);
-    let _ = stack.control().detach(client.app);
+    let mut clients = Vec::new();
+    for i in 0..connections.max(1) {
+        let name = if i == 0 {
+            "tcp-client".to_string()
+        } else {
+            format!("tcp-client-{i}")
+        };
+        clients.push(StreamClient::start(
+            stack.control(),
+            &name,
+            opts.clone(),
+            remote,
+            bytes,
+            seed.wrapping_add(u64::from(i)),
+        )?);
+    }
+    let started = std::time::Instant::now();
+    let outcomes: Vec<TransferReport> = clients
+        .iter()
+        .map(|c| {
+            let left = timeout.saturating_sub(started.elapsed());
+            wait_client(&stack, &shutdown, &c.report, left)
+        })
+        .collect();
+    for c in &clients {
+        let _ = stack.control().detach(c.app);
+    }
+    let per_queue = per_queue_report(&stack);
     stack.stop()?;
-    let ok = outcome.error.is_none() && outcome.verified == bytes;
+    let verified: u64 = outcomes.iter().map(|o| o.verified).sum();
+    let error = outcomes.iter().find_map(|o| o.error.clone());
+    let ok = error.is_none() && outcomes.iter().all(|o| o.verified == bytes);
     println!(
         "{}",
         serde_json::json!({
-            "sent": outcome.sent,
-            "verified": outcome.verified,
-            "seconds": outcome.elapsed.as_secs_f64(),
+            "connections": outcomes.len(),
+            "sent": outcomes.iter().map(|o| o.sent).sum::<u64>(),
+            "verified": verified,
+            "verified_each": outcomes.iter().map(|o| o.verified).collect::<Vec<_>>(),
+            "seconds": started.elapsed().as_secs_f64(),
             "ok": ok,
-            "error": outcome.error,
+            "error": error,
+            "per_queue": per_queue(),
         })
     );
     Ok(if ok {
@@ -745,6 +818,7 @@ fn udp_client(
     )?;
     let outcome = wait_client(&stack, &shutdown, &client.report, timeout);
     let _ = stack.control().detach(client.app);
+    let per_queue = per_queue_report(&stack);
     stack.stop()?;
     let ok = outcome.error.is_none() && outcome.verified == count;
     println!(
@@ -754,6 +828,7 @@ fn udp_client(
             "echoed": outcome.verified,
             "ok": ok,
             "error": outcome.error,
+            "per_queue": per_queue(),
         })
     );
     Ok(if ok {

@@ -176,7 +176,12 @@ impl Daemon {
                     .map_or((None, 0), |c| {
                         (c.cores.get(w.info.queue as usize).copied(), c.table)
                     });
-                WorkerProbe::of(w, core.or_else(|| default_core(t)), cfg.mode, table)
+                let group = stack
+                    .queue_groups()
+                    .iter()
+                    .find(|g| g.interface == w.info.name)
+                    .cloned();
+                WorkerProbe::of(w, core.or_else(|| default_core(t)), cfg.mode, table, group)
             })
             .collect();
         let interfaces = stacks
