@@ -5,13 +5,15 @@
 //! it only from ARP and neighbour discovery it receives itself. With several
 //! queues, the answer to a worker's ARP request or neighbour solicitation
 //! lands on whatever queue the peer's hash picks, so the asking worker may
-//! never see it, and its datagrams wait forever. The device therefore
-//! notes the target of every request smoltcp sends ([`solicited_target`]);
-//! once the shared table knows that target (learned by whichever worker
-//! received the answer), the worker gives its smoltcp the answer itself: an
-//! ARP reply or a neighbour advertisement built here from the table's
-//! entry, received like any frame. smoltcp fills its cache from it and
-//! sends what waited.
+//! never see it, and its datagrams wait forever (smoltcp asks again once a
+//! second, and the peer's hash sends every answer to the same other queue).
+//! So each worker gives its smoltcp every entry the shared table gains or
+//! sees move, whichever worker learned it, as an answer built here: an ARP
+//! reply or a neighbour advertisement from that neighbour, received like
+//! any frame. smoltcp fills its cache from it and sends what waited. The
+//! device also notes the target of every request smoltcp sends
+//! ([`solicited_target`]), and a target the table already knows is answered
+//! at once (smoltcp's entries expire after a minute, the table's do not).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

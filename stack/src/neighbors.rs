@@ -284,10 +284,22 @@ fn observe_ndp(ip6: &[u8], learn: &mut impl FnMut(IpAddr, MacAddr)) {
     }
 }
 
+/// Entries added or moved that a view can still catch up on; one further
+/// behind gets no news of the older ones (its smoltcp asks again, and the
+/// answer comes from the table then).
+const RECENT: usize = 1024;
+
+#[derive(Debug, Default)]
+struct SharedTable {
+    table: Neighbors,
+    /// (version, address) of the latest additions and moves.
+    recent: std::collections::VecDeque<(u64, IpAddr)>,
+}
+
 /// The neighbour table of one interface, shared by its workers.
 #[derive(Debug, Default)]
 pub struct SharedNeighbors {
-    table: Mutex<Neighbors>,
+    inner: Mutex<SharedTable>,
     /// Bumped whenever an entry is added or changes address.
     version: AtomicU64,
     /// Bumped whenever an entry changes address: views drop their copies.
@@ -300,13 +312,13 @@ impl SharedNeighbors {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Neighbors> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedTable> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().table.len()
     }
 
     /// Whether none is held.
@@ -316,7 +328,7 @@ impl SharedNeighbors {
 
     /// Entries that changed address since the start.
     pub fn changes(&self) -> u64 {
-        self.lock().changes
+        self.lock().table.changes
     }
 
     /// Changes since the start: a view that saw another value may find new
@@ -332,17 +344,40 @@ pub struct NeighborView {
     shared: Arc<SharedNeighbors>,
     local: HashMap<IpAddr, MacAddr>,
     moves_seen: u64,
+    version_seen: u64,
 }
 
 impl NeighborView {
     /// A view of `shared`.
     pub fn new(shared: Arc<SharedNeighbors>) -> Self {
         let moves_seen = shared.moves.load(Ordering::Acquire);
+        let version_seen = shared.version();
         Self {
             shared,
             local: HashMap::new(),
             moves_seen,
+            version_seen,
         }
+    }
+
+    /// Appends the entries added or moved (by any worker) since the last
+    /// call: one atomic load when there are none.
+    pub fn take_fresh(&mut self, out: &mut Vec<(IpAddr, MacAddr)>) {
+        let version = self.shared.version();
+        if version == self.version_seen {
+            return;
+        }
+        let seen = self.version_seen;
+        let inner = self.shared.lock();
+        for &(v, ip) in inner.recent.iter().filter(|(v, _)| *v > seen) {
+            if let Some(mac) = inner.table.lookup(ip) {
+                if !out.iter().any(|(i, _)| *i == ip) {
+                    out.push((ip, mac));
+                }
+            }
+            self.version_seen = self.version_seen.max(v);
+        }
+        self.version_seen = self.version_seen.max(version);
     }
 
     /// The table seen.
@@ -366,16 +401,19 @@ impl NeighborView {
         if self.local.get(&ip) == Some(&mac) || !learnable(routes, ip, mac) {
             return;
         }
-        let learned = self.shared.lock().insert(ip, mac);
-        match learned {
-            Learned::New => {
-                self.shared.version.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut inner = self.shared.lock();
+            let learned = inner.table.insert(ip, mac);
+            if matches!(learned, Learned::New | Learned::Changed) {
+                let v = self.shared.version.fetch_add(1, Ordering::AcqRel) + 1;
+                if inner.recent.len() >= RECENT {
+                    inner.recent.pop_front();
+                }
+                inner.recent.push_back((v, ip));
+                if learned == Learned::Changed {
+                    self.shared.moves.fetch_add(1, Ordering::AcqRel);
+                }
             }
-            Learned::Changed => {
-                self.shared.version.fetch_add(1, Ordering::AcqRel);
-                self.shared.moves.fetch_add(1, Ordering::AcqRel);
-            }
-            Learned::Known | Learned::Refused => {}
         }
         if self.local.len() >= MAX_NEIGHBORS {
             self.local.clear();
@@ -393,7 +431,7 @@ impl NeighborView {
         if let Some(&m) = self.local.get(&ip) {
             return Some(m);
         }
-        let m = self.shared.lock().lookup(ip)?;
+        let m = self.shared.lock().table.lookup(ip)?;
         if self.local.len() >= MAX_NEIGHBORS {
             self.local.clear();
         }
@@ -522,6 +560,13 @@ mod tests {
         b.refresh();
         assert_eq!(b.lookup(ip), Some([2, 0, 0, 0, 0, 2]));
         assert_eq!((shared.len(), shared.changes()), (1, 1));
+        // b hears of both: the new entry and its move (once, latest address).
+        let mut fresh = Vec::new();
+        b.take_fresh(&mut fresh);
+        assert_eq!(fresh, vec![(ip, [2, 0, 0, 0, 0, 2])]);
+        fresh.clear();
+        b.take_fresh(&mut fresh);
+        assert!(fresh.is_empty(), "nothing new since");
         // Off-link senders stay out of the shared table too.
         b.observe(&r, &ipv4_frame([2, 0, 0, 0, 0, 3], [198, 51, 100, 1]));
         assert_eq!(shared.len(), 1);

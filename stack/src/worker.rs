@@ -434,10 +434,6 @@ fn deliver_segment(
     }
 }
 
-/// How long a worker keeps looking for the answer to smoltcp's ARP request
-/// or neighbour solicitation in the shared table.
-const SOLICIT_WAIT: Duration = Duration::from_secs(3);
-
 /// Segments smoltcp holds for next hops it is resolving, per family.
 const RESOLVING_SEGMENTS: usize = 64;
 
@@ -504,11 +500,10 @@ pub struct Worker<D: PacketIo> {
     /// With other workers on the interface: where arriving packets of
     /// their flows go, and what they hand over.
     steer: Option<Steering>,
-    /// Addresses smoltcp asked for, waiting for the shared table to know
-    /// them, and until when.
-    awaiting: Vec<(std::net::IpAddr, StdInstant)>,
+    /// Addresses smoltcp asked for since the last look.
     solicited: Vec<std::net::IpAddr>,
-    neighbors_seen: u64,
+    /// Entries of the shared table to give smoltcp.
+    fresh: Vec<(std::net::IpAddr, MacAddr)>,
     neighbor_answers: u64,
     injected_frames: u64,
     session: SessionWorker,
@@ -655,9 +650,8 @@ impl<D: PacketIo> Worker<D> {
             mac,
             neighbors,
             steer,
-            awaiting: Vec::new(),
             solicited: Vec::new(),
-            neighbors_seen: 0,
+            fresh: Vec::new(),
             neighbor_answers: 0,
             injected_frames: 0,
             session,
@@ -817,7 +811,7 @@ impl<D: PacketIo> Worker<D> {
             );
         }
         self.rescan = work || touched;
-        if self.answer_solicitations(at) {
+        if self.sync_neighbors() {
             // smoltcp reads the answers on its next poll.
             self.next_poll = None;
             work = true;
@@ -865,48 +859,36 @@ impl<D: PacketIo> Worker<D> {
         n
     }
 
-    /// Gives smoltcp the answers the shared neighbour table has to its
-    /// ARP requests and neighbour solicitations (another queue may have
-    /// received the real one); true when it injected any.
-    fn answer_solicitations(&mut self, at: StdInstant) -> bool {
+    /// Keeps smoltcp's neighbour cache in step with the interface's shared
+    /// table: an entry any worker learned (or saw move) is given to smoltcp
+    /// as an answer, and so is the answer to each ARP request or neighbour
+    /// solicitation smoltcp sent for an address the table knows (another
+    /// queue may receive the real answer, and smoltcp rate-limits its
+    /// requests to one a second). True when it injected any.
+    fn sync_neighbors(&mut self) -> bool {
         self.device.take_solicited(&mut self.solicited);
+        let mut fresh = std::mem::take(&mut self.fresh);
+        self.neighbors.take_fresh(&mut fresh);
         for ip in self.solicited.drain(..) {
-            if !self.awaiting.iter().any(|(a, _)| *a == ip) {
-                self.awaiting.push((ip, at + SOLICIT_WAIT));
+            if !fresh.iter().any(|(i, _)| *i == ip) {
+                if let Some(mac) = self.neighbors.lookup(ip) {
+                    fresh.push((ip, mac));
+                }
             }
-            // Look again even when the table did not change: it may have
-            // known the address all along.
-            self.neighbors_seen = self.neighbors_seen.wrapping_sub(1);
         }
-        if self.awaiting.is_empty() {
-            return false;
-        }
-        let version = self.neighbors.shared().version();
-        if version == self.neighbors_seen {
-            self.awaiting.retain(|(_, until)| *until > at);
-            return false;
-        }
-        self.neighbors_seen = version;
         let mut answered = false;
-        let mut i = 0;
-        while i < self.awaiting.len() {
-            let (ip, until) = self.awaiting[i];
-            let answer = self.neighbors.lookup(ip).and_then(|peer_mac| {
-                let us = self.routes.source_for(ip)?;
-                crate::neighbor_answers::answer(self.mac, us, peer_mac, ip)
-            });
-            if let Some(frame) = answer {
+        for (ip, peer_mac) in fresh.drain(..) {
+            let Some(us) = self.routes.source_for(ip) else {
+                continue;
+            };
+            if let Some(frame) = crate::neighbor_answers::answer(self.mac, us, peer_mac, ip) {
                 self.device.inject(&frame);
                 self.neighbor_answers += 1;
                 self.injected_frames += 1;
                 answered = true;
-                self.awaiting.swap_remove(i);
-            } else if until <= at {
-                self.awaiting.swap_remove(i);
-            } else {
-                i += 1;
             }
         }
+        self.fresh = fresh;
         answered
     }
 

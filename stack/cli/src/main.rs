@@ -151,9 +151,14 @@ enum Command {
         /// Server to send to, IP:PORT.
         #[arg(long)]
         connect: SocketAddr,
-        /// Datagrams to exchange.
+        /// Datagrams to exchange (per session).
         #[arg(long, default_value_t = 1000)]
         count: u64,
+        /// Sessions, each with its own local port, exchanging --count
+        /// datagrams; the session layer spreads them over the workers in
+        /// turn.
+        #[arg(long, default_value_t = 1)]
+        connections: u32,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
@@ -449,8 +454,14 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             stack,
             connect,
             count,
+            connections,
             timeout,
-        } => udp_client(&stack, connect, count, Duration::from_secs(timeout)),
+        } => udp_client(
+            &stack,
+            connect,
+            (count, connections),
+            Duration::from_secs(timeout),
+        ),
         Command::Serve { stack } => serve(&stack),
         Command::Lab { action } => lab(action),
     }
@@ -717,6 +728,7 @@ fn per_queue_report(stack: &Stack) -> impl FnOnce() -> serde_json::Value + use<>
                         "queue": q,
                         "rx_frames": c.rx_frames,
                         "tx_frames": c.tx_frames,
+                        "rx_kernel_drops": c.rx_kernel_drops,
                         "tcp_segments_in": s.tcp_segments_in.load(Relaxed),
                         "handoff_sent": s.handoff.sent.load(Relaxed),
                         "handoff_received": s.handoff.received.load(Relaxed),
@@ -801,7 +813,7 @@ fn tcp_client(
 fn udp_client(
     args: &StackArgs,
     connect: SocketAddr,
-    count: u64,
+    (count, connections): (u64, u32),
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
     let (stack, shutdown, _apps) = start_stack(args)?;
@@ -809,25 +821,45 @@ fn udp_client(
         ip: connect.ip(),
         port: connect.port(),
     };
-    let client = DatagramClient::start(
-        stack.control(),
-        "udp-client",
-        AppOptions::default(),
-        remote,
-        count,
-    )?;
-    let outcome = wait_client(&stack, &shutdown, &client.report, timeout);
-    let _ = stack.control().detach(client.app);
+    let mut clients = Vec::new();
+    for i in 0..connections.max(1) {
+        let name = if i == 0 {
+            "udp-client".to_string()
+        } else {
+            format!("udp-client-{i}")
+        };
+        clients.push(DatagramClient::start(
+            stack.control(),
+            &name,
+            AppOptions::default(),
+            remote,
+            count,
+        )?);
+    }
+    let started = std::time::Instant::now();
+    let outcomes: Vec<TransferReport> = clients
+        .iter()
+        .map(|c| {
+            let left = timeout.saturating_sub(started.elapsed());
+            wait_client(&stack, &shutdown, &c.report, left)
+        })
+        .collect();
+    for c in &clients {
+        let _ = stack.control().detach(c.app);
+    }
     let per_queue = per_queue_report(&stack);
     stack.stop()?;
-    let ok = outcome.error.is_none() && outcome.verified == count;
+    let error = outcomes.iter().find_map(|o| o.error.clone());
+    let ok = error.is_none() && outcomes.iter().all(|o| o.verified == count);
     println!(
         "{}",
         serde_json::json!({
-            "sent": outcome.sent,
-            "echoed": outcome.verified,
+            "sessions": outcomes.len(),
+            "sent": outcomes.iter().map(|o| o.sent).sum::<u64>(),
+            "echoed": outcomes.iter().map(|o| o.verified).sum::<u64>(),
+            "echoed_each": outcomes.iter().map(|o| o.verified).collect::<Vec<_>>(),
             "ok": ok,
-            "error": outcome.error,
+            "error": error,
             "per_queue": per_queue(),
         })
     );
