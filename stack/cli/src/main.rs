@@ -20,6 +20,7 @@ use crate::demo::{DemoConfig, run_demo};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hoststack_app_proto::endpoint::{Endpoint, TransportProto};
+use hoststack_app_proto::handle::AppIndex;
 use hoststack_app_proto::options::AppOptions;
 use hoststack_lab::enter_netns;
 use hoststack_lab::{Lab, LabAddr, LabConfig};
@@ -710,6 +711,38 @@ fn wait_client(
     }
 }
 
+/// The app name of a command's `i`-th client: `kind`, then `kind-1`, ...
+fn client_name(kind: &str, i: u32) -> String {
+    if i == 0 {
+        kind.to_string()
+    } else {
+        format!("{kind}-{i}")
+    }
+}
+
+/// Waits for every client's report (within `timeout` in all), then
+/// detaches the clients.
+fn wait_clients<'a>(
+    stack: &Stack,
+    shutdown: &Shutdown,
+    clients: impl Iterator<Item = (AppIndex, &'a ReportSlot)>,
+    timeout: Duration,
+) -> Vec<TransferReport> {
+    let started = std::time::Instant::now();
+    let mut apps = Vec::new();
+    let outcomes = clients
+        .map(|(app, report)| {
+            apps.push(app);
+            let left = timeout.saturating_sub(started.elapsed());
+            wait_client(stack, shutdown, report, left)
+        })
+        .collect();
+    for app in apps {
+        let _ = stack.control().detach(app);
+    }
+    outcomes
+}
+
 /// Each worker's queue with its frames and hand-offs, for the commands'
 /// final reports.
 fn per_queue_report(stack: &Stack) -> impl FnOnce() -> serde_json::Value + use<> {
@@ -760,14 +793,9 @@ fn tcp_client(
     };
     let mut clients = Vec::new();
     for i in 0..connections.max(1) {
-        let name = if i == 0 {
-            "tcp-client".to_string()
-        } else {
-            format!("tcp-client-{i}")
-        };
         clients.push(StreamClient::start(
             stack.control(),
-            &name,
+            &client_name("tcp-client", i),
             opts.clone(),
             remote,
             bytes,
@@ -775,16 +803,12 @@ fn tcp_client(
         )?);
     }
     let started = std::time::Instant::now();
-    let outcomes: Vec<TransferReport> = clients
-        .iter()
-        .map(|c| {
-            let left = timeout.saturating_sub(started.elapsed());
-            wait_client(&stack, &shutdown, &c.report, left)
-        })
-        .collect();
-    for c in &clients {
-        let _ = stack.control().detach(c.app);
-    }
+    let outcomes = wait_clients(
+        &stack,
+        &shutdown,
+        clients.iter().map(|c| (c.app, &c.report)),
+        timeout,
+    );
     let per_queue = per_queue_report(&stack);
     stack.stop()?;
     let verified: u64 = outcomes.iter().map(|o| o.verified).sum();
@@ -823,30 +847,20 @@ fn udp_client(
     };
     let mut clients = Vec::new();
     for i in 0..connections.max(1) {
-        let name = if i == 0 {
-            "udp-client".to_string()
-        } else {
-            format!("udp-client-{i}")
-        };
         clients.push(DatagramClient::start(
             stack.control(),
-            &name,
+            &client_name("udp-client", i),
             AppOptions::default(),
             remote,
             count,
         )?);
     }
-    let started = std::time::Instant::now();
-    let outcomes: Vec<TransferReport> = clients
-        .iter()
-        .map(|c| {
-            let left = timeout.saturating_sub(started.elapsed());
-            wait_client(&stack, &shutdown, &c.report, left)
-        })
-        .collect();
-    for c in &clients {
-        let _ = stack.control().detach(c.app);
-    }
+    let outcomes = wait_clients(
+        &stack,
+        &shutdown,
+        clients.iter().map(|c| (c.app, &c.report)),
+        timeout,
+    );
     let per_queue = per_queue_report(&stack);
     stack.stop()?;
     let error = outcomes.iter().find_map(|o| o.error.clone());
