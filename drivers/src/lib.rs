@@ -34,6 +34,7 @@ pub mod error;
 pub mod frame_pool;
 pub mod memory_pair;
 pub mod netdev;
+pub mod rss;
 mod sys;
 pub mod uring_tap;
 mod xdp_log;

@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use hoststack_drivers::rss::Rss;
+
 use crate::flow_directory::FlowDirectory;
 use crate::handoff::{HandOff, HandOffCounters, HandOffPort};
 use crate::neighbors::SharedNeighbors;
@@ -25,17 +27,27 @@ pub struct QueueGroup {
     pub handoff: HandOff,
     /// The TCP engines' secret (ISNs, SYN cookies, port offsets).
     pub tcp_secret: u128,
+    /// The NIC's Toeplitz RSS, when it can be read: connects then pick
+    /// ports whose replies land on their own worker's queue.
+    pub rss: Option<Rss>,
 }
 
 impl QueueGroup {
-    /// A group of `ports.len()` workers on `interface`.
-    pub fn new(interface: &str, ports: Vec<HandOffPort>, tcp_secret: u128) -> Arc<Self> {
+    /// A group of `ports.len()` workers on `interface`, whose NIC hashes
+    /// flows to queues with `rss` when known.
+    pub fn new(
+        interface: &str,
+        ports: Vec<HandOffPort>,
+        tcp_secret: u128,
+        rss: Option<Rss>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             interface: interface.into(),
             neighbors: Arc::default(),
             directory: FlowDirectory::new(),
             handoff: HandOff::new(ports),
             tcp_secret,
+            rss,
         })
     }
 
@@ -65,6 +77,7 @@ impl QueueShare {
                     counters: Arc::new(HandOffCounters::default()),
                 }],
                 tcp_secret,
+                None,
             ),
             pos: 0,
         }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use hoststack_drivers::afxdp::{XdpConfig, XdpQueue};
 use hoststack_drivers::counters::{DriverCounters, DriverCountersSnapshot};
+use hoststack_drivers::rss::Rss;
 use hoststack_drivers::uring_tap::{TapConfig, TapQueue};
 use hoststack_drivers::{DeviceInfo, PacketIo};
 use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
@@ -226,7 +227,29 @@ impl Stack {
                     }
                 })
                 .collect();
-            groups.push(QueueGroup::new(&cfg.interface, ports, cfg.tcp_secret()?));
+            let rss = match (cfg.driver, served[i]) {
+                (DriverKind::AfXdp, n) if n > 1 => {
+                    let rss = Rss::read(&cfg.interface).filter(|r| r.spreads_over(n));
+                    match &rss {
+                        Some(_) => info!(
+                            interface = %cfg.interface,
+                            "Toeplitz RSS read: connects pick source ports whose replies land on their own queue"
+                        ),
+                        None => info!(
+                            interface = %cfg.interface,
+                            "no Toeplitz RSS to read (a veth, or another hash): replies to connects land where the peer or NIC puts them, and are handed to their worker"
+                        ),
+                    }
+                    rss
+                }
+                _ => None,
+            };
+            groups.push(QueueGroup::new(
+                &cfg.interface,
+                ports,
+                cfg.tcp_secret()?,
+                rss,
+            ));
         }
         let mut pending = Vec::new();
         for (t, (control, inbox)) in setup.controls.into_iter().zip(setup.inboxes).enumerate() {

@@ -34,7 +34,10 @@ use crate::queue_group::QueueShare;
 /// tuple in before the SYN leaves.
 pub struct ConnectSteering {
     share: QueueShare,
-    port_ok: PortFilter,
+    /// The worker's share of the ports: `pos` modulo `workers`.
+    partition: (u16, u16),
+    /// Ports whose replies the worker's own queue receives, when known.
+    port_ok: Option<PortFilter>,
 }
 
 /// Whether a connect from the first address to the second may use it.
@@ -114,16 +117,16 @@ impl EngineTcp {
     /// `workers`): connects take only this worker's share of the ports and
     /// claim their tuple in the interface's flow directory, and the engine
     /// records the flows it drops so their entries go too.
-    pub fn set_steering(&mut self, share: QueueShare, workers: usize) {
-        let (pos, n) = (share.pos as u16, workers.max(1) as u16);
-        self.set_connect_filter(share, Box::new(move |local, _| local.port() % n == pos));
-    }
-
-    /// Like [`set_steering`](Self::set_steering) with the ports chosen by
-    /// `port_ok` (e.g. those whose RSS hash brings replies to this queue).
-    pub fn set_connect_filter(&mut self, share: QueueShare, port_ok: PortFilter) {
+    /// With `port_ok` (e.g. the ports whose RSS hash brings replies to this
+    /// worker's queue), connects try those ports first.
+    pub fn set_steering(&mut self, share: QueueShare, workers: usize, port_ok: Option<PortFilter>) {
         self.engine.set_flow_removal_log(true);
-        self.steering = Some(ConnectSteering { share, port_ok });
+        let partition = (share.pos as u16, workers.max(1) as u16);
+        self.steering = Some(ConnectSteering {
+            share,
+            partition,
+            port_ok,
+        });
     }
 
     /// The worker's time this loop: what a connect starts at.
@@ -323,13 +326,23 @@ impl Transport for EngineTcp {
                 .ok_or_else(no_port)?,
             Some(st) => {
                 let mut found = None;
+                let (pos, n) = st.partition;
                 for _ in 0..CONNECT_CLAIM_TRIES {
-                    let port = self
-                        .engine
-                        .pick_local_port(self.table, local_ip, remote_addr, |p| {
-                            (st.port_ok)(SocketAddr::new(local_ip, p), remote_addr)
-                        })
-                        .ok_or_else(no_port)?;
+                    // Replies on our own queue if the NIC's hash says so,
+                    // else our share of the range.
+                    let steered = st.port_ok.as_ref().and_then(|ok| {
+                        self.engine
+                            .pick_local_port(self.table, local_ip, remote_addr, |p| {
+                                ok(SocketAddr::new(local_ip, p), remote_addr)
+                            })
+                    });
+                    let port = match steered {
+                        Some(p) => p,
+                        None => self
+                            .engine
+                            .pick_local_port(self.table, local_ip, remote_addr, |p| p % n == pos)
+                            .ok_or_else(no_port)?,
+                    };
                     let tuple = FlowTuple {
                         table: self.table,
                         local: SocketAddr::new(local_ip, port),

@@ -618,7 +618,16 @@ impl<D: PacketIo> Worker<D> {
                     "several queues on one interface need the hoststack TCP engine".into(),
                 )
             })?;
-            tcp.engine.set_steering(share.clone(), n);
+            let port_ok = share.group.rss.clone().map(|rss| {
+                let q = share.pos as u32;
+                Box::new(
+                    move |local: std::net::SocketAddr, remote: std::net::SocketAddr| {
+                        // The reply comes from the remote to us.
+                        rss.queue(remote.ip(), local.ip(), remote.port(), local.port()) == Some(q)
+                    },
+                ) as crate::tcp_transport::PortFilter
+            });
+            tcp.engine.set_steering(share.clone(), n, port_ok);
             Some(Steering::new(share))
         } else {
             None
