@@ -38,31 +38,7 @@ use crate::netdev::{Netdev, VethPeer};
 use crate::xdp_program::XskProgram;
 use crate::{DeviceInfo, FrameBuf, PacketIo, RxChecksumPolicy};
 
-/// How the XDP program is attached to the interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum XdpAttachMode {
-    /// Native (driver) mode where the driver has it, generic otherwise.
-    #[default]
-    Auto,
-    /// Driver mode; fails where the driver lacks XDP.
-    Native,
-    /// Generic (SKB) mode; works everywhere, slower.
-    Generic,
-}
-
-impl std::str::FromStr for XdpAttachMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "native" | "drv" | "driver" => Ok(Self::Native),
-            "generic" | "skb" => Ok(Self::Generic),
-            _ => Err(format!(
-                "unknown XDP mode '{s}' (expected auto, native or generic)"
-            )),
-        }
-    }
-}
+pub use crate::xdp_program::XdpAttachMode;
 
 /// Whether the socket copies frames or shares the NIC's buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -6,7 +6,8 @@
 //! - [`afxdp::XdpQueue`]: one AF_XDP socket (through `xsk-rs`) on one NIC
 //!   queue, its UMEM frames reused for receive and transmit; all the queues
 //!   of an interface share one XDP program and XSK map
-//!   ([`xdp_program::XskProgram`]);
+//!   ([`xdp_program::XskProgram`]), and a NIC's Toeplitz RSS setup says
+//!   which queue a flow lands on ([`rss::Rss`]);
 //! - [`uring_tap::TapQueue`]: a TAP device (`IFF_TAP | IFF_NO_PI`) driven by
 //!   `io_uring`, for hosts without XDP;
 //! - [`memory_pair::MemoryPort`]: two ends of an in-memory cable, for tests

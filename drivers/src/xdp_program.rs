@@ -26,8 +26,33 @@ use std::sync::Mutex;
 
 use tracing::{debug, info};
 
-use crate::afxdp::XdpAttachMode;
 use crate::error::{DriverError, DriverResult};
+
+/// How the XDP program is attached to the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpAttachMode {
+    /// Native (driver) mode where the driver has it, generic otherwise.
+    #[default]
+    Auto,
+    /// Driver mode; fails where the driver lacks XDP.
+    Native,
+    /// Generic (SKB) mode; works everywhere, slower.
+    Generic,
+}
+
+impl std::str::FromStr for XdpAttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "native" | "drv" | "driver" => Ok(Self::Native),
+            "generic" | "skb" => Ok(Self::Generic),
+            _ => Err(format!(
+                "unknown XDP mode '{s}' (expected auto, native or generic)"
+            )),
+        }
+    }
+}
 
 /// The program's name, as `bpftool prog` and `ip link` show it.
 pub const PROGRAM_NAME: &str = "hs_xsk_redirect";

@@ -195,6 +195,9 @@ impl TcpTuning {
     }
 }
 
+/// Most queues one interface may have served.
+pub const MAX_QUEUES: u32 = 64;
+
 /// Everything a [`crate::Stack`] needs.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
@@ -277,10 +280,9 @@ impl StackConfig {
             ));
         }
         if let Some(q) = self.queues {
-            if q == 0 || q > crate::queues::MAX_QUEUES {
+            if q == 0 || q > MAX_QUEUES {
                 return Err(StackError::Config(format!(
-                    "--queues {q} is outside 1..={}",
-                    crate::queues::MAX_QUEUES
+                    "--queues {q} is outside 1..={MAX_QUEUES}"
                 )));
             }
             if !self.cores.is_empty() && self.cores.len() != q as usize {

@@ -14,11 +14,9 @@
 
 use hoststack_drivers::netdev::Netdev;
 
+pub use crate::config::MAX_QUEUES;
 use crate::config::{DriverKind, StackConfig, TcpEngineKind};
 use crate::error::{StackError, StackResult};
-
-/// Most queues one interface may have served.
-pub const MAX_QUEUES: u32 = 64;
 
 /// How many receive queues `cfg`'s interface delivers to, as the kernel
 /// reports them (ethtool channels, else sysfs).
