@@ -176,9 +176,9 @@ impl<D: PacketIo> StackDevice<D> {
         let mut buf = self.injected_free.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(frame);
-        if self.capture.is_active() {
-            self.capture.record(frame);
-        }
+        // Not recorded by a capture: a handed-off frame was recorded on the
+        // queue it arrived on, and an answer built from the neighbour table
+        // never crossed the wire.
         self.injected.push_back(buf);
     }
 
@@ -385,8 +385,7 @@ impl<D: PacketIo> phy::Device for StackDevice<D> {
             // No frame for a reply: leave the rest of the burst for later.
             return None;
         }
-        // Frames were checked and recorded when they arrived (injected
-        // ones when they were injected).
+        // Frames were checked and recorded when they arrived.
         let frame = match self.rx_ready.pop_front() {
             Some(frame) => {
                 let rewritten = self
