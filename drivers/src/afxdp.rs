@@ -13,8 +13,10 @@
 //! with back-off), copy-mode transmit that moves at most a small batch per
 //! `sendto` (kicked until the ring drains), and on a veth in generic mode a
 //! peer whose TSO super-frames no XSK frame holds (detected, logged with the
-//! fix). The XDP program libxdp attached is detached when the last socket on
-//! the interface goes away.
+//! fix). Every queue's socket goes into the one XSK map of the interface's
+//! one XDP program ([`crate::xdp_program`]), attached by the first queue
+//! opened and detached when the last one closes; libxdp only creates the
+//! sockets (its own program loading is inhibited).
 
 #![allow(unsafe_code)]
 
@@ -26,40 +28,17 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 use xsk_rs::config::{
-    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 use crate::counters::DriverCounters;
 use crate::error::{DriverError, DriverResult};
 use crate::netdev::{Netdev, VethPeer};
+use crate::xdp_program::XskProgram;
 use crate::{DeviceInfo, FrameBuf, PacketIo, RxChecksumPolicy};
 
-/// How the XDP program is attached to the interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum XdpAttachMode {
-    /// Native (driver) mode where the driver has it, generic otherwise.
-    #[default]
-    Auto,
-    /// Driver mode; fails where the driver lacks XDP.
-    Native,
-    /// Generic (SKB) mode; works everywhere, slower.
-    Generic,
-}
-
-impl std::str::FromStr for XdpAttachMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "native" | "drv" | "driver" => Ok(Self::Native),
-            "generic" | "skb" => Ok(Self::Generic),
-            _ => Err(format!(
-                "unknown XDP mode '{s}' (expected auto, native or generic)"
-            )),
-        }
-    }
-}
+pub use crate::xdp_program::XdpAttachMode;
 
 /// Whether the socket copies frames or shares the NIC's buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -142,7 +121,9 @@ const MAX_TX_KICKS: usize = 64;
 pub struct XdpQueue {
     info: DeviceInfo,
     counters: Arc<DriverCounters>,
-    // Field order is drop order: rings first, the UMEM last.
+    // Field order is drop order: the map entry (and, for the last queue,
+    // the program), then the rings, the UMEM last.
+    _program: XskProgram,
     rx: RxQueue,
     tx: TxQueue,
     fill: FillQueue,
@@ -178,22 +159,7 @@ fn io_source<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::
 /// What the kernel reports about the program on `ifindex`: the attach mode
 /// name, or None when no program is attached.
 pub fn attached_mode(ifindex: u32) -> Option<&'static str> {
-    // SAFETY: libxdp returns either a valid multiprog pointer, NULL, or an
-    // error pointer (checked with libxdp_get_error); it is closed exactly once.
-    unsafe {
-        let mp = libxdp_sys::xdp_multiprog__get_from_ifindex(ifindex as i32);
-        if mp.is_null() || libxdp_sys::libxdp_get_error(mp.cast()) != 0 {
-            return None;
-        }
-        let mode = libxdp_sys::xdp_multiprog__attach_mode(mp);
-        libxdp_sys::xdp_multiprog__close(mp);
-        match mode {
-            libxdp_sys::xdp_attach_mode_XDP_MODE_NATIVE => Some("native"),
-            libxdp_sys::xdp_attach_mode_XDP_MODE_SKB => Some("generic"),
-            libxdp_sys::xdp_attach_mode_XDP_MODE_HW => Some("offload"),
-            _ => None,
-        }
-    }
+    crate::xdp_program::attached(ifindex).map(|p| p.mode)
 }
 
 fn zero_copy(fd: i32) -> bool {
@@ -264,16 +230,12 @@ impl XdpQueue {
             XdpCopyMode::Copy => bind |= BindFlags::XDP_COPY,
             XdpCopyMode::ZeroCopy => bind |= BindFlags::XDP_ZEROCOPY,
         }
-        let xdp_flags = match cfg.attach {
-            XdpAttachMode::Auto => XdpFlags::empty(),
-            XdpAttachMode::Native => XdpFlags::XDP_FLAGS_DRV_MODE,
-            XdpAttachMode::Generic => XdpFlags::XDP_FLAGS_SKB_MODE,
-        };
+        // The interface's one program is attached by XskProgram below; libxdp
+        // must not load one per socket.
         let sock_cfg = SocketConfig::builder()
             .rx_queue_size(QueueSize::new(cfg.ring_size).map_err(|e| bad(&e.to_string()))?)
             .tx_queue_size(QueueSize::new(cfg.ring_size).map_err(|e| bad(&e.to_string()))?)
-            .xdp_flags(xdp_flags)
-            .libxdp_flags(LibxdpFlags::empty())
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .bind_flags(bind)
             .build();
         let iface: Interface = cfg
@@ -285,7 +247,8 @@ impl XdpQueue {
         let mut backoff = Duration::from_millis(10);
         let (tx, rx, rings) = loop {
             // SAFETY: the UMEM is not shared with another socket (each queue
-            // creates its own), so the shared-UMEM contract does not apply.
+            // creates its own), so the shared-UMEM contract does not apply;
+            // program loading is inhibited anyway.
             match unsafe { Socket::new(sock_cfg, &umem, &iface, cfg.queue) } {
                 Ok(s) => break s,
                 Err(e) => {
@@ -348,7 +311,9 @@ impl XdpQueue {
             )
         })?;
 
-        let mode_name = attached_mode(dev.ifindex).unwrap_or("unknown");
+        let mut program = XskProgram::acquire(&dev.name, dev.ifindex, dev.rx_queues, cfg.attach)?;
+        program.insert(cfg.queue, rx.fd().as_raw_fd())?;
+        let mode_name = program.mode();
         let zc = zero_copy(rx.fd().as_raw_fd());
         let generic = mode_name == "generic";
         let veth_peer = dev.veth_peer();
@@ -392,6 +357,7 @@ impl XdpQueue {
                 ),
             },
             counters: Arc::default(),
+            _program: program,
             rx,
             tx,
             fill,

@@ -29,6 +29,24 @@ pub enum DriverError {
         /// Queue index.
         queue: u32,
     },
+    /// Another hoststack's XDP program is attached to the interface.
+    #[error(
+        "'{ifname}' is busy: another hoststack's XDP program is attached to it (stop the other hoststack first)"
+    )]
+    InterfaceBusy {
+        /// Interface name.
+        ifname: String,
+    },
+    /// Some other XDP program is attached to the interface.
+    #[error(
+        "'{ifname}' already has {program} attached; hoststack attaches its own: remove it with `ip link set dev {ifname} xdp off` (or `xdpgeneric off`)"
+    )]
+    XdpProgramPresent {
+        /// Interface name.
+        ifname: String,
+        /// What is attached.
+        program: String,
+    },
     /// The interface has fewer queues than asked for.
     #[error(
         "'{ifname}' has {available} queue(s); queue {queue} does not exist (use --queues {available} or fewer)"

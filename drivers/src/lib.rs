@@ -4,7 +4,10 @@
 //! Every backend implements [`PacketIo`]:
 //!
 //! - [`afxdp::XdpQueue`]: one AF_XDP socket (through `xsk-rs`) on one NIC
-//!   queue, its UMEM frames reused for receive and transmit;
+//!   queue, its UMEM frames reused for receive and transmit; all the queues
+//!   of an interface share one XDP program and XSK map
+//!   ([`xdp_program::XskProgram`]), and a NIC's Toeplitz RSS setup says
+//!   which queue a flow lands on ([`rss::Rss`]);
 //! - [`uring_tap::TapQueue`]: a TAP device (`IFF_TAP | IFF_NO_PI`) driven by
 //!   `io_uring`, for hosts without XDP;
 //! - [`memory_pair::MemoryPort`]: two ends of an in-memory cable, for tests
@@ -19,8 +22,8 @@
 //! borrow in `write_frame` sound.
 //!
 //! This crate knows nothing of TCP, sessions or smoltcp. Only the modules
-//! that own a kernel ring or a buffer layout (`afxdp`, `uring_tap`,
-//! `frame_pool`, `sys`) use `unsafe`, each block with its safety argument.
+//! that own a kernel ring, a BPF object or a buffer layout (`afxdp`,
+//! `xdp_program`, `uring_tap`, `frame_pool`, `sys`) use `unsafe`, each block with its safety argument.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -32,9 +35,11 @@ pub mod error;
 pub mod frame_pool;
 pub mod memory_pair;
 pub mod netdev;
+pub mod rss;
 mod sys;
 pub mod uring_tap;
 mod xdp_log;
+pub mod xdp_program;
 
 use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;

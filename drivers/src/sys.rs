@@ -252,3 +252,53 @@ pub(crate) fn eventfd_drain(fd: RawFd) {
     // SAFETY: reads at most 8 bytes into a live u64.
     let _ = unsafe { libc::read(fd, (&raw mut v).cast(), 8) };
 }
+
+const ETHTOOL_GRSSH: u32 = 0x0000_0046;
+const ETHTOOL_GRXFH: u32 = 0x0000_0029;
+/// `struct ethtool_rxfh` up to its flexible `rss_config`, in u32 words.
+const RXFH_HEADER_WORDS: usize = 6;
+
+/// The RSS indirection table, hash key, hash function bits and input
+/// transform of the interface's default context (`ethtool -x`).
+pub(crate) fn rss_config(ifname: &str) -> io::Result<(Vec<u32>, Vec<u8>, u8, u8)> {
+    let mut probe = [0u32; RXFH_HEADER_WORDS];
+    probe[0] = ETHTOOL_GRSSH;
+    ethtool(ifname, probe.as_mut_ptr().cast())?;
+    let (indir_size, key_size) = (probe[2] as usize, probe[3] as usize);
+    if indir_size > 1 << 16 || key_size > 1 << 10 {
+        return Err(io::Error::other("implausible RSS table sizes"));
+    }
+    let mut buf = vec![0u32; RXFH_HEADER_WORDS + indir_size + key_size.div_ceil(4)];
+    buf[0] = ETHTOOL_GRSSH;
+    buf[2] = indir_size as u32;
+    buf[3] = key_size as u32;
+    // The buffer holds the header, `indir_size` words and `key_size` bytes.
+    ethtool(ifname, buf.as_mut_ptr().cast())?;
+    let [hfunc, input_xfrm, _, _] = buf[4].to_ne_bytes();
+    let indir = buf[RXFH_HEADER_WORDS..RXFH_HEADER_WORDS + indir_size].to_vec();
+    let key: Vec<u8> = buf[RXFH_HEADER_WORDS + indir_size..]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .take(key_size)
+        .collect();
+    Ok((indir, key, hfunc, input_xfrm))
+}
+
+/// The header fields the NIC hashes for `flow_type` (`ethtool -n IF
+/// rx-flow-hash tcp4`): RXH_* bits.
+pub(crate) fn rss_hash_fields(ifname: &str, flow_type: u32) -> io::Result<u64> {
+    #[repr(C)]
+    struct RxnfcHead {
+        cmd: u32,
+        flow_type: u32,
+        data: u64,
+    }
+    // For ETHTOOL_GRXFH the kernel reads and writes only these fields.
+    let mut head = RxnfcHead {
+        cmd: ETHTOOL_GRXFH,
+        flow_type,
+        data: 0,
+    };
+    ethtool(ifname, (&raw mut head).cast())?;
+    Ok(head.data)
+}

@@ -195,6 +195,9 @@ impl TcpTuning {
     }
 }
 
+/// Most queues one interface may have served.
+pub const MAX_QUEUES: u32 = 64;
+
 /// Everything a [`crate::Stack`] needs.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
@@ -206,9 +209,14 @@ pub struct StackConfig {
     pub xdp_mode: XdpAttachMode,
     /// Copy or zero-copy (AF_XDP only).
     pub xdp_copy: XdpCopyMode,
-    /// Queues, one worker each.
-    pub queues: u32,
-    /// Core for each worker; empty means queue `q` on core `q % cores`.
+    /// Queues served, one worker each: queues 0..n. `None` serves every
+    /// receive queue the interface has (see `queues`).
+    pub queues: Option<u32>,
+    /// Traffic is steered away from the queues not served (RSS indirection,
+    /// ntuple rules, a veth peer with fewer tx queues): serving fewer
+    /// queues than the interface has is intended.
+    pub traffic_steered: bool,
+    /// Core for each worker; empty means thread `t` on core `t % cores`.
     pub cores: Vec<usize>,
     /// Addresses the stack owns.
     pub addresses: Vec<AddrPrefix>,
@@ -252,7 +260,8 @@ impl StackConfig {
             driver: DriverKind::AfXdp,
             xdp_mode: XdpAttachMode::Auto,
             xdp_copy: XdpCopyMode::Auto,
-            queues: 1,
+            queues: None,
+            traffic_steered: false,
             cores: Vec::new(),
             addresses,
             gateway: None,
@@ -270,20 +279,20 @@ impl StackConfig {
                 "at least one --address is needed".into(),
             ));
         }
-        if self.queues == 0 || self.queues > 64 {
-            return Err(StackError::Config(format!(
-                "--queues {} is outside 1..=64",
-                self.queues
-            )));
+        if let Some(q) = self.queues {
+            if q == 0 || q > MAX_QUEUES {
+                return Err(StackError::Config(format!(
+                    "--queues {q} is outside 1..={MAX_QUEUES}"
+                )));
+            }
+            if !self.cores.is_empty() && self.cores.len() != q as usize {
+                return Err(StackError::Config(format!(
+                    "{} cores given for {q} queues",
+                    self.cores.len(),
+                )));
+            }
         }
-        if !self.cores.is_empty() && self.cores.len() != self.queues as usize {
-            return Err(StackError::Config(format!(
-                "{} cores given for {} queues",
-                self.cores.len(),
-                self.queues
-            )));
-        }
-        if self.driver == DriverKind::UringTap && self.queues != 1 {
+        if self.driver == DriverKind::UringTap && self.queues.is_some_and(|q| q != 1) {
             return Err(StackError::Config(
                 "the uring-tap driver runs one queue".into(),
             ));
@@ -354,7 +363,7 @@ mod tests {
     #[test]
     fn cores_must_match_queues() {
         let mut c = StackConfig::new("eth0", vec!["10.0.0.1/24".parse().unwrap()]);
-        c.queues = 2;
+        c.queues = Some(2);
         c.cores = vec![0];
         assert!(c.validate().is_err());
         c.cores = vec![0, 1];

@@ -12,6 +12,7 @@
 //! off so a veth peer's partial checksums are not dropped.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 
 use hoststack_drivers::counters::DriverCounters;
 use hoststack_drivers::{PacketIo, RxChecksumVerdict, checksum};
@@ -36,6 +37,15 @@ pub struct StackDevice<D: PacketIo> {
     guard: ZeroWindowGuard,
     rewritten: Vec<u8>,
     capture: Arc<Capture>,
+    /// Frames handed to smoltcp that no queue received: another worker's
+    /// hand-offs, answers built from the shared neighbour table.
+    injected: VecDeque<Vec<u8>>,
+    /// Buffers of consumed injected frames, for reuse.
+    injected_free: Vec<Vec<u8>>,
+    /// Injected frames dropped because too many waited.
+    injected_dropped: u64,
+    /// Addresses smoltcp sent an ARP request or neighbour solicitation for.
+    solicited: Vec<IpAddr>,
     // Per-burst tallies, folded into the driver counters on flush.
     unverified: u64,
     bad_checksum: u64,
@@ -57,6 +67,10 @@ impl<D: PacketIo> StackDevice<D> {
             guard: ZeroWindowGuard::default(),
             rewritten: Vec::new(),
             capture: Arc::default(),
+            injected: VecDeque::new(),
+            injected_free: Vec::new(),
+            injected_dropped: 0,
+            solicited: Vec::new(),
             unverified: 0,
             bad_checksum: 0,
             malformed: 0,
@@ -146,9 +160,37 @@ impl<D: PacketIo> StackDevice<D> {
         Some(n)
     }
 
-    /// Frames received and not yet given to smoltcp.
+    /// Frames received (or injected) and not yet given to smoltcp.
     pub fn rx_pending(&self) -> usize {
-        self.rx_ready.len()
+        self.rx_ready.len() + self.injected.len()
+    }
+
+    /// Queues `frame` for smoltcp as if it had been received (after the
+    /// frames the driver delivered). Dropped and counted when
+    /// [`MAX_INJECTED`] already wait.
+    pub fn inject(&mut self, frame: &[u8]) {
+        if self.injected.len() >= MAX_INJECTED {
+            self.injected_dropped += 1;
+            return;
+        }
+        let mut buf = self.injected_free.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(frame);
+        // Not recorded by a capture: a handed-off frame was recorded on the
+        // queue it arrived on, and an answer built from the neighbour table
+        // never crossed the wire.
+        self.injected.push_back(buf);
+    }
+
+    /// Injected frames dropped because too many waited.
+    pub fn injected_dropped(&self) -> u64 {
+        self.injected_dropped
+    }
+
+    /// Moves the addresses smoltcp asked for (ARP requests, neighbour
+    /// solicitations) since the last call to `out`.
+    pub fn take_solicited(&mut self, out: &mut Vec<IpAddr>) {
+        out.append(&mut self.solicited);
     }
 
     /// Bytes of the waiting received frames, for inspection before smoltcp
@@ -201,6 +243,11 @@ impl<D: PacketIo> StackDevice<D> {
     }
 }
 
+/// Injected frames waiting for smoltcp at most.
+pub const MAX_INJECTED: usize = 4096;
+/// Solicited addresses remembered between two looks at most.
+const MAX_SOLICITED: usize = 64;
+
 /// smoltcp's capabilities for a driver queue: its MTU, its burst, and L4
 /// receive checksums left to [`StackDevice`].
 pub fn capabilities(info: &hoststack_drivers::DeviceInfo) -> DeviceCapabilities {
@@ -225,13 +272,26 @@ pub fn capabilities(info: &hoststack_drivers::DeviceInfo) -> DeviceCapabilities 
     caps
 }
 
-/// smoltcp's receive token: one received frame, read in place (or its
-/// rewritten form, see `zero_window`).
+/// What a receive token hands smoltcp.
+enum RxFrame<'a, D: PacketIo> {
+    /// A driver frame, read in place (or its rewritten form, see
+    /// `zero_window`).
+    Driver {
+        frame: D::Frame,
+        spent: &'a mut Vec<D::Frame>,
+        replacement: Option<&'a [u8]>,
+    },
+    /// An injected frame; its buffer goes back to the free list.
+    Injected {
+        bytes: Vec<u8>,
+        free: &'a mut Vec<Vec<u8>>,
+    },
+}
+
+/// smoltcp's receive token: one received (or injected) frame.
 pub struct RxToken<'a, D: PacketIo> {
     driver: &'a D,
-    frame: D::Frame,
-    spent: &'a mut Vec<D::Frame>,
-    replacement: Option<&'a [u8]>,
+    frame: RxFrame<'a, D>,
 }
 
 /// smoltcp's transmit token: fills a frame from the stock.
@@ -241,16 +301,30 @@ pub struct TxToken<'a, D: PacketIo> {
     filled: &'a mut Vec<D::Frame>,
     guard: &'a mut ZeroWindowGuard,
     capture: &'a Capture,
+    solicited: &'a mut Vec<IpAddr>,
 }
 
 impl<D: PacketIo> phy::RxToken for RxToken<'_, D> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let r = match self.replacement {
-            Some(bytes) => f(bytes),
-            None => f(self.driver.rx_bytes(&self.frame)),
-        };
-        self.spent.push(self.frame);
-        r
+        match self.frame {
+            RxFrame::Driver {
+                frame,
+                spent,
+                replacement,
+            } => {
+                let r = match replacement {
+                    Some(bytes) => f(bytes),
+                    None => f(self.driver.rx_bytes(&frame)),
+                };
+                spent.push(frame);
+                r
+            }
+            RxFrame::Injected { bytes, free } => {
+                let r = f(&bytes);
+                free.push(bytes);
+                r
+            }
+        }
     }
 }
 
@@ -262,11 +336,17 @@ impl<D: PacketIo> phy::TxToken for TxToken<'_, D> {
         let mut f = Some(f);
         let guard = self.guard;
         let capture = self.capture;
+        let solicited = self.solicited;
         let r = self.driver.write_frame(&mut frame, len, |buf| {
             let r = (f.take().expect("fill runs once"))(buf);
             guard.observe_tx(buf);
             if capture.is_active() {
                 capture.record(buf);
+            }
+            if let Some(ip) = crate::neighbor_answers::solicited_target(buf) {
+                if solicited.len() < MAX_SOLICITED && !solicited.contains(&ip) {
+                    solicited.push(ip);
+                }
             }
             r
         });
@@ -306,16 +386,26 @@ impl<D: PacketIo> phy::Device for StackDevice<D> {
             return None;
         }
         // Frames were checked and recorded when they arrived.
-        let frame = self.rx_ready.pop_front()?;
-        let rewritten = self
-            .guard
-            .rewrite_rx(self.driver.rx_bytes(&frame), &mut self.rewritten);
+        let frame = match self.rx_ready.pop_front() {
+            Some(frame) => {
+                let rewritten = self
+                    .guard
+                    .rewrite_rx(self.driver.rx_bytes(&frame), &mut self.rewritten);
+                RxFrame::Driver {
+                    frame,
+                    spent: &mut self.spent,
+                    replacement: rewritten.then_some(self.rewritten.as_slice()),
+                }
+            }
+            None => RxFrame::Injected {
+                bytes: self.injected.pop_front()?,
+                free: &mut self.injected_free,
+            },
+        };
         Some((
             RxToken {
                 driver: &self.driver,
                 frame,
-                spent: &mut self.spent,
-                replacement: rewritten.then_some(self.rewritten.as_slice()),
             },
             TxToken {
                 driver: &self.driver,
@@ -323,6 +413,7 @@ impl<D: PacketIo> phy::Device for StackDevice<D> {
                 filled: &mut self.tx_filled,
                 guard: &mut self.guard,
                 capture: &self.capture,
+                solicited: &mut self.solicited,
             },
         ))
     }
@@ -345,6 +436,7 @@ impl<D: PacketIo> phy::Device for StackDevice<D> {
             filled: &mut self.tx_filled,
             guard: &mut self.guard,
             capture: &self.capture,
+            solicited: &mut self.solicited,
         })
     }
 

@@ -15,6 +15,9 @@ pub enum StackError {
     /// A configuration value is wrong.
     #[error("configuration: {0}")]
     Config(String),
+    /// The stack would leave queues of an interface unserved.
+    #[error("{0}")]
+    UnservedQueues(String),
     /// A socket operation was refused.
     #[error("{0}")]
     Socket(String),

@@ -4,6 +4,14 @@
 //! listener pools, the sleeper of interrupt mode, packet capture and the
 //! builtin apps.
 //!
+//! The workers of one interface form a queue group ([`queue_group`]): which
+//! queues are served ([`queues`]: all by default), a shared neighbour table
+//! ([`neighbors`], kept in each smoltcp's cache by [`neighbor_answers`]),
+//! the directory of which worker holds which TCP flow ([`flow_directory`]),
+//! the hand-off rings between workers ([`handoff`]) and the routing of what
+//! lands on another queue than its owner's ([`steering`]), none of it tied
+//! to a driver.
+//!
 //! It drives `hoststack-drivers` and never touches a NIC ring itself, and it
 //! never touches an app process's memory except through the session layer.
 //! The command line, the daemon and the demo are the `hoststack` binary's;
@@ -17,10 +25,16 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod fault_injection;
+pub mod flow_directory;
+pub mod handoff;
+pub mod neighbor_answers;
 pub mod neighbors;
 pub mod pcap;
+pub mod queue_group;
+pub mod queues;
 pub mod runtime;
 pub mod sleeper;
+pub mod steering;
 mod sys;
 pub mod tcp_frames;
 pub mod tcp_listener;

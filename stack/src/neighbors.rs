@@ -15,8 +15,18 @@
 //! Only on-link addresses are learned, so the table's size is bounded by the
 //! subnets (and capped at [`MAX_NEIGHBORS`] for IPv6's large ones), never by
 //! what random source addresses a flood uses.
+//!
+//! The workers of one interface share one table ([`SharedNeighbors`]): an
+//! ARP reply lands on whatever queue the peer's hash picks, not necessarily
+//! the one whose worker asked. Each worker looks through a [`NeighborView`],
+//! a private copy filled from the shared table on a miss and emptied when an
+//! entry of the shared one changes address, so a frame whose sender is
+//! already known touches nothing shared, and neither does a transmission to
+//! a known next hop.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use hashbrown::HashMap;
 use hoststack_drivers::MacAddr;
@@ -146,16 +156,21 @@ impl Neighbors {
         self.table.is_empty()
     }
 
-    /// Records that on-link `ip` is at `mac`.
-    pub fn learn(&mut self, routes: &Routes, ip: IpAddr, mac: MacAddr) {
-        if !routes.on_link(ip) || routes.is_local(ip) || mac[0] & 1 != 0 || mac == [0; 6] {
-            return;
+    /// Records that on-link `ip` is at `mac`; returns what changed.
+    pub fn learn(&mut self, routes: &Routes, ip: IpAddr, mac: MacAddr) -> Learned {
+        if !learnable(routes, ip, mac) {
+            return Learned::Refused;
         }
+        self.insert(ip, mac)
+    }
+
+    fn insert(&mut self, ip: IpAddr, mac: MacAddr) -> Learned {
         match self.table.get_mut(&ip) {
-            Some(m) if *m == mac => {}
+            Some(m) if *m == mac => Learned::Known,
             Some(m) => {
                 *m = mac;
                 self.changes += 1;
+                Learned::Changed
             }
             None => {
                 if self.table.len() >= MAX_NEIGHBORS {
@@ -166,6 +181,7 @@ impl Neighbors {
                     }
                 }
                 self.table.insert(ip, mac);
+                Learned::New
             }
         }
     }
@@ -174,71 +190,253 @@ impl Neighbors {
     /// sender's address when on link, an ARP sender, a neighbour
     /// solicitation's or advertisement's link-layer option.
     pub fn observe(&mut self, routes: &Routes, frame: &[u8]) {
-        if frame.len() < ETH_HEADER {
+        observe(frame, |ip, mac| {
+            self.learn(routes, ip, mac);
+        });
+    }
+}
+
+/// What [`Neighbors::learn`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// Not an address to keep (off link, ours, multicast).
+    Refused,
+    /// Already known at that address.
+    Known,
+    /// A new entry.
+    New,
+    /// An entry moved to another address.
+    Changed,
+}
+
+fn learnable(routes: &Routes, ip: IpAddr, mac: MacAddr) -> bool {
+    routes.on_link(ip) && !routes.is_local(ip) && mac[0] & 1 == 0 && mac != [0; 6]
+}
+
+/// Calls `learn` with each (address, Ethernet address) pair `frame` (a
+/// received Ethernet frame) reveals: its IP sender, an ARP sender, a
+/// neighbour solicitation's or advertisement's link-layer option.
+pub fn observe(frame: &[u8], mut learn: impl FnMut(IpAddr, MacAddr)) {
+    if frame.len() < ETH_HEADER {
+        return;
+    }
+    let mut src_mac = [0u8; 6];
+    src_mac.copy_from_slice(&frame[6..12]);
+    let payload = &frame[ETH_HEADER..];
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        ETHERTYPE_IPV4 if payload.len() >= 20 && payload[0] >> 4 == 4 => {
+            let src = Ipv4Addr::new(payload[12], payload[13], payload[14], payload[15]);
+            learn(IpAddr::V4(src), src_mac);
+        }
+        ETHERTYPE_IPV6 if payload.len() >= 40 && payload[0] >> 4 == 6 => {
+            let src = ipv6_at(payload, 8);
+            if !src.is_unspecified() {
+                learn(IpAddr::V6(src), src_mac);
+            }
+            observe_ndp(payload, &mut learn);
+        }
+        // Ethernet/IPv4 ARP: sender hardware address at 8, sender
+        // protocol address at 14.
+        ETHERTYPE_ARP
+            if payload.len() >= 28
+                && payload[0..2] == [0, 1]
+                && payload[2..4] == [8, 0]
+                && payload[4] == 6 =>
+        {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&payload[8..14]);
+            let ip = Ipv4Addr::new(payload[14], payload[15], payload[16], payload[17]);
+            if !ip.is_unspecified() {
+                learn(IpAddr::V4(ip), mac);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A neighbour advertisement names its target's link-layer address; a
+/// solicitation names its sender's.
+fn observe_ndp(ip6: &[u8], learn: &mut impl FnMut(IpAddr, MacAddr)) {
+    const ICMPV6: u8 = 58;
+    const NS: u8 = 135;
+    const NA: u8 = 136;
+    if ip6[6] != ICMPV6 || ip6.len() < 40 + 24 {
+        return;
+    }
+    let icmp = &ip6[40..];
+    let (who, want_opt) = match icmp[0] {
+        NS => (ipv6_at(ip6, 8), 1),
+        NA => (ipv6_at(icmp, 8), 2),
+        _ => return,
+    };
+    let mut opts = &icmp[24..];
+    while opts.len() >= 8 {
+        let (kind, len) = (opts[0], usize::from(opts[1]) * 8);
+        if len == 0 || len > opts.len() {
             return;
         }
-        let mut src_mac = [0u8; 6];
-        src_mac.copy_from_slice(&frame[6..12]);
-        let payload = &frame[ETH_HEADER..];
-        match u16::from_be_bytes([frame[12], frame[13]]) {
-            ETHERTYPE_IPV4 if payload.len() >= 20 && payload[0] >> 4 == 4 => {
-                let src = Ipv4Addr::new(payload[12], payload[13], payload[14], payload[15]);
-                self.learn(routes, IpAddr::V4(src), src_mac);
-            }
-            ETHERTYPE_IPV6 if payload.len() >= 40 && payload[0] >> 4 == 6 => {
-                let src = ipv6_at(payload, 8);
-                if !src.is_unspecified() {
-                    self.learn(routes, IpAddr::V6(src), src_mac);
-                }
-                self.observe_ndp(routes, payload);
-            }
-            // Ethernet/IPv4 ARP: sender hardware address at 8, sender
-            // protocol address at 14.
-            ETHERTYPE_ARP
-                if payload.len() >= 28
-                    && payload[0..2] == [0, 1]
-                    && payload[2..4] == [8, 0]
-                    && payload[4] == 6 =>
-            {
-                let mut mac = [0u8; 6];
-                mac.copy_from_slice(&payload[8..14]);
-                let ip = Ipv4Addr::new(payload[14], payload[15], payload[16], payload[17]);
-                if !ip.is_unspecified() {
-                    self.learn(routes, IpAddr::V4(ip), mac);
-                }
-            }
-            _ => {}
+        if kind == want_opt && len >= 8 && !who.is_unspecified() {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&opts[2..8]);
+            learn(IpAddr::V6(who), mac);
+        }
+        opts = &opts[len..];
+    }
+}
+
+/// Entries added or moved that a view can still catch up on; one further
+/// behind gets no news of the older ones (its smoltcp asks again, and the
+/// answer comes from the table then).
+const RECENT: usize = 1024;
+
+#[derive(Debug, Default)]
+struct SharedTable {
+    table: Neighbors,
+    /// (version, address) of the latest additions and moves.
+    recent: std::collections::VecDeque<(u64, IpAddr)>,
+}
+
+/// The neighbour table of one interface, shared by its workers.
+#[derive(Debug, Default)]
+pub struct SharedNeighbors {
+    inner: Mutex<SharedTable>,
+    /// Bumped whenever an entry is added or changes address.
+    version: AtomicU64,
+    /// Bumped whenever an entry changes address: views drop their copies.
+    moves: AtomicU64,
+}
+
+impl SharedNeighbors {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedTable> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.lock().table.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entries that changed address since the start.
+    pub fn changes(&self) -> u64 {
+        self.lock().table.changes
+    }
+
+    /// Changes since the start: a view that saw another value may find new
+    /// entries.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+}
+
+/// One worker's view of its interface's [`SharedNeighbors`].
+#[derive(Debug)]
+pub struct NeighborView {
+    shared: Arc<SharedNeighbors>,
+    local: HashMap<IpAddr, MacAddr>,
+    moves_seen: u64,
+    version_seen: u64,
+}
+
+impl NeighborView {
+    /// A view of `shared`.
+    pub fn new(shared: Arc<SharedNeighbors>) -> Self {
+        let moves_seen = shared.moves.load(Ordering::Acquire);
+        let version_seen = shared.version();
+        Self {
+            shared,
+            local: HashMap::new(),
+            moves_seen,
+            version_seen,
         }
     }
 
-    /// A neighbour advertisement names its target's link-layer address; a
-    /// solicitation names its sender's.
-    fn observe_ndp(&mut self, routes: &Routes, ip6: &[u8]) {
-        const ICMPV6: u8 = 58;
-        const NS: u8 = 135;
-        const NA: u8 = 136;
-        if ip6[6] != ICMPV6 || ip6.len() < 40 + 24 {
+    /// Appends the entries added or moved (by any worker) since the last
+    /// call: one atomic load when there are none.
+    pub fn take_fresh(&mut self, out: &mut Vec<(IpAddr, MacAddr)>) {
+        let version = self.shared.version();
+        if version == self.version_seen {
             return;
         }
-        let icmp = &ip6[40..];
-        let (who, want_opt) = match icmp[0] {
-            NS => (ipv6_at(ip6, 8), 1),
-            NA => (ipv6_at(icmp, 8), 2),
-            _ => return,
-        };
-        let mut opts = &icmp[24..];
-        while opts.len() >= 8 {
-            let (kind, len) = (opts[0], usize::from(opts[1]) * 8);
-            if len == 0 || len > opts.len() {
-                return;
+        let seen = self.version_seen;
+        let inner = self.shared.lock();
+        for &(v, ip) in inner.recent.iter().filter(|(v, _)| *v > seen) {
+            if let Some(mac) = inner.table.lookup(ip) {
+                if !out.iter().any(|(i, _)| *i == ip) {
+                    out.push((ip, mac));
+                }
             }
-            if kind == want_opt && len >= 8 && !who.is_unspecified() {
-                let mut mac = [0u8; 6];
-                mac.copy_from_slice(&opts[2..8]);
-                self.learn(routes, IpAddr::V6(who), mac);
-            }
-            opts = &opts[len..];
+            self.version_seen = self.version_seen.max(v);
         }
+        self.version_seen = self.version_seen.max(version);
+    }
+
+    /// The table seen.
+    pub fn shared(&self) -> &Arc<SharedNeighbors> {
+        &self.shared
+    }
+
+    /// Drops the private copy when an entry moved since the last call
+    /// (one atomic load; call once per loop).
+    pub fn refresh(&mut self) {
+        let moves = self.shared.moves.load(Ordering::Acquire);
+        if moves != self.moves_seen {
+            self.moves_seen = moves;
+            self.local.clear();
+        }
+    }
+
+    /// Records that on-link `ip` is at `mac` (in the shared table unless
+    /// this view already knows exactly that).
+    pub fn learn(&mut self, routes: &Routes, ip: IpAddr, mac: MacAddr) {
+        if self.local.get(&ip) == Some(&mac) || !learnable(routes, ip, mac) {
+            return;
+        }
+        {
+            let mut inner = self.shared.lock();
+            let learned = inner.table.insert(ip, mac);
+            if matches!(learned, Learned::New | Learned::Changed) {
+                let v = self.shared.version.fetch_add(1, Ordering::AcqRel) + 1;
+                if inner.recent.len() >= RECENT {
+                    inner.recent.pop_front();
+                }
+                inner.recent.push_back((v, ip));
+                if learned == Learned::Changed {
+                    self.shared.moves.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
+        if self.local.len() >= MAX_NEIGHBORS {
+            self.local.clear();
+        }
+        self.local.insert(ip, mac);
+    }
+
+    /// Learns what a received frame reveals (see [`observe`]).
+    pub fn observe(&mut self, routes: &Routes, frame: &[u8]) {
+        observe(frame, |ip, mac| self.learn(routes, ip, mac));
+    }
+
+    /// The Ethernet address of next hop `ip`, if any worker learned it.
+    pub fn lookup(&mut self, ip: IpAddr) -> Option<MacAddr> {
+        if let Some(&m) = self.local.get(&ip) {
+            return Some(m);
+        }
+        let m = self.shared.lock().table.lookup(ip)?;
+        if self.local.len() >= MAX_NEIGHBORS {
+            self.local.clear();
+        }
+        self.local.insert(ip, m);
+        Some(m)
     }
 }
 
@@ -337,6 +535,41 @@ mod tests {
         n.learn(&r, ip, [2, 0, 0, 0, 0, 1]);
         n.learn(&r, ip, [2, 0, 0, 0, 0, 2]);
         assert_eq!((n.lookup(ip), n.changes), (Some([2, 0, 0, 0, 0, 2]), 1));
+    }
+
+    #[test]
+    fn workers_share_what_one_of_them_learned_and_drop_moved_entries() {
+        let r = routes();
+        let shared = Arc::new(SharedNeighbors::new());
+        let (mut a, mut b) = (
+            NeighborView::new(shared.clone()),
+            NeighborView::new(shared.clone()),
+        );
+        let ip: IpAddr = "10.77.0.2".parse().unwrap();
+        assert_eq!(b.lookup(ip), None);
+        let v0 = shared.version();
+        a.observe(&r, &ipv4_frame([2, 0, 0, 0, 0, 1], [10, 77, 0, 2]));
+        assert!(shared.version() > v0, "a new entry bumps the version");
+        assert_eq!(b.lookup(ip), Some([2, 0, 0, 0, 0, 1]));
+        // Seen again: nothing shared changes.
+        let v1 = shared.version();
+        a.observe(&r, &ipv4_frame([2, 0, 0, 0, 0, 1], [10, 77, 0, 2]));
+        assert_eq!(shared.version(), v1);
+        // The host moves: b's copy goes on its next refresh.
+        a.learn(&r, ip, [2, 0, 0, 0, 0, 2]);
+        b.refresh();
+        assert_eq!(b.lookup(ip), Some([2, 0, 0, 0, 0, 2]));
+        assert_eq!((shared.len(), shared.changes()), (1, 1));
+        // b hears of both: the new entry and its move (once, latest address).
+        let mut fresh = Vec::new();
+        b.take_fresh(&mut fresh);
+        assert_eq!(fresh, vec![(ip, [2, 0, 0, 0, 0, 2])]);
+        fresh.clear();
+        b.take_fresh(&mut fresh);
+        assert!(fresh.is_empty(), "nothing new since");
+        // Off-link senders stay out of the shared table too.
+        b.observe(&r, &ipv4_frame([2, 0, 0, 0, 0, 3], [198, 51, 100, 1]));
+        assert_eq!(shared.len(), 1);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use hoststack_drivers::afxdp::{XdpConfig, XdpQueue};
 use hoststack_drivers::counters::{DriverCounters, DriverCountersSnapshot};
+use hoststack_drivers::rss::Rss;
 use hoststack_drivers::uring_tap::{TapConfig, TapQueue};
 use hoststack_drivers::{DeviceInfo, PacketIo};
 use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
@@ -26,7 +27,9 @@ use tracing::{error, info};
 
 use crate::config::{DriverKind, StackConfig};
 use crate::error::{StackError, StackResult};
+use crate::handoff::HandOffPort;
 use crate::pcap::Capture;
+use crate::queue_group::{QueueGroup, QueueShare};
 use crate::worker::{Worker, WorkerControl, WorkerMode, WorkerStats};
 
 /// What a caller sees of one running worker.
@@ -53,6 +56,8 @@ pub struct Stack {
     main: Option<JoinHandle<()>>,
     /// One per interface, by name.
     captures: Vec<(String, Arc<Capture>)>,
+    /// What each interface's workers share, in interface order.
+    groups: Vec<Arc<QueueGroup>>,
 }
 
 /// A worker's report: its thread index, its queue, its counters.
@@ -76,6 +81,7 @@ struct WorkerSetup {
     stats: Arc<WorkerStats>,
     ready: mpsc::Sender<Ready>,
     capture: Arc<Capture>,
+    share: QueueShare,
 }
 
 /// Builds the worker over `driver`, reports ready (or the error), runs it.
@@ -89,11 +95,12 @@ fn run_worker<D: PacketIo>(driver: StackResult<D>, setup: WorkerSetup) -> StackR
         stats,
         ready,
         capture,
+        share,
     } = setup;
     let worker = driver.and_then(|d| {
         let info = d.info().clone();
         let counters = d.counters().clone();
-        let mut w = Worker::new(index, d, &cfg, mode, session, control, stats)?;
+        let mut w = Worker::new(index, d, &cfg, mode, session, control, stats, share)?;
         w.device_mut().set_capture(capture);
         Ok((w, info, counters))
     });
@@ -185,21 +192,71 @@ impl Stack {
                 )));
             }
         }
-        let threads: Vec<(usize, u32)> = cfgs
+        // Every queue of every interface, unless told otherwise.
+        let served = cfgs
+            .iter()
+            .map(crate::queues::resolve)
+            .collect::<StackResult<Vec<u32>>>()?;
+        let threads: Vec<(usize, u32)> = served
             .iter()
             .enumerate()
-            .flat_map(|(i, c)| (0..c.queues).map(move |q| (i, q)))
+            .flat_map(|(i, &n)| (0..n).map(move |q| (i, q)))
             .collect();
         let per_thread: Vec<&StackConfig> = threads.iter().map(|&(i, _)| &cfgs[i]).collect();
         let captures: Vec<Arc<Capture>> = cfgs.iter().map(|_| Arc::default()).collect();
         let (tx, rx) = mpsc::channel::<Ready>();
         let core_ids = core_affinity::get_core_ids().unwrap_or_default();
         let setup = session_setup(&per_thread)?;
+        let all_stats: Vec<Arc<WorkerStats>> = threads.iter().map(|_| Arc::default()).collect();
+        // The workers of one interface share its neighbours, flows, rings
+        // and TCP secret.
+        let mut groups = Vec::new();
+        for (i, cfg) in cfgs.iter().enumerate() {
+            let ports = threads
+                .iter()
+                .enumerate()
+                .filter(|(_, (iface, _))| *iface == i)
+                .map(|(t, _)| {
+                    let c = setup.controls[t].clone();
+                    HandOffPort {
+                        wake: Arc::new(move || c.wake()),
+                        counters: all_stats[t].handoff.clone(),
+                    }
+                })
+                .collect();
+            let rss = match (cfg.driver, served[i]) {
+                (DriverKind::AfXdp, n) if n > 1 => {
+                    let rss = Rss::read(&cfg.interface).filter(|r| r.spreads_over(n));
+                    match &rss {
+                        Some(_) => info!(
+                            interface = %cfg.interface,
+                            "Toeplitz RSS read: connects pick source ports whose replies land on their own queue"
+                        ),
+                        None => info!(
+                            interface = %cfg.interface,
+                            "no Toeplitz RSS to read (a veth, or another hash): replies to connects land where the peer or NIC puts them, and are handed to their worker"
+                        ),
+                    }
+                    rss
+                }
+                _ => None,
+            };
+            groups.push(QueueGroup::new(
+                &cfg.interface,
+                ports,
+                cfg.tcp_secret()?,
+                rss,
+            ));
+        }
         let mut pending = Vec::new();
         for (t, (control, inbox)) in setup.controls.into_iter().zip(setup.inboxes).enumerate() {
             let (iface, q) = threads[t];
             let cfg = &cfgs[iface];
-            let stats = Arc::new(WorkerStats::default());
+            let stats = all_stats[t].clone();
+            let share = QueueShare {
+                group: groups[iface].clone(),
+                pos: q as usize,
+            };
             let core = match cfg.cores.get(q as usize) {
                 Some(&c) => core_ids
                     .iter()
@@ -227,6 +284,7 @@ impl Stack {
                 stats: stats.clone(),
                 ready: tx.clone(),
                 capture: captures[iface].clone(),
+                share,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("hs-worker-{t}"))
@@ -254,7 +312,7 @@ impl Stack {
             .map(|c| c.interface.clone())
             .zip(captures)
             .collect();
-        Self::collect(pending, rx, setup.layer, captures)
+        Self::collect(pending, rx, setup.layer, captures, groups)
     }
 
     /// Starts one worker over an already-open driver queue (the in-memory
@@ -276,6 +334,8 @@ impl Stack {
         let stats = Arc::new(WorkerStats::default());
         let session = SessionWorker::new(0, setup.layer.clone(), inbox);
         let session_stats = session.stats();
+        let share = QueueShare::single(&cfg.interface, cfg.tcp_secret()?);
+        let group = share.group.clone();
         let ws = WorkerSetup {
             index: 0,
             cfg: cfg.clone(),
@@ -285,6 +345,7 @@ impl Stack {
             stats: stats.clone(),
             ready: tx,
             capture: capture.clone(),
+            share,
         };
         let thread = std::thread::Builder::new()
             .name("hs-worker-0".into())
@@ -295,6 +356,7 @@ impl Stack {
             rx,
             setup.layer,
             vec![(cfg.interface.clone(), capture)],
+            vec![group],
         )
     }
 
@@ -303,6 +365,7 @@ impl Stack {
         rx: mpsc::Receiver<Ready>,
         layer: Arc<Mutex<SessionLayer>>,
         captures: Vec<(String, Arc<Capture>)>,
+        groups: Vec<Arc<QueueGroup>>,
     ) -> StackResult<Self> {
         let mut readies = Vec::new();
         let mut first_err = None;
@@ -363,7 +426,14 @@ impl Stack {
             main_stop,
             main: Some(main),
             captures,
+            groups,
         })
+    }
+
+    /// What the workers of each interface share (neighbours, flow
+    /// directory, hand-off rings), in interface order.
+    pub fn queue_groups(&self) -> &[Arc<QueueGroup>] {
+        &self.groups
     }
 
     /// The workers.

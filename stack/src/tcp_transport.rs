@@ -20,11 +20,40 @@ use hoststack_app_proto::error::{SessionError, SessionResult};
 use hoststack_app_proto::handle::{ListenerHandle, SessionHandle};
 use hoststack_session::transport::{DatagramMeta, Transport, TransportConnId, TransportEvent};
 use hoststack_tcp::{
-    ConnHandle, ConnOptions, ConnectFailure, Instant, ListenOptions, ListenerId, TcpConfig,
-    TcpEndpoint, TcpEvent,
+    ConnHandle, ConnOptions, ConnectFailure, FlowTuple, Instant, ListenOptions, ListenerId,
+    TcpConfig, TcpEndpoint, TcpEvent,
 };
 
+use crate::flow_directory::Claim;
 use crate::neighbors::Routes;
+use crate::queue_group::QueueShare;
+
+/// How a connect of one worker among several picks its port: which ports it
+/// may use (those whose replies its own queue receives, where the NIC's hash
+/// is known, else its share of the range), and the directory it claims the
+/// tuple in before the SYN leaves.
+pub struct ConnectSteering {
+    share: QueueShare,
+    /// The worker's share of the ports: `pos` modulo `workers`.
+    partition: (u16, u16),
+    /// Ports whose replies the worker's own queue receives, when known.
+    port_ok: Option<PortFilter>,
+}
+
+/// Whether a connect from the first address to the second may use it.
+pub type PortFilter = Box<dyn Fn(SocketAddr, SocketAddr) -> bool + Send>;
+
+impl std::fmt::Debug for ConnectSteering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectSteering")
+            .field("pos", &self.share.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Candidate ports a connect tries before giving up on finding one that no
+/// other worker holds.
+const CONNECT_CLAIM_TRIES: usize = 16;
 
 fn conn_id(c: ConnHandle) -> TransportConnId {
     TransportConnId(c.to_bits())
@@ -52,6 +81,7 @@ pub struct EngineTcp {
     listeners: HashMap<ListenerHandle, Vec<ListenerId>>,
     by_listener_id: HashMap<ListenerId, ListenerHandle>,
     connecting: HashMap<ConnHandle, SessionHandle>,
+    steering: Option<ConnectSteering>,
     events: VecDeque<TransportEvent>,
     scratch: Vec<u8>,
     now: Instant,
@@ -76,10 +106,27 @@ impl EngineTcp {
             listeners: HashMap::new(),
             by_listener_id: HashMap::new(),
             connecting: HashMap::new(),
+            steering: None,
             events: VecDeque::new(),
             scratch: vec![0u8; 64 << 10],
             now,
         }
+    }
+
+    /// This worker shares its interface with others (it is `share.pos` of
+    /// `workers`): connects take only this worker's share of the ports and
+    /// claim their tuple in the interface's flow directory, and the engine
+    /// records the flows it drops so their entries go too.
+    /// With `port_ok` (e.g. the ports whose RSS hash brings replies to this
+    /// worker's queue), connects try those ports first.
+    pub fn set_steering(&mut self, share: QueueShare, workers: usize, port_ok: Option<PortFilter>) {
+        self.engine.set_flow_removal_log(true);
+        let partition = (share.pos as u16, workers.max(1) as u16);
+        self.steering = Some(ConnectSteering {
+            share,
+            partition,
+            port_ok,
+        });
     }
 
     /// The worker's time this loop: what a connect starts at.
@@ -270,22 +317,65 @@ impl Transport for EngineTcp {
         let local_ip = self.routes.source_for(remote.ip).ok_or_else(|| {
             SessionError::Transport(format!("no source address to reach {remote}"))
         })?;
-        let port = self
-            .engine
-            .pick_local_port(self.table, local_ip, remote_addr, |_| true)
-            .ok_or_else(|| {
-                SessionError::Transport(format!("no free local port toward {remote}"))
-            })?;
-        let conn = self
-            .engine
-            .connect(
-                self.now,
-                self.table,
-                SocketAddr::new(local_ip, port),
-                remote_addr,
-                self.connect,
-            )
-            .map_err(|e| SessionError::Transport(format!("connect to {remote}: {e}")))?;
+        let no_port = || SessionError::Transport(format!("no free local port toward {remote}"));
+        let mut claimed = None;
+        let port = match &self.steering {
+            None => self
+                .engine
+                .pick_local_port(self.table, local_ip, remote_addr, |_| true)
+                .ok_or_else(no_port)?,
+            Some(st) => {
+                let mut found = None;
+                let (pos, n) = st.partition;
+                for _ in 0..CONNECT_CLAIM_TRIES {
+                    // Replies on our own queue if the NIC's hash says so,
+                    // else our share of the range.
+                    let steered = st.port_ok.as_ref().and_then(|ok| {
+                        self.engine
+                            .pick_local_port(self.table, local_ip, remote_addr, |p| {
+                                ok(SocketAddr::new(local_ip, p), remote_addr)
+                            })
+                    });
+                    let port = match steered {
+                        Some(p) => p,
+                        None => self
+                            .engine
+                            .pick_local_port(self.table, local_ip, remote_addr, |p| p % n == pos)
+                            .ok_or_else(no_port)?,
+                    };
+                    let tuple = FlowTuple {
+                        table: self.table,
+                        local: SocketAddr::new(local_ip, port),
+                        remote: remote_addr,
+                    };
+                    // Claimed before the SYN leaves: the SYN-ACK may land on
+                    // another queue, whose worker must find us.
+                    let me = st.share.pos as u16;
+                    if st.share.group.directory.claim(&tuple, me) == Claim::Mine {
+                        claimed = Some((tuple, me));
+                        found = Some(port);
+                        break;
+                    }
+                }
+                found.ok_or_else(no_port)?
+            }
+        };
+        let conn = self.engine.connect(
+            self.now,
+            self.table,
+            SocketAddr::new(local_ip, port),
+            remote_addr,
+            self.connect,
+        );
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                if let (Some((tuple, me)), Some(st)) = (claimed, &self.steering) {
+                    st.share.group.directory.release(&tuple, me);
+                }
+                return Err(SessionError::Transport(format!("connect to {remote}: {e}")));
+            }
+        };
         self.connecting.insert(conn, session);
         Ok(conn_id(conn))
     }

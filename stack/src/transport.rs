@@ -36,6 +36,9 @@ pub struct EphemeralPorts {
     state: u64,
     /// Sockets (connections, listeners) bound to each port.
     in_use: HashMap<u16, u32>,
+    /// (this worker's position, workers): ephemeral ports are `pos` modulo
+    /// `of`, so a reply on any queue names its owner.
+    partition: (u16, u16),
 }
 
 /// The IANA dynamic range.
@@ -52,29 +55,61 @@ impl EphemeralPorts {
         Self {
             state: seed | 1,
             in_use: HashMap::new(),
+            partition: (0, 1),
         }
     }
 
-    fn random_port(&mut self) -> u16 {
+    /// Picks only ports that are `pos` modulo `of` (the worker's position
+    /// among the `of` workers of its interface).
+    pub fn partitioned(mut self, pos: u16, of: u16) -> Self {
+        self.partition = (pos % of.max(1), of.max(1));
+        self
+    }
+
+    /// The worker whose ports `port` is one of, when it is an ephemeral
+    /// port.
+    pub fn owner(&self, port: u16) -> Option<u16> {
+        (port >= EPHEMERAL_LOW).then(|| port % self.partition.1)
+    }
+
+    /// The first port of this worker's share of the range.
+    fn share_first(&self) -> u32 {
+        let (pos, of) = (u32::from(self.partition.0), u32::from(self.partition.1));
+        let low = u32::from(EPHEMERAL_LOW);
+        low + (pos + of - low % of) % of
+    }
+
+    /// Ports in this worker's share of the range.
+    fn share_len(&self) -> u32 {
+        (u32::from(u16::MAX) - self.share_first()) / u32::from(self.partition.1) + 1
+    }
+
+    /// The `i`-th port of this worker's share, wrapping.
+    fn share_port(&self, i: u32) -> u16 {
+        (self.share_first() + (i % self.share_len()) * u32::from(self.partition.1)) as u16
+    }
+
+    fn random_index(&mut self) -> u32 {
         self.state ^= self.state << 13;
         self.state ^= self.state >> 7;
         self.state ^= self.state << 17;
-        EPHEMERAL_LOW + (self.state % u64::from(EPHEMERAL_SPAN)) as u16
+        (self.state % u64::from(EPHEMERAL_SPAN)) as u32
     }
 
-    /// A free port in 49152..=65535, now counted as used; `None` when every
-    /// one is.
+    /// A free port of this worker's share of 49152..=65535, now counted as
+    /// used; `None` when every one is.
     pub fn allocate(&mut self) -> Option<u16> {
         for _ in 0..EPHEMERAL_PROBES {
-            let port = self.random_port();
+            let i = self.random_index();
+            let port = self.share_port(i);
             if !self.in_use.contains_key(&port) {
                 self.claim(port);
                 return Some(port);
             }
         }
-        let start = u32::from(self.random_port() - EPHEMERAL_LOW);
-        let port = (0..EPHEMERAL_SPAN)
-            .map(|i| EPHEMERAL_LOW + ((start + i) % EPHEMERAL_SPAN) as u16)
+        let start = self.random_index();
+        let port = (0..self.share_len())
+            .map(|i| self.share_port(start + i))
             .find(|p| !self.in_use.contains_key(p))?;
         self.claim(port);
         Some(port)
@@ -155,6 +190,8 @@ pub struct SmolTransportState {
     listener_scratch: Vec<ListenerHandle>,
     /// Closed TCP sockets for the next connections.
     spares: SpareTcpSockets,
+    /// UDP sockets bound per local port.
+    udp_ports: HashMap<u16, u32>,
     /// A socket was changed outside the interface's poll (data queued or
     /// taken, closed, added): the worker must poll it before trusting its
     /// cached next deadline.
@@ -184,7 +221,7 @@ fn tcp_tuple(s: &tcp::Socket<'_>) -> Option<FiveTuple> {
 
 impl SmolTransportState {
     /// Empty, with ephemeral ports chosen from `seed`.
-    pub fn new(seed: u64) -> Self {
+    pub fn new(ports: EphemeralPorts) -> Self {
         Self {
             tcp_listeners: HashMap::new(),
             conns: Slab::new(),
@@ -195,8 +232,14 @@ impl SmolTransportState {
             listener_scratch: Vec::new(),
             spares: SpareTcpSockets::default(),
             touched: false,
-            ports: EphemeralPorts::new(seed),
+            udp_ports: HashMap::new(),
+            ports,
         }
+    }
+
+    /// The worker whose share of the ephemeral ports `port` is in.
+    pub fn port_owner(&self, port: u16) -> Option<u16> {
+        self.ports.owner(port)
     }
 
     /// Local ports its sockets hold.
@@ -253,6 +296,29 @@ impl SmolTransportState {
             want_writable: false,
             port,
         }) as u64)
+    }
+
+    fn new_udp_conn(&mut self, socket: SocketHandle, port: u16) -> TransportConnId {
+        let conn = self.new_conn(socket, TransportProto::Udp, Phase::Bound, port);
+        *self.udp_ports.entry(port).or_insert(0) += 1;
+        conn
+    }
+
+    fn remove_udp_conn(&mut self, conn: TransportConnId) -> Option<SocketHandle> {
+        let c = self.conns.try_remove(conn.0 as usize)?;
+        self.ports.release(c.port);
+        if let Some(n) = self.udp_ports.get_mut(&c.port) {
+            *n -= 1;
+            if *n == 0 {
+                self.udp_ports.remove(&c.port);
+            }
+        }
+        Some(c.socket)
+    }
+
+    /// Whether a UDP socket of this worker is bound to local `port`.
+    pub fn udp_bound(&self, port: u16) -> bool {
+        self.udp_ports.contains_key(&port)
     }
 
     /// Turns socket state changes since the last scan into events. The
@@ -539,9 +605,7 @@ impl Transport for SmolTransports<'_> {
             TransportProto::Udp => {
                 let h = self.new_udp_socket(listen_endpoint(ep))?;
                 self.state.ports.claim(ep.port);
-                let conn = self
-                    .state
-                    .new_conn(h, TransportProto::Udp, Phase::Bound, ep.port);
+                let conn = self.state.new_udp_conn(h, ep.port);
                 let remote = Endpoint {
                     ip: hoststack_app_proto::endpoint::IpFamily::of(&ep.ip).zero_addr(),
                     port: 0,
@@ -602,9 +666,7 @@ impl Transport for SmolTransports<'_> {
                         return Err(e);
                     }
                 };
-                let conn = self
-                    .state
-                    .new_conn(h, TransportProto::Udp, Phase::Bound, port);
+                let conn = self.state.new_udp_conn(h, port);
                 let tuple = FiveTuple::new(
                     TransportProto::Udp,
                     Endpoint {
@@ -759,9 +821,9 @@ impl Transport for SmolTransports<'_> {
                 self.sockets_mut().get_mut::<tcp::Socket<'_>>(h).close();
             }
             TransportProto::Udp => {
-                let c = self.state.conns.remove(conn.0 as usize);
-                self.state.ports.release(c.port);
-                self.sockets_mut().remove(c.socket);
+                if let Some(h) = self.state.remove_udp_conn(conn) {
+                    self.sockets_mut().remove(h);
+                }
                 self.state
                     .udp_events
                     .push_back(TransportEvent::Closed { conn });
@@ -781,9 +843,9 @@ impl Transport for SmolTransports<'_> {
                 self.sockets_mut().get_mut::<tcp::Socket<'_>>(h).abort();
             }
             TransportProto::Udp => {
-                let c = self.state.conns.remove(conn.0 as usize);
-                self.state.ports.release(c.port);
-                self.sockets_mut().remove(c.socket);
+                if let Some(h) = self.state.remove_udp_conn(conn) {
+                    self.sockets_mut().remove(h);
+                }
             }
         }
     }
@@ -846,5 +908,27 @@ mod tests {
         // Releasing what is not held changes nothing.
         p.release(50001);
         assert_eq!(p.ports_in_use(), 0);
+    }
+
+    #[test]
+    fn partitioned_ports_name_their_worker_and_fill_their_share() {
+        for pos in 0..3u16 {
+            let mut p = EphemeralPorts::new(7 + u64::from(pos)).partitioned(pos, 3);
+            let share = p.share_len();
+            let mut seen = hashbrown::HashSet::new();
+            while let Some(port) = p.allocate() {
+                assert!(port >= EPHEMERAL_LOW, "{port}");
+                assert_eq!(p.owner(port), Some(pos), "{port}");
+                assert!(seen.insert(port), "port {port} handed out twice");
+            }
+            assert_eq!(
+                seen.len() as u32,
+                share,
+                "every port of the share, then None"
+            );
+        }
+        let p = EphemeralPorts::new(1);
+        assert_eq!(p.owner(80), None, "not an ephemeral port");
+        assert_eq!(p.owner(50_000), Some(0), "one worker owns them all");
     }
 }

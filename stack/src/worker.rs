@@ -26,12 +26,15 @@ use crate::config::{StackConfig, TcpEngineKind, TcpTuning};
 use crate::device::StackDevice;
 use crate::error::{StackError, StackResult};
 use crate::fault_injection::FaultInjection;
-use crate::neighbors::{Neighbors, Routes};
+use crate::handoff::{HandOffCounters, Packet};
+use crate::neighbors::{NeighborView, Routes};
+use crate::queue_group::QueueShare;
 use crate::sleeper::{Sleeper, WakeSource};
+use crate::steering::{MAX_HOPS, Route, Router, Steering, tcp_tuple};
 use crate::tcp_frames::{header_room, ip_packet, tcp_segment, write_headers};
 use crate::tcp_listener::count_syns;
 use crate::tcp_transport::EngineTcp;
-use crate::transport::{SmolTransportState, SmolTransports};
+use crate::transport::{EphemeralPorts, SmolTransportState, SmolTransports};
 use hoststack_app_proto::endpoint::TransportProto;
 use hoststack_drivers::MacAddr;
 use hoststack_session::session_worker::{QueueChange, SessionWorker, TransportSet};
@@ -143,6 +146,17 @@ pub struct WorkerStats {
     /// Engine segments dropped: no route to the destination, or smoltcp's
     /// queue for unresolved next hops was full.
     pub tcp_segments_unsent: AtomicU64,
+    /// Packets handed to and from the other workers of the interface.
+    pub handoff: Arc<HandOffCounters>,
+    /// Frames injected into smoltcp that no queue received (hand-offs,
+    /// answers from the shared neighbour table) and those dropped because
+    /// too many waited.
+    pub injected_frames: AtomicU64,
+    /// See `injected_frames`.
+    pub injected_dropped: AtomicU64,
+    /// smoltcp's ARP requests and neighbour solicitations answered from
+    /// the interface's shared neighbour table.
+    pub neighbor_answers: AtomicU64,
     /// hoststack's TCP engine as of the last publication (about once a
     /// second); `None` with smoltcp's TCP.
     pub tcp: std::sync::Mutex<Option<TcpSnapshot>>,
@@ -203,7 +217,6 @@ impl WorkerControl {
 struct TcpPath {
     engine: EngineTcp,
     routes: Routes,
-    neighbors: Neighbors,
     mac: MacAddr,
     raw4: SocketHandle,
     raw6: SocketHandle,
@@ -219,10 +232,16 @@ struct TcpPath {
 
 impl TcpPath {
     /// Takes the TCP segments of the waiting burst for the engine (after
-    /// learning next hops from every frame); returns how many it took.
+    /// learning next hops from every frame), handing those of flows
+    /// another worker holds (and UDP datagrams for another worker's
+    /// sessions) to their owners; returns how many segments it took.
+    #[allow(clippy::too_many_arguments)]
     fn receive<D: PacketIo>(
         &mut self,
         device: &mut StackDevice<D>,
+        neighbors: &mut NeighborView,
+        mut steer: Option<Router<'_>>,
+        udp: &SmolTransportState,
         now: Instant,
         mut faults: Option<&mut FaultInjection>,
     ) -> usize {
@@ -231,30 +250,35 @@ impl TcpPath {
         let Self {
             engine,
             routes,
-            neighbors,
             mac,
             ..
         } = self;
         device.divert(|bytes| {
             neighbors.observe(routes, bytes);
             let Some(t) = tcp_segment(bytes, mac, routes) else {
+                // A UDP datagram for a session of another worker goes there
+                // whole; everything else is smoltcp's, here.
+                if let Some(st) = steer.as_mut() {
+                    if let Some(to) = st.udp_owner(bytes, mac, routes, udp) {
+                        st.hand_off(to, Packet::Frame, 0, bytes);
+                        return true;
+                    }
+                }
                 return false;
             };
             taken += 1;
             if faults.as_mut().is_some_and(|f| f.drop_frame(true)) {
                 return true;
             }
-            engine
-                .endpoint()
-                // The device checked the checksum under the medium's policy.
-                .handle_segment(
-                    now,
-                    table,
-                    t.src,
-                    t.dst,
-                    t.segment,
-                    ChecksumMode::AlreadyVerified,
-                );
+            deliver_segment(
+                engine,
+                steer.as_mut(),
+                now,
+                table,
+                (t.src, t.dst),
+                t.segment,
+                0,
+            );
             true
         });
         self.segments_in += taken;
@@ -268,6 +292,7 @@ impl TcpPath {
         &mut self,
         device: &mut StackDevice<D>,
         sockets: &mut SocketSet<'static>,
+        neighbors: &mut NeighborView,
         now: Instant,
         mut faults: Option<&mut FaultInjection>,
     ) -> (usize, bool) {
@@ -277,7 +302,6 @@ impl TcpPath {
             let Self {
                 engine,
                 routes,
-                neighbors,
                 mac,
                 last_v6,
                 ip_id,
@@ -374,6 +398,42 @@ impl TcpPath {
     }
 }
 
+/// Feeds a TCP segment from `src` to `dst` to `engine`, or hands it to the
+/// worker whose engine holds its flow (`hops`: hand-offs so far).
+fn deliver_segment(
+    engine: &mut EngineTcp,
+    mut steer: Option<&mut Router<'_>>,
+    now: Instant,
+    table: u32,
+    (src, dst): (std::net::IpAddr, std::net::IpAddr),
+    segment: &[u8],
+    hops: u8,
+) {
+    let routed = match (steer.as_deref(), tcp_tuple(table, src, dst, segment)) {
+        (Some(st), Some(tuple)) => Some((st.route_tcp(engine.endpoint_ref(), &tuple), tuple)),
+        _ => None,
+    };
+    if let (Some((Route::To(owner), _)), Some(st)) = (routed, steer.as_deref_mut()) {
+        if hops < MAX_HOPS {
+            st.hand_off(owner, Packet::Tcp { src, dst }, hops + 1, segment);
+            return;
+        }
+    }
+    engine.endpoint().handle_segment(
+        now,
+        table,
+        src,
+        dst,
+        segment,
+        // The receiving device checked the checksum under the medium's
+        // policy.
+        ChecksumMode::AlreadyVerified,
+    );
+    if let (Some((Route::Local { claimed }, tuple)), Some(st)) = (routed, steer) {
+        st.settle(engine.endpoint_ref(), &tuple, claimed);
+    }
+}
+
 /// Segments smoltcp holds for next hops it is resolving, per family.
 const RESOLVING_SEGMENTS: usize = 64;
 
@@ -430,6 +490,21 @@ pub struct Worker<D: PacketIo> {
     transport: SmolTransportState,
     /// hoststack's TCP engine, unless smoltcp's TCP was chosen.
     tcp: Option<TcpPath>,
+    /// The interface's subnets and gateways.
+    routes: Routes,
+    mac: MacAddr,
+    /// Next hops' Ethernet addresses, shared with the interface's other
+    /// workers.
+    neighbors: NeighborView,
+    /// With other workers on the interface: where arriving packets of
+    /// their flows go, and what they hand over.
+    steer: Option<Steering>,
+    /// Addresses smoltcp asked for since the last look.
+    solicited: Vec<std::net::IpAddr>,
+    /// Entries of the shared table to give smoltcp.
+    fresh: Vec<(std::net::IpAddr, MacAddr)>,
+    neighbor_answers: u64,
+    injected_frames: u64,
     session: SessionWorker,
     sleeper: Option<Sleeper>,
     fired: Vec<WakeSource>,
@@ -440,7 +515,8 @@ pub struct Worker<D: PacketIo> {
 
 impl<D: PacketIo> Worker<D> {
     /// Builds the worker's interface over `driver` with the config's
-    /// addresses.
+    /// addresses; `share` is its part of the interface's queue group.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         index: usize,
         driver: D,
@@ -449,6 +525,7 @@ impl<D: PacketIo> Worker<D> {
         session: SessionWorker,
         control: Arc<WorkerControl>,
         stats: Arc<WorkerStats>,
+        share: QueueShare,
     ) -> StackResult<Self> {
         let mac = driver.info().mac;
         if mac[0] & 1 != 0 || mac == [0; 6] {
@@ -506,7 +583,7 @@ impl<D: PacketIo> Worker<D> {
                 let mtu = device.driver().info().mtu;
                 let routes = Routes::new(&cfg.addresses, cfg.gateway);
                 let engine = EngineTcp::new(
-                    cfg.tcp.engine_config(mtu, cfg.tcp_secret()?),
+                    cfg.tcp.engine_config(mtu, share.group.tcp_secret),
                     cfg.tcp.listen_options(),
                     cfg.tcp.conn_options(),
                     cfg.table,
@@ -516,7 +593,6 @@ impl<D: PacketIo> Worker<D> {
                 Some(TcpPath {
                     engine,
                     routes,
-                    neighbors: Neighbors::new(),
                     mac,
                     raw4: sockets.add(raw_socket(IpVersion::Ipv4, mtu)),
                     raw6: sockets.add(raw_socket(IpVersion::Ipv6, mtu)),
@@ -529,6 +605,31 @@ impl<D: PacketIo> Worker<D> {
                     unsent: 0,
                 })
             }
+        };
+        let routes = Routes::new(&cfg.addresses, cfg.gateway);
+        let neighbors = NeighborView::new(share.group.neighbors.clone());
+        let n = share.group.workers();
+        let ports = EphemeralPorts::new(seed).partitioned(share.pos as u16, n as u16);
+        let mut tcp = tcp;
+        let steer = if share.is_shared() {
+            let tcp = tcp.as_mut().ok_or_else(|| {
+                StackError::Config(
+                    "several queues on one interface need the hoststack TCP engine".into(),
+                )
+            })?;
+            let port_ok = share.group.rss.clone().map(|rss| {
+                let q = share.pos as u32;
+                Box::new(
+                    move |local: std::net::SocketAddr, remote: std::net::SocketAddr| {
+                        // The reply comes from the remote to us.
+                        rss.queue(remote.ip(), local.ip(), remote.port(), local.port()) == Some(q)
+                    },
+                ) as crate::tcp_transport::PortFilter
+            });
+            tcp.engine.set_steering(share.clone(), n, port_ok);
+            Some(Steering::new(share))
+        } else {
+            None
         };
         let sleeper = match mode {
             WorkerMode::Poll => None,
@@ -550,8 +651,16 @@ impl<D: PacketIo> Worker<D> {
             rescan: true,
             clock,
             faults,
-            transport: SmolTransportState::new(seed),
+            transport: SmolTransportState::new(ports),
             tcp,
+            routes,
+            mac,
+            neighbors,
+            steer,
+            solicited: Vec::new(),
+            fresh: Vec::new(),
+            neighbor_answers: 0,
+            injected_frames: 0,
             session,
             sleeper,
             fired: Vec::new(),
@@ -586,6 +695,15 @@ impl<D: PacketIo> Worker<D> {
         self.stats
             .zero_window_acks
             .store(self.device.zero_window_acks(), Ordering::Relaxed);
+        self.stats
+            .injected_frames
+            .store(self.injected_frames, Ordering::Relaxed);
+        self.stats
+            .injected_dropped
+            .store(self.device.injected_dropped(), Ordering::Relaxed);
+        self.stats
+            .neighbor_answers
+            .store(self.neighbor_answers, Ordering::Relaxed);
         if let Some(f) = &self.faults {
             let (rx, tx) = f.dropped();
             self.stats.injected_rx_drops.store(rx, Ordering::Relaxed);
@@ -599,10 +717,25 @@ impl<D: PacketIo> Worker<D> {
         let now = self.clock.smol(at);
         self.loops += 1;
         let received = self.device.receive_burst()?;
+        self.neighbors.refresh();
+        let mut work = received > 0;
         if let Some(tcp) = &mut self.tcp {
             tcp.engine.set_now(now);
             if received > 0 {
-                tcp.receive(&mut self.device, now, self.faults.as_mut());
+                tcp.receive(
+                    &mut self.device,
+                    &mut self.neighbors,
+                    self.steer.as_mut().map(Steering::router),
+                    &self.transport,
+                    now,
+                    self.faults.as_mut(),
+                );
+            }
+            if let Some(st) = &mut self.steer {
+                work |=
+                    Self::take_handoffs(st, tcp, &mut self.device, now, &mut self.injected_frames)
+                        > 0;
+                st.flush();
             }
             if tcp
                 .engine
@@ -623,7 +756,6 @@ impl<D: PacketIo> Worker<D> {
         if polled {
             self.poll_iface(now);
         }
-        let mut work = received > 0;
         let check_listeners = self.tcp.is_none()
             && ((received > 0 && now <= self.accept_until) || self.loops % ACCEPT_SWEEP_LOOPS == 0);
         if polled || check_listeners || self.rescan {
@@ -653,11 +785,18 @@ impl<D: PacketIo> Worker<D> {
             let (built, to_smoltcp) = tcp.transmit(
                 &mut self.device,
                 &mut self.sockets,
+                &mut self.neighbors,
                 now,
                 self.faults.as_mut(),
             );
             work |= built > 0;
             resolving = to_smoltcp;
+            if let Some(st) = &mut self.steer {
+                st.sync_removed(tcp.engine.endpoint());
+                // Segments to other queues' flows that the session layer's
+                // calls produced go out now too.
+                st.flush();
+            }
         }
         let touched = self.transport.take_touched() || resolving;
         if work || touched {
@@ -678,9 +817,85 @@ impl<D: PacketIo> Worker<D> {
             );
         }
         self.rescan = work || touched;
+        if self.sync_neighbors() {
+            // smoltcp reads the answers on its next poll.
+            self.next_poll = None;
+            work = true;
+        }
         let sent = self.device.flush()?;
         self.stats.loops.fetch_add(1, Ordering::Relaxed);
         Ok(work || sent > 0 || self.device.tx_backlog() > 0)
+    }
+
+    /// Takes what the interface's other workers handed over: TCP segments
+    /// go to the engine (or on to their owner), frames to smoltcp. Returns
+    /// how many packets there were.
+    fn take_handoffs(
+        st: &mut Steering,
+        tcp: &mut TcpPath,
+        device: &mut StackDevice<D>,
+        now: Instant,
+        injected: &mut u64,
+    ) -> usize {
+        if !st.has_waiting() {
+            return 0;
+        }
+        let table = tcp.engine.table();
+        let engine = &mut tcp.engine;
+        let mut segments = 0;
+        let n = st.drain(|router, item, bytes| match item.packet {
+            Packet::Tcp { src, dst } => {
+                segments += 1;
+                deliver_segment(
+                    engine,
+                    Some(router),
+                    now,
+                    table,
+                    (src, dst),
+                    bytes,
+                    item.hops,
+                );
+            }
+            Packet::Frame => {
+                *injected += 1;
+                device.inject(bytes);
+            }
+        });
+        tcp.segments_in += segments;
+        n
+    }
+
+    /// Keeps smoltcp's neighbour cache in step with the interface's shared
+    /// table: an entry any worker learned (or saw move) is given to smoltcp
+    /// as an answer, and so is the answer to each ARP request or neighbour
+    /// solicitation smoltcp sent for an address the table knows (another
+    /// queue may receive the real answer, and smoltcp rate-limits its
+    /// requests to one a second). True when it injected any.
+    fn sync_neighbors(&mut self) -> bool {
+        self.device.take_solicited(&mut self.solicited);
+        let mut fresh = std::mem::take(&mut self.fresh);
+        self.neighbors.take_fresh(&mut fresh);
+        for ip in self.solicited.drain(..) {
+            if !fresh.iter().any(|(i, _)| *i == ip) {
+                if let Some(mac) = self.neighbors.lookup(ip) {
+                    fresh.push((ip, mac));
+                }
+            }
+        }
+        let mut answered = false;
+        for (ip, peer_mac) in fresh.drain(..) {
+            let Some(us) = self.routes.source_for(ip) else {
+                continue;
+            };
+            if let Some(frame) = crate::neighbor_answers::answer(self.mac, us, peer_mac, ip) {
+                self.device.inject(&frame);
+                self.neighbor_answers += 1;
+                self.injected_frames += 1;
+                answered = true;
+            }
+        }
+        self.fresh = fresh;
+        answered
     }
 
     /// Counts the SYNs of the waiting burst per listened port and grows the
@@ -740,13 +955,22 @@ impl<D: PacketIo> Worker<D> {
         if self.device.rx_pending() > 0 || !self.session.queues_empty_before_sleep() {
             return Ok(());
         }
+        if self.steer.as_ref().is_some_and(|st| !st.prepare_sleep()) {
+            return Ok(());
+        }
         let Some(sleeper) = &mut self.sleeper else {
+            if let Some(st) = &self.steer {
+                st.awake();
+            }
             return Ok(());
         };
         self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
         self.fired.clear();
         let slept = sleeper.sleep(delay, &mut self.fired);
         self.session.queues_awake();
+        if let Some(st) = &self.steer {
+            st.awake();
+        }
         slept?;
         if !self.fired.is_empty() {
             self.stats.wakeups.fetch_add(1, Ordering::Relaxed);
@@ -829,7 +1053,13 @@ impl<D: PacketIo> Worker<D> {
         for _ in 0..4 {
             let now = self.clock.smol(StdInstant::now());
             if let Some(tcp) = &mut self.tcp {
-                tcp.transmit(&mut self.device, &mut self.sockets, now, None);
+                tcp.transmit(
+                    &mut self.device,
+                    &mut self.sockets,
+                    &mut self.neighbors,
+                    now,
+                    None,
+                );
             }
             self.poll_iface(now);
             let _ = self.device.flush();

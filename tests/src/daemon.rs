@@ -18,6 +18,7 @@ use hoststack_lab::enter_netns;
 pub struct Daemon {
     proc: Option<Proc>,
     dir: PathBuf,
+    config: PathBuf,
     /// The control socket.
     pub control: PathBuf,
     /// The metrics endpoint, when the config has one.
@@ -30,7 +31,13 @@ impl Daemon {
     /// A lab and a daemon on it; `extra(lab)` is appended to the config.
     pub fn start(tag: &str, extra: impl Fn(&Lab) -> String) -> Result<Self> {
         require_root();
-        let lab = Lab::up(LabConfig::new(&unique_lab_name(tag)))?;
+        Self::start_on(LabConfig::new(&unique_lab_name(tag)), extra)
+    }
+
+    /// A daemon on a lab built from `cfg` (e.g. with several queues).
+    pub fn start_on(cfg: LabConfig, extra: impl Fn(&Lab) -> String) -> Result<Self> {
+        require_root();
+        let lab = Lab::up(cfg)?;
         let dir = std::env::temp_dir().join(format!("hs-daemon-{}", lab.cfg.name));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -50,19 +57,33 @@ impl Daemon {
             proc: None,
             control: dir.join("control.sock"),
             dir,
+            config,
             metrics: None,
             lab,
         };
+        d.launch()?;
+        Ok(d)
+    }
+
+    /// Runs `hoststack run` on the config and waits for its ready line.
+    fn launch(&mut self) -> Result<()> {
         let mut cmd = Command::new(hoststack_bin());
-        cmd.arg("run").arg("--config").arg(&config);
+        cmd.arg("run").arg("--config").arg(&self.config);
         let mut p = Proc::spawn("hoststack run", cmd)?;
         let ready = p.wait_for_line("ready", Duration::from_secs(30))?;
-        d.metrics = ready
+        self.metrics = ready
             .split_whitespace()
             .find_map(|w| w.strip_prefix("metrics="))
             .and_then(|a| a.parse().ok());
-        d.proc = Some(p);
-        Ok(d)
+        self.proc = Some(p);
+        Ok(())
+    }
+
+    /// Starts the daemon again on the same config after
+    /// [`terminate`](Self::terminate).
+    pub fn restart(&mut self) -> Result<()> {
+        ensure!(self.proc.is_none(), "the daemon is still running");
+        self.launch()
     }
 
     /// The daemon's process id.

@@ -271,6 +271,19 @@ pub fn start_echo_server(lab: &Lab, extra: &[&str]) -> Result<Proc> {
     Ok(p)
 }
 
+/// Fails unless no XDP program is attached to the lab's host end (every
+/// stack detaches its program when its last queue closes).
+pub fn assert_no_xdp(lab: &Lab) -> Result<()> {
+    let out = Command::new("ip")
+        .args(["link", "show", "dev", &lab.host_if])
+        .output()?;
+    let link = String::from_utf8_lossy(&out.stdout);
+    if link.contains("xdp") {
+        bail!("an XDP program is still attached after shutdown: {link}");
+    }
+    Ok(())
+}
+
 /// Parses the last line of `out` as JSON.
 pub fn last_json(out: &str) -> Result<serde_json::Value> {
     let line = out

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use hoststack_tests::{
-    Lab, LabConfig, Proc, TCP_ENGINE_ENV, hoststack_bin, last_json, peer, require_root,
-    start_echo_server, unique_lab_name,
+    Lab, LabConfig, Proc, TCP_ENGINE_ENV, assert_no_xdp, hoststack_bin, last_json, peer,
+    require_root, start_echo_server, unique_lab_name,
 };
 
 const MIB: u64 = 1 << 20;
@@ -27,14 +27,7 @@ fn finish(lab: &Lab, server: Proc) -> Result<serde_json::Value> {
     let (ok, out) = server.terminate()?;
     assert!(ok, "echo server exited with an error: {out}");
     let stats = last_json(&out)?;
-    let link = Command::new("ip")
-        .args(["link", "show", "dev", &lab.host_if])
-        .output()?;
-    let link = String::from_utf8_lossy(&link.stdout);
-    assert!(
-        !link.contains("xdp"),
-        "an XDP program is still attached after shutdown: {link}"
-    );
+    assert_no_xdp(lab)?;
     // The TCP engine asked for is the one that ran: hoststack's reports
     // its counters, smoltcp's has none.
     let engine_ran = stats["tcp_engine"]

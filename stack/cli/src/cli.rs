@@ -34,9 +34,16 @@ pub(crate) struct StackArgs {
     /// AF_XDP copy mode: auto (zero-copy where supported), copy or zerocopy.
     #[arg(long, default_value = "auto")]
     pub(crate) xdp_copy: XdpCopyMode,
-    /// NIC queues to use, one pinned worker each.
-    #[arg(long, default_value_t = 1)]
-    pub(crate) queues: u32,
+    /// NIC queues to serve (0..N), one pinned worker each; default: every
+    /// receive queue of the interface. Fewer is refused unless
+    /// --traffic-steered.
+    #[arg(long)]
+    pub(crate) queues: Option<u32>,
+    /// Traffic is steered away from the queues not served (RSS
+    /// indirection, ntuple rules, a veth peer with fewer tx queues), so
+    /// --queues may be less than the interface's queue count.
+    #[arg(long)]
+    pub(crate) traffic_steered: bool,
     /// Cores for the workers, comma-separated (default: queue q on core q).
     #[arg(long, value_delimiter = ',')]
     pub(crate) cores: Vec<usize>,
@@ -70,6 +77,7 @@ impl StackArgs {
             xdp_mode: self.xdp_mode,
             xdp_copy: self.xdp_copy,
             queues: self.queues,
+            traffic_steered: self.traffic_steered,
             cores: self.cores.clone(),
             addresses: self.address.clone(),
             gateway: self.gateway,

@@ -20,6 +20,7 @@ use crate::demo::{DemoConfig, run_demo};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hoststack_app_proto::endpoint::{Endpoint, TransportProto};
+use hoststack_app_proto::handle::AppIndex;
 use hoststack_app_proto::options::AppOptions;
 use hoststack_lab::enter_netns;
 use hoststack_lab::{Lab, LabAddr, LabConfig};
@@ -132,9 +133,13 @@ enum Command {
         /// Bytes to send (and verify back).
         #[arg(long, default_value_t = 16 << 20)]
         bytes: u64,
-        /// Stream seed.
+        /// Stream seed (connection i uses seed + i).
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Concurrent connections, each sending (and verifying) --bytes;
+        /// the session layer spreads them over the workers in turn.
+        #[arg(long, default_value_t = 1)]
+        connections: u32,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
@@ -147,9 +152,14 @@ enum Command {
         /// Server to send to, IP:PORT.
         #[arg(long)]
         connect: SocketAddr,
-        /// Datagrams to exchange.
+        /// Datagrams to exchange (per session).
         #[arg(long, default_value_t = 1000)]
         count: u64,
+        /// Sessions, each with its own local port, exchanging --count
+        /// datagrams; the session layer spreads them over the workers in
+        /// turn.
+        #[arg(long, default_value_t = 1)]
+        connections: u32,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
@@ -432,14 +442,27 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             connect,
             bytes,
             seed,
+            connections,
             timeout,
-        } => tcp_client(&stack, connect, bytes, seed, Duration::from_secs(timeout)),
+        } => tcp_client(
+            &stack,
+            connect,
+            (bytes, connections),
+            seed,
+            Duration::from_secs(timeout),
+        ),
         Command::UdpClient {
             stack,
             connect,
             count,
+            connections,
             timeout,
-        } => udp_client(&stack, connect, count, Duration::from_secs(timeout)),
+        } => udp_client(
+            &stack,
+            connect,
+            (count, connections),
+            Duration::from_secs(timeout),
+        ),
         Command::Serve { stack } => serve(&stack),
         Command::Lab { action } => lab(action),
     }
@@ -615,6 +638,7 @@ fn echo_server(
     let _ = control.detach(server.app);
     let workers: Vec<_> = stack.workers().iter().map(|w| w.stats.clone()).collect();
     let totals = stack.totals();
+    let per_queue = per_queue_report(&stack);
     let result = stack.stop();
     let zero_window_acks: u64 = workers
         .iter()
@@ -654,6 +678,7 @@ fn echo_server(
             "zero_window_acks": zero_window_acks,
             "injected_rx_drops": injected_rx_drops,
             "injected_tx_drops": injected_tx_drops,
+            "per_queue": per_queue(),
         })
     );
     result?;
@@ -686,10 +711,73 @@ fn wait_client(
     }
 }
 
+/// The app name of a command's `i`-th client: `kind`, then `kind-1`, ...
+fn client_name(kind: &str, i: u32) -> String {
+    if i == 0 {
+        kind.to_string()
+    } else {
+        format!("{kind}-{i}")
+    }
+}
+
+/// Waits for every client's report (within `timeout` in all), then
+/// detaches the clients.
+fn wait_clients<'a>(
+    stack: &Stack,
+    shutdown: &Shutdown,
+    clients: impl Iterator<Item = (AppIndex, &'a ReportSlot)>,
+    timeout: Duration,
+) -> Vec<TransferReport> {
+    let started = std::time::Instant::now();
+    let mut apps = Vec::new();
+    let outcomes = clients
+        .map(|(app, report)| {
+            apps.push(app);
+            let left = timeout.saturating_sub(started.elapsed());
+            wait_client(stack, shutdown, report, left)
+        })
+        .collect();
+    for app in apps {
+        let _ = stack.control().detach(app);
+    }
+    outcomes
+}
+
+/// Each worker's queue with its frames and hand-offs, for the commands'
+/// final reports.
+fn per_queue_report(stack: &Stack) -> impl FnOnce() -> serde_json::Value + use<> {
+    let probes: Vec<_> = stack
+        .workers()
+        .iter()
+        .map(|w| (w.info.queue, w.counters.clone(), w.stats.clone()))
+        .collect();
+    move || {
+        serde_json::Value::Array(
+            probes
+                .iter()
+                .map(|(q, c, s)| {
+                    let c = c.snapshot();
+                    serde_json::json!({
+                        "queue": q,
+                        "rx_frames": c.rx_frames,
+                        "tx_frames": c.tx_frames,
+                        "rx_kernel_drops": c.rx_kernel_drops,
+                        "tcp_segments_in": s.tcp_segments_in.load(Relaxed),
+                        "handoff_sent": s.handoff.sent.load(Relaxed),
+                        "handoff_received": s.handoff.received.load(Relaxed),
+                        "handoff_dropped": s.handoff.dropped.load(Relaxed),
+                        "neighbor_answers": s.neighbor_answers.load(Relaxed),
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
 fn tcp_client(
     args: &StackArgs,
     connect: SocketAddr,
-    bytes: u64,
+    (bytes, connections): (u64, u32),
     seed: u64,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
@@ -703,19 +791,40 @@ fn tcp_client(
         ip: connect.ip(),
         port: connect.port(),
     };
-    let client = StreamClient::start(stack.control(), "tcp-client", opts, remote, bytes, seed)?;
-    let outcome = wait_client(&stack, &shutdown, &client.report, timeout);
-    let _ = stack.control().detach(client.app);
+    let mut clients = Vec::new();
+    for i in 0..connections.max(1) {
+        clients.push(StreamClient::start(
+            stack.control(),
+            &client_name("tcp-client", i),
+            opts.clone(),
+            remote,
+            bytes,
+            seed.wrapping_add(u64::from(i)),
+        )?);
+    }
+    let started = std::time::Instant::now();
+    let outcomes = wait_clients(
+        &stack,
+        &shutdown,
+        clients.iter().map(|c| (c.app, &c.report)),
+        timeout,
+    );
+    let per_queue = per_queue_report(&stack);
     stack.stop()?;
-    let ok = outcome.error.is_none() && outcome.verified == bytes;
+    let verified: u64 = outcomes.iter().map(|o| o.verified).sum();
+    let error = outcomes.iter().find_map(|o| o.error.clone());
+    let ok = error.is_none() && outcomes.iter().all(|o| o.verified == bytes);
     println!(
         "{}",
         serde_json::json!({
-            "sent": outcome.sent,
-            "verified": outcome.verified,
-            "seconds": outcome.elapsed.as_secs_f64(),
+            "connections": outcomes.len(),
+            "sent": outcomes.iter().map(|o| o.sent).sum::<u64>(),
+            "verified": verified,
+            "verified_each": outcomes.iter().map(|o| o.verified).collect::<Vec<_>>(),
+            "seconds": started.elapsed().as_secs_f64(),
             "ok": ok,
-            "error": outcome.error,
+            "error": error,
+            "per_queue": per_queue(),
         })
     );
     Ok(if ok {
@@ -728,7 +837,7 @@ fn tcp_client(
 fn udp_client(
     args: &StackArgs,
     connect: SocketAddr,
-    count: u64,
+    (count, connections): (u64, u32),
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
     let (stack, shutdown, _apps) = start_stack(args)?;
@@ -736,24 +845,36 @@ fn udp_client(
         ip: connect.ip(),
         port: connect.port(),
     };
-    let client = DatagramClient::start(
-        stack.control(),
-        "udp-client",
-        AppOptions::default(),
-        remote,
-        count,
-    )?;
-    let outcome = wait_client(&stack, &shutdown, &client.report, timeout);
-    let _ = stack.control().detach(client.app);
+    let mut clients = Vec::new();
+    for i in 0..connections.max(1) {
+        clients.push(DatagramClient::start(
+            stack.control(),
+            &client_name("udp-client", i),
+            AppOptions::default(),
+            remote,
+            count,
+        )?);
+    }
+    let outcomes = wait_clients(
+        &stack,
+        &shutdown,
+        clients.iter().map(|c| (c.app, &c.report)),
+        timeout,
+    );
+    let per_queue = per_queue_report(&stack);
     stack.stop()?;
-    let ok = outcome.error.is_none() && outcome.verified == count;
+    let error = outcomes.iter().find_map(|o| o.error.clone());
+    let ok = error.is_none() && outcomes.iter().all(|o| o.verified == count);
     println!(
         "{}",
         serde_json::json!({
-            "sent": outcome.sent,
-            "echoed": outcome.verified,
+            "sessions": outcomes.len(),
+            "sent": outcomes.iter().map(|o| o.sent).sum::<u64>(),
+            "echoed": outcomes.iter().map(|o| o.verified).sum::<u64>(),
+            "echoed_each": outcomes.iter().map(|o| o.verified).collect::<Vec<_>>(),
             "ok": ok,
-            "error": outcome.error,
+            "error": error,
+            "per_queue": per_queue(),
         })
     );
     Ok(if ok {

@@ -8,6 +8,7 @@ the data it got back is exactly what it sent.
   rr HOST PORT COUNT SIZE             COUNT request/response exchanges of SIZE bytes
   many HOST PORT CONNS BYTES          CONNS concurrent stream clients
   udp HOST PORT COUNT                 COUNT datagrams of varied sizes, boundaries checked
+  udp-many HOST PORT SOCKETS COUNT    COUNT datagrams from each of SOCKETS sockets (source ports), all in flight together
   echo-server PORT [ONCE]             kernel TCP echo server (ONCE: exit after one client)
   udp-echo-server PORT                kernel UDP echo server
 """
@@ -159,6 +160,72 @@ def udp(host, port, count):
     return {"count": count, "echoed": ok, "lost": lost, "ok": ok == count}
 
 
+def udp_many(host, port, sockets, count):
+    """Datagrams from many source ports at once, each checked on return."""
+    import selectors
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = []
+    for _ in range(sockets):
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        s.connect((host, port))
+        socks.append(s)
+    sel = selectors.DefaultSelector()
+    for i, s in enumerate(socks):
+        sel.register(s, selectors.EVENT_READ, i)
+    expect = [dict() for _ in socks]
+    def send(i, seq):
+        size = 16 + (seq * 37 + i) % 1200
+        payload = struct.pack("!II", i, seq) + os.urandom(size - 8)
+        expect[i][seq] = payload
+        socks[i].send(payload)
+    for i in range(sockets):
+        send(i, 0)
+    nxt = [1] * sockets
+    ok = 0
+    bad = 0
+    retries = 0
+    deadline = time.time() + 60
+    last = time.time()
+    while ok < sockets * count and time.time() < deadline:
+        events = sel.select(timeout=0.5)
+        if not events:
+            # Lost on the way (a full queue somewhere): send what is
+            # outstanding again.
+            for i in range(sockets):
+                for seq, p in expect[i].items():
+                    socks[i].send(p)
+                    retries += 1
+            continue
+        for key, _ in events:
+            i = key.data
+            while True:
+                try:
+                    data = socks[i].recv(65536)
+                except BlockingIOError:
+                    break
+                if len(data) < 8:
+                    bad += 1
+                    continue
+                j, seq = struct.unpack("!II", data[:8])
+                if j != i or expect[i].get(seq) != data:
+                    if seq not in expect[i]:
+                        continue  # a duplicate of a resent datagram
+                    bad += 1
+                    continue
+                del expect[i][seq]
+                ok += 1
+                if nxt[i] < count:
+                    send(i, nxt[i])
+                    nxt[i] += 1
+    ports = sorted(s.getsockname()[1] for s in socks)
+    for s in socks:
+        s.close()
+    return {"sockets": sockets, "count": count, "echoed": ok, "bad": bad,
+            "resent": retries, "first_port": ports[0], "last_port": ports[-1],
+            "ok": ok == sockets * count and bad == 0}
+
+
 def echo_server(port, once):
     srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -203,6 +270,8 @@ def main(argv):
         out = many(argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
     elif mode == "udp":
         out = udp(argv[2], int(argv[3]), int(argv[4]))
+    elif mode == "udp-many":
+        out = udp_many(argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
     elif mode == "udp-echo-server":
         out = udp_echo_server(int(argv[2]))
     elif mode == "echo-server":

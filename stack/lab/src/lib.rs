@@ -417,6 +417,30 @@ impl Lab {
         Ok(stdout)
     }
 
+    /// Gives the kernel's end `n` transmit queues (`ethtool -L PEER tx N`).
+    /// A veth delivers each frame on the receive queue numbered like the
+    /// transmit queue its sender picked, so with one peer transmit queue
+    /// everything the kernel sends lands on hoststack's queue 0; with the
+    /// lab's full count the kernel's flow hash spreads it again.
+    pub fn set_peer_tx_queues(&self, n: u32) -> LabResult<()> {
+        if self.cfg.tap {
+            return Err(LabError::Lab("a TAP lab has no veth peer".into()));
+        }
+        let n = n.to_string();
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.netns,
+            "ethtool",
+            "-L",
+            &self.peer_if,
+            "tx",
+            &n,
+        ])?;
+        Ok(())
+    }
+
     /// The address hoststack owns, as `ADDR/LEN` strings (v4, v6).
     pub fn host_addresses(&self) -> Vec<LabAddr> {
         vec![self.cfg.host4, self.cfg.host6]

@@ -114,6 +114,9 @@ pub struct TcpEndpoint {
     rst_limit: RateLimiter,
     fired: Vec<TimerKey>,
     port_cursor: u32,
+    /// Tuples whose entry went away since the last `take_removed_flows`,
+    /// when the caller asked for them.
+    removed_flows: Option<Vec<FlowTuple>>,
     now: Instant,
 }
 
@@ -152,6 +155,7 @@ impl TcpEndpoint {
             rst_limit: RateLimiter::new(config.rst_limit, now),
             fired: Vec::new(),
             port_cursor: 0,
+            removed_flows: None,
             now,
             config,
         }
@@ -185,6 +189,34 @@ impl TcpEndpoint {
     /// Buffer chunks currently held by connections.
     pub fn buffer_chunks_in_use(&self) -> usize {
         self.pool.in_use()
+    }
+
+    /// Whether a connection, half-open or TIME-WAIT entry holds `tuple`.
+    pub fn has_flow(&self, tuple: &FlowTuple) -> bool {
+        self.flows.contains_key(tuple)
+    }
+
+    /// Starts (or stops) recording the tuples whose entry goes away, for a
+    /// caller that mirrors which tuples this endpoint holds (a multi-queue
+    /// stack's flow directory). A tuple may be recorded and then held
+    /// again (a connection entering TIME-WAIT, a half-open entry promoted):
+    /// check [`has_flow`](Self::has_flow) when reading the record.
+    pub fn set_flow_removal_log(&mut self, on: bool) {
+        self.removed_flows = on.then(Vec::new);
+    }
+
+    /// Moves the recorded tuples to `out` (see `set_flow_removal_log`).
+    pub fn take_removed_flows(&mut self, out: &mut Vec<FlowTuple>) {
+        if let Some(log) = &mut self.removed_flows {
+            out.append(log);
+        }
+    }
+
+    fn forget_flow(&mut self, tuple: &FlowTuple) {
+        self.flows.remove(tuple);
+        if let Some(log) = &mut self.removed_flows {
+            log.push(*tuple);
+        }
     }
 
     fn advance_clock(&mut self, now: Instant) {
@@ -631,7 +663,7 @@ impl TcpEndpoint {
             if let Some(timer) = req.timer {
                 self.wheel.cancel(timer);
             }
-            self.flows.remove(&req.tuple);
+            self.forget_flow(&req.tuple);
             if let Some(l) = self
                 .listeners
                 .get_mut(req.listener.index, req.listener.generation)
@@ -748,7 +780,7 @@ impl TcpEndpoint {
             if let Some(timer) = tw.timer {
                 self.wheel.cancel(timer);
             }
-            self.flows.remove(&tw.tuple);
+            self.forget_flow(&tw.tuple);
         }
     }
 
@@ -1020,7 +1052,7 @@ impl TcpEndpoint {
 
     fn remove_conn(&mut self, h: ConnHandle) -> Option<Box<Connection>> {
         let mut conn = self.conns.remove(h.index, h.generation)?;
-        self.flows.remove(&conn.tuple);
+        self.forget_flow(&conn.tuple);
         if let Some(id) = conn.wheel_id.take() {
             self.wheel.cancel(id);
         }

@@ -448,3 +448,48 @@ fn fin_wait_2_gives_up_on_a_peer_that_never_closes() {
     );
     assert_eq!(pair.client.connection_count(), 0);
 }
+
+#[test]
+fn the_flow_removal_log_names_every_tuple_that_goes_away() {
+    let mut pair = Pair::default_pair();
+    pair.client.set_flow_removal_log(true);
+    pair.server.set_flow_removal_log(true);
+    let (c, s) = pair.established();
+    let tuple = |local, remote| hoststack_tcp::FlowTuple {
+        table: 0,
+        local,
+        remote,
+    };
+    let on_server = tuple(server_addr(), pair.client.info(c).unwrap().tuple.local);
+    let on_client = tuple(on_server.remote, server_addr());
+    assert!(pair.server.has_flow(&on_server) && pair.client.has_flow(&on_client));
+    // The half-open entry went away when the handshake promoted it, but the
+    // tuple is still held.
+    let mut gone = Vec::new();
+    pair.server.take_removed_flows(&mut gone);
+    assert_eq!(gone, vec![on_server]);
+    assert!(pair.server.has_flow(&on_server));
+    gone.clear();
+    pair.client.close(c).unwrap();
+    pair.run_until(100, |p| p.server_saw(TcpEvent::RemoteClosed { conn: s }));
+    pair.server.close(s).unwrap();
+    close_both(&mut pair, c, s);
+    // The server's connection is gone; the client's waits in TIME-WAIT.
+    pair.server.take_removed_flows(&mut gone);
+    assert_eq!(gone, vec![on_server]);
+    assert!(!pair.server.has_flow(&on_server));
+    gone.clear();
+    pair.client.take_removed_flows(&mut gone);
+    assert_eq!(gone, vec![on_client]);
+    assert!(pair.client.has_flow(&on_client));
+    gone.clear();
+    pair.advance(Duration::from_secs(61));
+    pair.client.take_removed_flows(&mut gone);
+    assert_eq!(gone, vec![on_client]);
+    assert!(!pair.client.has_flow(&on_client));
+    // Off: nothing is recorded.
+    pair.client.set_flow_removal_log(false);
+    gone.clear();
+    pair.client.take_removed_flows(&mut gone);
+    assert!(gone.is_empty());
+}

@@ -78,6 +78,7 @@ struct InterfaceSection {
     name: Spanned<String>,
     driver: Option<Parse<DriverKind>>,
     queues: Option<Spanned<u32>>,
+    traffic_steered: Option<bool>,
     xdp_mode: Option<Parse<XdpAttachMode>>,
     xdp_copy: Option<Parse<XdpCopyMode>>,
     addresses: Option<Spanned<Vec<Parse<AddrPrefix>>>>,
@@ -253,7 +254,9 @@ struct CheckedInterface {
     driver: DriverKind,
     xdp_mode: XdpAttachMode,
     xdp_copy: XdpCopyMode,
-    queues: u32,
+    /// None: every queue of the interface (counted when the daemon starts).
+    queues: Option<u32>,
+    traffic_steered: bool,
     addresses: Vec<AddrPrefix>,
     gateway: Option<IpAddr>,
     mtu: Option<u32>,
@@ -296,10 +299,17 @@ fn check_interface(
     };
     let driver = iface.driver.as_ref().map_or(DriverKind::AfXdp, |d| d.0);
     let queues = match &iface.queues {
-        Some(q) => in_range(src, q, &key("queues"), 1, 64, "one worker per queue")?,
-        None => 1,
+        Some(q) => Some(in_range(
+            src,
+            q,
+            &key("queues"),
+            1,
+            64,
+            "one worker per queue",
+        )?),
+        None => None,
     };
-    if driver == DriverKind::UringTap && queues != 1 {
+    if driver == DriverKind::UringTap && queues.is_some_and(|q| q != 1) {
         let at = iface.queues.as_ref().map(|q| q.span());
         return Err(src.error(
             at,
@@ -317,6 +327,7 @@ fn check_interface(
         xdp_mode: iface.xdp_mode.as_ref().map_or(XdpAttachMode::Auto, |m| m.0),
         xdp_copy: iface.xdp_copy.as_ref().map_or(XdpCopyMode::Auto, |m| m.0),
         queues,
+        traffic_steered: iface.traffic_steered.unwrap_or(false),
         addresses,
         gateway: iface.gateway,
         mtu,
@@ -559,10 +570,19 @@ impl DaemonConfig {
             }
             ifaces.push(checked);
         }
-        let total_queues: u32 = ifaces.iter().map(|c| c.queues).sum();
         let cores = match &file.workers.cores {
             Some(c) => {
                 let list = c.get_ref().clone();
+                // Without queues on every interface the count is the
+                // interfaces' own, known only when the daemon starts.
+                let Some(total_queues) = ifaces.iter().map(|c| c.queues).sum::<Option<u32>>()
+                else {
+                    return Err(src.at(
+                        c,
+                        "workers.cores",
+                        "cores are listed per queue: set queues on every [[interface]] (they default to the interface's receive queue count, which is known only when the daemon starts)",
+                    ));
+                };
                 if list.len() != total_queues as usize {
                     return Err(src.at(
                         c,
@@ -813,8 +833,10 @@ impl DaemonConfig {
                 xdp_mode: c.xdp_mode,
                 xdp_copy: c.xdp_copy,
                 queues: c.queues,
-                cores: cores
-                    .get(next_core..next_core + c.queues as usize)
+                traffic_steered: c.traffic_steered,
+                cores: c
+                    .queues
+                    .and_then(|q| cores.get(next_core..next_core + q as usize))
                     .map(<[usize]>::to_vec)
                     .unwrap_or_default(),
                 addresses: c.addresses,
@@ -824,7 +846,7 @@ impl DaemonConfig {
                 inject_loss: 0,
                 table: c.table,
             };
-            next_core += c.queues as usize;
+            next_core += c.queues.unwrap_or(0) as usize;
             // What is left to check is the stack's own rules.
             stack
                 .validate()
@@ -874,7 +896,7 @@ mod tests {
     fn one_interface_is_a_complete_config_with_defaults() {
         let c = DaemonConfig::parse(MINIMAL, "t.toml").unwrap();
         assert_eq!(c.interfaces[0].stack.interface, "veth0");
-        assert_eq!(c.interfaces[0].stack.queues, 1);
+        assert_eq!(c.interfaces[0].stack.queues, None);
         assert_eq!(c.interfaces[0].stack.driver, DriverKind::AfXdp);
         assert_eq!(c.mode, WorkerMode::Poll);
         assert_eq!(c.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
@@ -908,6 +930,7 @@ metrics_address = "0.0.0.0"
 name = "eth1"
 driver = "afxdp"
 queues = 2
+traffic_steered = true
 xdp_mode = "generic"
 xdp_copy = "copy"
 addresses = ["10.0.0.1/24", "fd00::1/64"]
@@ -938,7 +961,8 @@ interface = "eth1"
 table = 3
 "#;
         let c = DaemonConfig::parse(text, "t.toml").unwrap();
-        assert_eq!(c.interfaces[0].stack.queues, 2);
+        assert_eq!(c.interfaces[0].stack.queues, Some(2));
+        assert!(c.interfaces[0].stack.traffic_steered);
         assert_eq!(c.interfaces[0].stack.xdp_mode, XdpAttachMode::Generic);
         assert_eq!(c.interfaces[0].stack.xdp_copy, XdpCopyMode::Copy);
         assert_eq!(c.interfaces[0].stack.cores, vec![0, 0]);
@@ -1054,9 +1078,15 @@ table = 3
         assert_eq!((e.line, e.key.as_str()), (3, "interface[0].queues"));
         assert!(e.message.contains("1..=64"), "{e}");
 
-        let e = err(&format!("{MINIMAL}[workers]\ncores = [0, 1, 0]\n"));
-        assert_eq!((e.line, e.key.as_str()), (5, "workers.cores"));
+        let e = err(&format!(
+            "{MINIMAL}queues = 2\n[workers]\ncores = [0, 1, 0]\n"
+        ));
+        assert_eq!((e.line, e.key.as_str()), (6, "workers.cores"));
         assert!(e.message.contains("one core per queue"), "{e}");
+        // Without queues, the count is the interface's, unknown until start.
+        let e = err(&format!("{MINIMAL}[workers]\ncores = [0, 1]\n"));
+        assert_eq!((e.line, e.key.as_str()), (5, "workers.cores"));
+        assert!(e.message.contains("set queues on every"), "{e}");
 
         let e = err(&format!(
             "{MINIMAL}[session]\nsegment_size = \"1M\"\nrx_fifo_size = \"1M\"\n"
@@ -1081,7 +1111,7 @@ table = 3
     #[test]
     fn several_interfaces_share_the_cores_in_order_and_none_is_refused() {
         let two = format!(
-            "{MINIMAL}queues = 1\n[[interface]]\nname = \"veth1\"\naddresses = [\"10.1.0.1/24\"]\ngateway = \"10.1.0.254\"\nmtu = 1400\n[workers]\ncores = [1, 0]\n[[namespace]]\nid = \"red\"\nsecret = 1\ninterface = \"veth1\"\n"
+            "{MINIMAL}queues = 1\n[[interface]]\nname = \"veth1\"\nqueues = 1\naddresses = [\"10.1.0.1/24\"]\ngateway = \"10.1.0.254\"\nmtu = 1400\n[workers]\ncores = [1, 0]\n[[namespace]]\nid = \"red\"\nsecret = 1\ninterface = \"veth1\"\n"
         );
         let c = DaemonConfig::parse(&two, "t").unwrap();
         let names: Vec<&str> = c
@@ -1113,7 +1143,7 @@ table = 3
         ));
         assert_eq!(e.key, "interface[1].netns");
         let e = err(&format!(
-            "{MINIMAL}[[interface]]\nname = \"veth1\"\naddresses = [\"10.1.0.1/24\"]\n[workers]\ncores = [0]\n"
+            "{MINIMAL}queues = 1\n[[interface]]\nname = \"veth1\"\nqueues = 1\naddresses = [\"10.1.0.1/24\"]\n[workers]\ncores = [0]\n"
         ));
         assert_eq!(e.key, "workers.cores");
         assert!(e.message.contains("1 cores for 2 queues"), "{e}");

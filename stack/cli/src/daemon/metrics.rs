@@ -105,6 +105,8 @@ pub(crate) fn render(m: &MetricsSnapshot) -> String {
             ("malformed", i.drops.malformed),
             ("bad_checksum", i.drops.bad_checksum),
             ("tx_ring_full", i.drops.tx_ring_full),
+            ("handoff", i.drops.handoff),
+            ("injected", i.drops.injected),
         ] {
             drops.push((format!("{},reason=\"{reason}\"", q(i)), v));
         }
@@ -120,6 +122,54 @@ pub(crate) fn render(m: &MetricsSnapshot) -> String {
         "counter",
         "Frames whose L4 checksum was accepted unverified (veth partial checksums).",
         &per_queue(|i| i.rx_checksum_unverified),
+    );
+    let handoff: [Family<InterfaceView>; 3] = [
+        (
+            "hoststack_interface_handoff_sent_total",
+            "counter",
+            "Packets that arrived on a queue for a flow another queue's worker holds, handed there.",
+            |i| i.handoff.sent,
+        ),
+        (
+            "hoststack_interface_handoff_received_total",
+            "counter",
+            "Packets other queues received for flows this queue's worker holds.",
+            |i| i.handoff.received,
+        ),
+        (
+            "hoststack_interface_handoff_wakeups_total",
+            "counter",
+            "Times a hand-off woke a queue's sleeping worker.",
+            |i| i.handoff.wakeups,
+        ),
+    ];
+    for (name, kind, help, get) in handoff {
+        f.family(name, kind, help, &per_queue(get));
+    }
+    // Interface-wide, from the first queue of each interface.
+    let mut seen = Vec::new();
+    let mut neighbors = Vec::new();
+    let mut flows = Vec::new();
+    for i in &m.interfaces {
+        if seen.contains(&&i.name) {
+            continue;
+        }
+        seen.push(&i.name);
+        let l = format!("interface=\"{}\"", label(&i.name));
+        neighbors.push((l.clone(), i.neighbors));
+        flows.push((l, i.flows));
+    }
+    f.family(
+        "hoststack_interface_neighbors",
+        "gauge",
+        "Next hops in an interface's neighbour table, shared by its queues' workers.",
+        &neighbors,
+    );
+    f.family(
+        "hoststack_interface_flows",
+        "gauge",
+        "TCP flows in an interface's flow directory (which queue's worker holds each).",
+        &flows,
     );
     let tcp_queues: Vec<(&InterfaceView, &TcpView)> = m
         .interfaces
@@ -172,7 +222,7 @@ pub(crate) fn render(m: &MetricsSnapshot) -> String {
         }
     }
 
-    let worker_families: [Family<WorkerView>; 8] = [
+    let worker_families: [Family<WorkerView>; 12] = [
         (
             "hoststack_worker_loops_total",
             "counter",
@@ -220,6 +270,30 @@ pub(crate) fn render(m: &MetricsSnapshot) -> String {
             "counter",
             "Pending-list batches a worker served.",
             |x| x.batches,
+        ),
+        (
+            "hoststack_worker_handoff_sent_total",
+            "counter",
+            "Packets a worker handed to another worker of its interface.",
+            |x| x.handoff_sent,
+        ),
+        (
+            "hoststack_worker_handoff_received_total",
+            "counter",
+            "Packets other workers of its interface handed to a worker.",
+            |x| x.handoff_received,
+        ),
+        (
+            "hoststack_worker_handoff_dropped_total",
+            "counter",
+            "Packets for a worker dropped because its hand-off ring was full.",
+            |x| x.handoff_dropped,
+        ),
+        (
+            "hoststack_worker_neighbor_answers_total",
+            "counter",
+            "smoltcp address requests a worker answered from the shared neighbour table.",
+            |x| x.neighbor_answers,
         ),
     ];
     for (name, kind, help, get) in worker_families {
@@ -466,7 +540,7 @@ fn answer(mut stream: TcpStream, source: &MetricsSource) -> std::io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::show::{AppSummary, AppWorkerView, DropsView};
+    use crate::daemon::show::{AppSummary, AppWorkerView, DropsView, HandOffView};
 
     fn snapshot() -> MetricsSnapshot {
         MetricsSnapshot {
@@ -485,6 +559,8 @@ mod tests {
                     malformed: 2,
                     bad_checksum: 3,
                     tx_ring_full: 4,
+                    handoff: 6,
+                    injected: 0,
                 },
                 rx_checksum_unverified: 5,
                 capturing: false,
@@ -500,6 +576,13 @@ mod tests {
                     frames_unsent: 0,
                     counters: [("syn_cookies_sent".to_string(), 7)].into_iter().collect(),
                 }),
+                handoff: HandOffView {
+                    sent: 8,
+                    received: 9,
+                    wakeups: 0,
+                },
+                neighbors: 1,
+                flows: 3,
             }],
             workers: vec![WorkerView {
                 index: 0,
@@ -515,6 +598,10 @@ mod tests {
                 pending_queues: 0,
                 app_messages: 5,
                 batches: 4,
+                handoff_sent: 2,
+                handoff_received: 1,
+                handoff_dropped: 0,
+                neighbor_answers: 0,
             }],
             apps: vec![AppDetail {
                 summary: AppSummary {
@@ -578,6 +665,12 @@ mod tests {
         );
         assert!(t.contains("hoststack_tcp_retransmits_total{interface=\"veth0\",queue=\"0\"} 0\n"));
         assert!(t.contains("hoststack_worker_loops_total{worker=\"0\"} 77\n"));
+        assert!(t.contains("hoststack_worker_handoff_sent_total{worker=\"0\"} 2\n"));
+        assert!(t.contains(
+            "hoststack_interface_handoff_received_total{interface=\"veth0\",queue=\"0\"} 9\n"
+        ));
+        assert!(t.contains("hoststack_interface_drops_total{interface=\"veth0\",queue=\"0\",reason=\"handoff\"} 6\n"));
+        assert!(t.contains("hoststack_interface_flows{interface=\"veth0\"} 3\n"));
         assert!(t.contains("hoststack_worker_interrupt{worker=\"0\"} 1\n"));
         assert!(
             t.contains(

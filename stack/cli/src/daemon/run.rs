@@ -165,17 +165,23 @@ impl Daemon {
         let stacks: Vec<StackConfig> = cfg.interfaces.iter().map(|i| i.stack.clone()).collect();
         let stack = Stack::start_interfaces(&stacks, cfg.mode)?;
         // Threads run interface by interface, queue by queue.
-        let cores: Vec<(Option<usize>, u32)> = stacks
-            .iter()
-            .flat_map(|c| (0..c.queues as usize).map(|q| (c.cores.get(q).copied(), c.table)))
-            .collect();
         let workers = stack
             .workers()
             .iter()
             .enumerate()
             .map(|(t, w)| {
-                let (core, table) = cores.get(t).copied().unwrap_or((None, 0));
-                WorkerProbe::of(w, core.or_else(|| default_core(t)), cfg.mode, table)
+                let (core, table) = stacks
+                    .iter()
+                    .find(|c| c.interface == w.info.name)
+                    .map_or((None, 0), |c| {
+                        (c.cores.get(w.info.queue as usize).copied(), c.table)
+                    });
+                let group = stack
+                    .queue_groups()
+                    .iter()
+                    .find(|g| g.interface == w.info.name)
+                    .cloned();
+                WorkerProbe::of(w, core.or_else(|| default_core(t)), cfg.mode, table, group)
             })
             .collect();
         let interfaces = stacks

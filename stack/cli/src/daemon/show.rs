@@ -363,6 +363,26 @@ pub(crate) struct DropsView {
     pub(crate) bad_checksum: u64,
     /// Transmit ring full.
     pub(crate) tx_ring_full: u64,
+    /// Handed to this queue's worker by another and dropped: its hand-off
+    /// ring was full.
+    #[serde(default)]
+    pub(crate) handoff: u64,
+    /// Frames for smoltcp that no queue received (hand-offs, neighbour
+    /// answers) dropped because too many waited.
+    #[serde(default)]
+    pub(crate) injected: u64,
+}
+
+/// Packets between a queue's worker and the interface's other workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub(crate) struct HandOffView {
+    /// Packets that arrived here for a flow another worker holds, handed
+    /// there.
+    pub(crate) sent: u64,
+    /// Packets another queue received for a flow this worker holds.
+    pub(crate) received: u64,
+    /// Times a hand-off woke this worker.
+    pub(crate) wakeups: u64,
 }
 
 /// One interface queue and its counters.
@@ -397,6 +417,16 @@ pub(crate) struct InterfaceView {
     /// hoststack's TCP engine on this queue (absent with smoltcp's TCP).
     #[serde(default)]
     pub(crate) tcp: Option<TcpView>,
+    /// Hand-offs to and from the interface's other queues' workers.
+    #[serde(default)]
+    pub(crate) handoff: HandOffView,
+    /// Next hops in the interface's shared neighbour table.
+    #[serde(default)]
+    pub(crate) neighbors: u64,
+    /// TCP flows in the interface's flow directory (0 with one queue: the
+    /// directory is used only when queues share an interface).
+    #[serde(default)]
+    pub(crate) flows: u64,
 }
 
 /// A queue's TCP engine.
@@ -452,6 +482,19 @@ pub(crate) struct WorkerView {
     pub(crate) app_messages: u64,
     /// Pending-list batches served.
     pub(crate) batches: u64,
+    /// Packets handed to other workers of the interface.
+    #[serde(default)]
+    pub(crate) handoff_sent: u64,
+    /// Packets other workers handed to this one.
+    #[serde(default)]
+    pub(crate) handoff_received: u64,
+    /// Packets for this worker dropped on a full hand-off ring.
+    #[serde(default)]
+    pub(crate) handoff_dropped: u64,
+    /// smoltcp ARP requests and neighbour solicitations answered from the
+    /// interface's shared neighbour table.
+    #[serde(default)]
+    pub(crate) neighbor_answers: u64,
 }
 
 /// An app namespace.
@@ -871,12 +914,19 @@ pub(crate) fn render_interfaces(ifs: &[InterfaceView]) -> String {
         );
         let _ = writeln!(
             s,
-            "    drops: kernel {} malformed {} bad-checksum {} tx-ring-full {}; checksum unverified {}",
+            "    drops: kernel {} malformed {} bad-checksum {} tx-ring-full {} hand-off {} injected {}; checksum unverified {}",
             i.drops.kernel,
             i.drops.malformed,
             i.drops.bad_checksum,
             i.drops.tx_ring_full,
+            i.drops.handoff,
+            i.drops.injected,
             i.rx_checksum_unverified
+        );
+        let _ = writeln!(
+            s,
+            "    hand-off: sent {} received {} wakeups {}; interface: {} neighbours, {} flows in the directory",
+            i.handoff.sent, i.handoff.received, i.handoff.wakeups, i.neighbors, i.flows
         );
         if let Some(t) = &i.tcp {
             let _ = writeln!(
@@ -909,7 +959,7 @@ pub(crate) fn render_interfaces(ifs: &[InterfaceView]) -> String {
 /// `show worker`.
 pub(crate) fn render_workers(ws: &[WorkerView]) -> String {
     let mut s = format!(
-        "{:<8}{:<16}{:<7}{:<6}{:<11}{:<11}{:<14}{:<10}{:<10}{:<8}{:<9}{:<10}{}\n",
+        "{:<8}{:<16}{:<7}{:<6}{:<11}{:<11}{:<14}{:<10}{:<10}{:<8}{:<9}{:<10}{:<10}{:<10}{:<10}{:<10}{}\n",
         "Worker",
         "Interface",
         "Queue",
@@ -922,12 +972,16 @@ pub(crate) fn render_workers(ws: &[WorkerView]) -> String {
         "AppQs",
         "Pending",
         "AppMsgs",
-        "Batches"
+        "Batches",
+        "HandOut",
+        "HandIn",
+        "HandDrop",
+        "NbrAns"
     );
     for w in ws {
         let _ = writeln!(
             s,
-            "{:<8}{:<16}{:<7}{:<6}{:<11}{:<11}{:<14}{:<10}{:<10}{:<8}{:<9}{:<10}{}",
+            "{:<8}{:<16}{:<7}{:<6}{:<11}{:<11}{:<14}{:<10}{:<10}{:<8}{:<9}{:<10}{:<10}{:<10}{:<10}{:<10}{}",
             w.index,
             w.interface,
             w.queue,
@@ -940,7 +994,11 @@ pub(crate) fn render_workers(ws: &[WorkerView]) -> String {
             w.app_queues,
             w.pending_queues,
             w.app_messages,
-            w.batches
+            w.batches,
+            w.handoff_sent,
+            w.handoff_received,
+            w.handoff_dropped,
+            w.neighbor_answers
         );
     }
     tidy(s)
@@ -1326,6 +1384,8 @@ mod tests {
                 malformed: 2,
                 bad_checksum: 3,
                 tx_ring_full: 4,
+                handoff: 6,
+                injected: 0,
             },
             rx_checksum_unverified: 5,
             capturing: true,
@@ -1346,6 +1406,13 @@ mod tests {
                 .into_iter()
                 .collect(),
             }),
+            handoff: HandOffView {
+                sent: 11,
+                received: 12,
+                wakeups: 1,
+            },
+            neighbors: 2,
+            flows: 5,
         }]);
         assert!(
             i.contains(
@@ -1366,7 +1433,11 @@ mod tests {
             "only counters that moved: {i}"
         );
         assert!(
-            i.contains("kernel 1 malformed 2 bad-checksum 3 tx-ring-full 4; checksum unverified 5"),
+            i.contains("kernel 1 malformed 2 bad-checksum 3 tx-ring-full 4 hand-off 6 injected 0; checksum unverified 5"),
+            "{i}"
+        );
+        assert!(
+            i.contains("hand-off: sent 11 received 12 wakeups 1; interface: 2 neighbours, 5 flows in the directory"),
             "{i}"
         );
         let w = render_workers(&[WorkerView {
@@ -1383,6 +1454,10 @@ mod tests {
             pending_queues: 0,
             app_messages: 40,
             batches: 12,
+            handoff_sent: 3,
+            handoff_received: 4,
+            handoff_dropped: 0,
+            neighbor_answers: 1,
         }]);
         let row: Vec<&str> = w.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(
@@ -1400,7 +1475,11 @@ mod tests {
                 "2",
                 "0",
                 "40",
-                "12"
+                "12",
+                "3",
+                "4",
+                "0",
+                "1"
             ]
         );
         let n = render_namespaces(&[NamespaceView {

@@ -19,9 +19,10 @@ use hoststack_session::session_layer::SessionLayer;
 use hoststack_session::session_worker::SessionWorkerStats;
 
 use crate::daemon::show::{
-    AppDetail, AppSummary, AppWorkerView, CertView, DropsView, InterfaceView, ListenerView,
-    NamespaceView, QueueView, SessionView, TcpView, ThreadSessions, WorkerView,
+    AppDetail, AppSummary, AppWorkerView, CertView, DropsView, HandOffView, InterfaceView,
+    ListenerView, NamespaceView, QueueView, SessionView, TcpView, ThreadSessions, WorkerView,
 };
+use hoststack_stack::queue_group::QueueGroup;
 use hoststack_stack::runtime::WorkerHandle;
 use hoststack_stack::worker::{WorkerMode, WorkerStats};
 
@@ -42,12 +43,21 @@ pub(crate) struct WorkerProbe {
     pub(crate) mode: WorkerMode,
     /// The table (FIB index) of its interface.
     pub(crate) table: u32,
+    /// What its interface's workers share.
+    pub(crate) group: Option<Arc<QueueGroup>>,
 }
 
 impl WorkerProbe {
     /// A probe of a running worker.
-    pub(crate) fn of(w: &WorkerHandle, core: Option<usize>, mode: WorkerMode, table: u32) -> Self {
+    pub(crate) fn of(
+        w: &WorkerHandle,
+        core: Option<usize>,
+        mode: WorkerMode,
+        table: u32,
+        group: Option<Arc<QueueGroup>>,
+    ) -> Self {
         Self {
+            group,
             info: w.info.clone(),
             counters: w.counters.clone(),
             stats: w.stats.clone(),
@@ -337,6 +347,7 @@ pub(crate) fn interfaces(workers: &[WorkerProbe], capturing: &[String]) -> Vec<I
         .iter()
         .map(|w| {
             let c = w.counters.snapshot();
+            let h = &w.stats.handoff;
             InterfaceView {
                 name: w.info.name.clone(),
                 queue: w.info.queue,
@@ -352,11 +363,20 @@ pub(crate) fn interfaces(workers: &[WorkerProbe], capturing: &[String]) -> Vec<I
                     malformed: c.rx_malformed,
                     bad_checksum: c.rx_bad_checksum,
                     tx_ring_full: c.tx_ring_full,
+                    handoff: h.dropped.load(Relaxed),
+                    injected: w.stats.injected_dropped.load(Relaxed),
                 },
                 rx_checksum_unverified: c.rx_checksum_unverified,
                 capturing: capturing.contains(&w.info.name),
                 table: w.table,
                 tcp: tcp_view(&w.stats),
+                handoff: HandOffView {
+                    sent: h.sent.load(Relaxed),
+                    received: h.received.load(Relaxed),
+                    wakeups: h.wakeups.load(Relaxed),
+                },
+                neighbors: w.group.as_ref().map_or(0, |g| g.neighbors.len() as u64),
+                flows: w.group.as_ref().map_or(0, |g| g.directory.len() as u64),
             }
         })
         .collect()
@@ -412,6 +432,10 @@ pub(crate) fn workers(workers: &[WorkerProbe]) -> Vec<WorkerView> {
                 pending_queues: ss.pending_queues.load(Relaxed),
                 app_messages: ss.app_messages.load(Relaxed),
                 batches: ss.batches.load(Relaxed),
+                handoff_sent: s.handoff.sent.load(Relaxed),
+                handoff_received: s.handoff.received.load(Relaxed),
+                handoff_dropped: s.handoff.dropped.load(Relaxed),
+                neighbor_answers: s.neighbor_answers.load(Relaxed),
             }
         })
         .collect()

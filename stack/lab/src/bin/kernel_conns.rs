@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! kernel_conns --target IP:PORT --conns N [--sources IP,IP,...] [--bytes B]
-//!              [--concurrency C] [--connect-first] [--hold] [--timeout SECS]
+//!              [--rounds R] [--concurrency C] [--connect-first] [--hold]
+//!              [--per-conn] [--timeout SECS]
 //! ```
 //!
 //! Opens `N` connections (source addresses taken in turn from `--sources`,
@@ -16,7 +17,11 @@
 //! no connection sends until all are connected, so the server sees every
 //! one of them busy at once. With `--hold` the
 //! connections then stay open until a line (or EOF) arrives on stdin, and a
-//! second JSON line reports the close. Run it inside the peer's namespace
+//! second JSON line reports the close. With `--rounds R` each connection
+//! sends its `B` bytes, waits for their echo, and does so `R` times (64-byte
+//! round trips: `--bytes 64 --rounds 10000`); `--per-conn` adds each
+//! connection's echo time to the report, for how evenly they were served.
+//! Run it inside the peer's namespace
 //! (`ip netns exec`); a process may hold about 20,000 sockets here, so
 //! 100,000 connections take several processes.
 
@@ -38,14 +43,17 @@ struct Args {
     conns: usize,
     sources: Vec<IpAddr>,
     bytes: usize,
+    rounds: usize,
     concurrency: usize,
     connect_first: bool,
     hold: bool,
+    per_conn: bool,
     timeout: Duration,
 }
 
 const USAGE: &str = "usage: kernel_conns --target IP:PORT --conns N [--sources IP,IP,...] \
-[--bytes B] [--concurrency C] [--connect-first] [--hold] [--timeout SECS]";
+[--bytes B] [--rounds R] [--concurrency C] [--connect-first] [--hold] [--per-conn] \
+[--timeout SECS]";
 
 fn usage_error(why: &str) -> ! {
     eprintln!("kernel_conns: {why}\n{USAGE}");
@@ -63,9 +71,11 @@ fn args() -> Args {
         conns: 0,
         sources: Vec::new(),
         bytes: 1,
+        rounds: 1,
         concurrency: 1024,
         connect_first: false,
         hold: false,
+        per_conn: false,
         timeout: Duration::from_secs(120),
     };
     let mut it = std::env::args().skip(1);
@@ -80,7 +90,9 @@ fn args() -> Args {
             "--sources" => {
                 a.sources = v().split(',').map(|s| parsed(&k, s)).collect();
             }
-            "--bytes" => a.bytes = parsed(&k, &v()),
+            "--bytes" => a.bytes = parsed::<usize>(&k, &v()).max(1),
+            "--rounds" => a.rounds = parsed::<usize>(&k, &v()).max(1),
+            "--per-conn" => a.per_conn = true,
             "--concurrency" => a.concurrency = parsed::<usize>(&k, &v()).max(1),
             "--timeout" => a.timeout = Duration::from_secs(parsed(&k, &v())),
             "--hold" => a.hold = true,
@@ -123,6 +135,8 @@ struct Conn {
     phase: Phase,
     sent: usize,
     verified: usize,
+    /// When it started echoing.
+    echo_from: Option<Instant>,
 }
 
 struct Run {
@@ -135,6 +149,8 @@ struct Run {
     failed: usize,
     first_error: Option<String>,
     opened_at: Option<Instant>,
+    /// Each connection's echo time, by id (with `--per-conn`).
+    echo_secs: Vec<f64>,
 }
 
 impl Run {
@@ -187,6 +203,7 @@ fn open(a: &Args, id: usize, run: &mut Run) -> Result<(), String> {
         phase: Phase::Connecting,
         sent: 0,
         verified: 0,
+        echo_from: None,
     });
     run.in_flight += 1;
     Ok(())
@@ -218,36 +235,50 @@ fn drive(a: &Args, slot: usize, run: &mut Run, buf: &mut [u8]) {
         return;
     }
     let id = c.id;
-    while c.sent < a.bytes {
-        let n = (a.bytes - c.sent).min(buf.len());
-        for (i, b) in buf[..n].iter_mut().enumerate() {
-            *b = pattern(id, c.sent + i);
-        }
-        match rustix::io::write(&c.fd, &buf[..n]) {
-            Ok(w) => c.sent += w,
-            Err(Errno::AGAIN) => break,
-            Err(e) => return run.fail(slot, format!("write: {e}")),
-        }
-    }
-    while c.verified < a.bytes {
-        match rustix::io::read(&c.fd, &mut *buf) {
-            Ok(0) => return run.fail(slot, "the server closed before echoing".into()),
-            Ok(n) => {
-                for (i, &b) in buf[..n].iter().enumerate() {
-                    if b != pattern(id, c.verified + i) {
-                        let at = c.verified + i;
-                        return run.fail(slot, format!("connection {id}: byte {at} differs"));
-                    }
-                }
-                c.verified += n;
+    let total = a.bytes * a.rounds;
+    c.echo_from.get_or_insert_with(Instant::now);
+    // One round in flight: the next starts once this one's echo is back.
+    'rounds: loop {
+        let round_end = ((c.verified / a.bytes + 1) * a.bytes).min(total);
+        while c.sent < round_end {
+            let n = (round_end - c.sent).min(buf.len());
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = pattern(id, c.sent + i);
             }
-            Err(Errno::AGAIN) => break,
-            Err(e) => return run.fail(slot, format!("read: {e}")),
+            match rustix::io::write(&c.fd, &buf[..n]) {
+                Ok(w) => c.sent += w,
+                Err(Errno::AGAIN) => break,
+                Err(e) => return run.fail(slot, format!("write: {e}")),
+            }
+        }
+        while c.verified < c.sent {
+            match rustix::io::read(&c.fd, &mut *buf) {
+                Ok(0) => return run.fail(slot, "the server closed before echoing".into()),
+                Ok(n) => {
+                    for (i, &b) in buf[..n].iter().enumerate() {
+                        if b != pattern(id, c.verified + i) {
+                            let at = c.verified + i;
+                            return run.fail(slot, format!("connection {id}: byte {at} differs"));
+                        }
+                    }
+                    c.verified += n;
+                }
+                Err(Errno::AGAIN) => break 'rounds,
+                Err(e) => return run.fail(slot, format!("read: {e}")),
+            }
+        }
+        // Echoed all that was sent: on to the next round if this one is
+        // complete; else the socket was not writable, so wait for it.
+        if c.verified < round_end || c.verified >= total {
+            break;
         }
     }
-    if c.verified >= a.bytes {
+    if c.verified >= total {
         c.phase = Phase::Done;
         run.verified += 1;
+        if a.per_conn {
+            run.echo_secs[id] = c.echo_from.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        }
         if !a.hold {
             let _ = epoll::delete(&run.poll, &c.fd);
             run.conns[slot] = None;
@@ -271,6 +302,11 @@ fn main() {
         failed: 0,
         first_error: None,
         opened_at: None,
+        echo_secs: if a.per_conn {
+            vec![0.0; a.conns]
+        } else {
+            Vec::new()
+        },
     };
     let mut buf = vec![0u8; 16 << 10];
     let mut events: Vec<epoll::Event> = Vec::with_capacity(4096);
@@ -321,7 +357,7 @@ fn main() {
         }
     }
     let opened = run.opened_at.unwrap_or_else(Instant::now) - started;
-    let report = serde_json::json!({
+    let mut report = serde_json::json!({
         "conns": a.conns,
         "connected": run.connected,
         "verified": run.verified,
@@ -330,6 +366,9 @@ fn main() {
         "total_secs": started.elapsed().as_secs_f64(),
         "first_error": run.first_error,
     });
+    if a.per_conn {
+        report["echo_secs"] = serde_json::json!(run.echo_secs);
+    }
     println!("{report}");
     if a.hold {
         let _ = std::io::stdin().lock().read_line(&mut String::new());
