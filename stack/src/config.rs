@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use hoststack_drivers::afxdp::{XdpAttachMode, XdpCopyMode};
+use hoststack_drivers::uring_tap::{RxMode, TapOffload};
 use smoltcp::wire::{IpAddress, IpCidr};
 
 use crate::error::{StackError, StackResult};
@@ -206,6 +207,10 @@ pub struct StackConfig {
     pub xdp_mode: XdpAttachMode,
     /// Copy or zero-copy (AF_XDP only).
     pub xdp_copy: XdpCopyMode,
+    /// Offloads asked of a TAP (uring-tap only).
+    pub tap_offload: TapOffload,
+    /// How a TAP's frames are read (uring-tap only).
+    pub tap_rx: RxMode,
     /// Queues, one worker each.
     pub queues: u32,
     /// Core for each worker; empty means queue `q` on core `q % cores`.
@@ -252,6 +257,8 @@ impl StackConfig {
             driver: DriverKind::AfXdp,
             xdp_mode: XdpAttachMode::Auto,
             xdp_copy: XdpCopyMode::Auto,
+            tap_offload: TapOffload::Auto,
+            tap_rx: RxMode::Auto,
             queues: 1,
             cores: Vec::new(),
             addresses,
@@ -282,11 +289,6 @@ impl StackConfig {
                 self.cores.len(),
                 self.queues
             )));
-        }
-        if self.driver == DriverKind::UringTap && self.queues != 1 {
-            return Err(StackError::Config(
-                "the uring-tap driver runs one queue".into(),
-            ));
         }
         if self.tcp.buffer < 4096 || self.tcp.buffer > (1 << 30) {
             return Err(StackError::Config(format!(

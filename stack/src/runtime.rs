@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use hoststack_drivers::afxdp::{XdpConfig, XdpQueue};
 use hoststack_drivers::counters::{DriverCounters, DriverCountersSnapshot};
-use hoststack_drivers::uring_tap::{TapConfig, TapQueue};
+use hoststack_drivers::uring_tap::{TapConfig, TapOffload, TapQueue};
 use hoststack_drivers::{DeviceInfo, PacketIo};
 use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
 use hoststack_session::control::{ControlPlane, control_plane};
@@ -24,7 +24,7 @@ use hoststack_session::session_worker::{SessionWorker, SessionWorkerStats};
 use hoststack_session::thread_reach::ThreadReach;
 use tracing::{error, info};
 
-use crate::config::{DriverKind, StackConfig};
+use crate::config::{DriverKind, StackConfig, TcpEngineKind};
 use crate::error::{StackError, StackResult};
 use crate::pcap::Capture;
 use crate::worker::{Worker, WorkerControl, WorkerMode, WorkerStats};
@@ -76,6 +76,21 @@ struct WorkerSetup {
     stats: Arc<WorkerStats>,
     ready: mpsc::Sender<Ready>,
     capture: Arc<Capture>,
+}
+
+/// Queue `q` of a TAP as `cfg` asks for it: one fd and ring per queue,
+/// multi-queue when there are several. smoltcp's TCP gets no super-frames
+/// (it takes segments of one MTU).
+fn tap_config(cfg: &StackConfig, q: u32) -> TapConfig {
+    let mut t = TapConfig::new(&cfg.interface);
+    t.queue = q;
+    t.multi_queue = cfg.queues > 1;
+    t.rx_mode = cfg.tap_rx;
+    t.offload = match (cfg.tcp.engine, cfg.tap_offload) {
+        (TcpEngineKind::Smoltcp, TapOffload::Auto) => TapOffload::Checksum,
+        (_, o) => o,
+    };
+    t
 }
 
 /// Builds the worker over `driver`, reports ready (or the error), runs it.
@@ -243,7 +258,7 @@ impl Stack {
                             run_worker(XdpQueue::open(&x).map_err(StackError::from), ws)
                         }
                         DriverKind::UringTap => {
-                            let t = TapConfig::new(&ws.cfg.interface);
+                            let t = tap_config(&ws.cfg, q);
                             run_worker(TapQueue::open(&t).map_err(StackError::from), ws)
                         }
                     }

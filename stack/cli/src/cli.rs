@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use hoststack_drivers::afxdp::{XdpAttachMode, XdpCopyMode};
+use hoststack_drivers::uring_tap::{RxMode, TapOffload};
 
 use hoststack_stack::config::{AddrPrefix, DriverKind, StackConfig, TcpEngineKind, TcpTuning};
 use hoststack_stack::error::{StackError, StackResult};
@@ -34,7 +35,15 @@ pub(crate) struct StackArgs {
     /// AF_XDP copy mode: auto (zero-copy where supported), copy or zerocopy.
     #[arg(long, default_value = "auto")]
     pub(crate) xdp_copy: XdpCopyMode,
-    /// NIC queues to use, one pinned worker each.
+    /// TAP offloads (uring-tap): auto (checksums and TCP super-frames both
+    /// ways, UDP trains in), csum (checksums only) or off (no vnet header).
+    #[arg(long, default_value = "auto")]
+    pub(crate) offload: TapOffload,
+    /// TAP reads (uring-tap): auto (multishot where the kernel has it),
+    /// multishot or single.
+    #[arg(long, default_value = "auto")]
+    pub(crate) tap_read: RxMode,
+    /// NIC or TAP queues to use, one pinned worker each.
     #[arg(long, default_value_t = 1)]
     pub(crate) queues: u32,
     /// Cores for the workers, comma-separated (default: queue q on core q).
@@ -69,6 +78,8 @@ impl StackArgs {
             driver: self.driver,
             xdp_mode: self.xdp_mode,
             xdp_copy: self.xdp_copy,
+            tap_offload: self.offload,
+            tap_rx: self.tap_read,
             queues: self.queues,
             cores: self.cores.clone(),
             addresses: self.address.clone(),

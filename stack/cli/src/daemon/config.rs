@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use hoststack_app_proto::options::AppSizeDefaults;
 use hoststack_drivers::afxdp::{XdpAttachMode, XdpCopyMode};
+use hoststack_drivers::uring_tap::{RxMode, TapOffload};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
@@ -80,6 +81,8 @@ struct InterfaceSection {
     queues: Option<Spanned<u32>>,
     xdp_mode: Option<Parse<XdpAttachMode>>,
     xdp_copy: Option<Parse<XdpCopyMode>>,
+    offload: Option<Parse<TapOffload>>,
+    tap_read: Option<Parse<RxMode>>,
     addresses: Option<Spanned<Vec<Parse<AddrPrefix>>>>,
     gateway: Option<IpAddr>,
     mtu: Option<Spanned<u32>>,
@@ -253,6 +256,8 @@ struct CheckedInterface {
     driver: DriverKind,
     xdp_mode: XdpAttachMode,
     xdp_copy: XdpCopyMode,
+    offload: TapOffload,
+    tap_read: RxMode,
     queues: u32,
     addresses: Vec<AddrPrefix>,
     gateway: Option<IpAddr>,
@@ -299,14 +304,6 @@ fn check_interface(
         Some(q) => in_range(src, q, &key("queues"), 1, 64, "one worker per queue")?,
         None => 1,
     };
-    if driver == DriverKind::UringTap && queues != 1 {
-        let at = iface.queues.as_ref().map(|q| q.span());
-        return Err(src.error(
-            at,
-            &key("queues"),
-            "the uring-tap driver runs one queue (expected 1)",
-        ));
-    }
     let mtu = match &iface.mtu {
         Some(m) => Some(in_range(src, m, &key("mtu"), 576, 9216, "bytes")?),
         None => None,
@@ -316,6 +313,8 @@ fn check_interface(
         driver,
         xdp_mode: iface.xdp_mode.as_ref().map_or(XdpAttachMode::Auto, |m| m.0),
         xdp_copy: iface.xdp_copy.as_ref().map_or(XdpCopyMode::Auto, |m| m.0),
+        offload: iface.offload.as_ref().map_or(TapOffload::Auto, |m| m.0),
+        tap_read: iface.tap_read.as_ref().map_or(RxMode::Auto, |m| m.0),
         queues,
         addresses,
         gateway: iface.gateway,
@@ -812,6 +811,8 @@ impl DaemonConfig {
                 driver: c.driver,
                 xdp_mode: c.xdp_mode,
                 xdp_copy: c.xdp_copy,
+                tap_offload: c.offload,
+                tap_rx: c.tap_read,
                 queues: c.queues,
                 cores: cores
                     .get(next_core..next_core + c.queues as usize)
