@@ -242,6 +242,10 @@ fn negotiate(
     kernel: Option<KernelVersion>,
 ) -> DriverResult<Offloads> {
     if mode == TapOffload::Off {
+        // The device keeps what an earlier user set: without a vnet header
+        // a partial checksum or a super-frame could not be told apart.
+        sys::tun_set_offload(fd, 0)
+            .map_err(|e| DriverError::os("clearing the TAP's offloads (TUNSETOFFLOAD)", e))?;
         return Ok(Offloads::default());
     }
     sys::tun_set_vnet_hdr(fd, VNET_HDR_LEN)
