@@ -50,6 +50,7 @@ pub use checksum::{RxChecksumPolicy, RxChecksumVerdict};
 pub use counters::{DriverCounters, DriverCountersSnapshot};
 pub use error::{DriverError, DriverResult};
 pub use offload::{GsoKind, Offloads, RxOffload, TxOffload};
+pub use uring_tap::FlowSteering;
 
 /// A 48-bit Ethernet address.
 pub type MacAddr = [u8; 6];
@@ -161,6 +162,14 @@ pub trait PacketIo: Send {
     /// The bytes of a received frame, writable (to complete a partial
     /// checksum in place); `None` where the stack may only read them.
     fn rx_bytes_mut<'a>(&'a self, _frame: &'a mut Self::Frame) -> Option<&'a mut [u8]> {
+        None
+    }
+
+    /// How the device spreads flows over its queues, when the stack can
+    /// compute it (a multi-queue TAP): a connection opened here then picks
+    /// a local port whose packets land on this queue. `None`: one queue, or
+    /// a hash the stack cannot know.
+    fn flow_steering(&self) -> Option<FlowSteering> {
         None
     }
 

@@ -84,7 +84,7 @@ struct WorkerSetup {
 fn tap_config(cfg: &StackConfig, q: u32) -> TapConfig {
     let mut t = TapConfig::new(&cfg.interface);
     t.queue = q;
-    t.multi_queue = cfg.queues > 1;
+    t.queues = cfg.queues;
     t.rx_mode = cfg.tap_rx;
     t.offload = match (cfg.tcp.engine, cfg.tap_offload) {
         (TcpEngineKind::Smoltcp, TapOffload::Auto) => TapOffload::Checksum,

@@ -24,6 +24,8 @@ use hoststack_tcp::{
     TcpEndpoint, TcpEvent,
 };
 
+use hoststack_drivers::FlowSteering;
+
 use crate::neighbors::Routes;
 
 fn conn_id(c: ConnHandle) -> TransportConnId {
@@ -55,6 +57,9 @@ pub struct EngineTcp {
     events: VecDeque<TransportEvent>,
     scratch: Vec<u8>,
     now: Instant,
+    /// Where the device delivers each flow (a multi-queue TAP): connects
+    /// pick ports whose packets come back to this worker.
+    steering: Option<FlowSteering>,
 }
 
 impl EngineTcp {
@@ -79,7 +84,13 @@ impl EngineTcp {
             events: VecDeque::new(),
             scratch: vec![0u8; 64 << 10],
             now,
+            steering: None,
         }
+    }
+
+    /// Makes connects pick local ports the device steers to this worker.
+    pub fn set_flow_steering(&mut self, steering: Option<FlowSteering>) {
+        self.steering = steering;
     }
 
     /// The worker's time this loop: what a connect starts at.
@@ -270,9 +281,13 @@ impl Transport for EngineTcp {
         let local_ip = self.routes.source_for(remote.ip).ok_or_else(|| {
             SessionError::Transport(format!("no source address to reach {remote}"))
         })?;
+        let steering = self.steering;
+        let ours = |port: u16| {
+            steering.is_none_or(|s| s.is_ours(SocketAddr::new(local_ip, port), remote_addr, 6))
+        };
         let port = self
             .engine
-            .pick_local_port(self.table, local_ip, remote_addr, |_| true)
+            .pick_local_port(self.table, local_ip, remote_addr, ours)
             .ok_or_else(|| {
                 SessionError::Transport(format!("no free local port toward {remote}"))
             })?;

@@ -16,6 +16,7 @@ use hashbrown::HashMap;
 use hoststack_app_proto::endpoint::{Endpoint, FiveTuple, TransportProto};
 use hoststack_app_proto::error::{SessionError, SessionResult};
 use hoststack_app_proto::handle::{ListenerHandle, SessionHandle};
+use hoststack_drivers::FlowSteering;
 use hoststack_session::session_worker::TransportSet;
 use hoststack_session::transport::{DatagramMeta, Transport, TransportConnId, TransportEvent};
 use slab::Slab;
@@ -31,6 +32,8 @@ use crate::tcp_listener::{SpareTcpSockets, TcpListenerPool};
 #[derive(Debug)]
 pub struct EphemeralPorts {
     state: u64,
+    /// Where the device delivers each flow (a multi-queue TAP).
+    steering: Option<FlowSteering>,
 }
 
 /// The IANA dynamic range.
@@ -39,17 +42,40 @@ const EPHEMERAL_LOW: u16 = 49152;
 impl EphemeralPorts {
     /// Seeds the choice.
     pub fn new(seed: u64) -> Self {
-        Self { state: seed | 1 }
+        Self {
+            state: seed | 1,
+            steering: None,
+        }
     }
 
-    /// A port in 49152..=65535 no socket of `sockets` uses locally.
-    pub fn next(&mut self, sockets: &SocketSet<'static>) -> u16 {
+    /// Picks only ports whose flows the device steers to this worker.
+    pub fn set_flow_steering(&mut self, steering: Option<FlowSteering>) {
+        self.steering = steering;
+    }
+
+    /// A port in 49152..=65535 no socket of `sockets` uses locally, and,
+    /// when the device steers flows, one whose packets between `local` and
+    /// `remote` (IP protocol `proto`) land on this worker.
+    pub fn next(
+        &mut self,
+        sockets: &SocketSet<'static>,
+        local: IpAddress,
+        remote: IpEndpoint,
+        proto: u8,
+    ) -> u16 {
         loop {
             self.state ^= self.state << 13;
             self.state ^= self.state >> 7;
             self.state ^= self.state << 17;
             let port =
                 EPHEMERAL_LOW + (self.state % u64::from(u16::MAX - EPHEMERAL_LOW + 1)) as u16;
+            if let Some(s) = self.steering {
+                let here = std::net::SocketAddr::new(to_std(local), port);
+                let there = std::net::SocketAddr::new(to_std(remote.addr), remote.port);
+                if !s.is_ours(here, there, proto) {
+                    continue;
+                }
+            }
             let used = sockets.iter().any(|(_, s)| match s {
                 smoltcp::socket::Socket::Tcp(t) => {
                     t.local_endpoint().map(|e| e.port) == Some(port)
@@ -489,10 +515,16 @@ impl Transport for SmolTransports<'_> {
         remote: Endpoint,
     ) -> SessionResult<TransportConnId> {
         let remote_ep = IpEndpoint::new(IpAddress::from(remote.ip), remote.port);
+        let local_ip = self
+            .iface
+            .get_source_address(&remote_ep.addr)
+            .ok_or_else(|| {
+                SessionError::Transport(format!("no source address to reach {remote}"))
+            })?;
         match self.proto {
             TransportProto::Tcp => {
                 let mut s = self.state.spares.take(self.tuning);
-                let port = self.ports.next(self.sockets);
+                let port = self.ports.next(self.sockets, local_ip, remote_ep, 6);
                 s.connect(self.iface.context(), remote_ep, port)
                     .map_err(|e| SessionError::Transport(format!("connect to {remote}: {e}")))?;
                 let h = self.sockets_mut().add(s);
@@ -501,13 +533,7 @@ impl Transport for SmolTransports<'_> {
                     .new_conn(h, TransportProto::Tcp, Phase::Connecting(session)))
             }
             TransportProto::Udp => {
-                let local_ip = self
-                    .iface
-                    .get_source_address(&remote_ep.addr)
-                    .ok_or_else(|| {
-                        SessionError::Transport(format!("no source address to reach {remote}"))
-                    })?;
-                let port = self.ports.next(self.sockets);
+                let port = self.ports.next(self.sockets, local_ip, remote_ep, 17);
                 let h = self.new_udp_socket(IpListenEndpoint {
                     addr: Some(local_ip),
                     port,

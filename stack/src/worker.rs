@@ -622,6 +622,14 @@ impl<D: PacketIo> Worker<D> {
         };
         // smoltcp's TCP verifies every checksum it is given.
         device.set_complete_partial_tcp(tcp.is_none());
+        // Connections opened here pick ports whose packets come back here.
+        let steering = device.driver().flow_steering();
+        let mut ports = EphemeralPorts::new(seed);
+        ports.set_flow_steering(steering);
+        let mut tcp = tcp;
+        if let Some(t) = &mut tcp {
+            t.engine.set_flow_steering(steering);
+        }
         let sleeper = match mode {
             WorkerMode::Poll => None,
             _ => Some(Sleeper::new(
@@ -635,7 +643,7 @@ impl<D: PacketIo> Worker<D> {
             iface,
             sockets,
             tuning: cfg.tcp.clone(),
-            ports: EphemeralPorts::new(seed),
+            ports,
             syn_counts: Vec::new(),
             accept_until: smoltcp::time::Instant::ZERO,
             loops: 0,

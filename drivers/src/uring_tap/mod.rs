@@ -45,6 +45,7 @@
 
 mod features;
 mod mem;
+mod steering;
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -54,6 +55,7 @@ use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 use tracing::{debug, info, warn};
 
 pub use features::{KernelVersion, RxMode, UringFeatures};
+pub use steering::FlowSteering;
 
 use crate::counters::DriverCounters;
 use crate::error::{DriverError, DriverResult};
@@ -61,6 +63,7 @@ use crate::netdev::Netdev;
 use crate::offload::{GsoKind, MAX_GSO_PACKET, Offloads, RxOffload, TxOffload, VNET_HDR_LEN};
 use crate::{DeviceInfo, FrameBuf, PacketIo, RxChecksumPolicy, sys};
 use mem::{Area, BufRing};
+use steering::Steering;
 
 /// Which offloads to ask the kernel for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,9 +111,11 @@ pub struct TapConfig {
     pub rx_buffers: u32,
     /// Transmit frames in the pool; `None` picks by frame size.
     pub tx_frames: Option<u32>,
-    /// Open with `IFF_MULTI_QUEUE` (one `TapQueue` per queue).
-    pub multi_queue: bool,
-    /// Queue index, for reporting.
+    /// Queues of the device the stack serves, one `TapQueue` each; more
+    /// than one opens with `IFF_MULTI_QUEUE` and steers flows (see
+    /// [`FlowSteering`]).
+    pub queues: u32,
+    /// This queue's index.
     pub queue: u32,
     /// Offloads to ask for.
     pub offload: TapOffload,
@@ -125,7 +130,7 @@ impl TapConfig {
             ifname: ifname.into(),
             rx_buffers: 256,
             tx_frames: None,
-            multi_queue: false,
+            queues: 1,
             queue: 0,
             offload: TapOffload::Auto,
             rx_mode: RxMode::Auto,
@@ -203,6 +208,9 @@ pub struct TapQueue {
     cqes: Vec<(u64, i32, u32)>,
     unsubmitted: bool,
     started: bool,
+    /// The device's steering program (multi-queue only).
+    steering: Option<Arc<Steering>>,
+    flow_steering: Option<FlowSteering>,
 }
 
 impl std::fmt::Debug for TapQueue {
@@ -216,13 +224,13 @@ impl std::fmt::Debug for TapQueue {
 }
 
 /// Opens the TAP fd, attaching to a multi-queue device when the device is
-/// one even if `multi_queue` was not asked for.
+/// one even if a single queue was asked for.
 fn attach(cfg: &TapConfig, vnet: bool) -> DriverResult<OwnedFd> {
     let what = || format!("opening TAP device '{}' (/dev/net/tun)", cfg.ifname);
-    match sys::open_tap(&cfg.ifname, cfg.multi_queue, vnet) {
+    match sys::open_tap(&cfg.ifname, cfg.queues > 1, vnet) {
         Ok(fd) => Ok(fd),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            if cfg.multi_queue {
+            if cfg.queues > 1 {
                 return Err(DriverError::InvalidConfig(format!(
                     "TAP device '{0}' is not a multi-queue device, so it cannot take more than one queue: recreate it with `ip tuntap add dev {0} mode tap multi_queue` (`hoststack lab up --tap --queues N` does)",
                     cfg.ifname
@@ -314,6 +322,12 @@ impl TapQueue {
                 cfg.rx_buffers
             )));
         }
+        if cfg.queues == 0 || cfg.queue >= cfg.queues {
+            return Err(DriverError::InvalidConfig(format!(
+                "TAP queue {} of {} does not exist",
+                cfg.queue, cfg.queues
+            )));
+        }
         if cfg.tx_frames == Some(0) {
             return Err(DriverError::InvalidConfig(
                 "TAP transmit frames must be at least 1".into(),
@@ -322,7 +336,14 @@ impl TapQueue {
         let kernel = sys::kernel_release()
             .ok()
             .and_then(|r| KernelVersion::parse(&r));
-        let tap = attach(cfg, cfg.offload != TapOffload::Off)?;
+        let vnet = cfg.offload != TapOffload::Off;
+        let (tap, steering) = if cfg.queues > 1 {
+            let (fd, s) =
+                Steering::queue_fd(&cfg.ifname, cfg.queues, cfg.queue, || attach(cfg, vnet))?;
+            (fd, Some(s))
+        } else {
+            (attach(cfg, vnet)?, None)
+        };
         let offloads = negotiate(&tap, cfg.offload, kernel)?;
         let dev = Netdev::lookup(&cfg.ifname)?;
         dev.set_up()?;
@@ -387,6 +408,11 @@ impl TapQueue {
             cqes: Vec::with_capacity(entries as usize * 8),
             unsubmitted: false,
             started: false,
+            flow_steering: steering.as_ref().map(|s| FlowSteering {
+                queue: cfg.queue,
+                queues: s.queues(),
+            }),
+            steering,
         };
         q.register();
         q.info.mode = format!(
@@ -860,6 +886,20 @@ impl PacketIo for TapQueue {
         }
         let (mut sent, mut bytes) = (0, 0);
         let (mut gso, mut segments, mut csum) = (0, 0, 0);
+        if let Some(st) = &self.steering {
+            // The answer to an address request must reach this worker.
+            if frames
+                .iter()
+                .any(|f| steering::asks_for_address(self.data(f, 64)))
+            {
+                match st.asked_by(self.info.queue) {
+                    Ok(()) => {
+                        debug!(ifname = %self.info.name, queue = self.info.queue, "address answers steered here")
+                    }
+                    Err(e) => debug!(ifname = %self.info.name, "steering map update failed: {e}"),
+                }
+            }
+        }
         for frame in frames.iter() {
             let (base, _) = self.buffer(frame);
             let len = (self.hdr + frame.len()) as u32;
@@ -978,6 +1018,10 @@ impl PacketIo for TapQueue {
         Some(self.data_mut(frame, len))
     }
 
+    fn flow_steering(&self) -> Option<FlowSteering> {
+        self.flow_steering
+    }
+
     fn set_tx_offload(&self, frame: &mut TapFrame, offload: &TxOffload) -> bool {
         if self.hdr == 0 {
             return *offload == TxOffload::default();
@@ -1024,6 +1068,9 @@ impl Drop for TapQueue {
         }
         if self.buf_ring.is_some() {
             let _ = self.ring.submitter().unregister_buf_ring(BUFFER_GROUP);
+        }
+        if let Some(s) = self.steering.take() {
+            Steering::release(s, &self.tap);
         }
     }
 }

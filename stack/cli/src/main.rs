@@ -278,7 +278,7 @@ enum LabAction {
         /// Turn TSO off on the peer (needed with --xdp-mode generic).
         #[arg(long)]
         peer_tso_off: bool,
-        /// Queues per veth end.
+        /// Queues per veth end (with --tap: above 1 makes a multi-queue TAP).
         #[arg(long, default_value_t = 1)]
         queues: u32,
         /// A TAP device in the namespace instead of a veth pair.
