@@ -16,7 +16,7 @@ use std::time::Duration;
 use hoststack_drivers::afxdp::{XdpConfig, XdpQueue};
 use hoststack_drivers::counters::{DriverCounters, DriverCountersSnapshot};
 use hoststack_drivers::uring_tap::{TapConfig, TapOffload, TapQueue};
-use hoststack_drivers::{DeviceInfo, PacketIo};
+use hoststack_drivers::{DeviceInfo, Offloads, PacketIo};
 use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
 use hoststack_session::control::{ControlPlane, control_plane};
 use hoststack_session::session_layer::{SessionLayer, ThreadPort, WorkerCommand};
@@ -36,6 +36,8 @@ pub struct WorkerHandle {
     pub info: DeviceInfo,
     /// Its driver counters.
     pub counters: Arc<DriverCounters>,
+    /// The offloads its device has on.
+    pub offloads: Offloads,
     /// Its loop counters.
     pub stats: Arc<WorkerStats>,
     /// Its session layer counters (app messages, pings).
@@ -55,8 +57,9 @@ pub struct Stack {
     captures: Vec<(String, Arc<Capture>)>,
 }
 
-/// A worker's report: its thread index, its queue, its counters.
-type Ready = StackResult<(usize, DeviceInfo, Arc<DriverCounters>)>;
+/// A worker's report: its thread index, its queue, its counters, its
+/// offloads.
+type Ready = StackResult<(usize, DeviceInfo, Arc<DriverCounters>, Offloads)>;
 
 /// A worker thread that has not reported ready yet.
 type PendingWorker = (
@@ -108,13 +111,14 @@ fn run_worker<D: PacketIo>(driver: StackResult<D>, setup: WorkerSetup) -> StackR
     let worker = driver.and_then(|d| {
         let info = d.info().clone();
         let counters = d.counters().clone();
+        let offloads = d.offloads();
         let mut w = Worker::new(index, d, &cfg, mode, session, control, stats)?;
         w.device_mut().set_capture(capture);
-        Ok((w, info, counters))
+        Ok((w, info, counters, offloads))
     });
     match worker {
-        Ok((w, info, counters)) => {
-            let _ = ready.send(Ok((index, info, counters)));
+        Ok((w, info, counters, offloads)) => {
+            let _ = ready.send(Ok((index, info, counters, offloads)));
             w.run()
         }
         Err(e) => {
@@ -346,16 +350,17 @@ impl Stack {
             return Err(e);
         }
         // Workers report in any order; match them back by thread.
-        readies.sort_by_key(|(t, _, _)| *t);
+        readies.sort_by_key(|(t, ..)| *t);
         let workers = pending
             .into_iter()
             .zip(readies)
             .map(
-                |((control, stats, session_stats, thread), (_, info, counters))| {
+                |((control, stats, session_stats, thread), (_, info, counters, offloads))| {
                     info!(queue = info.queue, mode = %info.mode, "worker running on {}", info.name);
                     WorkerHandle {
                         info,
                         counters,
+                        offloads,
                         stats,
                         session_stats,
                         control,
