@@ -147,6 +147,15 @@ pub fn fresh_lab(name: &str, subnet: u8, mtu: Option<usize>) -> Result<Lab> {
     Lab::up(cfg).with_context(|| format!("building lab {name}"))
 }
 
+/// Builds a fresh TAP lab (removed when dropped): the TAP lives in the
+/// namespace beside the kernel peer's addresses.
+pub fn fresh_tap_lab(name: &str, subnet: u8, mtu: Option<usize>) -> Result<Lab> {
+    let mut cfg = LabConfig::new(name).with_subnet(subnet);
+    cfg.mtu = mtu;
+    cfg.tap = true;
+    Lab::up(cfg).with_context(|| format!("building TAP lab {name}"))
+}
+
 /// The `hoststack` binary: `explicit`, else next to this executable, else
 /// in the workspace's target/release.
 pub fn hoststack_binary(explicit: Option<&Path>) -> Result<PathBuf> {

@@ -11,6 +11,15 @@
 //!
 //! The layer above turns L4 verification off in its own stack and calls
 //! [`check_rx`] once per frame instead.
+//!
+//! A device that says more about a frame (a TAP with `IFF_VNET_HDR`) passes
+//! its word along as an [`RxChecksumHint`] to [`check_rx_hinted`]: a frame
+//! marked partial carries only the pseudo-header sum in its checksum field
+//! (the kernel left the rest to the device), so that seed, the place it sits
+//! and the headers around it are checked instead of the payload; a frame
+//! marked verified was checked by the kernel. [`complete_partial`] turns a
+//! partial checksum into the full one, for a stack that verifies every
+//! checksum itself.
 
 /// How L4 receive checksums are treated on a medium.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +40,12 @@ pub enum RxChecksumVerdict {
     /// Not TCP or UDP, a fragment, or a UDP datagram without checksum:
     /// nothing for this layer to check.
     NotApplicable,
+    /// A partial checksum (the device's word): the seed equals the
+    /// pseudo-header sum and sits in the TCP/UDP checksum field; the payload
+    /// was not summed (nothing between the kernel and here can corrupt it).
+    Partial,
+    /// The device (the kernel, for a TAP) verified the checksum.
+    DeviceVerified,
     /// The checksum is wrong: drop the frame.
     Bad,
     /// Headers are truncated or inconsistent: drop the frame.
@@ -84,110 +99,209 @@ fn ones_eq(a: u16, b: u16) -> bool {
     a == b || (a == 0 && b == 0xffff) || (a == 0xffff && b == 0)
 }
 
-/// Checks the L4 checksum of one Ethernet frame under `policy`.
-pub fn check_rx(frame: &[u8], policy: RxChecksumPolicy) -> RxChecksumVerdict {
-    let Some(mut ethertype) = be16(frame, 12) else {
-        return RxChecksumVerdict::Malformed;
-    };
+/// What the device said about a received frame's L4 checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RxChecksumHint {
+    /// Nothing: the frame carries a full checksum (or none).
+    #[default]
+    None,
+    /// The checksum is partial: the field at `start + offset` (from the
+    /// start of the Ethernet frame) holds the pseudo-header sum, and the sum
+    /// from `start` to the end of the packet was left to the device.
+    Partial {
+        /// Where the summed region (the L4 header) starts.
+        start: u16,
+        /// Where the checksum field sits inside it.
+        offset: u16,
+    },
+    /// The sender verified the checksum already.
+    DeviceVerified,
+}
+
+/// The TCP or UDP header of a frame: where it is and what covers it.
+#[derive(Debug, Clone, Copy)]
+struct L4 {
+    proto: u8,
+    /// Offset of the L4 header in the frame.
+    start: usize,
+    /// End of the IP packet in the frame (Ethernet padding excluded).
+    end: usize,
+    /// Offset of the checksum field inside the L4 header.
+    field_at: usize,
+    /// The pseudo-header sum, unfolded.
+    pseudo: u64,
+    ipv4: bool,
+}
+
+/// Finds the TCP/UDP header of an Ethernet frame: `Err` when the headers
+/// are truncated or inconsistent, `Ok(None)` when there is nothing to check
+/// (not TCP or UDP, a fragment).
+fn locate(frame: &[u8]) -> Result<Option<L4>, ()> {
+    let mut ethertype = be16(frame, 12).ok_or(())?;
     let mut l3 = ETH_HEADER;
     if ethertype == ETHERTYPE_VLAN {
-        let Some(inner) = be16(frame, 16) else {
-            return RxChecksumVerdict::Malformed;
-        };
-        ethertype = inner;
+        ethertype = be16(frame, 16).ok_or(())?;
         l3 += 4;
     }
-    let Some(ip) = frame.get(l3..) else {
-        return RxChecksumVerdict::Malformed;
+    let ip = frame.get(l3..).ok_or(())?;
+    let (proto, l4_start, l4_end, pseudo, ipv4) = match ethertype {
+        ETHERTYPE_IPV4 => {
+            let &vihl = ip.first().ok_or(())?;
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            let (total, frag) = (be16(ip, 2).ok_or(())?, be16(ip, 6).ok_or(())?);
+            let total = usize::from(total);
+            if vihl >> 4 != 4 || ihl < 20 || total < ihl || total > ip.len() {
+                return Err(());
+            }
+            // Any fragment (more-fragments set or a non-zero offset) is
+            // checked, if at all, after reassembly.
+            if frag & 0x3fff != 0 {
+                return Ok(None);
+            }
+            let proto = ip[9];
+            let len = total - ihl;
+            let pseudo = sum_words(0, &ip[12..20]) + u64::from(proto) + len as u64;
+            (proto, ihl, total, pseudo, true)
+        }
+        ETHERTYPE_IPV6 => {
+            if ip.len() < IPV6_HEADER || ip[0] >> 4 != 6 {
+                return Err(());
+            }
+            let end = IPV6_HEADER + usize::from(be16(ip, 4).ok_or(())?);
+            if end > ip.len() {
+                return Err(());
+            }
+            let proto = ip[6];
+            // Extension headers are left to the stack (which then verifies
+            // nothing for them either); hoststack only emits and expects bare
+            // TCP/UDP.
+            let len = end - IPV6_HEADER;
+            let pseudo = sum_words(0, &ip[8..40]) + u64::from(proto) + len as u64;
+            (proto, IPV6_HEADER, end, pseudo, false)
+        }
+        _ => return Ok(None),
     };
-    match ethertype {
-        ETHERTYPE_IPV4 => check_ipv4(ip, policy),
-        ETHERTYPE_IPV6 => check_ipv6(ip, policy),
-        _ => RxChecksumVerdict::NotApplicable,
+    let field_at = match proto {
+        PROTO_TCP if l4_end - l4_start >= 20 => 16,
+        PROTO_UDP if l4_end - l4_start >= 8 => 6,
+        PROTO_TCP | PROTO_UDP => return Err(()),
+        _ => return Ok(None),
+    };
+    if proto == PROTO_UDP {
+        let udp_len = usize::from(be16(ip, l4_start + 4).ok_or(())?);
+        if udp_len < 8 || udp_len > l4_end - l4_start {
+            return Err(());
+        }
     }
+    Ok(Some(L4 {
+        proto,
+        start: l3 + l4_start,
+        end: l3 + l4_end,
+        field_at,
+        pseudo,
+        ipv4,
+    }))
 }
 
-fn check_ipv4(ip: &[u8], policy: RxChecksumPolicy) -> RxChecksumVerdict {
-    let Some(&vihl) = ip.first() else {
-        return RxChecksumVerdict::Malformed;
+/// Checks the L4 checksum of one Ethernet frame under `policy`.
+pub fn check_rx(frame: &[u8], policy: RxChecksumPolicy) -> RxChecksumVerdict {
+    let l4 = match locate(frame) {
+        Err(()) => return RxChecksumVerdict::Malformed,
+        Ok(None) => return RxChecksumVerdict::NotApplicable,
+        Ok(Some(l4)) => l4,
     };
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    let (Some(total), Some(frag)) = (be16(ip, 2), be16(ip, 6)) else {
-        return RxChecksumVerdict::Malformed;
-    };
-    let total = usize::from(total);
-    if vihl >> 4 != 4 || ihl < 20 || total < ihl || total > ip.len() {
-        return RxChecksumVerdict::Malformed;
-    }
-    // Any fragment (more-fragments set or a non-zero offset) is checked, if
-    // at all, after reassembly.
-    if frag & 0x3fff != 0 {
+    let field = u16::from_be_bytes([
+        frame[l4.start + l4.field_at],
+        frame[l4.start + l4.field_at + 1],
+    ]);
+    // Zero means "no checksum" for UDP over IPv4 only.
+    if l4.proto == PROTO_UDP && l4.ipv4 && field == 0 {
         return RxChecksumVerdict::NotApplicable;
     }
-    let proto = ip[9];
-    let l4 = &ip[ihl..total];
-    let mut pseudo = sum_words(0, &ip[12..20]);
-    pseudo += u64::from(proto) + l4.len() as u64;
-    check_l4(proto, l4, pseudo, policy, true)
-}
-
-fn check_ipv6(ip: &[u8], policy: RxChecksumPolicy) -> RxChecksumVerdict {
-    if ip.len() < IPV6_HEADER || ip[0] >> 4 != 6 {
-        return RxChecksumVerdict::Malformed;
-    }
-    let Some(payload_len) = be16(ip, 4) else {
-        return RxChecksumVerdict::Malformed;
-    };
-    let end = IPV6_HEADER + usize::from(payload_len);
-    if end > ip.len() {
-        return RxChecksumVerdict::Malformed;
-    }
-    let proto = ip[6];
-    // Extension headers are left to the stack (which then verifies nothing
-    // for them either); hoststack only emits and expects bare TCP/UDP.
-    let l4 = &ip[IPV6_HEADER..end];
-    let mut pseudo = sum_words(0, &ip[8..40]);
-    pseudo += u64::from(proto) + l4.len() as u64;
-    check_l4(proto, l4, pseudo, policy, false)
-}
-
-fn check_l4(
-    proto: u8,
-    l4: &[u8],
-    pseudo: u64,
-    policy: RxChecksumPolicy,
-    ipv4: bool,
-) -> RxChecksumVerdict {
-    let field_at = match proto {
-        PROTO_TCP if l4.len() >= 20 => 16,
-        PROTO_UDP if l4.len() >= 8 => 6,
-        PROTO_TCP | PROTO_UDP => return RxChecksumVerdict::Malformed,
-        _ => return RxChecksumVerdict::NotApplicable,
-    };
-    let field = u16::from_be_bytes([l4[field_at], l4[field_at + 1]]);
-    if proto == PROTO_UDP {
-        let udp_len = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
-        if udp_len < 8 || udp_len > l4.len() {
-            return RxChecksumVerdict::Malformed;
-        }
-        // Zero means "no checksum" for UDP over IPv4 only.
-        if ipv4 && field == 0 {
-            return RxChecksumVerdict::NotApplicable;
-        }
-    }
-    if policy == RxChecksumPolicy::TrustPartial && ones_eq(field, fold(pseudo)) {
+    if policy == RxChecksumPolicy::TrustPartial && ones_eq(field, fold(l4.pseudo)) {
         return RxChecksumVerdict::Unverified;
     }
-    if fold(sum_words(pseudo, l4)) == 0xffff {
+    if fold(sum_words(l4.pseudo, &frame[l4.start..l4.end])) == 0xffff {
         RxChecksumVerdict::Verified
     } else {
         RxChecksumVerdict::Bad
     }
 }
 
+/// Checks one frame's L4 checksum with what the device said about it: a
+/// partial checksum must be the pseudo-header sum, in the TCP/UDP checksum
+/// field, of a frame whose headers hold together (anything else is `Bad`,
+/// or `Malformed` for broken headers); a frame the device verified needs
+/// sane headers only; a frame with no hint is checked under `policy`.
+pub fn check_rx_hinted(
+    frame: &[u8],
+    policy: RxChecksumPolicy,
+    hint: RxChecksumHint,
+) -> RxChecksumVerdict {
+    match hint {
+        RxChecksumHint::None => check_rx(frame, policy),
+        RxChecksumHint::DeviceVerified => match locate(frame) {
+            Err(()) => RxChecksumVerdict::Malformed,
+            Ok(None) => RxChecksumVerdict::NotApplicable,
+            Ok(Some(_)) => RxChecksumVerdict::DeviceVerified,
+        },
+        RxChecksumHint::Partial { start, offset } => match locate(frame) {
+            Err(()) => RxChecksumVerdict::Malformed,
+            // Partial where no TCP/UDP checksum exists: a lying header.
+            Ok(None) => RxChecksumVerdict::Bad,
+            Ok(Some(l4)) => {
+                let (start, offset) = (usize::from(start), usize::from(offset));
+                if start != l4.start || offset != l4.field_at {
+                    return RxChecksumVerdict::Bad;
+                }
+                let at = l4.start + l4.field_at;
+                let field = u16::from_be_bytes([frame[at], frame[at + 1]]);
+                if ones_eq(field, fold(l4.pseudo)) {
+                    RxChecksumVerdict::Partial
+                } else {
+                    RxChecksumVerdict::Bad
+                }
+            }
+        },
+    }
+}
+
+/// True when `frame` carries a TCP segment (not a fragment).
+pub fn is_tcp(frame: &[u8]) -> bool {
+    matches!(locate(frame), Ok(Some(l4)) if l4.proto == PROTO_TCP)
+}
+
+/// Turns a frame's partial TCP/UDP checksum (already accepted by
+/// [`check_rx_hinted`]) into the full one, in place, so a stack that
+/// verifies checksums itself accepts it. False when the frame has no
+/// TCP/UDP header to complete.
+pub fn complete_partial(frame: &mut [u8]) -> bool {
+    let Ok(Some(l4)) = locate(frame) else {
+        return false;
+    };
+    // The field holds the pseudo-header sum, so summing the L4 bytes as
+    // they are covers header, payload and pseudo-header at once.
+    let sum = !fold(sum_words(0, &frame[l4.start..l4.end]));
+    // 0 is "no checksum" for UDP; 0xffff is the same value in one's
+    // complement and is what a sender writes instead.
+    let value = if sum == 0 { 0xffff } else { sum };
+    let at = l4.start + l4.field_at;
+    frame[at..at + 2].copy_from_slice(&value.to_be_bytes());
+    true
+}
+
+/// The partial checksum (pseudo-header sum, folded) a sender writes into the
+/// checksum field of an L4 segment of `l4_len` bytes when the device
+/// completes the sum: what a TAP with checksum offload expects.
+pub fn partial_seed(src: &[u8], dst: &[u8], proto: u8, l4_len: usize) -> u16 {
+    let acc = sum_words(sum_words(0, src), dst);
+    fold(acc + u64::from(proto) + l4_len as u64)
+}
+
 /// Computes the L4 checksum field value for a TCP/UDP segment (with its
-/// checksum field zeroed) under the given pseudo-header. Test helper for
-/// building frames; the stack computes its own.
+/// checksum field zeroed) under the given pseudo-header: for frames built
+/// here (segments split from a UDP GSO frame) and for tests; the stack
+/// computes its own.
 pub fn l4_checksum(src: &[u8], dst: &[u8], proto: u8, l4: &[u8]) -> u16 {
     let mut acc = sum_words(0, src);
     acc = sum_words(acc, dst);
@@ -377,5 +491,122 @@ mod tests {
             check_rx(&build(pseudo), RxChecksumPolicy::VerifyAll),
             RxChecksumVerdict::Bad
         );
+    }
+
+    const TCP_AT: u16 = 14 + 20;
+
+    #[test]
+    fn a_partial_seed_in_the_right_place_is_accepted_without_summing() {
+        let f = ipv4_tcp(b"partial payload", |_, pseudo| pseudo);
+        let hint = RxChecksumHint::Partial {
+            start: TCP_AT,
+            offset: 16,
+        };
+        assert_eq!(
+            check_rx_hinted(&f, RxChecksumPolicy::VerifyAll, hint),
+            RxChecksumVerdict::Partial
+        );
+        // The same seed computed the way a sender does.
+        let l4_len = f.len() - usize::from(TCP_AT);
+        let seed = partial_seed(&f[26..30], &f[30..34], PROTO_TCP, l4_len);
+        assert!(ones_eq(
+            seed,
+            u16::from_be_bytes([f[usize::from(TCP_AT) + 16], f[usize::from(TCP_AT) + 17]])
+        ));
+    }
+
+    #[test]
+    fn a_wrong_seed_or_a_misplaced_partial_checksum_is_bad() {
+        let f = ipv4_tcp(b"partial payload", |_, pseudo| pseudo ^ 0x0101);
+        let hint = RxChecksumHint::Partial {
+            start: TCP_AT,
+            offset: 16,
+        };
+        assert_eq!(
+            check_rx_hinted(&f, RxChecksumPolicy::VerifyAll, hint),
+            RxChecksumVerdict::Bad
+        );
+        let good = ipv4_tcp(b"partial payload", |_, pseudo| pseudo);
+        for (start, offset) in [(TCP_AT + 2, 16), (TCP_AT, 6), (0, 16)] {
+            let hint = RxChecksumHint::Partial { start, offset };
+            assert_eq!(
+                check_rx_hinted(&good, RxChecksumPolicy::VerifyAll, hint),
+                RxChecksumVerdict::Bad,
+                "start {start} offset {offset}"
+            );
+        }
+        // A partial hint on a frame with no TCP/UDP header.
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        let hint = RxChecksumHint::Partial {
+            start: 14,
+            offset: 6,
+        };
+        assert_eq!(
+            check_rx_hinted(&arp, RxChecksumPolicy::VerifyAll, hint),
+            RxChecksumVerdict::Bad
+        );
+    }
+
+    #[test]
+    fn completing_a_partial_checksum_gives_the_full_one() {
+        for len in [0usize, 1, 5, 64, 1400] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+            let full = ipv4_tcp(&payload, |full, _| full);
+            let mut f = ipv4_tcp(&payload, |_, pseudo| pseudo);
+            assert!(complete_partial(&mut f));
+            assert_eq!(f, full, "payload of {len} bytes");
+            assert_eq!(
+                check_rx(&f, RxChecksumPolicy::VerifyAll),
+                RxChecksumVerdict::Verified
+            );
+        }
+        // Nothing to complete in a frame without TCP/UDP.
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert!(!complete_partial(&mut arp));
+    }
+
+    #[test]
+    fn a_device_verified_frame_needs_sane_headers_only() {
+        let f = ipv4_tcp(b"x", |full, _| full.wrapping_add(9));
+        assert_eq!(
+            check_rx_hinted(
+                &f,
+                RxChecksumPolicy::VerifyAll,
+                RxChecksumHint::DeviceVerified
+            ),
+            RxChecksumVerdict::DeviceVerified
+        );
+        assert_eq!(
+            check_rx_hinted(
+                &f[..30],
+                RxChecksumPolicy::VerifyAll,
+                RxChecksumHint::DeviceVerified
+            ),
+            RxChecksumVerdict::Malformed
+        );
+    }
+
+    #[test]
+    fn hinted_checks_never_panic_on_garbage() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 120) as usize;
+            let mut f: Vec<u8> = (0..len).map(|i| (x >> (i % 56)) as u8).collect();
+            if f.len() > 14 {
+                f[12] = 0x08;
+                f[13] = 0x00;
+            }
+            let hint = RxChecksumHint::Partial {
+                start: (x >> 8) as u16 % 80,
+                offset: (x >> 24) as u16 % 24,
+            };
+            let _ = check_rx_hinted(&f, RxChecksumPolicy::VerifyAll, hint);
+            let _ = complete_partial(&mut f);
+        }
     }
 }

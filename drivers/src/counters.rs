@@ -28,6 +28,35 @@ pub struct DriverCounters {
     pub tx_ring_full: AtomicU64,
     /// Times the kernel had to be kicked (need-wakeup, io_uring submits).
     pub kicks: AtomicU64,
+    /// Received frames whose partial checksum (the device's word: TAP
+    /// `NEEDS_CSUM`) was checked by its seed and place instead of summed.
+    pub rx_csum_partial: AtomicU64,
+    /// Received frames whose checksum the device had verified (TAP
+    /// `DATA_VALID`).
+    pub rx_csum_device_verified: AtomicU64,
+    /// Frames sent with a partial checksum for the device to complete.
+    pub tx_csum_offloaded: AtomicU64,
+    /// GSO super-frames received (one TCP segment or UDP train standing
+    /// for many wire segments).
+    pub rx_gso_frames: AtomicU64,
+    /// Wire segments those super-frames stood for.
+    pub rx_gso_segments: AtomicU64,
+    /// GSO super-frames sent for the device to segment.
+    pub tx_gso_frames: AtomicU64,
+    /// Wire segments those super-frames became.
+    pub tx_gso_segments: AtomicU64,
+    /// UDP datagrams cut out of received UDP GSO trains.
+    pub rx_gso_split: AtomicU64,
+    /// Received frames dropped because their vnet header was malformed
+    /// (unknown GSO type, a checksum offset outside the frame, a broken
+    /// UDP train).
+    pub rx_bad_offload: AtomicU64,
+    /// Times the device found no receive buffer (the multishot read
+    /// stopped until buffers came back), and datagrams of a UDP train that
+    /// found no frame to be cut into (dropped).
+    pub rx_no_buffers: AtomicU64,
+    /// Transmissions the device refused (a write that failed).
+    pub tx_errors: AtomicU64,
 }
 
 /// A plain copy of [`DriverCounters`] at one moment.
@@ -44,6 +73,17 @@ pub struct DriverCountersSnapshot {
     pub rx_checksum_unverified: u64,
     pub tx_ring_full: u64,
     pub kicks: u64,
+    pub rx_csum_partial: u64,
+    pub rx_csum_device_verified: u64,
+    pub tx_csum_offloaded: u64,
+    pub rx_gso_frames: u64,
+    pub rx_gso_segments: u64,
+    pub tx_gso_frames: u64,
+    pub tx_gso_segments: u64,
+    pub rx_gso_split: u64,
+    pub rx_bad_offload: u64,
+    pub rx_no_buffers: u64,
+    pub tx_errors: u64,
 }
 
 impl DriverCounters {
@@ -79,6 +119,17 @@ impl DriverCounters {
             rx_checksum_unverified: self.rx_checksum_unverified.load(Relaxed),
             tx_ring_full: self.tx_ring_full.load(Relaxed),
             kicks: self.kicks.load(Relaxed),
+            rx_csum_partial: self.rx_csum_partial.load(Relaxed),
+            rx_csum_device_verified: self.rx_csum_device_verified.load(Relaxed),
+            tx_csum_offloaded: self.tx_csum_offloaded.load(Relaxed),
+            rx_gso_frames: self.rx_gso_frames.load(Relaxed),
+            rx_gso_segments: self.rx_gso_segments.load(Relaxed),
+            tx_gso_frames: self.tx_gso_frames.load(Relaxed),
+            tx_gso_segments: self.tx_gso_segments.load(Relaxed),
+            rx_gso_split: self.rx_gso_split.load(Relaxed),
+            rx_bad_offload: self.rx_bad_offload.load(Relaxed),
+            rx_no_buffers: self.rx_no_buffers.load(Relaxed),
+            tx_errors: self.tx_errors.load(Relaxed),
         }
     }
 }
@@ -96,5 +147,16 @@ impl DriverCountersSnapshot {
         self.rx_checksum_unverified += o.rx_checksum_unverified;
         self.tx_ring_full += o.tx_ring_full;
         self.kicks += o.kicks;
+        self.rx_csum_partial += o.rx_csum_partial;
+        self.rx_csum_device_verified += o.rx_csum_device_verified;
+        self.tx_csum_offloaded += o.tx_csum_offloaded;
+        self.rx_gso_frames += o.rx_gso_frames;
+        self.rx_gso_segments += o.rx_gso_segments;
+        self.tx_gso_frames += o.tx_gso_frames;
+        self.tx_gso_segments += o.tx_gso_segments;
+        self.rx_gso_split += o.rx_gso_split;
+        self.rx_bad_offload += o.rx_bad_offload;
+        self.rx_no_buffers += o.rx_no_buffers;
+        self.tx_errors += o.tx_errors;
     }
 }

@@ -1,6 +1,6 @@
 //! A fixed pool of equal-sized frame buffers in one allocation, for the
-//! backends whose memory is ours (TAP, the in-memory pair). AF_XDP uses its
-//! UMEM instead.
+//! in-memory pair. AF_XDP uses its UMEM, the TAP its registered areas
+//! (`uring_tap`).
 //!
 //! A [`PoolFrame`] is the only handle to its buffer while it is out of the
 //! pool; it is not `Clone`, and it remembers which pool it came from, so the
@@ -153,13 +153,6 @@ impl FramePool {
     pub fn buffer_mut<'a>(&'a self, frame: &'a mut PoolFrame) -> &'a mut [u8] {
         // SAFETY: as in `write`.
         unsafe { std::slice::from_raw_parts_mut(self.frame_ptr(frame), self.frame_size) }
-    }
-
-    /// Raw address of a frame's buffer, for a kernel that fills it
-    /// asynchronously. The caller keeps `frame` out of everyone's hands
-    /// until the kernel is done.
-    pub(crate) fn raw(&self, frame: &PoolFrame) -> *mut u8 {
-        self.frame_ptr(frame)
     }
 }
 

@@ -9,7 +9,9 @@
 //!   ([`xdp_program::XskProgram`]), and a NIC's Toeplitz RSS setup says
 //!   which queue a flow lands on ([`rss::Rss`]);
 //! - [`uring_tap::TapQueue`]: a TAP device (`IFF_TAP | IFF_NO_PI`) driven by
-//!   `io_uring`, for hosts without XDP;
+//!   `io_uring`, for hosts without XDP (`IFF_MULTI_QUEUE`: one fd and ring
+//!   per queue; `IFF_VNET_HDR`: checksum and segmentation offloads,
+//!   [`offload`]);
 //! - [`memory_pair::MemoryPort`]: two ends of an in-memory cable, for tests
 //!   with no kernel at all.
 //!
@@ -20,6 +22,11 @@
 //! is allocated per packet. A frame handle is not `Clone`: whoever holds it
 //! is the only one who may touch its bytes, which is what makes the shared
 //! borrow in `write_frame` sound.
+//!
+//! A device that offloads work says so through [`PacketIo::offloads`]:
+//! received frames then carry an [`RxOffload`] (checksum partial or
+//! verified, GSO super-frame) and frames to send may ask for a
+//! [`TxOffload`] (complete the checksum, cut a super-frame into segments).
 //!
 //! This crate knows nothing of TCP, sessions or smoltcp. Only the modules
 //! that own a kernel ring, a BPF object or a buffer layout (`afxdp`,
@@ -35,6 +42,7 @@ pub mod error;
 pub mod frame_pool;
 pub mod memory_pair;
 pub mod netdev;
+pub mod offload;
 pub mod rss;
 mod sys;
 pub mod uring_tap;
@@ -47,6 +55,8 @@ use std::os::fd::BorrowedFd;
 pub use checksum::{RxChecksumPolicy, RxChecksumVerdict};
 pub use counters::{DriverCounters, DriverCountersSnapshot};
 pub use error::{DriverError, DriverResult};
+pub use offload::{GsoKind, Offloads, RxOffload, TxOffload};
+pub use uring_tap::FlowSteering;
 
 /// A 48-bit Ethernet address.
 pub type MacAddr = [u8; 6];
@@ -142,6 +152,39 @@ pub trait PacketIo: Send {
     /// frames (AF_XDP need-wakeup: kicks the fill ring), and completes
     /// outstanding transmissions. Call before sleeping.
     fn prepare_sleep(&mut self) -> DriverResult<()>;
+
+    /// The offloads the queue has on; none unless the device negotiated
+    /// them (a TAP with vnet headers).
+    fn offloads(&self) -> Offloads {
+        Offloads::default()
+    }
+
+    /// What the device said about a received frame: whether its L4
+    /// checksum is partial or verified, whether it is a GSO super-frame.
+    fn rx_offload(&self, _frame: &Self::Frame) -> RxOffload {
+        RxOffload::default()
+    }
+
+    /// The bytes of a received frame, writable (to complete a partial
+    /// checksum in place); `None` where the stack may only read them.
+    fn rx_bytes_mut<'a>(&'a self, _frame: &'a mut Self::Frame) -> Option<&'a mut [u8]> {
+        None
+    }
+
+    /// How the device spreads flows over its queues, when the stack can
+    /// compute it (a multi-queue TAP): a connection opened here then picks
+    /// a local port whose packets land on this queue. `None`: one queue, or
+    /// a hash the stack cannot know.
+    fn flow_steering(&self) -> Option<FlowSteering> {
+        None
+    }
+
+    /// Asks the device to complete the frame's checksum and/or cut it into
+    /// wire segments when it is sent. False when the device cannot (no such
+    /// offload on): the frame is then sent as it is and must be complete.
+    fn set_tx_offload(&self, _frame: &mut Self::Frame, _offload: &TxOffload) -> bool {
+        false
+    }
 
     /// Reads kernel-side statistics into the counters and reports problems
     /// only the kernel can see (for AF_XDP: frames dropped as too large).

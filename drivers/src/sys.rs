@@ -193,9 +193,17 @@ pub(crate) fn ifindex(ifname: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
-/// Opens `/dev/net/tun` and attaches it to TAP device `ifname` (creating it
-/// when absent) without packet information headers.
-pub(crate) fn open_tap(ifname: &str, multi_queue: bool) -> io::Result<OwnedFd> {
+/// `IFF_VNET_HDR`: frames carry a `virtio_net_hdr`.
+pub(crate) const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETVNETLE: libc::c_ulong = 0x4004_54dc;
+
+/// Opens `/dev/net/tun` non-blocking and attaches it to TAP device `ifname`
+/// (creating it when absent) without packet information headers; with
+/// `multi_queue` as one more queue of a multi-queue device, with
+/// `vnet_hdr` with a `virtio_net_hdr` in front of every frame.
+pub(crate) fn open_tap(ifname: &str, multi_queue: bool, vnet_hdr: bool) -> io::Result<OwnedFd> {
     let path = c"/dev/net/tun";
     // SAFETY: `path` is a valid C string; open(2) returns an fd or -1.
     let fd = check(unsafe {
@@ -211,10 +219,39 @@ pub(crate) fn open_tap(ifname: &str, multi_queue: bool) -> io::Result<OwnedFd> {
     if multi_queue {
         flags |= IFF_MULTI_QUEUE;
     }
+    if vnet_hdr {
+        flags |= IFF_VNET_HDR;
+    }
     req.data.flags = flags;
     // SAFETY: `req` is a valid ifreq with the TAP flags set.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) })?;
     Ok(fd)
+}
+
+/// Sets the offloads (`TUN_F_*`) the TAP may use toward this process.
+pub(crate) fn tun_set_offload(fd: &OwnedFd, flags: u32) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; no pointer.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) })?;
+    Ok(())
+}
+
+/// Sets the vnet header size and its byte order (little-endian, as virtio
+/// 1.0 defines it).
+pub(crate) fn tun_set_vnet_hdr(fd: &OwnedFd, size: usize) -> io::Result<()> {
+    let size = libc::c_int::try_from(size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "vnet header size"))?;
+    // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which
+    // points at a live local.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &raw const size) })?;
+    let le: libc::c_int = 1;
+    // SAFETY: as above, TUNSETVNETLE reads one int.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETLE, &raw const le) })?;
+    Ok(())
+}
+
+/// The running kernel's release string (`6.18.0-1-amd64`).
+pub(crate) fn kernel_release() -> io::Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string())
 }
 
 /// Waits up to `timeout_ms` for `fd` to become readable.

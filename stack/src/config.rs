@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use hoststack_drivers::afxdp::{XdpAttachMode, XdpCopyMode};
+use hoststack_drivers::uring_tap::{RxMode, TapOffload};
 use smoltcp::wire::{IpAddress, IpCidr};
 
 use crate::error::{StackError, StackResult};
@@ -209,6 +210,10 @@ pub struct StackConfig {
     pub xdp_mode: XdpAttachMode,
     /// Copy or zero-copy (AF_XDP only).
     pub xdp_copy: XdpCopyMode,
+    /// Offloads asked of a TAP (uring-tap only).
+    pub tap_offload: TapOffload,
+    /// How a TAP's frames are read (uring-tap only).
+    pub tap_rx: RxMode,
     /// Queues served, one worker each: queues 0..n. `None` serves every
     /// receive queue the interface has (see `queues`).
     pub queues: Option<u32>,
@@ -260,6 +265,8 @@ impl StackConfig {
             driver: DriverKind::AfXdp,
             xdp_mode: XdpAttachMode::Auto,
             xdp_copy: XdpCopyMode::Auto,
+            tap_offload: TapOffload::Auto,
+            tap_rx: RxMode::Auto,
             queues: None,
             traffic_steered: false,
             cores: Vec::new(),
@@ -291,11 +298,6 @@ impl StackConfig {
                     self.cores.len(),
                 )));
             }
-        }
-        if self.driver == DriverKind::UringTap && self.queues.is_some_and(|q| q != 1) {
-            return Err(StackError::Config(
-                "the uring-tap driver runs one queue".into(),
-            ));
         }
         if self.tcp.buffer < 4096 || self.tcp.buffer > (1 << 30) {
             return Err(StackError::Config(format!(

@@ -10,12 +10,21 @@
 //! Receive L4 checksums are checked here under the medium's policy (see
 //! `hoststack_drivers::checksum`); smoltcp's own L4 receive verification is
 //! off so a veth peer's partial checksums are not dropped.
+//!
+//! On a device with offloads (a TAP with vnet headers) the driver's word
+//! about each frame is used: a partial checksum is checked by its seed and
+//! place and, for a frame smoltcp will verify itself, completed in place; a
+//! UDP GSO train is cut into its datagrams (in transmit-pool frames that
+//! then travel the receive path); a TCP super-frame stays whole for the TCP
+//! engine. Frames sent with [`StackDevice::send_frame_offloaded`] carry the
+//! offload the engine asked for to the driver.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
 use hoststack_drivers::counters::DriverCounters;
-use hoststack_drivers::{PacketIo, RxChecksumVerdict, checksum};
+use hoststack_drivers::offload::UdpGso;
+use hoststack_drivers::{GsoKind, PacketIo, RxChecksumVerdict, TxOffload, checksum};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
@@ -46,10 +55,20 @@ pub struct StackDevice<D: PacketIo> {
     injected_dropped: u64,
     /// Addresses smoltcp sent an ARP request or neighbour solicitation for.
     solicited: Vec<IpAddr>,
+    /// Frames for the datagrams of a UDP train (kept to reuse its memory).
+    split_frames: Vec<D::Frame>,
+    /// Complete partial TCP checksums too (smoltcp's TCP verifies them);
+    /// UDP ones are always completed.
+    complete_partial_tcp: bool,
     // Per-burst tallies, folded into the driver counters on flush.
     unverified: u64,
     bad_checksum: u64,
     malformed: u64,
+    partial: u64,
+    device_verified: u64,
+    split: u64,
+    split_dropped: u64,
+    bad_offload: u64,
 }
 
 impl<D: PacketIo> StackDevice<D> {
@@ -71,10 +90,23 @@ impl<D: PacketIo> StackDevice<D> {
             injected_free: Vec::new(),
             injected_dropped: 0,
             solicited: Vec::new(),
+            split_frames: Vec::new(),
+            complete_partial_tcp: false,
             unverified: 0,
             bad_checksum: 0,
             malformed: 0,
+            partial: 0,
+            device_verified: 0,
+            split: 0,
+            split_dropped: 0,
+            bad_offload: 0,
         }
+    }
+
+    /// Makes partial TCP checksums complete before smoltcp sees them (set
+    /// when smoltcp runs TCP: it verifies every checksum).
+    pub fn set_complete_partial_tcp(&mut self, on: bool) {
+        self.complete_partial_tcp = on;
     }
 
     /// The driver.
@@ -95,30 +127,89 @@ impl<D: PacketIo> StackDevice<D> {
         if room > 0 {
             self.driver.rx_burst(&mut self.incoming, room)?;
             let policy = self.driver.info().rx_checksum;
-            while let Some(frame) = self.incoming.pop_front() {
+            while let Some(mut frame) = self.incoming.pop_front() {
+                let offload = self.driver.rx_offload(&frame);
                 let bytes = self.driver.rx_bytes(&frame);
                 if self.capture.is_active() {
                     self.capture.record(bytes);
                 }
-                match checksum::check_rx(bytes, policy) {
+                let verdict = checksum::check_rx_hinted(bytes, policy, offload.checksum);
+                match verdict {
                     RxChecksumVerdict::Bad => {
                         self.bad_checksum += 1;
                         self.spent.push(frame);
+                        continue;
                     }
                     RxChecksumVerdict::Malformed => {
                         self.malformed += 1;
                         self.spent.push(frame);
+                        continue;
                     }
-                    v => {
-                        if v == RxChecksumVerdict::Unverified {
-                            self.unverified += 1;
-                        }
-                        self.rx_ready.push_back(frame);
+                    RxChecksumVerdict::Unverified => self.unverified += 1,
+                    RxChecksumVerdict::DeviceVerified => self.device_verified += 1,
+                    RxChecksumVerdict::Partial => self.partial += 1,
+                    RxChecksumVerdict::Verified | RxChecksumVerdict::NotApplicable => {}
+                }
+                if let Some((GsoKind::Udp, size)) = offload.gso {
+                    self.split_udp(frame, size);
+                    continue;
+                }
+                if verdict == RxChecksumVerdict::Partial
+                    && (self.complete_partial_tcp || !checksum::is_tcp(bytes))
+                {
+                    // smoltcp verifies what it gets: hand it the full sum.
+                    let completed = self
+                        .driver
+                        .rx_bytes_mut(&mut frame)
+                        .is_some_and(checksum::complete_partial);
+                    if !completed {
+                        self.malformed += 1;
+                        self.spent.push(frame);
+                        continue;
                     }
                 }
+                self.rx_ready.push_back(frame);
             }
         }
         Ok(self.rx_ready.len())
+    }
+
+    /// Cuts a UDP GSO train into its datagrams, each in a frame of its own
+    /// (from the transmit pool) queued where the train was; the train's own
+    /// frame is spent.
+    fn split_udp(&mut self, frame: D::Frame, gso_size: u16) {
+        let train = match UdpGso::parse(self.driver.rx_bytes(&frame), gso_size) {
+            Ok(t) => t,
+            Err(_) => {
+                self.bad_offload += 1;
+                self.spent.push(frame);
+                return;
+            }
+        };
+        let mut segs = std::mem::take(&mut self.split_frames);
+        let got = self.driver.alloc_tx(&mut segs, train.count());
+        let bytes = self.driver.rx_bytes(&frame);
+        for (i, mut seg) in segs.drain(..).enumerate() {
+            let written = self
+                .driver
+                .write_frame(&mut seg, train.segment_len(i), |out| {
+                    train.write_segment(bytes, i, out)
+                });
+            match written {
+                Some(_) => {
+                    self.split += 1;
+                    self.rx_ready.push_back(seg);
+                }
+                None => {
+                    self.split_dropped += 1;
+                    self.spent.push(seg);
+                }
+            }
+        }
+        self.split_frames = segs;
+        // Datagrams that found no frame are dropped, and counted.
+        self.split_dropped += (train.count() - got) as u64;
+        self.spent.push(frame);
     }
 
     /// Offers each waiting frame to `take` in order; a frame it takes (it
@@ -141,6 +232,19 @@ impl<D: PacketIo> StackDevice<D> {
     /// next flush. `None` when no frame was free; `Some(0)` when `fill`
     /// wrote nothing.
     pub fn send_frame(&mut self, fill: impl FnOnce(&mut [u8]) -> usize) -> Option<usize> {
+        self.send_frame_offloaded(|buf| (fill(buf), None))
+    }
+
+    /// [`send_frame`](Self::send_frame) for a frame that may ask the
+    /// device for an offload (a partial checksum to complete, a super-frame
+    /// to cut). The caller asks only for what [`PacketIo::offloads`] says is
+    /// on; a frame the driver still refuses is completed here when it only
+    /// lacks its checksum, and dropped (and counted) when it is a
+    /// super-frame.
+    pub fn send_frame_offloaded(
+        &mut self,
+        fill: impl FnOnce(&mut [u8]) -> (usize, Option<TxOffload>),
+    ) -> Option<usize> {
         if self.tx_filled.len() >= self.max_burst {
             let _ = self.driver.tx_burst(&mut self.tx_filled);
         }
@@ -148,10 +252,29 @@ impl<D: PacketIo> StackDevice<D> {
             self.driver.alloc_tx(&mut self.tx_stock, self.max_burst);
         }
         let mut frame = self.tx_stock.pop()?;
-        let n = self.driver.fill_frame(&mut frame, fill);
+        let mut offload = None;
+        let n = self.driver.fill_frame(&mut frame, |buf| {
+            let (n, o) = fill(buf);
+            offload = o;
+            n
+        });
         if n == 0 {
             self.tx_stock.push(frame);
             return Some(0);
+        }
+        if let Some(o) = offload {
+            if !self.driver.set_tx_offload(&mut frame, &o) {
+                let completed = o.gso.is_none()
+                    && self
+                        .driver
+                        .rx_bytes_mut(&mut frame)
+                        .is_some_and(checksum::complete_partial);
+                if !completed {
+                    DriverCounters::bump(&self.driver.counters().tx_errors, 1);
+                    self.tx_stock.push(frame);
+                    return Some(0);
+                }
+            }
         }
         if self.capture.is_active() {
             self.capture.record(self.driver.rx_bytes(&frame));
@@ -213,14 +336,25 @@ impl<D: PacketIo> StackDevice<D> {
         if !self.spent.is_empty() {
             self.driver.release(&mut self.spent);
         }
-        if self.unverified + self.bad_checksum + self.malformed > 0 {
+        let tallies = self.unverified
+            + self.bad_checksum
+            + self.malformed
+            + self.partial
+            + self.device_verified
+            + self.split
+            + self.split_dropped
+            + self.bad_offload;
+        if tallies > 0 {
             let c = self.driver.counters();
-            DriverCounters::bump(
-                &c.rx_checksum_unverified,
-                std::mem::take(&mut self.unverified),
-            );
-            DriverCounters::bump(&c.rx_bad_checksum, std::mem::take(&mut self.bad_checksum));
-            DriverCounters::bump(&c.rx_malformed, std::mem::take(&mut self.malformed));
+            let take = std::mem::take;
+            DriverCounters::bump(&c.rx_checksum_unverified, take(&mut self.unverified));
+            DriverCounters::bump(&c.rx_bad_checksum, take(&mut self.bad_checksum));
+            DriverCounters::bump(&c.rx_malformed, take(&mut self.malformed));
+            DriverCounters::bump(&c.rx_csum_partial, take(&mut self.partial));
+            DriverCounters::bump(&c.rx_csum_device_verified, take(&mut self.device_verified));
+            DriverCounters::bump(&c.rx_gso_split, take(&mut self.split));
+            DriverCounters::bump(&c.rx_no_buffers, take(&mut self.split_dropped));
+            DriverCounters::bump(&c.rx_bad_offload, take(&mut self.bad_offload));
         }
         // Called with nothing new too: the driver may still hold frames an
         // earlier kick did not get out.

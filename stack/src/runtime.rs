@@ -16,8 +16,8 @@ use std::time::Duration;
 use hoststack_drivers::afxdp::{XdpConfig, XdpQueue};
 use hoststack_drivers::counters::{DriverCounters, DriverCountersSnapshot};
 use hoststack_drivers::rss::Rss;
-use hoststack_drivers::uring_tap::{TapConfig, TapQueue};
-use hoststack_drivers::{DeviceInfo, PacketIo};
+use hoststack_drivers::uring_tap::{TapConfig, TapOffload, TapQueue};
+use hoststack_drivers::{DeviceInfo, Offloads, PacketIo};
 use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
 use hoststack_session::control::{ControlPlane, control_plane};
 use hoststack_session::session_layer::{SessionLayer, ThreadPort, WorkerCommand};
@@ -25,7 +25,7 @@ use hoststack_session::session_worker::{SessionWorker, SessionWorkerStats};
 use hoststack_session::thread_reach::ThreadReach;
 use tracing::{error, info};
 
-use crate::config::{DriverKind, StackConfig};
+use crate::config::{DriverKind, StackConfig, TcpEngineKind};
 use crate::error::{StackError, StackResult};
 use crate::handoff::HandOffPort;
 use crate::pcap::Capture;
@@ -39,6 +39,8 @@ pub struct WorkerHandle {
     pub info: DeviceInfo,
     /// Its driver counters.
     pub counters: Arc<DriverCounters>,
+    /// The offloads its device has on.
+    pub offloads: Offloads,
     /// Its loop counters.
     pub stats: Arc<WorkerStats>,
     /// Its session layer counters (app messages, pings).
@@ -60,8 +62,9 @@ pub struct Stack {
     groups: Vec<Arc<QueueGroup>>,
 }
 
-/// A worker's report: its thread index, its queue, its counters.
-type Ready = StackResult<(usize, DeviceInfo, Arc<DriverCounters>)>;
+/// A worker's report: its thread index, its queue, its counters, its
+/// offloads.
+type Ready = StackResult<(usize, DeviceInfo, Arc<DriverCounters>, Offloads)>;
 
 /// A worker thread that has not reported ready yet.
 type PendingWorker = (
@@ -84,6 +87,21 @@ struct WorkerSetup {
     share: QueueShare,
 }
 
+/// Queue `q` of a TAP as `cfg` asks for it: one fd and ring per queue,
+/// multi-queue when there are several. smoltcp's TCP gets no super-frames
+/// (it takes segments of one MTU).
+fn tap_config(cfg: &StackConfig, q: u32) -> TapConfig {
+    let mut t = TapConfig::new(&cfg.interface);
+    t.queue = q;
+    t.queues = cfg.queues.unwrap_or(1);
+    t.rx_mode = cfg.tap_rx;
+    t.offload = match (cfg.tcp.engine, cfg.tap_offload) {
+        (TcpEngineKind::Smoltcp, TapOffload::Auto) => TapOffload::Checksum,
+        (_, o) => o,
+    };
+    t
+}
+
 /// Builds the worker over `driver`, reports ready (or the error), runs it.
 fn run_worker<D: PacketIo>(driver: StackResult<D>, setup: WorkerSetup) -> StackResult<()> {
     let WorkerSetup {
@@ -100,13 +118,14 @@ fn run_worker<D: PacketIo>(driver: StackResult<D>, setup: WorkerSetup) -> StackR
     let worker = driver.and_then(|d| {
         let info = d.info().clone();
         let counters = d.counters().clone();
+        let offloads = d.offloads();
         let mut w = Worker::new(index, d, &cfg, mode, session, control, stats, share)?;
         w.device_mut().set_capture(capture);
-        Ok((w, info, counters))
+        Ok((w, info, counters, offloads))
     });
     match worker {
-        Ok((w, info, counters)) => {
-            let _ = ready.send(Ok((index, info, counters)));
+        Ok((w, info, counters, offloads)) => {
+            let _ = ready.send(Ok((index, info, counters, offloads)));
             w.run()
         }
         Err(e) => {
@@ -298,7 +317,7 @@ impl Stack {
                             run_worker(XdpQueue::open(&x).map_err(StackError::from), ws)
                         }
                         DriverKind::UringTap => {
-                            let t = TapConfig::new(&ws.cfg.interface);
+                            let t = tap_config(&ws.cfg, q);
                             run_worker(TapQueue::open(&t).map_err(StackError::from), ws)
                         }
                     }
@@ -391,16 +410,17 @@ impl Stack {
             return Err(e);
         }
         // Workers report in any order; match them back by thread.
-        readies.sort_by_key(|(t, _, _)| *t);
+        readies.sort_by_key(|(t, ..)| *t);
         let workers = pending
             .into_iter()
             .zip(readies)
             .map(
-                |((control, stats, session_stats, thread), (_, info, counters))| {
+                |((control, stats, session_stats, thread), (_, info, counters, offloads))| {
                     info!(queue = info.queue, mode = %info.mode, "worker running on {}", info.name);
                     WorkerHandle {
                         info,
                         counters,
+                        offloads,
                         stats,
                         session_stats,
                         control,

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant as StdInstant};
 
-use hoststack_drivers::PacketIo;
+use std::net::IpAddr;
+
+use hoststack_drivers::checksum::l4_checksum;
+use hoststack_drivers::{GsoKind, PacketIo, TxOffload};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress};
@@ -39,7 +42,7 @@ use hoststack_app_proto::endpoint::TransportProto;
 use hoststack_drivers::MacAddr;
 use hoststack_session::session_worker::{QueueChange, SessionWorker, TransportSet};
 use hoststack_session::transport::Transport;
-use hoststack_tcp::ChecksumMode;
+use hoststack_tcp::{ChecksumMode, TxChecksum};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::raw;
 use smoltcp::wire::{IpProtocol, IpVersion};
@@ -222,6 +225,8 @@ struct TcpPath {
     raw6: SocketHandle,
     /// Whether the last segment was IPv6: where the next one is written.
     last_v6: bool,
+    /// The engine writes partial checksums for the device to complete.
+    offloads_checksum: bool,
     ip_id: u16,
     scratch: Vec<u8>,
     segments_in: u64,
@@ -310,17 +315,21 @@ impl TcpPath {
                 raw6,
                 resolving,
                 unsent,
+                offloads_checksum,
                 ..
             } = self;
-            let r = device.send_frame(|buf| {
+            let partial = *offloads_checksum;
+            let r = device.send_frame_offloaded(|buf| {
                 let room = header_room(*last_v6);
                 if buf.len() <= room {
                     done = true;
-                    return 0;
+                    return (0, None);
                 }
-                let Some(t) = engine.endpoint().poll_transmit(now, &mut buf[room..]) else {
+                // A super-segment's IP packet must fit the 16-bit length.
+                let end = buf.len().min(room + MAX_SEGMENT);
+                let Some(t) = engine.endpoint().poll_transmit(now, &mut buf[room..end]) else {
                     done = true;
-                    return 0;
+                    return (0, None);
                 };
                 let v6 = t.dst.is_ipv6();
                 let need = header_room(v6);
@@ -328,25 +337,42 @@ impl TcpPath {
                     // Wrong guess of the family: move the segment.
                     if need + t.len > buf.len() {
                         *unsent += 1;
-                        return 0;
+                        return (0, None);
                     }
                     buf.copy_within(room..room + t.len, need);
                     *last_v6 = v6;
                 }
                 *ip_id = ip_id.wrapping_add(1);
                 if faults.as_mut().is_some_and(|f| f.drop_frame(false)) {
-                    return 0;
+                    return (0, None);
                 }
                 let Some(hop) = routes.next_hop(t.dst) else {
                     *unsent += 1;
-                    return 0;
+                    return (0, None);
                 };
                 match neighbors.lookup(hop) {
-                    Some(dst_mac) => write_headers(buf, mac, &dst_mac, t.src, t.dst, t.len, *ip_id),
+                    Some(dst_mac) => {
+                        let n = write_headers(buf, mac, &dst_mac, t.src, t.dst, t.len, *ip_id);
+                        (
+                            n,
+                            tx_offload(&buf[need..need + t.len], v6, need, partial, t.segment_size),
+                        )
+                    }
                     None => {
                         // smoltcp resolves the next hop and sends it; its
-                        // answer teaches us the address for the rest.
-                        ip_packet(t.src, t.dst, &buf[need..need + t.len], *ip_id, scratch);
+                        // answer teaches us the address for the rest. It
+                        // sends what it is given, whole: a super-segment
+                        // cannot go (the engine repairs it as a loss), a
+                        // partial checksum is completed first.
+                        if t.segment_size.is_some() {
+                            *unsent += 1;
+                            return (0, None);
+                        }
+                        let segment = &mut buf[need..need + t.len];
+                        if partial {
+                            complete_tcp_checksum(t.src, t.dst, segment);
+                        }
+                        ip_packet(t.src, t.dst, segment, *ip_id, scratch);
                         let socket = if v6 { *raw6 } else { *raw4 };
                         match sockets
                             .get_mut::<raw::Socket<'_>>(socket)
@@ -358,7 +384,7 @@ impl TcpPath {
                             }
                             Err(_) => *unsent += 1,
                         }
-                        0
+                        (0, None)
                     }
                 }
             });
@@ -436,6 +462,58 @@ fn deliver_segment(
 
 /// Segments smoltcp holds for next hops it is resolving, per family.
 const RESOLVING_SEGMENTS: usize = 64;
+
+/// The largest TCP segment in one frame: an IPv4 packet's 16-bit length
+/// less its header (IPv6's payload length leaves the same room and more).
+const MAX_SEGMENT: usize = 65_535 - 20;
+
+/// TSO bursts, in segments, when the device cuts super-segments (64 KB of
+/// 1448-byte segments is 45; the buffer bounds it either way).
+const TSO_SEGMENTS: u16 = 64;
+
+/// What the device must do for a segment the engine wrote at `l4` in a
+/// frame: complete its partial checksum, and cut it into `segment_size`
+/// payloads when it is a super-segment.
+fn tx_offload(
+    segment: &[u8],
+    v6: bool,
+    l4: usize,
+    partial: bool,
+    segment_size: Option<u16>,
+) -> Option<TxOffload> {
+    if !partial {
+        return None;
+    }
+    let tcp_header = segment.get(12).map_or(20, |b| usize::from(b >> 4) * 4);
+    let gso = segment_size.map(|size| {
+        let kind = if v6 { GsoKind::Tcp6 } else { GsoKind::Tcp4 };
+        (kind, size, (l4 + tcp_header) as u16)
+    });
+    Some(TxOffload {
+        checksum: Some((l4 as u16, 16)),
+        gso,
+    })
+}
+
+/// Replaces a segment's partial checksum with the full one.
+fn complete_tcp_checksum(src: IpAddr, dst: IpAddr, segment: &mut [u8]) {
+    if segment.len() < 20 {
+        return;
+    }
+    segment[16..18].copy_from_slice(&[0, 0]);
+    let c = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => l4_checksum(&s.octets(), &d.octets(), 6, segment),
+        (s, d) => l4_checksum(&v6_octets(s), &v6_octets(d), 6, segment),
+    };
+    segment[16..18].copy_from_slice(&c.to_be_bytes());
+}
+
+fn v6_octets(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+    }
+}
 
 fn raw_socket(version: IpVersion, mtu: usize) -> raw::Socket<'static> {
     // Incoming TCP never reaches smoltcp's raw sockets (it goes to the
@@ -582,8 +660,18 @@ impl<D: PacketIo> Worker<D> {
             TcpEngineKind::Hoststack => {
                 let mtu = device.driver().info().mtu;
                 let routes = Routes::new(&cfg.addresses, cfg.gateway);
+                let offloads = device.driver().offloads();
+                let mut engine_cfg = cfg.tcp.engine_config(mtu, cfg.tcp_secret()?);
+                if offloads.checksum {
+                    engine_cfg.tx_checksum = TxChecksum::Partial;
+                }
+                // One engine serves both families: super-segments only when
+                // the device cuts both.
+                if offloads.checksum && offloads.tso4 && offloads.tso6 {
+                    engine_cfg.max_tso_segments = TSO_SEGMENTS;
+                }
                 let engine = EngineTcp::new(
-                    cfg.tcp.engine_config(mtu, share.group.tcp_secret),
+                    engine_cfg,
                     cfg.tcp.listen_options(),
                     cfg.tcp.conn_options(),
                     cfg.table,
@@ -597,6 +685,7 @@ impl<D: PacketIo> Worker<D> {
                     raw4: sockets.add(raw_socket(IpVersion::Ipv4, mtu)),
                     raw6: sockets.add(raw_socket(IpVersion::Ipv6, mtu)),
                     last_v6: false,
+                    offloads_checksum: offloads.checksum,
                     ip_id: (seed >> 16) as u16,
                     scratch: Vec::new(),
                     segments_in: 0,
@@ -606,6 +695,8 @@ impl<D: PacketIo> Worker<D> {
                 })
             }
         };
+        // smoltcp's TCP verifies every checksum it is given.
+        device.set_complete_partial_tcp(tcp.is_none());
         let routes = Routes::new(&cfg.addresses, cfg.gateway);
         let neighbors = NeighborView::new(share.group.neighbors.clone());
         let n = share.group.workers();
@@ -617,6 +708,9 @@ impl<D: PacketIo> Worker<D> {
                     "several queues on one interface need the hoststack TCP engine".into(),
                 )
             })?;
+            // Ports whose replies the NIC's RSS (or the TAP's steering
+            // program) brings to this worker's queue.
+            let flows = device.driver().flow_steering();
             let port_ok = share.group.rss.clone().map(|rss| {
                 let q = share.pos as u32;
                 Box::new(
@@ -625,6 +719,15 @@ impl<D: PacketIo> Worker<D> {
                         rss.queue(remote.ip(), local.ip(), remote.port(), local.port()) == Some(q)
                     },
                 ) as crate::tcp_transport::PortFilter
+            });
+            let port_ok = port_ok.or_else(|| {
+                flows.map(|s| {
+                    Box::new(
+                        move |local: std::net::SocketAddr, remote: std::net::SocketAddr| {
+                            s.is_ours(local, remote, 6)
+                        },
+                    ) as crate::tcp_transport::PortFilter
+                })
             });
             tcp.engine.set_steering(share.clone(), n, port_ok);
             Some(Steering::new(share))

@@ -96,13 +96,13 @@ pub(super) fn tcp_bulk(s: &Settings) -> Result<Outcome> {
         pktgen.push(p);
         gso.push(g);
     }
-    let off = |side| Config {
-        side,
-        offloads_off: true,
-    };
+    let off = |side| Config::plain(side).offloads_off();
     let configs = [
         Config::plain(Side::External(Mode::Poll)),
         Config::plain(Side::Builtin(Mode::Poll)),
+        Config::tap(Side::External(Mode::Poll)),
+        Config::tap(Side::Builtin(Mode::Poll)),
+        Config::tap(Side::External(Mode::Poll)).offloads_off(),
         Config::plain(Side::Kernel),
         Config::plain(Side::KernelBusy),
         off(Side::Kernel),
@@ -134,6 +134,10 @@ pub(super) fn tcp_bulk(s: &Settings) -> Result<Outcome> {
         }
     }
     let hs = |c: &Config| !c.side.is_kernel();
+    // The TAP's lines go beside the kernel with the same offloads; the
+    // AF_XDP lines (no XSK frame carries a super-frame) beside both.
+    let beside_on = |c: &Config| !c.offloads_off;
+    let beside_off = |c: &Config| c.offloads_off || (hs(c) && !c.tap);
     let mtu = s.mtu.unwrap_or(1500);
     let (p, g) = (Spread::of(&pktgen), Spread::of(&gso));
     let h: Vec<f64> = results[0].1.iter().map(|(r, _)| r.gbps()).collect();
@@ -147,7 +151,7 @@ pub(super) fn tcp_bulk(s: &Settings) -> Result<Outcome> {
                 "Gbps",
                 true,
                 &results,
-                |c| hs(c) || !c.offloads_off,
+                beside_on,
                 kernel::BulkResult::gbps,
             )
             .labelled("tcp-bulk vs kernel offloads on"),
@@ -157,7 +161,7 @@ pub(super) fn tcp_bulk(s: &Settings) -> Result<Outcome> {
                 "Gbps",
                 true,
                 &results,
-                |c| hs(c) || c.offloads_off,
+                beside_off,
                 kernel::BulkResult::gbps,
             )
             .labelled("tcp-bulk vs kernel offloads off"),

@@ -75,7 +75,7 @@ pub const BENCHMARKS: &[Bench] = &[
     Bench {
         name: "udp-rr-64",
         title: "UDP 64-byte request/response, one flow: transactions/s, p50, p99",
-        hoststack: "UDP sessions and an app, 1 worker pinned to core 1 in poll mode (idle CPUs held polling, as for the busy-polling kernel): the builtin echo app (`hoststack echo-server --udp-port 7`), and the external echo app (`hoststack serve --app-socket` + `echo_server --udp 0.0.0.0:7 --quiet`, pinned to core 1, over the app socket and shared-memory fifos)",
+        hoststack: "UDP sessions and an app, 1 worker pinned to core 1 in poll mode (idle CPUs held polling, as for the busy-polling kernel): the builtin echo app (`hoststack echo-server --udp-port 7`), and the external echo app (`hoststack serve --app-socket` + `echo_server --udp 0.0.0.0:7 --quiet`, pinned to core 1, over the app socket and shared-memory fifos). Both again on a TAP lab (the TAP and the kernel peer in the namespace): `--driver uring-tap --netns`, io_uring with vnet offloads on",
         kernel: KERNEL_UDP_ECHO,
         measured: "one kernel UDP socket in the namespace (core 0): send 64 bytes, wait for the echo (200 ms timeout, counted lost), again; round trips over the window",
         run: udp::udp_rr_64,
@@ -91,7 +91,7 @@ pub const BENCHMARKS: &[Bench] = &[
     Bench {
         name: "tcp-rr-64",
         title: "TCP 64-byte request/response on one connection: transactions/s, p50, p99",
-        hoststack: "`hoststack serve --app-socket` (1 worker pinned to core 1, poll mode, idle CPUs held polling) with the external `echo_server --quiet` app pinned to core 1, and as a second line the builtin echo app (`hoststack echo-server`, same worker)",
+        hoststack: "`hoststack serve --app-socket` (1 worker pinned to core 1, poll mode, idle CPUs held polling) with the external `echo_server --quiet` app pinned to core 1, and as a second line the builtin echo app (`hoststack echo-server`, same worker). Both again on a TAP lab (the TAP and the kernel peer in the namespace): `--driver uring-tap --netns`, io_uring with vnet offloads on",
         kernel: KERNEL_ECHO,
         measured: "a Rust kernel client in the namespace on core 0, TCP_NODELAY: write 64 bytes, read the 64-byte echo, one connection; transactions/s, p50, p99 over the window",
         run: rr::tcp_rr_64,
@@ -107,7 +107,7 @@ pub const BENCHMARKS: &[Bench] = &[
     Bench {
         name: "tcp-bulk",
         title: "TCP bulk, one stream into the server: goodput",
-        hoststack: "external `echo_server --discard` on `hoststack serve`, and the builtin `hoststack echo-server --discard` (poll mode, core 1); the peer keeps the veth's offloads",
+        hoststack: "external `echo_server --discard` on `hoststack serve`, and the builtin `hoststack echo-server --discard` (poll mode, core 1); the peer keeps the veth's offloads. Then on a TAP lab (`--driver uring-tap`, io_uring): both apps with vnet offloads on (checksums, TSO/USO super-frames both ways; beside the kernel with offloads on), and the external app with `--offload off` (no vnet header: the kernel segments and checksums in software; beside the kernel with TSO/GSO/GRO off)",
         kernel: "a discard server (the same epoll server, 256 KiB reads), default and busy-polling: with the veth's default offloads, and with TSO/GSO/GRO off on both ends",
         measured: "a Rust kernel client in the namespace on core 0 writes 128 KiB at a time for --bulk-duration; bytes over the time until the server closed after the client's FIN. The AF_XDP medium ceiling (pktgen and UDP GSO into an AF_XDP receiver) is measured in the same run and given as a note",
         run: bulk::tcp_bulk,
@@ -273,6 +273,11 @@ impl Settings {
 
     fn lab(&self) -> Result<Lab> {
         env::fresh_lab(&self.lab, self.subnet, self.mtu)
+    }
+
+    /// A fresh TAP lab: the TAP and the kernel peer in the namespace.
+    fn tap_lab(&self) -> Result<Lab> {
+        env::fresh_tap_lab(&self.lab, self.subnet, self.mtu)
     }
 
     /// (load core, core under test), None on a 1-core machine.

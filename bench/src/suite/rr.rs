@@ -94,7 +94,7 @@ pub(super) fn tcp_rr_64(s: &Settings) -> Result<Outcome> {
     let results = sides::alternate(
         s,
         B,
-        &sides::plain(&TCP_SIDES),
+        &sides::plain_and_tap(&TCP_SIDES),
         Service::TcpEcho,
         |s, lab, _| rr_client(s, lab),
         show_rr,
@@ -125,7 +125,7 @@ pub(super) fn tcp_connrate(s: &Settings) -> Result<Outcome> {
     let results = sides::alternate(
         s,
         B,
-        &sides::plain(&TCP_SIDES),
+        &sides::plain_and_tap(&TCP_SIDES),
         Service::TcpEcho,
         |s, lab, _| connrate_client(s, lab),
         |r| format!("{:.0} conn/s ({} failed)", rate(r), r.failed),

@@ -171,9 +171,37 @@ pub fn example(s: &Settings, name: &str) -> Result<std::path::PathBuf> {
     Ok(p)
 }
 
+/// How hoststack reaches the lab: AF_XDP on the veth's host end, or
+/// io_uring on a TAP (the lab's namespace holds the TAP and the kernel
+/// peer; hoststack enters it to open the TAP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Medium {
+    /// AF_XDP on a veth.
+    Veth,
+    /// io_uring on a TAP, with its vnet-header offloads (`--offload auto`)
+    /// or without (`--offload off`).
+    Tap {
+        /// Checksum and segmentation offloads on.
+        offloads: bool,
+    },
+}
+
 /// The stack's arguments for a lab's host end.
-fn stack_args(s: &Settings, lab: &Lab, mode: Mode, core: Option<usize>) -> Vec<String> {
+fn stack_args(
+    s: &Settings,
+    lab: &Lab,
+    mode: Mode,
+    core: Option<usize>,
+    medium: Medium,
+) -> Vec<String> {
     let mut a = vec!["--interface".to_string(), lab.host_if.clone()];
+    if let Medium::Tap { offloads } = medium {
+        a.extend(["--driver", "uring-tap", "--netns", &lab.netns].map(String::from));
+        a.extend([
+            "--offload".into(),
+            if offloads { "auto" } else { "off" }.into(),
+        ]);
+    }
     if let Some(e) = &s.tcp_engine {
         a.extend(["--tcp-engine".into(), e.clone()]);
     }
@@ -230,8 +258,9 @@ impl Server {
 }
 
 impl Side {
-    /// Starts this side's server for `svc` on the lab's host end.
-    pub fn start(self, s: &Settings, lab: &Lab, svc: Service) -> Result<Server> {
+    /// Starts this side's server for `svc` on the lab's host end (over
+    /// `medium`, for hoststack's sides).
+    pub fn start(self, s: &Settings, lab: &Lab, svc: Service, medium: Medium) -> Result<Server> {
         let (_, core) = s.cores();
         let held = Held::new(self.idle_poll(), self == Side::KernelBusy)?;
         if let Service::Program(p) = svc {
@@ -262,7 +291,7 @@ impl Side {
                 })
             }
             Side::Builtin(mode) => {
-                let mut args = stack_args(s, lab, mode, core);
+                let mut args = stack_args(s, lab, mode, core, medium);
                 let port = |p: u16| p.to_string();
                 let svc_args = match svc {
                     Service::TcpEcho => ["--tcp-port", &port(ECHO_PORT), "--udp-port", "0"]
@@ -303,7 +332,7 @@ impl Side {
                 let sock_s = sock.display().to_string();
                 let mut cmd = Command::new(&s.hoststack);
                 cmd.arg("serve")
-                    .args(stack_args(s, lab, mode, core))
+                    .args(stack_args(s, lab, mode, core, medium))
                     .args(["--app-socket", &sock_s]);
                 let serve = Managed::start(cmd, "hoststack serve", "ready")?;
                 let mut args = vec!["--socket", &sock_s, "--quiet"];
@@ -396,14 +425,18 @@ impl Side {
     }
 }
 
-/// One configuration of a benchmark: a side, and whether the lab's
-/// offloads (TSO, GSO, GRO) are turned off on both ends first.
+/// One configuration of a benchmark: a side, whether the lab's offloads
+/// (TSO, GSO, GRO) are turned off on both ends first, and for hoststack's
+/// sides whether it runs on the veth (AF_XDP) or a TAP (io_uring).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// The side.
     pub side: Side,
-    /// Offloads off on both veth ends.
+    /// Offloads off on both veth ends; on a TAP, hoststack asks for none
+    /// (no vnet header: the kernel segments and checksums in software).
     pub offloads_off: bool,
+    /// hoststack on a TAP lab instead of the veth.
+    pub tap: bool,
 }
 
 impl Config {
@@ -412,24 +445,65 @@ impl Config {
         Self {
             side,
             offloads_off: false,
+            tap: false,
+        }
+    }
+
+    /// hoststack's `side` on a TAP, its offloads on.
+    pub fn tap(side: Side) -> Self {
+        Self {
+            tap: true,
+            ..Self::plain(side)
+        }
+    }
+
+    /// `side` with the offloads off.
+    pub fn offloads_off(self) -> Self {
+        Self {
+            offloads_off: true,
+            ..self
+        }
+    }
+
+    /// What hoststack's side runs on.
+    pub fn medium(&self) -> Medium {
+        if self.tap {
+            Medium::Tap {
+                offloads: !self.offloads_off,
+            }
+        } else {
+            Medium::Veth
         }
     }
 
     /// Long label.
     pub fn label(&self) -> String {
-        if self.offloads_off {
-            format!("{}, TSO/GSO/GRO off", self.side.label())
+        let side = if self.tap {
+            self.side
+                .label()
+                .replacen("hoststack:", "hoststack on a TAP (io_uring):", 1)
         } else {
             self.side.label()
+        };
+        match (self.offloads_off, self.tap) {
+            (false, false) => side,
+            (true, false) => format!("{side}, TSO/GSO/GRO off"),
+            (false, true) => format!("{side}, vnet offloads on"),
+            (true, true) => format!("{side}, offloads off"),
         }
     }
 
     /// Short label.
     pub fn short(&self) -> String {
-        if self.offloads_off {
-            format!("{}, offloads off", self.side.short())
+        let side = if self.tap {
+            format!("TAP {}", self.side.short())
         } else {
             self.side.short()
+        };
+        if self.offloads_off {
+            format!("{side}, offloads off")
+        } else {
+            side
         }
     }
 }
@@ -453,14 +527,14 @@ pub fn alternate<T>(
     for run in 1..=s.runs {
         for (config, runs) in &mut out {
             s.check()?;
-            let lab = s.lab()?;
-            if config.offloads_off {
+            let lab = if config.tap { s.tap_lab()? } else { s.lab()? };
+            if config.offloads_off && !config.tap {
                 env::set_offloads(&lab, false, false)?;
                 env::set_offloads(&lab, true, false)?;
             }
             let what = format!("run {run} of {}", config.label());
             let (r, json) = s.guarded(bench, &what, || {
-                let server = config.side.start(s, &lab, svc)?;
+                let server = config.side.start(s, &lab, svc, config.medium())?;
                 let r = measure(s, &lab, &server);
                 let stopped = server.stop();
                 Ok((r?, stopped?))
@@ -475,6 +549,17 @@ pub fn alternate<T>(
 /// The same sides on the lab as it comes.
 pub fn plain(sides: &[Side]) -> Vec<Config> {
     sides.iter().copied().map(Config::plain).collect()
+}
+
+/// The sides on the lab as it comes, then hoststack's sides again on a TAP
+/// (io_uring, vnet offloads on).
+pub fn plain_and_tap(sides: &[Side]) -> Vec<Config> {
+    let tap = sides
+        .iter()
+        .copied()
+        .filter(|s| !s.is_kernel())
+        .map(Config::tap);
+    plain(sides).into_iter().chain(tap).collect()
 }
 
 impl Row {

@@ -43,7 +43,7 @@ pub(super) fn udp_rr_64(s: &Settings) -> Result<Outcome> {
     let results = sides::alternate(
         s,
         B,
-        &sides::plain(&UDP_SIDES),
+        &sides::plain_and_tap(&UDP_SIDES),
         Service::UdpEcho,
         |s, lab, _| udp_rr_client(s, lab),
         show_rr,
@@ -132,7 +132,7 @@ pub(super) fn udp_echo_64(s: &Settings) -> Result<Outcome> {
     let results = sides::alternate(
         s,
         B,
-        &sides::plain(&UDP_SIDES),
+        &sides::plain_and_tap(&UDP_SIDES),
         Service::UdpEcho,
         |s, lab, server| {
             drop_echoes(lab)?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use hoststack_drivers::afxdp::{XdpAttachMode, XdpCopyMode};
+use hoststack_drivers::uring_tap::{RxMode, TapOffload};
 
 use hoststack_stack::config::{AddrPrefix, DriverKind, StackConfig, TcpEngineKind, TcpTuning};
 use hoststack_stack::error::{StackError, StackResult};
@@ -34,6 +35,14 @@ pub(crate) struct StackArgs {
     /// AF_XDP copy mode: auto (zero-copy where supported), copy or zerocopy.
     #[arg(long, default_value = "auto")]
     pub(crate) xdp_copy: XdpCopyMode,
+    /// TAP offloads (uring-tap): auto (checksums and TCP super-frames both
+    /// ways, UDP trains in), csum (checksums only) or off (no vnet header).
+    #[arg(long, default_value = "auto")]
+    pub(crate) offload: TapOffload,
+    /// TAP reads (uring-tap): auto (multishot where the kernel has it),
+    /// multishot or single.
+    #[arg(long, default_value = "auto")]
+    pub(crate) tap_read: RxMode,
     /// NIC queues to serve (0..N), one pinned worker each; default: every
     /// receive queue of the interface. Fewer is refused unless
     /// --traffic-steered.
@@ -76,6 +85,8 @@ impl StackArgs {
             driver: self.driver,
             xdp_mode: self.xdp_mode,
             xdp_copy: self.xdp_copy,
+            tap_offload: self.offload,
+            tap_rx: self.tap_read,
             queues: self.queues,
             traffic_steered: self.traffic_steered,
             cores: self.cores.clone(),

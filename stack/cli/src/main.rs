@@ -288,7 +288,7 @@ enum LabAction {
         /// Turn TSO off on the peer (needed with --xdp-mode generic).
         #[arg(long)]
         peer_tso_off: bool,
-        /// Queues per veth end.
+        /// Queues per veth end (with --tap: above 1 makes a multi-queue TAP).
         #[arg(long, default_value_t = 1)]
         queues: u32,
         /// A TAP device in the namespace instead of a veth pair.
@@ -637,9 +637,15 @@ fn echo_server(
     let per_worker = server.accepted_per_worker(&control).unwrap_or_default();
     let _ = control.detach(server.app);
     let workers: Vec<_> = stack.workers().iter().map(|w| w.stats.clone()).collect();
-    let totals = stack.totals();
     let per_queue = per_queue_report(&stack);
+    let queues: Vec<_> = stack.workers().iter().map(|w| w.counters.clone()).collect();
     let result = stack.stop();
+    // Read after the workers stopped: their last frames are counted.
+    let queue_counts: Vec<_> = queues.iter().map(|c| c.snapshot()).collect();
+    let mut totals = hoststack_drivers::DriverCountersSnapshot::default();
+    for q in &queue_counts {
+        totals.add(q);
+    }
     let zero_window_acks: u64 = workers
         .iter()
         .map(|s| s.zero_window_acks.load(Relaxed))
@@ -675,6 +681,19 @@ fn echo_server(
             "rx_malformed": totals.rx_malformed,
             "rx_checksum_unverified": totals.rx_checksum_unverified,
             "rx_kernel_drops": totals.rx_kernel_drops,
+            "rx_frames_per_queue": queue_counts.iter().map(|q| q.rx_frames).collect::<Vec<_>>(),
+            "tx_frames_per_queue": queue_counts.iter().map(|q| q.tx_frames).collect::<Vec<_>>(),
+            "rx_csum_partial": totals.rx_csum_partial,
+            "rx_csum_device_verified": totals.rx_csum_device_verified,
+            "tx_csum_offloaded": totals.tx_csum_offloaded,
+            "rx_gso_frames": totals.rx_gso_frames,
+            "rx_gso_segments": totals.rx_gso_segments,
+            "tx_gso_frames": totals.tx_gso_frames,
+            "tx_gso_segments": totals.tx_gso_segments,
+            "rx_gso_split": totals.rx_gso_split,
+            "rx_bad_offload": totals.rx_bad_offload,
+            "rx_no_buffers": totals.rx_no_buffers,
+            "tx_errors": totals.tx_errors,
             "zero_window_acks": zero_window_acks,
             "injected_rx_drops": injected_rx_drops,
             "injected_tx_drops": injected_tx_drops,

@@ -112,7 +112,8 @@ pub struct LabConfig {
     pub mtu: Option<usize>,
     /// Turn TSO off on the peer (needed for generic XDP).
     pub peer_tso_off: bool,
-    /// veth queues per end.
+    /// veth queues per end; for a TAP, more than one makes it a
+    /// multi-queue device (one fd per queue).
     pub queues: u32,
     /// Build a TAP in the namespace instead of a veth pair.
     pub tap: bool,
@@ -247,7 +248,7 @@ impl Lab {
         run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         let mtu = c.mtu.map(|m| m.to_string());
         if c.tap {
-            run(&[
+            let mut args = vec![
                 "ip",
                 "-n",
                 ns,
@@ -257,7 +258,12 @@ impl Lab {
                 &self.peer_if,
                 "mode",
                 "tap",
-            ])?;
+            ];
+            // One fd per queue needs a multi-queue device.
+            if c.queues > 1 {
+                args.push("multi_queue");
+            }
+            run(&args)?;
         } else {
             let q = c.queues.to_string();
             run(&[

@@ -40,6 +40,18 @@ impl core::fmt::Display for CongestionAlgorithmKind {
     }
 }
 
+/// How the checksum of an outgoing segment is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxChecksum {
+    /// The full checksum, computed here.
+    #[default]
+    Full,
+    /// Only the pseudo-header sum (folded, not complemented): the device
+    /// completes it (checksum offload, and TSO, which recomputes it per wire
+    /// segment). The payload is never summed here.
+    Partial,
+}
+
 /// TCP keepalive probing (RFC 9293 §3.8.4), off unless configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeepaliveConfig {
@@ -103,6 +115,8 @@ pub struct TcpConfig {
     pub secret: u128,
     /// Largest TSO burst in segments; 1 emits only MTU-sized segments.
     pub max_tso_segments: u16,
+    /// Full checksums, or partial ones for a device that completes them.
+    pub tx_checksum: TxChecksum,
     /// Challenge ACKs (RFC 5961) allowed per second across the endpoint.
     pub challenge_ack_limit: u32,
     /// Stateless RSTs allowed per second across the endpoint.
@@ -137,6 +151,7 @@ impl Default for TcpConfig {
             window_scaling: true,
             secret: 0x6a09_e667_f3bc_c908_bb67_ae85_84ca_a73b,
             max_tso_segments: 1,
+            tx_checksum: TxChecksum::Full,
             challenge_ack_limit: 1000,
             rst_limit: 1000,
             reply_queue: 4096,

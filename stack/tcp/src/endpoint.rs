@@ -898,7 +898,9 @@ impl TcpEndpoint {
             let src = IpAddress::from(reply.local);
             let dst = IpAddress::from(reply.remote);
             // A buffer too small for a bare header leaves the reply queued for the next call.
-            let len = reply.header.emit(&src, &dst, buf, 0, |_| {})?;
+            let len = reply
+                .header
+                .emit(&src, &dst, buf, 0, |_| {}, self.config.tx_checksum)?;
             let transmit = Transmit {
                 table: reply.table,
                 src: reply.local,

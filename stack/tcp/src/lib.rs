@@ -93,7 +93,9 @@ mod seqnum;
 mod time_wait;
 mod wheel;
 
-pub use config::{CongestionAlgorithmKind, ConnOptions, KeepaliveConfig, ListenOptions, TcpConfig};
+pub use config::{
+    CongestionAlgorithmKind, ConnOptions, KeepaliveConfig, ListenOptions, TcpConfig, TxChecksum,
+};
 pub use counters::TcpCounters;
 pub use endpoint::{ChecksumMode, TcpEndpoint, Transmit};
 pub use error::TcpError;

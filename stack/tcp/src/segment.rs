@@ -7,7 +7,11 @@
 //! checksum over the pseudo-header.
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{IpAddress, TcpControl, TcpPacket, TcpRepr, TcpTimestampRepr};
+use smoltcp::wire::{
+    IpAddress, IpProtocol, TcpControl, TcpPacket, TcpRepr, TcpTimestampRepr, checksum,
+};
+
+use crate::config::TxChecksum;
 
 use crate::reassembly::MAX_SACK_BLOCKS;
 use crate::seqnum::SeqNum;
@@ -199,8 +203,9 @@ impl Header {
         self.repr().header_len()
     }
 
-    /// Writes header, `payload_len` bytes from `fill`, and the checksum into `buf`; returns
-    /// the segment length, or `None` if `buf` is too small.
+    /// Writes header, `payload_len` bytes from `fill`, and the checksum (full, or the
+    /// pseudo-header sum for a device to complete) into `buf`; returns the segment length,
+    /// or `None` if `buf` is too small.
     pub(crate) fn emit(
         &self,
         src: &IpAddress,
@@ -208,6 +213,7 @@ impl Header {
         buf: &mut [u8],
         payload_len: usize,
         fill: impl FnOnce(&mut [u8]),
+        csum: TxChecksum,
     ) -> Option<usize> {
         let repr = self.repr();
         let total = repr.header_len() + payload_len;
@@ -218,7 +224,15 @@ impl Header {
             packet.set_psh(true);
         }
         fill(&mut packet.payload_mut()[..payload_len]);
-        packet.fill_checksum(src, dst);
+        match csum {
+            TxChecksum::Full => packet.fill_checksum(src, dst),
+            TxChecksum::Partial => packet.set_checksum(checksum::pseudo_header(
+                src,
+                dst,
+                IpProtocol::Tcp,
+                total as u32,
+            )),
+        }
         Some(total)
     }
 }
@@ -250,7 +264,14 @@ mod tests {
         };
         let mut buf = [0u8; 200];
         let len = header
-            .emit(&src, &dst, &mut buf, 5, |p| p.copy_from_slice(b"hello"))
+            .emit(
+                &src,
+                &dst,
+                &mut buf,
+                5,
+                |p| p.copy_from_slice(b"hello"),
+                TxChecksum::Full,
+            )
             .unwrap();
         assert_eq!(len, header.len() + 5);
         let seg = parse(&src, &dst, &buf[..len], true).unwrap();
@@ -270,6 +291,49 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_checksum_is_the_pseudo_header_sum_and_completes_to_the_full_one() {
+        let src = IpAddress::from(Ipv4Addr::new(10, 0, 0, 1));
+        let dst = IpAddress::from(Ipv4Addr::new(10, 0, 0, 2));
+        let header = Header {
+            src_port: 40000,
+            dst_port: 7,
+            seq: SeqNum::new(9),
+            ack: Some(SeqNum::new(3)),
+            window: 1000,
+            ..Header::default()
+        };
+        let payload: Vec<u8> = (0..999u32).map(|i| (i * 13) as u8).collect();
+        let (mut full, mut partial) = ([0u8; 1100], [0u8; 1100]);
+        let fill = |p: &mut [u8]| p.copy_from_slice(&payload);
+        let n = header
+            .emit(&src, &dst, &mut full, payload.len(), fill, TxChecksum::Full)
+            .unwrap();
+        let m = header
+            .emit(
+                &src,
+                &dst,
+                &mut partial,
+                payload.len(),
+                fill,
+                TxChecksum::Partial,
+            )
+            .unwrap();
+        assert_eq!(n, m);
+        let seed = checksum::pseudo_header(&src, &dst, IpProtocol::Tcp, n as u32);
+        assert_eq!(u16::from_be_bytes([partial[16], partial[17]]), seed);
+        assert_eq!(full[..16], partial[..16]);
+        assert_eq!(full[18..n], partial[18..n]);
+        // What a device does: sum the segment as it is (seed included) and
+        // store the complement.
+        let completed = !checksum::data(&partial[..n]);
+        assert_eq!(u16::from_be_bytes([full[16], full[17]]), completed);
+        // The engine's own parser refuses the partial form: it is for the
+        // device, never for the wire.
+        assert!(parse(&src, &dst, &partial[..n], true).is_err());
+        assert!(parse(&src, &dst, &full[..n], true).is_ok());
+    }
+
+    #[test]
     fn options_with_bad_lengths_are_malformed_and_unknown_ones_skipped() {
         let src = IpAddress::from(Ipv4Addr::new(10, 0, 0, 1));
         let header = Header {
@@ -279,7 +343,9 @@ mod tests {
             ..Header::default()
         };
         let mut buf = [0u8; 64];
-        let len = header.emit(&src, &src, &mut buf, 0, |_| {}).unwrap();
+        let len = header
+            .emit(&src, &src, &mut buf, 0, |_| {}, TxChecksum::Full)
+            .unwrap();
         // Options start at 20 with the timestamp. Turn it into an unknown kind 99.
         assert_eq!(&buf[20..22], &[8, 10]);
         buf[20] = 99;
@@ -313,6 +379,10 @@ mod tests {
             ..Header::default()
         };
         let mut buf = [0u8; 19];
-        assert!(header.emit(&src, &src, &mut buf, 0, |_| {}).is_none());
+        assert!(
+            header
+                .emit(&src, &src, &mut buf, 0, |_| {}, TxChecksum::Full)
+                .is_none()
+        );
     }
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use hoststack_app_proto::options::AppSizeDefaults;
 use hoststack_drivers::afxdp::{XdpAttachMode, XdpCopyMode};
+use hoststack_drivers::uring_tap::{RxMode, TapOffload};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
@@ -81,6 +82,8 @@ struct InterfaceSection {
     traffic_steered: Option<bool>,
     xdp_mode: Option<Parse<XdpAttachMode>>,
     xdp_copy: Option<Parse<XdpCopyMode>>,
+    offload: Option<Parse<TapOffload>>,
+    tap_read: Option<Parse<RxMode>>,
     addresses: Option<Spanned<Vec<Parse<AddrPrefix>>>>,
     gateway: Option<IpAddr>,
     mtu: Option<Spanned<u32>>,
@@ -257,6 +260,8 @@ struct CheckedInterface {
     /// None: every queue of the interface (counted when the daemon starts).
     queues: Option<u32>,
     traffic_steered: bool,
+    offload: TapOffload,
+    tap_read: RxMode,
     addresses: Vec<AddrPrefix>,
     gateway: Option<IpAddr>,
     mtu: Option<u32>,
@@ -309,14 +314,6 @@ fn check_interface(
         )?),
         None => None,
     };
-    if driver == DriverKind::UringTap && queues.is_some_and(|q| q != 1) {
-        let at = iface.queues.as_ref().map(|q| q.span());
-        return Err(src.error(
-            at,
-            &key("queues"),
-            "the uring-tap driver runs one queue (expected 1)",
-        ));
-    }
     let mtu = match &iface.mtu {
         Some(m) => Some(in_range(src, m, &key("mtu"), 576, 9216, "bytes")?),
         None => None,
@@ -326,6 +323,8 @@ fn check_interface(
         driver,
         xdp_mode: iface.xdp_mode.as_ref().map_or(XdpAttachMode::Auto, |m| m.0),
         xdp_copy: iface.xdp_copy.as_ref().map_or(XdpCopyMode::Auto, |m| m.0),
+        offload: iface.offload.as_ref().map_or(TapOffload::Auto, |m| m.0),
+        tap_read: iface.tap_read.as_ref().map_or(RxMode::Auto, |m| m.0),
         queues,
         traffic_steered: iface.traffic_steered.unwrap_or(false),
         addresses,
@@ -832,6 +831,8 @@ impl DaemonConfig {
                 driver: c.driver,
                 xdp_mode: c.xdp_mode,
                 xdp_copy: c.xdp_copy,
+                tap_offload: c.offload,
+                tap_rx: c.tap_read,
                 queues: c.queues,
                 traffic_steered: c.traffic_steered,
                 cores: c

@@ -561,8 +561,12 @@ mod tests {
                     tx_ring_full: 4,
                     handoff: 6,
                     injected: 0,
+                    bad_offload: 0,
+                    no_buffers: 0,
+                    tx_errors: 0,
                 },
                 rx_checksum_unverified: 5,
+                offload: None,
                 capturing: false,
                 table: 0,
                 tcp: Some(TcpView {

@@ -371,6 +371,39 @@ pub(crate) struct DropsView {
     /// answers) dropped because too many waited.
     #[serde(default)]
     pub(crate) injected: u64,
+    /// Frames whose offload header was malformed.
+    #[serde(default)]
+    pub(crate) bad_offload: u64,
+    /// No receive buffer (or no frame for a datagram of a UDP train).
+    #[serde(default)]
+    pub(crate) no_buffers: u64,
+    /// Writes the device refused.
+    #[serde(default)]
+    pub(crate) tx_errors: u64,
+}
+
+/// What a device with offloads (a TAP with vnet headers) does for the
+/// queue, and how often.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct OffloadView {
+    /// The offloads on (`csum tso4 tso6 uso`, or `none`).
+    pub(crate) on: String,
+    /// GSO super-frames received.
+    pub(crate) rx_gso_frames: u64,
+    /// Wire segments they stood for.
+    pub(crate) rx_gso_segments: u64,
+    /// GSO super-frames sent.
+    pub(crate) tx_gso_frames: u64,
+    /// Wire segments they became.
+    pub(crate) tx_gso_segments: u64,
+    /// UDP datagrams cut out of received UDP trains.
+    pub(crate) rx_gso_split: u64,
+    /// Received partial checksums (checked by seed and place).
+    pub(crate) rx_csum_partial: u64,
+    /// Received checksums the kernel had verified.
+    pub(crate) rx_csum_device_verified: u64,
+    /// Frames sent with a partial checksum for the device to complete.
+    pub(crate) tx_csum_offloaded: u64,
 }
 
 /// Packets between a queue's worker and the interface's other workers.
@@ -410,6 +443,10 @@ pub(crate) struct InterfaceView {
     pub(crate) drops: DropsView,
     /// Frames whose L4 checksum was accepted unverified (veth partial).
     pub(crate) rx_checksum_unverified: u64,
+    /// The device's offloads and their counters (a TAP with vnet headers;
+    /// absent elsewhere).
+    #[serde(default)]
+    pub(crate) offload: Option<OffloadView>,
     /// A packet capture is running.
     pub(crate) capturing: bool,
     /// The table (FIB index) the interface belongs to.
@@ -928,6 +965,28 @@ pub(crate) fn render_interfaces(ifs: &[InterfaceView]) -> String {
             "    hand-off: sent {} received {} wakeups {}; interface: {} neighbours, {} flows in the directory",
             i.handoff.sent, i.handoff.received, i.handoff.wakeups, i.neighbors, i.flows
         );
+        if let Some(o) = &i.offload {
+            let _ = writeln!(
+                s,
+                "    offloads: {}; super-frames rx {} ({} segments) tx {} ({} segments); UDP trains split into {} datagrams",
+                o.on,
+                o.rx_gso_frames,
+                o.rx_gso_segments,
+                o.tx_gso_frames,
+                o.tx_gso_segments,
+                o.rx_gso_split
+            );
+            let _ = writeln!(
+                s,
+                "    checksums: rx partial {} kernel-verified {}, tx partial {}; drops: bad-offload {} no-buffer {} tx-error {}",
+                o.rx_csum_partial,
+                o.rx_csum_device_verified,
+                o.tx_csum_offloaded,
+                i.drops.bad_offload,
+                i.drops.no_buffers,
+                i.drops.tx_errors
+            );
+        }
         if let Some(t) = &i.tcp {
             let _ = writeln!(
                 s,
@@ -1386,8 +1445,22 @@ mod tests {
                 tx_ring_full: 4,
                 handoff: 6,
                 injected: 0,
+                bad_offload: 7,
+                no_buffers: 0,
+                tx_errors: 0,
             },
             rx_checksum_unverified: 5,
+            offload: Some(OffloadView {
+                on: "csum tso4 tso6".into(),
+                rx_gso_frames: 3,
+                rx_gso_segments: 90,
+                tx_gso_frames: 4,
+                tx_gso_segments: 120,
+                rx_gso_split: 0,
+                rx_csum_partial: 10,
+                rx_csum_device_verified: 2,
+                tx_csum_offloaded: 8,
+            }),
             capturing: true,
             table: 3,
             tcp: Some(TcpView {
@@ -1414,6 +1487,13 @@ mod tests {
             neighbors: 2,
             flows: 5,
         }]);
+        assert!(
+            i.contains(
+                "offloads: csum tso4 tso6; super-frames rx 3 (90 segments) tx 4 (120 segments)"
+            ),
+            "{i}"
+        );
+        assert!(i.contains("bad-offload 7"), "{i}");
         assert!(
             i.contains(
                 "veth0           0      02:00:00:00:00:01  1500   af_xdp native, table 3 (capturing)"

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use hoststack_app_proto::app_rx_queue::rx_queue_slots;
-use hoststack_drivers::DeviceInfo;
 use hoststack_drivers::counters::DriverCounters;
+use hoststack_drivers::{DeviceInfo, Offloads};
 use hoststack_session::app_worker::EventSink;
 use hoststack_session::application::Application;
 use hoststack_session::session_info::SessionInfo;
@@ -20,7 +20,8 @@ use hoststack_session::session_worker::SessionWorkerStats;
 
 use crate::daemon::show::{
     AppDetail, AppSummary, AppWorkerView, CertView, DropsView, HandOffView, InterfaceView,
-    ListenerView, NamespaceView, QueueView, SessionView, TcpView, ThreadSessions, WorkerView,
+    ListenerView, NamespaceView, OffloadView, QueueView, SessionView, TcpView, ThreadSessions,
+    WorkerView,
 };
 use hoststack_stack::queue_group::QueueGroup;
 use hoststack_stack::runtime::WorkerHandle;
@@ -33,6 +34,8 @@ pub(crate) struct WorkerProbe {
     pub(crate) info: DeviceInfo,
     /// Driver counters.
     pub(crate) counters: Arc<DriverCounters>,
+    /// The offloads its device has on.
+    pub(crate) offloads: Offloads,
     /// Loop counters.
     pub(crate) stats: Arc<WorkerStats>,
     /// Session-layer counters.
@@ -60,6 +63,7 @@ impl WorkerProbe {
             group,
             info: w.info.clone(),
             counters: w.counters.clone(),
+            offloads: w.offloads,
             stats: w.stats.clone(),
             session_stats: w.session_stats.clone(),
             core,
@@ -365,7 +369,21 @@ pub(crate) fn interfaces(workers: &[WorkerProbe], capturing: &[String]) -> Vec<I
                     tx_ring_full: c.tx_ring_full,
                     handoff: h.dropped.load(Relaxed),
                     injected: w.stats.injected_dropped.load(Relaxed),
+                    bad_offload: c.rx_bad_offload,
+                    no_buffers: c.rx_no_buffers,
+                    tx_errors: c.tx_errors,
                 },
+                offload: w.offloads.vnet_hdr.then(|| OffloadView {
+                    on: w.offloads.describe(),
+                    rx_gso_frames: c.rx_gso_frames,
+                    rx_gso_segments: c.rx_gso_segments,
+                    tx_gso_frames: c.tx_gso_frames,
+                    tx_gso_segments: c.tx_gso_segments,
+                    rx_gso_split: c.rx_gso_split,
+                    rx_csum_partial: c.rx_csum_partial,
+                    rx_csum_device_verified: c.rx_csum_device_verified,
+                    tx_csum_offloaded: c.tx_csum_offloaded,
+                }),
                 rx_checksum_unverified: c.rx_checksum_unverified,
                 capturing: capturing.contains(&w.info.name),
                 table: w.table,

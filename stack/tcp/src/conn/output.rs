@@ -5,6 +5,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::IpAddress;
 
 use super::{Connection, Ctx, RtxTimer, State, ts_clock};
+use crate::config::TxChecksum;
 use crate::rack::probe_timeout;
 use crate::segment::Header;
 
@@ -202,7 +203,7 @@ impl Connection {
                 if let Plan::Probe = plan {
                     h.seq = self.snd_una - 1;
                 }
-                let len = h.emit(&src, &dst, buf, 0, |_| {})?;
+                let len = h.emit(&src, &dst, buf, 0, |_| {}, ctx.config.tx_checksum)?;
                 self.pending.probe = false;
                 len
             }
@@ -219,8 +220,8 @@ impl Connection {
                 h.seq = rec.start;
                 h.fin = fin;
                 h.psh = fin;
-                let send = &self.send;
-                let len = h.emit(&src, &dst, buf, data as usize, |p| send.read_at(offset, p))?;
+                let csum = ctx.config.tx_checksum;
+                let len = self.emit_data(&h, (&src, &dst), buf, offset, data, csum)?;
                 self.scoreboard.on_retransmit(i, now);
                 self.pending.recovery_kick = false;
                 self.on_any_data_sent(now, data.max(1));
@@ -250,8 +251,8 @@ impl Connection {
                 h.seq = self.snd_nxt;
                 h.fin = fin;
                 h.psh = offset + data as usize == self.send.len();
-                let send = &self.send;
-                let out = h.emit(&src, &dst, buf, data as usize, |p| send.read_at(offset, p))?;
+                let csum = ctx.config.tx_checksum;
+                let out = self.emit_data(&h, (&src, &dst), buf, offset, data, csum)?;
                 if data > per_segment {
                     segment_size = Some(per_segment as u16);
                 }
@@ -263,6 +264,27 @@ impl Connection {
         };
         self.after_any_send(ctx);
         Some(Emitted { len, segment_size })
+    }
+
+    /// Writes `h` with `data` bytes of the send buffer from `offset` into `buf`.
+    fn emit_data(
+        &self,
+        h: &Header,
+        (src, dst): (&IpAddress, &IpAddress),
+        buf: &mut [u8],
+        offset: usize,
+        data: u32,
+        csum: TxChecksum,
+    ) -> Option<usize> {
+        let send = &self.send;
+        h.emit(
+            src,
+            dst,
+            buf,
+            data as usize,
+            |p| send.read_at(offset, p),
+            csum,
+        )
     }
 
     /// Payload that fits one MTU-sized segment with header `h` (options eat into the MSS).
@@ -310,7 +332,7 @@ impl Connection {
                 h.timestamp = self.opts.timestamps.then_some((tsval, self.ts.recent));
             }
         }
-        let len = h.emit(src, dst, buf, 0, |_| {})?;
+        let len = h.emit(src, dst, buf, 0, |_| {}, ctx.config.tx_checksum)?;
         self.pending.syn = false;
         Some(len)
     }
