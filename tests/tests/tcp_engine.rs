@@ -91,13 +91,16 @@ fn a_fresh_client_echoes_1mib_within_a_second_during_a_spoofed_syn_flood() -> Re
     })?;
     // Let the SYN queue fill and cookies take over.
     std::thread::sleep(Duration::from_secs(2));
-    let t = Instant::now();
     let v = peer(&lab, &["stream", &host, "7", &(1u64 << 20).to_string()]);
-    let took = t.elapsed();
     let during = rss(pid)?;
     // `ip netns exec` became hping3 itself.
     flood.kill9();
     let v = v?;
+    // The client's own clock, from connect() to the last echoed byte: the
+    // python start-up in the namespace is not the stack's.
+    let took = Duration::from_secs_f64(
+        v["connect_seconds"].as_f64().unwrap_or(1e6) + v["seconds"].as_f64().unwrap_or(1e6),
+    );
     let (ok, out) = server.terminate()?;
     assert!(ok, "{out}");
     let report = last_json(&out)?;

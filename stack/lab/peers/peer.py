@@ -40,7 +40,9 @@ def connect(host, port, timeout=30.0):
 
 
 def stream_once(host, port, nbytes, chunk=1 << 20):
+    c0 = time.perf_counter()
     s = connect(host, port)
+    connect_secs = time.perf_counter() - c0
     block = os.urandom(min(nbytes, 4 << 20))
     sent_hash = hashlib.sha256()
     recv_hash = hashlib.sha256()
@@ -82,7 +84,8 @@ def stream_once(host, port, nbytes, chunk=1 << 20):
     secs = time.perf_counter() - start
     s.close()
     ok = got[0] == nbytes and sent_hash.digest() == recv_hash.digest() and not err
-    return {"bytes": nbytes, "received": got[0], "seconds": secs, "ok": ok,
+    return {"bytes": nbytes, "received": got[0], "seconds": secs,
+            "connect_seconds": connect_secs, "ok": ok,
             "sha256": recv_hash.hexdigest(), "error": err[0] if err else None}
 
 
