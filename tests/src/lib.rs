@@ -308,19 +308,22 @@ impl Medium {
     }
 }
 
-/// Two tests of one body `fn(Medium) -> anyhow::Result<()>`: `$veth` runs
-/// it on a veth pair, `$tap` on a one-queue TAP ([`Medium::TAP`]).
+/// Two tests of the body `fn $name(Medium) -> anyhow::Result<()>`:
+/// `$name::veth` runs it on a veth pair, `$name::tap` on a one-queue TAP
+/// ([`Medium::TAP`]).
 #[macro_export]
 macro_rules! on_veth_and_tap {
-    ($body:ident: $veth:ident, $tap:ident) => {
-        #[test]
-        fn $veth() -> anyhow::Result<()> {
-            $body($crate::Medium::Veth)
-        }
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn veth() -> anyhow::Result<()> {
+                super::$name($crate::Medium::Veth)
+            }
 
-        #[test]
-        fn $tap() -> anyhow::Result<()> {
-            $body($crate::Medium::TAP)
+            #[test]
+            fn tap() -> anyhow::Result<()> {
+                super::$name($crate::Medium::TAP)
+            }
         }
     };
 }
