@@ -160,8 +160,9 @@ fn u(stats: &serde_json::Value, key: &str) -> u64 {
 
 /// TCP and UDP echo over IPv4 and IPv6 on a one-queue TAP with `offload`,
 /// byte-exact, with bad partial checksums sent from the kernel's side in
-/// the middle of a stream; returns the echo server's final report.
-fn echo_both_families_with_offloads(offload: &'static str) -> Result<serde_json::Value> {
+/// the middle of a connection; returns the echo server's final report and
+/// the kernel side's offloads.
+fn echo_both_families_with_offloads(offload: &'static str) -> Result<(serde_json::Value, String)> {
     let medium = Medium::Tap { offload, queues: 1 };
     let lab = medium.lab("of")?;
     let server = start_echo_server_on(medium, &lab, &[])?;
@@ -196,9 +197,9 @@ fn echo_both_families_with_offloads(offload: &'static str) -> Result<serde_json:
     let (ok, out) = server.terminate()?;
     assert!(ok, "echo server exited with an error: {out}");
     let stats = last_json(&out)?;
+    let kernel = kernel_offloads(&lab);
     eprintln!(
-        "offload {offload}: kernel side [{}]; rx_gso_frames {} rx_gso_segments {} tx_gso_frames {} tx_gso_segments {} rx_gso_split {} rx_csum_partial {} rx_bad_checksum {} rx_bad_offload {}",
-        kernel_offloads(&lab),
+        "offload {offload}: kernel side [{kernel}]; rx_gso_frames {} rx_gso_segments {} tx_gso_frames {} tx_gso_segments {} rx_gso_split {} rx_csum_partial {} rx_bad_checksum {} rx_bad_offload {}",
         u(&stats, "rx_gso_frames"),
         u(&stats, "rx_gso_segments"),
         u(&stats, "tx_gso_frames"),
@@ -213,13 +214,16 @@ fn echo_both_families_with_offloads(offload: &'static str) -> Result<serde_json:
     assert!(u(&stats, "rx_bad_checksum") >= 12, "{stats}");
     assert_eq!(u(&stats, "rx_malformed"), 0, "{stats}");
     assert_eq!(u(&stats, "rx_bad_offload"), 0, "{stats}");
-    Ok(stats)
+    Ok((stats, kernel))
 }
 
 #[test]
 fn tap_echo_with_offloads_on_takes_and_sends_super_frames_and_catches_bad_partial_checksums()
 -> Result<()> {
-    let stats = echo_both_families_with_offloads("auto")?;
+    let (stats, kernel) = echo_both_families_with_offloads("auto")?;
+    // The kernel's side of the TAP segments nothing itself: it hands over
+    // super-frames.
+    assert!(kernel.contains("tcp-segmentation-offload: on"), "{kernel}");
     for key in [
         "rx_gso_frames",
         "rx_gso_segments",
@@ -239,7 +243,8 @@ fn tap_echo_with_offloads_on_takes_and_sends_super_frames_and_catches_bad_partia
 
 #[test]
 fn tap_echo_with_offloads_off_sees_no_super_frames_and_catches_bad_checksums() -> Result<()> {
-    let stats = echo_both_families_with_offloads("off")?;
+    let (stats, kernel) = echo_both_families_with_offloads("off")?;
+    assert!(kernel.contains("tcp-segmentation-offload: off"), "{kernel}");
     for key in [
         "rx_gso_frames",
         "tx_gso_frames",
@@ -254,7 +259,7 @@ fn tap_echo_with_offloads_off_sees_no_super_frames_and_catches_bad_checksums() -
 
 #[test]
 fn tap_echo_with_checksum_offload_only_gets_partial_checksums_but_no_super_frames() -> Result<()> {
-    let stats = echo_both_families_with_offloads("csum")?;
+    let (stats, _) = echo_both_families_with_offloads("csum")?;
     assert!(u(&stats, "rx_csum_partial") > 0, "{stats}");
     assert!(u(&stats, "tx_csum_offloaded") > 0, "{stats}");
     for key in ["rx_gso_frames", "tx_gso_frames", "rx_gso_split"] {
