@@ -253,11 +253,92 @@ impl Drop for Proc {
 /// servers on that TCP engine.
 pub const TCP_ENGINE_ENV: &str = "HOSTSTACK_TEST_TCP_ENGINE";
 
+/// What a test's lab hands hoststack: a veth end (AF_XDP) or a TAP in the
+/// lab's namespace (io_uring), so one test body runs on either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Medium {
+    /// A veth pair; hoststack drives the host end with AF_XDP.
+    Veth,
+    /// A TAP (`--driver uring-tap`) with these offloads (`auto`, `csum`
+    /// or `off`) and queues (above 1: a multi-queue TAP).
+    Tap {
+        /// `--offload`.
+        offload: &'static str,
+        /// TAP queues, one worker each.
+        queues: u32,
+    },
+}
+
+impl Medium {
+    /// A one-queue TAP with the offloads the kernel has.
+    pub const TAP: Medium = Medium::Tap {
+        offload: "auto",
+        queues: 1,
+    };
+
+    /// A lab of this medium (removed when dropped).
+    pub fn lab(self, tag: &str) -> Result<Lab> {
+        require_root();
+        let mut cfg = LabConfig::new(&unique_lab_name(tag));
+        if let Medium::Tap { queues, .. } = self {
+            cfg.tap = true;
+            cfg.queues = queues;
+        }
+        Ok(Lab::up(cfg)?)
+    }
+
+    /// The arguments a `hoststack` command (echo-server, tcp-client, ...)
+    /// needs to run on `lab` over this medium.
+    pub fn stack_args(self, lab: &Lab) -> Vec<String> {
+        match self {
+            Medium::Veth => Vec::new(),
+            Medium::Tap { offload, queues } => [
+                "--driver",
+                "uring-tap",
+                "--netns",
+                &lab.netns,
+                "--offload",
+                offload,
+                "--queues",
+                &queues.to_string(),
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+/// Two tests of the body `fn $name(Medium) -> anyhow::Result<()>`:
+/// `$name::veth` runs it on a veth pair, `$name::tap` on a one-queue TAP
+/// ([`Medium::TAP`]).
+#[macro_export]
+macro_rules! on_veth_and_tap {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn veth() -> anyhow::Result<()> {
+                super::$name($crate::Medium::Veth)
+            }
+
+            #[test]
+            fn tap() -> anyhow::Result<()> {
+                super::$name($crate::Medium::TAP)
+            }
+        }
+    };
+}
+
 /// `hoststack echo-server` on the lab's host end with `extra` arguments;
 /// returns once it printed its ready line.
 pub fn start_echo_server(lab: &Lab, extra: &[&str]) -> Result<Proc> {
+    start_echo_server_on(Medium::Veth, lab, extra)
+}
+
+/// [`start_echo_server`] over `medium`.
+pub fn start_echo_server_on(medium: Medium, lab: &Lab, extra: &[&str]) -> Result<Proc> {
     let mut cmd = Command::new(hoststack_bin());
     cmd.args(["echo-server", "--interface", &lab.host_if]);
+    cmd.args(medium.stack_args(lab));
     // CI runs the datapath tests a second time on smoltcp's TCP.
     if let Ok(engine) = std::env::var(TCP_ENGINE_ENV) {
         cmd.args(["--tcp-engine", &engine]);

@@ -836,3 +836,32 @@ fn connect_out(socket: &Path, lab: &Lab) -> Result<()> {
     ensure!(ok && v["verified"] == 2 << 20, "via {}: {v}", lab.host_if);
     Ok(())
 }
+
+#[test]
+fn a_daemon_on_a_tap_serves_an_external_echo_app_and_shows_its_offloads_counting() -> Result<()> {
+    let mut cfg = LabConfig::new(&unique_lab_name("dt"));
+    cfg.tap = true;
+    let d = Daemon::start_on(cfg, |lab| {
+        format!("driver = \"uring-tap\"\nnetns = \"{}\"\n", lab.netns)
+    })?;
+    let _echo = d.echo_server()?;
+    stream_through(&d.lab, 16 << 20)?;
+    let host6 = d.lab.cfg.host6.addr.to_string();
+    let v = peer(&d.lab, &["stream", &host6, "7", &(4u64 << 20).to_string()])?;
+    assert_eq!(v["ok"], true, "{v}");
+    connect_out(&d.path("app.sock"), &d.lab)?;
+    let j = d.show_json("interface")?;
+    let o = &j[0]["offload"];
+    // USO comes with Linux 6.2; checksums and TSO with any.
+    let on = o["on"].as_str().unwrap_or_default();
+    assert!(on.starts_with("csum tso4 tso6"), "{j}");
+    for key in ["rx_gso_frames", "tx_gso_frames", "rx_csum_partial"] {
+        assert!(o[key].as_u64().unwrap_or(0) > 0, "{key}: {j}");
+    }
+    let t = d.show("interface")?;
+    assert!(
+        t.contains(&format!("offloads: {on}; super-frames rx")),
+        "{t}"
+    );
+    Ok(())
+}

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use hoststack_tests::{
-    Lab, LabConfig, Proc, TCP_ENGINE_ENV, assert_no_xdp, hoststack_bin, last_json, peer,
-    require_root, start_echo_server, unique_lab_name,
+    Lab, LabConfig, Medium, Proc, TCP_ENGINE_ENV, assert_no_xdp, hoststack_bin, last_json,
+    on_veth_and_tap, peer, require_root, start_echo_server, start_echo_server_on, unique_lab_name,
 };
 
 const MIB: u64 = 1 << 20;
@@ -27,7 +27,9 @@ fn finish(lab: &Lab, server: Proc) -> Result<serde_json::Value> {
     let (ok, out) = server.terminate()?;
     assert!(ok, "echo server exited with an error: {out}");
     let stats = last_json(&out)?;
-    assert_no_xdp(lab)?;
+    if !lab.cfg.tap {
+        assert_no_xdp(lab)?;
+    }
     // The TCP engine asked for is the one that ran: hoststack's reports
     // its counters, smoltcp's has none.
     let engine_ran = stats["tcp_engine"]
@@ -38,8 +40,8 @@ fn finish(lab: &Lab, server: Proc) -> Result<serde_json::Value> {
     Ok(stats)
 }
 
-fn stream_64mib(lab: &Lab, server_args: &[&str]) -> Result<()> {
-    let server = start_echo_server(lab, server_args)?;
+fn stream_64mib(medium: Medium, lab: &Lab, server_args: &[&str]) -> Result<()> {
+    let server = start_echo_server_on(medium, lab, server_args)?;
     let host = lab.cfg.host4.addr.to_string();
     let v = peer(lab, &["stream", &host, "7", &(64 * MIB).to_string()])?;
     assert_eq!(v["ok"], true, "{v}");
@@ -52,7 +54,7 @@ fn stream_64mib(lab: &Lab, server_args: &[&str]) -> Result<()> {
 #[test]
 fn kernel_client_streams_64mib_through_tcp_echo_native_mode_default_offloads() -> Result<()> {
     let lab = lab("nt")?;
-    stream_64mib(&lab, &["--xdp-mode", "native"])
+    stream_64mib(Medium::Veth, &lab, &["--xdp-mode", "native"])
 }
 
 #[test]
@@ -61,12 +63,21 @@ fn kernel_client_streams_64mib_through_tcp_echo_generic_mode_peer_tso_off() -> R
     let mut cfg = LabConfig::new(&unique_lab_name("ge"));
     cfg.peer_tso_off = true;
     let lab = Lab::up(cfg)?;
-    stream_64mib(&lab, &["--xdp-mode", "generic"])
+    stream_64mib(Medium::Veth, &lab, &["--xdp-mode", "generic"])
 }
 
 #[test]
-fn hoststack_client_sends_16mib_to_kernel_echo_server_and_verifies_it() -> Result<()> {
-    let lab = lab("out")?;
+fn kernel_client_streams_64mib_through_tcp_echo_on_a_tap() -> Result<()> {
+    let lab = Medium::TAP.lab("tp")?;
+    stream_64mib(Medium::TAP, &lab, &[])
+}
+
+on_veth_and_tap!(hoststack_client_sends_16mib_to_kernel_echo_server_and_verifies_it);
+
+fn hoststack_client_sends_16mib_to_kernel_echo_server_and_verifies_it(
+    medium: Medium,
+) -> Result<()> {
+    let lab = medium.lab("out")?;
     let mut server = Proc::spawn("kernel echo server", lab.peer(&["echo-server", "9007"]))?;
     server.wait_for_line("{\"listening\"", Duration::from_secs(10))?;
     let mut cmd = Command::new(hoststack_bin());
@@ -77,6 +88,7 @@ fn hoststack_client_sends_16mib_to_kernel_echo_server_and_verifies_it() -> Resul
         "--address",
         &lab.cfg.host4.to_string(),
     ]);
+    cmd.args(medium.stack_args(&lab));
     cmd.args([
         "--connect",
         &format!("{}:9007", lab.cfg.peer4.addr),
@@ -111,10 +123,11 @@ fn two_hundred_concurrent_kernel_clients_spread_round_robin_over_two_app_workers
     Ok(())
 }
 
-#[test]
-fn udp_echo_keeps_datagram_boundaries_over_ipv4_and_ipv6() -> Result<()> {
-    let lab = lab("ud")?;
-    let server = start_echo_server(&lab, &[])?;
+on_veth_and_tap!(udp_echo_keeps_datagram_boundaries_over_ipv4_and_ipv6);
+
+fn udp_echo_keeps_datagram_boundaries_over_ipv4_and_ipv6(medium: Medium) -> Result<()> {
+    let lab = medium.lab("ud")?;
+    let server = start_echo_server_on(medium, &lab, &[])?;
     for host in [
         lab.cfg.host4.addr.to_string(),
         lab.cfg.host6.addr.to_string(),
@@ -149,24 +162,6 @@ fn hoststack_udp_client_exchanges_datagrams_with_kernel_udp_echo() -> Result<()>
         assert!(ok, "{remote}: {v}");
         assert_eq!(v["echoed"].as_u64(), Some(600), "{v}");
     }
-    Ok(())
-}
-
-#[test]
-fn tcp_echo_over_the_io_uring_tap_driver() -> Result<()> {
-    require_root();
-    let mut cfg = LabConfig::new(&unique_lab_name("tp"));
-    cfg.tap = true;
-    let lab = Lab::up(cfg)?;
-    let netns = lab.netns.clone();
-    let server = start_echo_server(&lab, &["--driver", "uring-tap", "--netns", &netns])?;
-    let host = lab.cfg.host4.addr.to_string();
-    let v = peer(&lab, &["stream", &host, "7", &(16 * MIB).to_string()])?;
-    assert_eq!(v["ok"], true, "{v}");
-    let v = peer(&lab, &["udp", &host, "7", "200"])?;
-    assert_eq!(v["ok"], true, "{v}");
-    let (ok, out) = server.terminate()?;
-    assert!(ok, "{out}");
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! External applications: separate processes (the `hoststack-session`
 //! examples) attach to a hoststack running in this test process over its
 //! app socket, map its segments and move data through shared-memory fifos.
-//! Needs root (AF_XDP on a veth lab).
+//! Needs root (AF_XDP on a veth lab; the TAP variants, io_uring on a TAP).
 
 #![forbid(unsafe_code)]
 
@@ -18,14 +18,14 @@ use hoststack_app::App;
 use hoststack_app_proto::app_wire::{AppRequest, encode_request};
 use hoststack_app_proto::error::SessionError;
 use hoststack_app_proto::options::AppOptions;
+use hoststack_lab::enter_netns;
 use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
 use hoststack_session::app_worker::EventSink;
 use hoststack_session::namespace::NamespaceConfig;
 use hoststack_session::session_layer::LayerCounters;
-use hoststack_stack::{Stack, StackConfig, WorkerMode};
+use hoststack_stack::{DriverKind, Stack, StackConfig, WorkerMode};
 use hoststack_tests::{
-    Lab, LabConfig, Proc, example_bin, kernel_conns, last_json, peer, require_root,
-    stack_addresses, unique_lab_name,
+    Lab, Medium, Proc, example_bin, kernel_conns, last_json, on_veth_and_tap, peer, stack_addresses,
 };
 
 /// A lab, hoststack on its host end, and an app socket.
@@ -38,27 +38,52 @@ struct Host {
 
 impl Host {
     fn new(tag: &str) -> Result<Self> {
-        Self::with_rx_queues(tag, WorkerMode::Poll, true)
+        Self::on(Medium::Veth, tag)
+    }
+
+    /// hoststack on a lab of `medium`.
+    fn on(medium: Medium, tag: &str) -> Result<Self> {
+        Self::with_config(medium, tag, WorkerMode::Poll, true, |_| {})
     }
 
     /// With `private_rx_queues` false, apps get no rx queues and send
     /// their messages over the app socket.
     fn with_rx_queues(tag: &str, mode: WorkerMode, private_rx_queues: bool) -> Result<Self> {
-        Self::with_config(tag, mode, private_rx_queues, |_| {})
+        Self::with_config(Medium::Veth, tag, mode, private_rx_queues, |_| {})
     }
 
     /// With `tune` applied to the stack's config first.
     fn with_config(
+        medium: Medium,
         tag: &str,
         mode: WorkerMode,
         private_rx_queues: bool,
         tune: impl FnOnce(&mut StackConfig),
     ) -> Result<Self> {
-        require_root();
-        let lab = Lab::up(LabConfig::new(&unique_lab_name(tag)))?;
+        let lab = medium.lab(tag)?;
         let mut cfg = StackConfig::new(&lab.host_if, stack_addresses(&lab));
+        if let Medium::Tap { offload, queues } = medium {
+            cfg.driver = DriverKind::UringTap;
+            cfg.tap_offload = offload.parse().map_err(anyhow::Error::msg)?;
+            cfg.queues = Some(queues);
+        }
         tune(&mut cfg);
-        let stack = Stack::start(&cfg, mode)?;
+        let stack = if lab.cfg.tap {
+            // The TAP lives in the lab's namespace: open it (and start the
+            // workers) from a thread that moved there, as `--netns` does,
+            // leaving the test's own thread where it is.
+            let netns = lab.netns.clone();
+            std::thread::scope(|s| {
+                s.spawn(|| -> Result<Stack> {
+                    enter_netns(&netns)?;
+                    Ok(Stack::start(&cfg, mode)?)
+                })
+                .join()
+                .expect("stack start thread")
+            })?
+        } else {
+            Stack::start(&cfg, mode)?
+        };
         stack
             .control()
             .call(move |l| l.private_rx_queues = private_rx_queues)
@@ -139,9 +164,12 @@ impl Drop for Host {
     }
 }
 
-#[test]
-fn an_external_echo_server_serves_a_kernel_client_64mib_byte_identical() -> Result<()> {
-    let h = Host::new("xe")?;
+on_veth_and_tap!(an_external_echo_server_serves_a_kernel_client_64mib_byte_identical);
+
+fn an_external_echo_server_serves_a_kernel_client_64mib_byte_identical(
+    medium: Medium,
+) -> Result<()> {
+    let h = Host::on(medium, "xe")?;
     let _server = h.echo_server(&["--listen", "0.0.0.0:7"])?;
     let host = h.lab.cfg.host4.addr.to_string();
     let v = peer(&h.lab, &["stream", &host, "7", &(64u64 << 20).to_string()])?;
@@ -149,9 +177,12 @@ fn an_external_echo_server_serves_a_kernel_client_64mib_byte_identical() -> Resu
     Ok(())
 }
 
-#[test]
-fn an_external_echo_server_echoes_kernel_udp_datagrams_whole_over_ipv4_and_ipv6() -> Result<()> {
-    let h = Host::new("xu")?;
+on_veth_and_tap!(an_external_echo_server_echoes_kernel_udp_datagrams_whole_over_ipv4_and_ipv6);
+
+fn an_external_echo_server_echoes_kernel_udp_datagrams_whole_over_ipv4_and_ipv6(
+    medium: Medium,
+) -> Result<()> {
+    let h = Host::on(medium, "xu")?;
     let _server = h.echo_server(&["--listen", "0.0.0.0:7", "--udp", "0.0.0.0:5007"])?;
     for host in [h.lab.cfg.host4.addr, h.lab.cfg.host6.addr] {
         let v = peer(&h.lab, &["udp", &host.to_string(), "5007", "300"])?;
@@ -370,7 +401,9 @@ fn kill9_of_an_external_server_mid_transfer_frees_it_and_spares_its_neighbour() 
 fn a_64_slot_event_queue_serves_10000_sessions_postponing_and_losing_nothing() -> Result<()> {
     // Small transport buffers: 10,000 connections of the default size
     // would be 20 GiB.
-    let h = Host::with_config("xq", WorkerMode::Poll, true, |c| c.tcp.buffer = 16 << 10)?;
+    let h = Host::with_config(Medium::Veth, "xq", WorkerMode::Poll, true, |c| {
+        c.tcp.buffer = 16 << 10
+    })?;
     let baseline = h.counters();
     let mut server = h.echo_server(&[
         "--listen",

@@ -19,8 +19,8 @@ use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
 use hoststack_stack::builtin_apps::EchoServer;
 use hoststack_stack::{Stack, StackConfig, WorkerMode};
 use hoststack_tests::{
-    Lab, LabConfig, Proc, add_nft_loss, peer, require_root, stack_addresses, start_echo_server,
-    unique_lab_name,
+    Lab, LabConfig, Medium, Proc, add_nft_loss, peer, require_root, stack_addresses,
+    start_echo_server, start_echo_server_on, unique_lab_name,
 };
 
 /// A one-worker stack on an in-memory port (nobody on the other end), in
@@ -322,10 +322,9 @@ fn tcp_timers_fire_while_asleep_a_transfer_with_1_percent_loss_each_way_complete
     Ok(())
 }
 
-fn echo_in_mode(mode: &str) -> Result<()> {
-    require_root();
-    let lab = Lab::up(LabConfig::new(&unique_lab_name(&mode[..2])))?;
-    let server = start_echo_server(&lab, &["--mode", mode])?;
+fn echo_in_mode(medium: Medium, mode: &str) -> Result<()> {
+    let lab = medium.lab(&mode[..2])?;
+    let server = start_echo_server_on(medium, &lab, &["--mode", mode])?;
     let host = lab.cfg.host4.addr.to_string();
     let v = peer(&lab, &["stream", &host, "7", &(64u64 << 20).to_string()])?;
     assert_eq!(v["ok"], true, "{mode}: {v}");
@@ -352,15 +351,25 @@ fn echo_in_mode(mode: &str) -> Result<()> {
 
 #[test]
 fn echo_tests_pass_in_poll_mode() -> Result<()> {
-    echo_in_mode("poll")
+    echo_in_mode(Medium::Veth, "poll")
 }
 
 #[test]
 fn echo_tests_pass_in_interrupt_mode() -> Result<()> {
-    echo_in_mode("interrupt")
+    echo_in_mode(Medium::Veth, "interrupt")
 }
 
 #[test]
 fn echo_tests_pass_in_adaptive_mode() -> Result<()> {
-    echo_in_mode("adaptive")
+    echo_in_mode(Medium::Veth, "adaptive")
+}
+
+/// The TAP's sleeper wakes on its read completions (poll mode runs in the
+/// other TAP tests).
+#[test]
+fn echo_tests_pass_on_a_tap_in_interrupt_and_adaptive_mode() -> Result<()> {
+    for mode in ["interrupt", "adaptive"] {
+        echo_in_mode(Medium::TAP, mode)?;
+    }
+    Ok(())
 }

@@ -781,6 +781,8 @@ fn per_queue_report(stack: &Stack) -> impl FnOnce() -> serde_json::Value + use<>
                         "rx_frames": c.rx_frames,
                         "tx_frames": c.tx_frames,
                         "rx_kernel_drops": c.rx_kernel_drops,
+                        "rx_gso_frames": c.rx_gso_frames,
+                        "tx_gso_frames": c.tx_gso_frames,
                         "tcp_segments_in": s.tcp_segments_in.load(Relaxed),
                         "handoff_sent": s.handoff.sent.load(Relaxed),
                         "handoff_received": s.handoff.received.load(Relaxed),
