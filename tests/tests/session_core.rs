@@ -176,6 +176,79 @@ fn cut_through_echo_moves_1gib_byte_identical() {
 }
 
 #[test]
+fn cut_through_pairs_get_segments_of_their_own_freed_with_their_last_session() {
+    let h = Harness::new(2);
+    let server = EchoServer::attach(&h.control, "cts-echo", local_scope(), 1).unwrap();
+    server
+        .listen(&h.control, TransportProto::Tcp, ep("0.0.0.0:8"))
+        .unwrap();
+    let before = h.counters();
+    let client = StreamClient::start_paused(
+        &h.control,
+        "cts-client",
+        local_scope(),
+        ep("127.0.0.1:8"),
+        1 << 20,
+        5,
+    )
+    .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while h.counters().sessions < 2 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (app, capp) = (server.app, client.app);
+    // The pair's fifos are in a segment of the (server worker, client
+    // worker) pair, no worker's own.
+    let (pairs, own) = h
+        .control
+        .call(move |l| {
+            let own: Vec<u32> = [app, capp]
+                .iter()
+                .flat_map(|a| {
+                    l.app(*a)
+                        .unwrap()
+                        .workers
+                        .values()
+                        .copied()
+                        .collect::<Vec<_>>()
+                })
+                .flat_map(|wi| {
+                    let w = l.app_worker(wi).unwrap();
+                    let m = w.share.first_segments();
+                    m.segments().map(|(i, _)| i).collect::<Vec<_>>()
+                })
+                .collect();
+            (l.cut_through_segments(), own)
+        })
+        .unwrap();
+    assert_eq!(pairs.len(), 1, "{pairs:?}");
+    let ct = &pairs[0].1;
+    assert_eq!(ct.len(), 1, "{pairs:?}");
+    assert!(
+        !own.contains(&ct[0]),
+        "{ct:?} among the workers' own {own:?}"
+    );
+    let mid = h.counters();
+    assert_eq!(mid.segments, own.len() + 1, "{mid:?}");
+    // The last session of the pair closing frees its segment.
+    client.resume().unwrap();
+    let r = wait_report(&client.report, Duration::from_secs(20)).expect("no report");
+    assert_eq!(r.error, None);
+    let end = Instant::now() + Duration::from_secs(10);
+    while h.counters().sessions > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pairs = h.control.call(|l| l.cut_through_segments()).unwrap();
+    assert!(pairs.iter().all(|(_, s)| s.is_empty()), "{pairs:?}");
+    assert_eq!(h.counters().segments, own.len(), "{:?}", h.counters());
+    h.control.detach(client.app).unwrap();
+    let after = h.wait_counters(before);
+    assert_eq!(after, before, "the pair's segment outlived its sessions");
+    let pairs = h.control.call(|l| l.cut_through_segments()).unwrap();
+    assert!(pairs.iter().all(|(_, s)| s.is_empty()), "{pairs:?}");
+}
+
+#[test]
 fn detach_frees_every_worker_listener_session_segment_and_table_entry() {
     let h = Harness::new(1);
     let baseline = h.counters();
@@ -640,9 +713,22 @@ fn an_external_app_worker_gets_its_accept_event_in_its_shared_memory_queue() {
     .unwrap();
     let mut buf = vec![0u8; q.slot_size()];
     let end = Instant::now() + Duration::from_secs(5);
+    let own = h
+        .control
+        .call(move |l| {
+            let w = l.app_worker(wi).unwrap();
+            w.share.first_segments().first_segment_index()
+        })
+        .unwrap();
     let ev = loop {
         if let Some(n) = q.try_recv(&mut buf).unwrap() {
-            break AppEvent::decode(&buf[..n]).unwrap();
+            match AppEvent::decode(&buf[..n]).unwrap() {
+                // The cut-through pair's own segment comes first: never
+                // the worker's.
+                AppEvent::SegmentAdded { index, .. } => assert_ne!(index, own),
+                ev => break ev,
+            }
+            continue;
         }
         assert!(Instant::now() < end, "no event arrived");
         std::thread::sleep(Duration::from_millis(2));
