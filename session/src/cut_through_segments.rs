@@ -10,6 +10,10 @@
 //! last session closes (both sides are told, as for any segment; a dying
 //! worker is not). The same pair's next session starts a fresh set.
 //!
+//! Their memfds are named `hsct-SERVER-CLIENT-SET-INDEX` (an app's own
+//! are `hs-NAME-...`), so an operator can tell them apart in
+//! `/proc/PID/maps`.
+//!
 //! Segment indices come from the session layer's shared counter, so an
 //! index names one segment whichever app maps it and never collides with
 //! the workers' own.
@@ -93,7 +97,7 @@ impl CutThroughSegments {
             client: Arc::downgrade(client),
             workers: (server.index, client.index),
             config,
-            name: format!("hs-ct-{}-{}", server.index.0, client.index.0),
+            name: format!("hsct-{}-{}", server.index.0, client.index.0),
             ids,
             manager: Mutex::new(None),
             generation: Mutex::new(0),
@@ -275,7 +279,7 @@ mod tests {
         assert_eq!(c.additional_segment_size, c.first_segment_size);
         assert_eq!((c.event_queue_slots, c.prealloc_fifo_pairs), (0, 0));
         assert_eq!((c.rx_fifo_size, c.tx_fifo_size), (1 << 20, 1 << 20));
-        let mut m = SegmentManager::new("hs-ct-test", c).unwrap();
+        let mut m = SegmentManager::new("hsct-test", c).unwrap();
         m.alloc_fifos().unwrap();
     }
 }
