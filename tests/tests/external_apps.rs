@@ -320,6 +320,15 @@ fn a_cut_through_client_maps_no_byte_of_another_session() -> Result<()> {
     // The marker is still on its way through the server.
     kernel.wait_for_line("{\"lap\"", Duration::from_secs(20))?;
     kernel.discard_stdout();
+    // It maps its own segments and its cut-through segment, nothing of
+    // the server's.
+    let foreign: Vec<String> = memscan::mappings(client_pid)?
+        .into_iter()
+        .map(|m| m.path)
+        .filter(|p| p.contains("memfd:"))
+        .filter(|p| !p.contains("memfd:hs-throughput-client-") && !p.contains(CT_SEGMENT))
+        .collect();
+    assert!(foreign.is_empty(), "the client maps {foreign:?}");
     let marker = memscan::Needle::new(marker);
     let (hits, read) = memscan::search(client_pid, &marker, |_| true)?;
     assert!(read >= 1 << 20, "read only {read} bytes of the client");
