@@ -263,6 +263,112 @@ fn duplicate(ev: &SegmentEvent) -> SessionResult<SegmentEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app_callbacks::AppCallbacks;
+    use crate::app_worker::{AppWorkerSpec, EventSink};
+    use hoststack_app_proto::handle::{AppIndex, FibIndex, WorkerMapIndex};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    /// Segments a builtin worker heard of: (added, removed) indices.
+    type Heard = Arc<Mutex<(Vec<u32>, Vec<u32>)>>;
+
+    fn worker(
+        index: u32,
+        config: SegmentManagerConfig,
+        ids: &Arc<AtomicU32>,
+    ) -> (Arc<AppWorkerShare>, Heard) {
+        let heard: Heard = Arc::default();
+        let (a, r) = (heard.clone(), heard.clone());
+        let cbs = AppCallbacks {
+            add_segment: Some(Arc::new(move |i, _| lock(&a).0.push(i))),
+            del_segment: Some(Arc::new(move |i, _| lock(&r).1.push(i))),
+            ..Default::default()
+        };
+        let first =
+            SegmentManager::with_ids(&format!("hs-w{index}"), config, Some(ids.clone())).unwrap();
+        let share = AppWorkerShare::new(AppWorkerSpec {
+            index: AppWorkerIndex(index),
+            app: AppIndex(index),
+            map_index: WorkerMapIndex(0),
+            fib: FibIndex(0),
+            sink: EventSink::Builtin(Arc::new(cbs)),
+            api_client: None,
+            first,
+            threads: 1,
+            name: format!("hs-w{index}"),
+            segment_ids: ids.clone(),
+            watermarks: (0, 0),
+        });
+        (share, heard)
+    }
+
+    #[test]
+    fn a_pair_grows_by_segments_of_its_own_and_its_last_session_frees_them_all() {
+        let ids = Arc::new(AtomicU32::new(0));
+        let small = SegmentManagerConfig {
+            first_segment_size: 1 << 20,
+            additional_segment_size: 3 * 8192 + 4096,
+            rx_fifo_size: 4096,
+            tx_fifo_size: 4096,
+            event_queue_slots: 0,
+            ..SegmentManagerConfig::default()
+        };
+        let (server, s_heard) = worker(0, small.clone(), &ids);
+        let (client, c_heard) = worker(1, small, &ids);
+        let own = [
+            server.first_segments().first_segment_index(),
+            client.first_segments().first_segment_index(),
+        ];
+        let ct = CutThroughSegments::new(&server, &client, ids.clone());
+        let outbox = AppSocketOutbox::default();
+        let mut deferred = Vec::new();
+        let pairs: Vec<SessionFifos> = (0..10)
+            .map(|_| ct.alloc_fifos(&outbox, &mut deferred).unwrap())
+            .collect();
+        for d in deferred.drain(..) {
+            d();
+        }
+        let segments = ct.segment_indices();
+        assert!(segments.len() > 1, "never grew: {segments:?}");
+        assert!(
+            segments.iter().all(|i| !own.contains(i)),
+            "{segments:?} {own:?}"
+        );
+        assert_eq!(ct.totals().1, 20);
+        // Both workers heard of every segment, and only of those.
+        for heard in [&s_heard, &c_heard] {
+            let mut added = lock(heard).0.clone();
+            added.sort();
+            assert_eq!(added, segments);
+        }
+        for f in pairs {
+            f.owned.free(&outbox, &mut deferred);
+        }
+        for d in deferred.drain(..) {
+            d();
+        }
+        assert!(ct.is_empty());
+        assert_eq!(ct.totals(), (0, 0, 0));
+        for heard in [&s_heard, &c_heard] {
+            let mut removed = lock(heard).1.clone();
+            removed.sort();
+            assert_eq!(removed, segments);
+        }
+        // The next session starts a fresh set, with new indices.
+        let again = ct.alloc_fifos(&outbox, &mut deferred).unwrap();
+        let fresh = ct.segment_indices();
+        assert!(fresh.iter().all(|i| !segments.contains(i)), "{fresh:?}");
+        // A dying worker hears nothing more, and no pair is made for it.
+        client.mark_dying();
+        assert!(ct.is_dead());
+        again.owned.free(&outbox, &mut deferred);
+        for d in deferred.drain(..) {
+            d();
+        }
+        assert!(!lock(&c_heard).1.contains(&fresh[0]));
+        assert!(lock(&s_heard).1.contains(&fresh[0]));
+        assert!(ct.alloc_fifos(&outbox, &mut deferred).is_err());
+        assert_eq!(ids.load(Relaxed) as usize, 2 + segments.len() + fresh.len());
+    }
 
     #[test]
     fn a_pair_segment_holds_at_least_one_pair_and_no_event_queue() {
