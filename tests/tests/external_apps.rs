@@ -293,6 +293,10 @@ fn a_cut_through_client_maps_no_byte_of_another_session() -> Result<()> {
         "--local-scope",
         "--name",
         "iso-echo",
+        // Its network sessions' fifos then sit in its first segment, with
+        // its event queue: where cut-through pairs once were too.
+        "--prealloc-fifo-pairs",
+        "4",
     ])?;
     let server_pid = server.pid().context("server pid")?;
     let dir = std::env::temp_dir().join(format!("{}-iso", h.lab.netns));
