@@ -1534,6 +1534,16 @@ impl SessionLayer {
             .collect()
     }
 
+    /// Segments of app worker `wi`'s cut-through sessions, over every
+    /// peer worker.
+    pub fn cut_through_segment_count(&self, wi: AppWorkerIndex) -> usize {
+        self.cut_through
+            .iter()
+            .filter(|((s, c), _)| *s == wi || *c == wi)
+            .map(|(_, ct)| ct.totals().0)
+            .sum()
+    }
+
     /// What the stack threads hold of app worker `wi`.
     fn share_of(&self, wi: AppWorkerIndex) -> SessionResult<Arc<AppWorkerShare>> {
         self.app_workers
