@@ -154,16 +154,22 @@ impl CutThroughSegments {
             (pair, fifos, m.take_events())
         };
         self.announce(events, outbox, deferred);
-        server.set_tx_watermarks(&fifos.1)?;
-        client.set_tx_watermarks(&fifos.0)?;
+        let watermarks = server
+            .set_tx_watermarks(&fifos.1)
+            .and_then(|()| client.set_tx_watermarks(&fifos.0));
+        let owned = OwnedPair {
+            share: server,
+            pair,
+            origin: PairOrigin::CutThrough(self.clone()),
+        };
+        if let Err(e) = watermarks {
+            owned.free(outbox, deferred);
+            return Err(e);
+        }
         Ok(SessionFifos {
             fifos,
             location: crate::app_worker::location_of(&pair),
-            owned: OwnedPair {
-                share: server,
-                pair,
-                origin: PairOrigin::CutThrough(self.clone()),
-            },
+            owned,
         })
     }
 

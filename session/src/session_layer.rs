@@ -269,6 +269,10 @@ pub struct SessionLayer {
     /// The segments of each (server worker, client worker) pair that has
     /// had a cut-through session; an entry goes when either worker does.
     cut_through: HashMap<(AppWorkerIndex, AppWorkerIndex), Arc<CutThroughSegments>>,
+    /// Pairs whose worker went while a session of theirs lives on (the
+    /// peer has not closed its half yet): counted until their segments go,
+    /// out of the table, whose worker indices may be reused.
+    cut_through_retired: Vec<Arc<CutThroughSegments>>,
     backlogs: Arc<Backlogs>,
     /// Dying app workers whose last session just ended, sent by the stack
     /// thread that ended it.
@@ -316,6 +320,7 @@ impl SessionLayer {
             outbox: Arc::default(),
             segment_ids: Arc::default(),
             cut_through: HashMap::new(),
+            cut_through_retired: Vec::new(),
             backlogs: Arc::default(),
             reaps: channel(),
             verdicts: channel(),
@@ -918,9 +923,7 @@ impl SessionLayer {
         }
         let app = w.app();
         self.app_workers.remove(wi.as_usize());
-        // Its cut-through pairs: their last session is gone with its own.
-        self.cut_through
-            .retain(|_, ct| !(ct.is_dead() && ct.is_empty()));
+        self.retire_cut_through();
         let Some(a) = self.apps.get(app.as_usize()) else {
             return;
         };
@@ -1528,20 +1531,39 @@ impl SessionLayer {
     /// pair known: the pair and the indices of its segments (none while
     /// it has no session).
     pub fn cut_through_segments(&self) -> Vec<((AppWorkerIndex, AppWorkerIndex), Vec<u32>)> {
-        self.cut_through
-            .iter()
-            .map(|(k, ct)| (*k, ct.segment_indices()))
+        self.all_cut_through()
+            .map(|ct| (ct.workers(), ct.segment_indices()))
             .collect()
     }
 
     /// Segments of app worker `wi`'s cut-through sessions, over every
     /// peer worker.
     pub fn cut_through_segment_count(&self, wi: AppWorkerIndex) -> usize {
-        self.cut_through
-            .iter()
-            .filter(|((s, c), _)| *s == wi || *c == wi)
-            .map(|(_, ct)| ct.totals().0)
+        self.all_cut_through()
+            .filter(|ct| ct.workers().0 == wi || ct.workers().1 == wi)
+            .map(|ct| ct.totals().0)
             .sum()
+    }
+
+    /// Takes the pairs of workers that are gone out of the table; those
+    /// with a session left are kept aside until it goes.
+    fn retire_cut_through(&mut self) {
+        let retired = &mut self.cut_through_retired;
+        retired.retain(|ct| !ct.is_empty());
+        self.cut_through.retain(|_, ct| {
+            if !ct.is_dead() {
+                return true;
+            }
+            if !ct.is_empty() {
+                retired.push(ct.clone());
+            }
+            false
+        });
+    }
+
+    /// Every pair's segments, retired ones included.
+    fn all_cut_through(&self) -> impl Iterator<Item = &Arc<CutThroughSegments>> {
+        self.cut_through.values().chain(&self.cut_through_retired)
     }
 
     /// What the stack threads hold of app worker `wi`.
@@ -1560,7 +1582,7 @@ impl SessionLayer {
             segments += s;
             fifos += f;
         }
-        for ct in self.cut_through.values() {
+        for ct in self.all_cut_through() {
             let (s, f, _) = ct.totals();
             segments += s;
             fifos += f;

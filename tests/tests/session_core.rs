@@ -89,6 +89,19 @@ impl Harness {
         self.control.call(|l| l.counters()).unwrap()
     }
 
+    /// A local-scope stream client of `remote` that never reads (its
+    /// session stays open), once its session and the server's half exist.
+    fn paused_client(&self, name: &str, remote: Endpoint, seed: u64) -> StreamClient {
+        let c =
+            StreamClient::start_paused(&self.control, name, local_scope(), remote, 1 << 20, seed)
+                .unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.counters().sessions < 2 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        c
+    }
+
     /// Waits until the layer holds nothing but what `baseline` holds.
     fn wait_counters(&self, want: LayerCounters) -> LayerCounters {
         let end = Instant::now() + Duration::from_secs(10);
@@ -183,19 +196,7 @@ fn cut_through_pairs_get_segments_of_their_own_freed_with_their_last_session() {
         .listen(&h.control, TransportProto::Tcp, ep("0.0.0.0:8"))
         .unwrap();
     let before = h.counters();
-    let client = StreamClient::start_paused(
-        &h.control,
-        "cts-client",
-        local_scope(),
-        ep("127.0.0.1:8"),
-        1 << 20,
-        5,
-    )
-    .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    while h.counters().sessions < 2 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let client = h.paused_client("cts-client", ep("127.0.0.1:8"), 5);
     let (app, capp) = (server.app, client.app);
     // The pair's fifos are in a segment of the (server worker, client
     // worker) pair, no worker's own.
@@ -246,6 +247,47 @@ fn cut_through_pairs_get_segments_of_their_own_freed_with_their_last_session() {
     assert_eq!(after, before, "the pair's segment outlived its sessions");
     let pairs = h.control.call(|l| l.cut_through_segments()).unwrap();
     assert!(pairs.iter().all(|(_, s)| s.is_empty()), "{pairs:?}");
+    // A client that goes while the server keeps its half (this echo server
+    // ignores resets): the pair's segment stays, counted, until that half
+    // goes too, and the client's worker index can be reused meanwhile.
+    let gone = h.paused_client("cts-gone", ep("127.0.0.1:8"), 6);
+    let worker_of = |app: AppIndex| {
+        h.control
+            .call(move |l| l.app(app).unwrap().workers[&WorkerMapIndex(0)])
+            .unwrap()
+    };
+    let gone_worker = worker_of(gone.app);
+    h.control.detach(gone.app).unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while h.counters().app_workers > before.app_workers && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let c = h.counters();
+    assert_eq!((c.sessions, c.segments), (1, before.segments + 1), "{c:?}");
+    let next = StreamClient::start(
+        &h.control,
+        "cts-next",
+        local_scope(),
+        ep("127.0.0.1:8"),
+        4096,
+        7,
+    )
+    .unwrap();
+    let r = wait_report(&next.report, Duration::from_secs(20)).expect("no report");
+    assert_eq!(r.error, None);
+    assert_eq!(
+        worker_of(next.app),
+        gone_worker,
+        "the worker index was not reused"
+    );
+    h.control.detach(next.app).unwrap();
+    h.control.detach(server.app).unwrap();
+    let after = h.wait_counters(LayerCounters::default());
+    assert_eq!(
+        after,
+        LayerCounters::default(),
+        "detach left something behind"
+    );
 }
 
 #[test]
