@@ -287,6 +287,101 @@ fn cut_through_pairs_get_segments_of_their_own_freed_with_their_last_session() {
     );
 }
 
+/// Builtin callbacks that record the sessions they get and ignore closes
+/// and resets (the app holds on to its half).
+fn holding(got: &Arc<Mutex<Vec<Result<SessionHandle, SessionError>>>>) -> AppCallbacks {
+    let (a, c) = (got.clone(), got.clone());
+    AppCallbacks {
+        accept: Some(Arc::new(move |_, s| a.lock().unwrap().push(Ok(s)))),
+        connected: Some(Arc::new(move |_, s, _| c.lock().unwrap().push(s))),
+        disconnect: Some(Arc::new(|_, _| {})),
+        reset: Some(Arc::new(|_, _| {})),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_pair_whose_server_went_keeps_its_segment_for_the_client_half_and_frees_the_index() {
+    let h = Harness::new(1);
+    let (srv_got, cli_got) = (Arc::default(), Arc::default());
+    let srv = h
+        .control
+        .attach_builtin("ret-srv", local_scope(), holding(&srv_got))
+        .unwrap();
+    h.control
+        .listen(
+            srv.app,
+            WorkerMapIndex(0),
+            TransportProto::Tcp,
+            ep("0.0.0.0:14"),
+        )
+        .unwrap();
+    let cli = h
+        .control
+        .attach_builtin("ret-cli", local_scope(), holding(&cli_got))
+        .unwrap();
+    let connect = || {
+        h.control
+            .connect(
+                cli.app,
+                WorkerMapIndex(0),
+                TransportProto::Tcp,
+                ep("127.0.0.1:14"),
+                1,
+            )
+            .unwrap()
+    };
+    let wait_for = |what: &Arc<Mutex<Vec<_>>>, n: usize| {
+        let end = Instant::now() + Duration::from_secs(10);
+        while what.lock().unwrap().len() < n && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        what.lock().unwrap().last().cloned().expect("no session")
+    };
+    connect();
+    let server_half = wait_for(&srv_got, 1).unwrap();
+    wait_for(&cli_got, 1).unwrap();
+    // The server closes its half and goes; the client keeps its half, so
+    // the pair's segment stays, counted.
+    let app = srv.app;
+    h.control
+        .call(move |l| l.disconnect(app, server_half))
+        .unwrap()
+        .unwrap();
+    h.control.detach(srv.app).unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while h.counters().app_workers > 1 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let c = h.counters();
+    assert_eq!((c.app_workers, c.sessions, c.segments), (1, 1, 2), "{c:?}");
+    // A new server takes the gone one's worker index: the same client
+    // connecting to it gets a pair of its own.
+    let srv2 = h
+        .control
+        .attach_builtin("ret-srv2", local_scope(), holding(&srv_got))
+        .unwrap();
+    assert_eq!(srv2.worker, srv.worker, "the worker index was not reused");
+    h.control
+        .listen(
+            srv2.app,
+            WorkerMapIndex(0),
+            TransportProto::Tcp,
+            ep("0.0.0.0:14"),
+        )
+        .unwrap();
+    connect();
+    wait_for(&cli_got, 2).expect("the second connect failed");
+    h.control.detach(cli.app).unwrap();
+    h.control.detach(srv2.app).unwrap();
+    let after = h.wait_counters(LayerCounters::default());
+    assert_eq!(
+        after,
+        LayerCounters::default(),
+        "detach left something behind"
+    );
+}
+
 #[test]
 fn detach_frees_every_worker_listener_session_segment_and_table_entry() {
     let h = Harness::new(1);
