@@ -21,7 +21,6 @@ use tracing::warn;
 use crate::app_callbacks::{AppCallbacks, Deferred};
 use crate::app_event_queue::AppEventQueue;
 use crate::app_socket_outbox::{AppSocketOutbox, PendingSegmentFd};
-use crate::cut_through_segments::CutThroughSegments;
 use crate::segment_manager::{FifoPair, SegmentEvent, SegmentManager, SegmentManagerConfig};
 use hoststack_app_proto::app_event::{AppEvent, FifoLocation};
 use hoststack_app_proto::error::{SessionError, SessionResult};
@@ -72,9 +71,17 @@ pub enum PairOrigin {
     First,
     /// Stack thread `n`'s.
     Thread(usize),
-    /// The segments of a (server worker, client worker) pair's cut-through
-    /// sessions.
-    CutThrough(Arc<CutThroughSegments>),
+    /// Segments two workers share, which free their own pairs (a
+    /// cut-through pair's: `cut_through_segments`).
+    Shared(Arc<dyn SharedSegments>),
+}
+
+/// Segments of more than one app worker that take their pairs back
+/// themselves, telling every worker concerned.
+pub trait SharedSegments: std::fmt::Debug + Send + Sync {
+    /// Frees `pair`; segment changes are announced through `outbox` and
+    /// `deferred`.
+    fn free(&self, pair: &FifoPair, outbox: &AppSocketOutbox, deferred: &mut Vec<Deferred>);
 }
 
 /// A fifo pair a session frees when it goes.
@@ -92,8 +99,8 @@ impl OwnedPair {
     /// Gives the pair back; the segment changes that causes are announced
     /// to the app (`deferred` takes a builtin app's callbacks).
     pub fn free(self, outbox: &AppSocketOutbox, deferred: &mut Vec<Deferred>) {
-        if let PairOrigin::CutThrough(ct) = &self.origin {
-            ct.free(&self.pair, outbox, deferred);
+        if let PairOrigin::Shared(segments) = &self.origin {
+            segments.free(&self.pair, outbox, deferred);
             return;
         }
         let events = self.share.free_pair(&self.origin, &self.pair);
@@ -326,7 +333,7 @@ impl AppWorkerShare {
                 None => Ok(Vec::new()),
             },
             // Freed by their own manager (see `OwnedPair::free`).
-            PairOrigin::CutThrough(_) => Ok(Vec::new()),
+            PairOrigin::Shared(_) => Ok(Vec::new()),
         };
         match freed {
             Ok(events) if !self.is_dying() => events,

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use crate::app_callbacks::Deferred;
 use crate::app_socket_outbox::AppSocketOutbox;
-use crate::app_worker::{AppWorkerShare, OwnedPair, PairOrigin, SessionFifos};
+use crate::app_worker::{AppWorkerShare, OwnedPair, PairOrigin, SessionFifos, SharedSegments};
 use crate::segment_manager::{FifoPair, SegmentEvent, SegmentManager, SegmentManagerConfig};
 
 /// The segments of one (server worker, client worker) pair.
@@ -160,7 +160,7 @@ impl CutThroughSegments {
         let owned = OwnedPair {
             share: server,
             pair,
-            origin: PairOrigin::CutThrough(self.clone()),
+            origin: PairOrigin::Shared(self.clone()),
         };
         if let Err(e) = watermarks {
             owned.free(outbox, deferred);
@@ -171,42 +171,6 @@ impl CutThroughSegments {
             location: crate::app_worker::location_of(&pair),
             owned,
         })
-    }
-
-    /// Frees a session's pair; the pair's last one takes every segment
-    /// with it.
-    pub(crate) fn free(
-        &self,
-        pair: &FifoPair,
-        outbox: &AppSocketOutbox,
-        deferred: &mut Vec<Deferred>,
-    ) {
-        let events = {
-            let mut slot = lock(&self.manager);
-            let Some(m) = slot.as_mut() else {
-                warn!(?pair, "freeing a cut-through pair with no segments");
-                return;
-            };
-            if let Err(e) = m.free_fifo_pair(pair) {
-                warn!("freeing cut-through fifos: {e}");
-                return;
-            }
-            let mut events = m.take_events();
-            if m.fifos_allocated() == 0 {
-                events.extend(
-                    m.segments()
-                        .map(|(index, _)| SegmentEvent::Removed { index }),
-                );
-                *slot = None;
-                debug!(
-                    server = self.workers.0.0,
-                    client = self.workers.1.0,
-                    "cut-through segments freed"
-                );
-            }
-            events
-        };
-        self.announce(events, outbox, deferred);
     }
 
     /// Tells both workers (those still alive and not dying) about added
@@ -249,6 +213,39 @@ impl CutThroughSegments {
             .as_ref()
             .map(|m| m.segments().map(|(i, _)| i).collect())
             .unwrap_or_default()
+    }
+}
+
+impl SharedSegments for CutThroughSegments {
+    /// Frees a session's pair; the pair's last one takes every segment
+    /// with it.
+    fn free(&self, pair: &FifoPair, outbox: &AppSocketOutbox, deferred: &mut Vec<Deferred>) {
+        let events = {
+            let mut slot = lock(&self.manager);
+            let Some(m) = slot.as_mut() else {
+                warn!(?pair, "freeing a cut-through pair with no segments");
+                return;
+            };
+            if let Err(e) = m.free_fifo_pair(pair) {
+                warn!("freeing cut-through fifos: {e}");
+                return;
+            }
+            let mut events = m.take_events();
+            if m.fifos_allocated() == 0 {
+                events.extend(
+                    m.segments()
+                        .map(|(index, _)| SegmentEvent::Removed { index }),
+                );
+                *slot = None;
+                debug!(
+                    server = self.workers.0.0,
+                    client = self.workers.1.0,
+                    "cut-through segments freed"
+                );
+            }
+            events
+        };
+        self.announce(events, outbox, deferred);
     }
 }
 
