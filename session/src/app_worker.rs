@@ -65,12 +65,23 @@ pub struct AppWorkerCounters {
 }
 
 /// Which segment manager a fifo pair came from, so it goes back there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum PairOrigin {
     /// The first segment's (control operations, preallocated pairs).
     First,
     /// Stack thread `n`'s.
     Thread(usize),
+    /// Segments two workers share, which free their own pairs (a
+    /// cut-through pair's: `cut_through_segments`).
+    Shared(Arc<dyn SharedSegments>),
+}
+
+/// Segments of more than one app worker that take their pairs back
+/// themselves, telling every worker concerned.
+pub trait SharedSegments: std::fmt::Debug + Send + Sync {
+    /// Frees `pair`; segment changes are announced through `outbox` and
+    /// `deferred`.
+    fn free(&self, pair: &FifoPair, outbox: &AppSocketOutbox, deferred: &mut Vec<Deferred>);
 }
 
 /// A fifo pair a session frees when it goes.
@@ -88,7 +99,11 @@ impl OwnedPair {
     /// Gives the pair back; the segment changes that causes are announced
     /// to the app (`deferred` takes a builtin app's callbacks).
     pub fn free(self, outbox: &AppSocketOutbox, deferred: &mut Vec<Deferred>) {
-        let events = self.share.free_pair(self.origin, &self.pair);
+        if let PairOrigin::Shared(segments) = &self.origin {
+            segments.free(&self.pair, outbox, deferred);
+            return;
+        }
+        let events = self.share.free_pair(&self.origin, &self.pair);
         self.share.announce(events, outbox, deferred);
     }
 }
@@ -282,21 +297,10 @@ impl AppWorkerShare {
             }
         };
         self.announce(events, outbox, deferred);
-        // The app's watermarks, in percent of the tx fifo: crossing below
-        // low after going above high raises a tx-space event.
-        let size = u64::from(fifos.1.size());
-        let pct = |p: u8| (size * u64::from(p) / 100) as u32;
-        fifos
-            .1
-            .set_watermarks(pct(self.watermarks.0), pct(self.watermarks.1))?;
-        let location = FifoLocation {
-            segment: pair.segment_index,
-            rx_offset: pair.rx_offset as u32,
-            tx_offset: pair.tx_offset as u32,
-        };
+        self.set_tx_watermarks(&fifos.1)?;
         Ok(SessionFifos {
             fifos,
-            location,
+            location: location_of(&pair),
             owned: OwnedPair {
                 share: self.clone(),
                 pair,
@@ -305,20 +309,31 @@ impl AppWorkerShare {
         })
     }
 
+    /// Sets the app's watermarks, in percent of the size, on a fifo it
+    /// writes: crossing below low after going above high raises a tx-space
+    /// event.
+    pub fn set_tx_watermarks(&self, tx: &Fifo) -> SessionResult<()> {
+        let size = u64::from(tx.size());
+        let pct = |p: u8| (size * u64::from(p) / 100) as u32;
+        Ok(tx.set_watermarks(pct(self.watermarks.0), pct(self.watermarks.1))?)
+    }
+
     /// Frees a pair; returns the segment changes to announce.
-    fn free_pair(&self, origin: PairOrigin, pair: &FifoPair) -> Vec<SegmentEvent> {
+    fn free_pair(&self, origin: &PairOrigin, pair: &FifoPair) -> Vec<SegmentEvent> {
         let freed = match origin {
             PairOrigin::First => {
                 let mut m = lock(&self.first);
                 m.free_fifo_pair(pair).map(|()| m.take_events())
             }
-            PairOrigin::Thread(t) => match self.threads.get(t).map(lock) {
+            PairOrigin::Thread(t) => match self.threads.get(*t).map(lock) {
                 Some(mut slot) => match slot.as_mut() {
                     Some(m) => m.free_fifo_pair(pair).map(|()| m.take_events()),
                     None => Ok(Vec::new()),
                 },
                 None => Ok(Vec::new()),
             },
+            // Freed by their own manager (see `OwnedPair::free`).
+            PairOrigin::Shared(_) => Ok(Vec::new()),
         };
         match freed {
             Ok(events) if !self.is_dying() => events,
@@ -393,6 +408,15 @@ impl AppWorkerShare {
             }
         }
         t
+    }
+}
+
+/// Where a pair is, as an external app is told.
+pub fn location_of(pair: &FifoPair) -> FifoLocation {
+    FifoLocation {
+        segment: pair.segment_index,
+        rx_offset: pair.rx_offset as u32,
+        tx_offset: pair.tx_offset as u32,
     }
 }
 

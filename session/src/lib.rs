@@ -27,6 +27,7 @@ pub mod application;
 pub mod cert;
 pub mod control;
 pub mod corruption_verdict;
+pub mod cut_through_segments;
 pub mod dirty_sessions;
 pub mod log_limit;
 pub mod lookup;

@@ -23,11 +23,12 @@ use tracing::{debug, warn};
 use crate::app_callbacks::{AppCallbacks, Deferred};
 use crate::app_event_queue::{AppEventQueue, Backlogs};
 use crate::app_listener::AppListener;
-use crate::app_socket_outbox::{AppSocketOutbox, PendingSegmentFd};
+use crate::app_socket_outbox::AppSocketOutbox;
 use crate::app_worker::{AppWorker, AppWorkerShare, AppWorkerSpec, EventSink, OwnedPair};
 use crate::application::{AppIdentity, Application};
 use crate::cert::{CertKeyStore, CryptoEngines};
 use crate::corruption_verdict::{CorruptionRecord, CorruptionVerdict};
+use crate::cut_through_segments::CutThroughSegments;
 use crate::lookup::{ListenerQuery, ListenerScope, SessionLookup};
 use crate::namespace::AppNamespaces;
 use crate::segment_manager::{SegmentManager, SegmentManagerConfig};
@@ -265,6 +266,13 @@ pub struct SessionLayer {
     deferred: Vec<Deferred>,
     outbox: Arc<AppSocketOutbox>,
     segment_ids: Arc<std::sync::atomic::AtomicU32>,
+    /// The segments of each (server worker, client worker) pair that has
+    /// had a cut-through session; an entry goes when either worker does.
+    cut_through: HashMap<(AppWorkerIndex, AppWorkerIndex), Arc<CutThroughSegments>>,
+    /// Pairs whose worker went while a session of theirs lives on (the
+    /// peer has not closed its half yet): counted until their segments go,
+    /// out of the table, whose worker indices may be reused.
+    cut_through_retired: Vec<Arc<CutThroughSegments>>,
     backlogs: Arc<Backlogs>,
     /// Dying app workers whose last session just ended, sent by the stack
     /// thread that ended it.
@@ -311,6 +319,8 @@ impl SessionLayer {
             deferred: Vec::new(),
             outbox: Arc::default(),
             segment_ids: Arc::default(),
+            cut_through: HashMap::new(),
+            cut_through_retired: Vec::new(),
             backlogs: Arc::default(),
             reaps: channel(),
             verdicts: channel(),
@@ -913,6 +923,7 @@ impl SessionLayer {
         }
         let app = w.app();
         self.app_workers.remove(wi.as_usize());
+        self.retire_cut_through();
         let Some(a) = self.apps.get(app.as_usize()) else {
             return;
         };
@@ -1359,37 +1370,35 @@ impl SessionLayer {
             .select_worker()
             .ok_or_else(|| SessionError::NoListener(remote.to_string()))?;
         let server_wi = self.app_worker_of(server_app, server_map)?;
-        let server = self.alloc_session_parts(server_wi, None)?;
-        // The client reads what the server writes and the other way round;
-        // both map the server worker's segment.
+        // The pair lives in segments of this (server worker, client
+        // worker) pair alone: neither app maps the other's own segments.
+        let server_share = self.share_of(server_wi)?;
         let client_share = self.share_of(client_wi)?;
+        let ids = self.segment_ids.clone();
+        let ct = self
+            .cut_through
+            .entry((server_wi, client_wi))
+            .or_insert_with(|| CutThroughSegments::new(&server_share, &client_share, ids))
+            .clone();
+        let f = ct.alloc_fifos(&self.outbox, &mut self.deferred)?;
+        server_share.session_started();
         client_share.session_started();
-        // An external client maps the server worker's segment the fifos
-        // live in; send it its fd (the client keeps mappings by index).
-        if let (EventSink::Queue(_), Some(client)) = (&client_share.sink, client_share.api_client) {
-            let index = server.location.segment;
-            if let Some(seg) = server.share.first_segments().segment(index) {
-                let size = seg.size() as u64;
-                if let Ok(fd) = seg.try_clone_fd() {
-                    self.outbox.push(PendingSegmentFd {
-                        client,
-                        worker: client_share.map_index.0,
-                        index,
-                        size,
-                        fd,
-                    });
-                }
-            }
-        }
+        // The client reads what the server writes and the other way round.
         let client = NewSessionParts {
             share: client_share,
-            fifos: (server.fifos.1.clone(), server.fifos.0.clone()),
+            fifos: (f.fifos.1.clone(), f.fifos.0.clone()),
             location: FifoLocation {
-                segment: server.location.segment,
-                rx_offset: server.location.tx_offset,
-                tx_offset: server.location.rx_offset,
+                segment: f.location.segment,
+                rx_offset: f.location.tx_offset,
+                tx_offset: f.location.rx_offset,
             },
             owned_pair: None,
+        };
+        let server = NewSessionParts {
+            share: server_share,
+            fifos: f.fifos,
+            location: f.location,
+            owned_pair: Some(f.owned),
         };
         let thread = self.next_thread % self.threads.len();
         self.next_thread = self.next_thread.wrapping_add(1);
@@ -1518,6 +1527,45 @@ impl SessionLayer {
         })
     }
 
+    /// The cut-through segments of each (server worker, client worker)
+    /// pair known: the pair and the indices of its segments (none while
+    /// it has no session).
+    pub fn cut_through_segments(&self) -> Vec<((AppWorkerIndex, AppWorkerIndex), Vec<u32>)> {
+        self.all_cut_through()
+            .map(|ct| (ct.workers(), ct.segment_indices()))
+            .collect()
+    }
+
+    /// Segments of app worker `wi`'s cut-through sessions, over every
+    /// peer worker.
+    pub fn cut_through_segment_count(&self, wi: AppWorkerIndex) -> usize {
+        self.all_cut_through()
+            .filter(|ct| ct.workers().0 == wi || ct.workers().1 == wi)
+            .map(|ct| ct.totals().0)
+            .sum()
+    }
+
+    /// Takes the pairs of workers that are gone out of the table; those
+    /// with a session left are kept aside until it goes.
+    fn retire_cut_through(&mut self) {
+        let retired = &mut self.cut_through_retired;
+        retired.retain(|ct| !ct.is_empty());
+        self.cut_through.retain(|_, ct| {
+            if !ct.is_dead() {
+                return true;
+            }
+            if !ct.is_empty() {
+                retired.push(ct.clone());
+            }
+            false
+        });
+    }
+
+    /// Every pair's segments, retired ones included.
+    fn all_cut_through(&self) -> impl Iterator<Item = &Arc<CutThroughSegments>> {
+        self.cut_through.values().chain(&self.cut_through_retired)
+    }
+
     /// What the stack threads hold of app worker `wi`.
     fn share_of(&self, wi: AppWorkerIndex) -> SessionResult<Arc<AppWorkerShare>> {
         self.app_workers
@@ -1531,6 +1579,11 @@ impl SessionLayer {
         let (mut segments, mut fifos) = (0, 0);
         for (_, w) in self.app_workers.iter() {
             let (s, f, _) = w.share.segment_totals();
+            segments += s;
+            fifos += f;
+        }
+        for ct in self.all_cut_through() {
+            let (s, f, _) = ct.totals();
             segments += s;
             fifos += f;
         }

@@ -883,14 +883,26 @@ impl SessionWorker {
             }
             SessionKind::Transport(None) => self.free_session(idx),
             SessionKind::CutThrough { peer } => {
+                // The peer is reset and goes too, as a transport session
+                // the network resets does: apps take a reset as the end
+                // (they never close it), so a half left behind would hold
+                // the pair's segment until its app went. A peer already
+                // told of a close is its app's to close.
+                let mut reset_peer = false;
                 if let Some(p) = self.session_mut(peer) {
                     if !p.disconnect_notified {
                         p.disconnect_notified = true;
                         p.state = SessionState::RemoteClosed;
-                        self.emit_for(peer.index(), BuiltinEvent::Reset(peer));
+                        reset_peer = true;
                     }
                 }
+                if reset_peer {
+                    self.emit_for(peer.index(), BuiltinEvent::Reset(peer));
+                }
                 self.free_session(idx);
+                if reset_peer {
+                    self.free_session(peer.index());
+                }
             }
         }
     }

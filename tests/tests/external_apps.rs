@@ -25,7 +25,8 @@ use hoststack_session::namespace::NamespaceConfig;
 use hoststack_session::session_layer::LayerCounters;
 use hoststack_stack::{DriverKind, Stack, StackConfig, WorkerMode};
 use hoststack_tests::{
-    Lab, Medium, Proc, example_bin, kernel_conns, last_json, on_veth_and_tap, peer, stack_addresses,
+    Lab, Medium, Proc, example_bin, kernel_conns, last_json, memscan, on_veth_and_tap, peer,
+    stack_addresses,
 };
 
 /// A lab, hoststack on its host end, and an app socket.
@@ -102,11 +103,19 @@ impl Host {
         self.stack.as_ref().expect("stack running")
     }
 
+    /// What the layer holds. The count of log lines held back is left
+    /// out: it is the process's, and other tests running beside this one
+    /// move it.
     fn counters(&self) -> LayerCounters {
-        self.stack()
+        let c = self
+            .stack()
             .control()
             .call(|l| l.counters())
-            .expect("control plane")
+            .expect("control plane");
+        LayerCounters {
+            log_lines_suppressed: 0,
+            ..c
+        }
     }
 
     fn wait_counters(&self, want: LayerCounters, timeout: Duration) -> LayerCounters {
@@ -240,6 +249,7 @@ fn two_external_processes_cut_through_1gib_with_no_syscall_per_write() -> Result
         syscalls * 20 < writes,
         "reads and writes made system calls: {v}"
     );
+    h.assert_cut_through_segments_gone(&[_server.pid().context("server pid")?])?;
     let unix = unix_pair_gbytes_per_s(1 << 30)?;
     eprintln!(
         "cut-through echo: {:.2} GB/s each way ({writes} writes, {syscalls} syscalls); Unix socket pair one way: {unix:.2} GB/s",
@@ -247,6 +257,186 @@ fn two_external_processes_cut_through_1gib_with_no_syscall_per_write() -> Result
     );
     Ok(())
 }
+
+/// What the memfd of every cut-through segment is named after (an app's
+/// own segments are `hs-NAME-...`).
+const CT_SEGMENT: &str = "memfd:hsct-";
+
+/// Waits until no mapping of a cut-through segment is left in process
+/// `pid` (the stack's when it is this process); returns those left.
+fn wait_no_cut_through_mappings(pid: u32, timeout: Duration) -> Result<Vec<String>> {
+    let end = Instant::now() + timeout;
+    loop {
+        let left: Vec<String> = memscan::mappings(pid)?
+            .into_iter()
+            .filter(|m| m.path.contains(CT_SEGMENT))
+            .map(|m| m.path)
+            .collect();
+        if left.is_empty() || Instant::now() > end {
+            return Ok(left);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Host {
+    /// Checks that no cut-through segment is left: in the session layer,
+    /// mapped in this (the stack's) process, and mapped in each of `apps`.
+    fn assert_cut_through_segments_gone(&self, apps: &[u32]) -> Result<()> {
+        let end = Instant::now() + Duration::from_secs(10);
+        let pairs = loop {
+            let pairs = self
+                .stack()
+                .control()
+                .call(|l| l.cut_through_segments())
+                .map_err(anyhow::Error::msg)?;
+            if pairs.iter().all(|(_, s)| s.is_empty()) || Instant::now() > end {
+                break pairs;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            pairs.iter().all(|(_, s)| s.is_empty()),
+            "cut-through segments outlived their sessions: {pairs:?}"
+        );
+        for pid in std::iter::once(std::process::id()).chain(apps.iter().copied()) {
+            let left = wait_no_cut_through_mappings(pid, Duration::from_secs(10))?;
+            assert!(left.is_empty(), "process {pid} still maps {left:?}");
+        }
+        Ok(())
+    }
+}
+
+/// A kernel client streams a random 1 MiB marker, lap after lap, over the
+/// network through an external echo server; a local-scope client of the
+/// same server, cut through, holds its session open while every byte of
+/// every mapping it has is searched for the marker. It holds none of it,
+/// yet its own cut-through data is found in its cut-through segment (the
+/// search works), and the server, which does carry the marker, is found
+/// holding it. After the cut-through session closes, its segment is gone
+/// from the stack, the server and the client.
+#[test]
+fn a_cut_through_client_maps_no_byte_of_another_session() -> Result<()> {
+    use rand::RngCore;
+    let h = Host::new("xi")?;
+    let server = h.echo_server(&[
+        "--listen",
+        "0.0.0.0:9",
+        "--local-scope",
+        "--name",
+        "iso-echo",
+        // Its network sessions' fifos then sit in its first segment, with
+        // its event queue: where cut-through pairs once were too.
+        "--prealloc-fifo-pairs",
+        "4",
+    ])?;
+    let server_pid = server.pid().context("server pid")?;
+    let dir = std::env::temp_dir().join(format!("{}-iso", h.lab.netns));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = RemoveDir(dir.clone());
+    let mut marker = vec![0u8; 1 << 20];
+    rand::rng().fill_bytes(&mut marker);
+    let marker_file = dir.join("marker");
+    std::fs::write(&marker_file, &marker)?;
+    let stop = dir.join("stop");
+    let host = h.lab.cfg.host4.addr.to_string();
+    let mut kernel = h.lab.command("python3");
+    kernel
+        .arg("-c")
+        .arg(MARKER_STREAMER)
+        .args([&host, "9"])
+        .arg(&marker_file)
+        .arg(&stop);
+    let mut kernel = Proc::spawn("kernel marker streamer", kernel)?;
+    kernel.wait_for_line("{\"lap\"", Duration::from_secs(20))?;
+    let hold = dir.join("hold");
+    let own_total: u64 = 1 << 20;
+    let mut cmd = Command::new(example_bin("throughput_client"));
+    cmd.arg("--socket")
+        .arg(&h.socket)
+        .args(["--connect", "127.0.0.1:9", "--local-scope", "--bytes"])
+        .arg(own_total.to_string())
+        .arg("--hold")
+        .arg(&hold);
+    let mut client = Proc::spawn("cut-through client", cmd)?;
+    client.wait_for_line("{\"holding\"", Duration::from_secs(60))?;
+    let client_pid = client.pid().context("client pid")?;
+    // The marker is still on its way through the server.
+    kernel.wait_for_line("{\"lap\"", Duration::from_secs(20))?;
+    kernel.discard_stdout();
+    // It maps its own segments and its cut-through segment, nothing of
+    // the server's.
+    let foreign: Vec<String> = memscan::mappings(client_pid)?
+        .into_iter()
+        .map(|m| m.path)
+        .filter(|p| p.contains("memfd:"))
+        .filter(|p| !p.contains("memfd:hs-throughput-client-") && !p.contains(CT_SEGMENT))
+        .collect();
+    assert!(foreign.is_empty(), "the client maps {foreign:?}");
+    let marker = memscan::Needle::new(marker);
+    let (hits, read) = memscan::search(client_pid, &marker, |_| true)?;
+    assert!(read >= 1 << 20, "read only {read} bytes of the client");
+    assert!(
+        hits.is_empty(),
+        "the cut-through client maps another session's bytes: {hits:?}"
+    );
+    let mut own = vec![0u8; own_total as usize];
+    hoststack_app_proto::pattern::PatternStream::new(5).fill(&mut own);
+    let own = memscan::Needle::new(own);
+    let (hits, _) = memscan::search(client_pid, &own, |m| m.path.contains(CT_SEGMENT))?;
+    assert!(
+        !hits.is_empty(),
+        "the search missed the client's own data in its cut-through segment"
+    );
+    let (hits, _) = memscan::search(server_pid, &marker, |m| m.path.contains("memfd:"))?;
+    assert!(
+        !hits.is_empty(),
+        "the search missed the marker in the server's segments"
+    );
+    eprintln!("searched {read} bytes of the cut-through client: no marker");
+    // Close the cut-through session: its segment goes everywhere.
+    std::fs::write(&hold, b"")?;
+    client.wait_for_line("{\"closed\"", Duration::from_secs(20))?;
+    h.assert_cut_through_segments_gone(&[server_pid, client_pid])?;
+    std::fs::remove_file(&hold)?;
+    let (ok, out) = client.wait(Duration::from_secs(30))?;
+    let v = last_json(&out)?;
+    assert!(ok && v["ok"] == true, "{v}");
+    std::fs::write(&stop, b"")?;
+    let (ok, out) = kernel.wait(Duration::from_secs(30))?;
+    assert!(ok, "kernel streamer: {out}");
+    Ok(())
+}
+
+/// Removes a directory when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kernel client: `HOST PORT MARKER_FILE STOP_FILE`. Sends the marker
+/// lap after lap (reading the echo), printing `{"lap": N}` after each,
+/// until STOP_FILE exists.
+const MARKER_STREAMER: &str = r#"
+import json, os, socket, sys, threading
+host, port, path, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+marker = open(path, "rb").read()
+s = socket.create_connection((host, port), timeout=30)
+def drain():
+    while s.recv(1 << 20):
+        pass
+threading.Thread(target=drain, daemon=True).start()
+lap = 0
+while not os.path.exists(stop):
+    s.sendall(marker)
+    lap += 1
+    print(json.dumps({"lap": lap}), flush=True)
+s.shutdown(socket.SHUT_WR)
+s.close()
+"#;
 
 /// `private_rx_queues = false`: the apps get no rx queues; listen,
 /// connect and every io notification travel over the app socket, and

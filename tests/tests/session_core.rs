@@ -89,6 +89,19 @@ impl Harness {
         self.control.call(|l| l.counters()).unwrap()
     }
 
+    /// A local-scope stream client of `remote` that never reads (its
+    /// session stays open), once its session and the server's half exist.
+    fn paused_client(&self, name: &str, remote: Endpoint, seed: u64) -> StreamClient {
+        let c =
+            StreamClient::start_paused(&self.control, name, local_scope(), remote, 1 << 20, seed)
+                .unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.counters().sessions < 2 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        c
+    }
+
     /// Waits until the layer holds nothing but what `baseline` holds.
     fn wait_counters(&self, want: LayerCounters) -> LayerCounters {
         let end = Instant::now() + Duration::from_secs(10);
@@ -173,6 +186,200 @@ fn cut_through_echo_moves_1gib_byte_identical() {
         total as f64 / secs / 1e9
     );
     assert_eq!(server.stats.bytes.load(Ordering::Relaxed), total);
+}
+
+#[test]
+fn cut_through_pairs_get_segments_of_their_own_freed_with_their_last_session() {
+    let h = Harness::new(2);
+    let server = EchoServer::attach(&h.control, "cts-echo", local_scope(), 1).unwrap();
+    server
+        .listen(&h.control, TransportProto::Tcp, ep("0.0.0.0:8"))
+        .unwrap();
+    let before = h.counters();
+    let client = h.paused_client("cts-client", ep("127.0.0.1:8"), 5);
+    let (app, capp) = (server.app, client.app);
+    // The pair's fifos are in a segment of the (server worker, client
+    // worker) pair, no worker's own.
+    let (pairs, own) = h
+        .control
+        .call(move |l| {
+            let own: Vec<u32> = [app, capp]
+                .iter()
+                .flat_map(|a| {
+                    l.app(*a)
+                        .unwrap()
+                        .workers
+                        .values()
+                        .copied()
+                        .collect::<Vec<_>>()
+                })
+                .flat_map(|wi| {
+                    let w = l.app_worker(wi).unwrap();
+                    let m = w.share.first_segments();
+                    m.segments().map(|(i, _)| i).collect::<Vec<_>>()
+                })
+                .collect();
+            (l.cut_through_segments(), own)
+        })
+        .unwrap();
+    assert_eq!(pairs.len(), 1, "{pairs:?}");
+    let ct = &pairs[0].1;
+    assert_eq!(ct.len(), 1, "{pairs:?}");
+    assert!(
+        !own.contains(&ct[0]),
+        "{ct:?} among the workers' own {own:?}"
+    );
+    let mid = h.counters();
+    assert_eq!(mid.segments, own.len() + 1, "{mid:?}");
+    // The last session of the pair closing frees its segment.
+    client.resume().unwrap();
+    let r = wait_report(&client.report, Duration::from_secs(20)).expect("no report");
+    assert_eq!(r.error, None);
+    let end = Instant::now() + Duration::from_secs(10);
+    while h.counters().sessions > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pairs = h.control.call(|l| l.cut_through_segments()).unwrap();
+    assert!(pairs.iter().all(|(_, s)| s.is_empty()), "{pairs:?}");
+    assert_eq!(h.counters().segments, own.len(), "{:?}", h.counters());
+    h.control.detach(client.app).unwrap();
+    let after = h.wait_counters(before);
+    assert_eq!(after, before, "the pair's segment outlived its sessions");
+    let pairs = h.control.call(|l| l.cut_through_segments()).unwrap();
+    assert!(pairs.iter().all(|(_, s)| s.is_empty()), "{pairs:?}");
+    // A client that goes mid-session: the server's half is reset and goes
+    // with it (this echo server, like most apps, never closes a reset
+    // session), and so does the pair's segment; the client's worker index
+    // is then reused by the next client, which gets a pair of its own.
+    let gone = h.paused_client("cts-gone", ep("127.0.0.1:8"), 6);
+    let worker_of = |app: AppIndex| {
+        h.control
+            .call(move |l| l.app(app).unwrap().workers[&WorkerMapIndex(0)])
+            .unwrap()
+    };
+    let gone_worker = worker_of(gone.app);
+    h.control.detach(gone.app).unwrap();
+    let c = h.wait_counters(before);
+    assert_eq!(c, before, "the pair outlived a client that went");
+    let next = StreamClient::start(
+        &h.control,
+        "cts-next",
+        local_scope(),
+        ep("127.0.0.1:8"),
+        4096,
+        7,
+    )
+    .unwrap();
+    let r = wait_report(&next.report, Duration::from_secs(20)).expect("no report");
+    assert_eq!(r.error, None);
+    assert_eq!(
+        worker_of(next.app),
+        gone_worker,
+        "the worker index was not reused"
+    );
+    h.control.detach(next.app).unwrap();
+    h.control.detach(server.app).unwrap();
+    let after = h.wait_counters(LayerCounters::default());
+    assert_eq!(
+        after,
+        LayerCounters::default(),
+        "detach left something behind"
+    );
+}
+
+/// Builtin callbacks that record the sessions they get and ignore closes
+/// and resets (the app holds on to its half).
+fn holding(got: &Arc<Mutex<Vec<Result<SessionHandle, SessionError>>>>) -> AppCallbacks {
+    let (a, c) = (got.clone(), got.clone());
+    AppCallbacks {
+        accept: Some(Arc::new(move |_, s| a.lock().unwrap().push(Ok(s)))),
+        connected: Some(Arc::new(move |_, s, _| c.lock().unwrap().push(s))),
+        disconnect: Some(Arc::new(|_, _| {})),
+        reset: Some(Arc::new(|_, _| {})),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_pair_whose_server_went_keeps_its_segment_for_the_client_half_and_frees_the_index() {
+    let h = Harness::new(1);
+    let (srv_got, cli_got) = (Arc::default(), Arc::default());
+    let srv = h
+        .control
+        .attach_builtin("ret-srv", local_scope(), holding(&srv_got))
+        .unwrap();
+    h.control
+        .listen(
+            srv.app,
+            WorkerMapIndex(0),
+            TransportProto::Tcp,
+            ep("0.0.0.0:14"),
+        )
+        .unwrap();
+    let cli = h
+        .control
+        .attach_builtin("ret-cli", local_scope(), holding(&cli_got))
+        .unwrap();
+    let connect = || {
+        h.control
+            .connect(
+                cli.app,
+                WorkerMapIndex(0),
+                TransportProto::Tcp,
+                ep("127.0.0.1:14"),
+                1,
+            )
+            .unwrap()
+    };
+    let wait_for = |what: &Arc<Mutex<Vec<_>>>, n: usize| {
+        let end = Instant::now() + Duration::from_secs(10);
+        while what.lock().unwrap().len() < n && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        what.lock().unwrap().last().cloned().expect("no session")
+    };
+    connect();
+    let server_half = wait_for(&srv_got, 1).unwrap();
+    wait_for(&cli_got, 1).unwrap();
+    // The server closes its half and goes; the client keeps its half, so
+    // the pair's segment stays, counted.
+    let app = srv.app;
+    h.control
+        .call(move |l| l.disconnect(app, server_half))
+        .unwrap()
+        .unwrap();
+    h.control.detach(srv.app).unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while h.counters().app_workers > 1 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let c = h.counters();
+    assert_eq!((c.app_workers, c.sessions, c.segments), (1, 1, 2), "{c:?}");
+    // A new server takes the gone one's worker index: the same client
+    // connecting to it gets a pair of its own.
+    let srv2 = h
+        .control
+        .attach_builtin("ret-srv2", local_scope(), holding(&srv_got))
+        .unwrap();
+    assert_eq!(srv2.worker, srv.worker, "the worker index was not reused");
+    h.control
+        .listen(
+            srv2.app,
+            WorkerMapIndex(0),
+            TransportProto::Tcp,
+            ep("0.0.0.0:14"),
+        )
+        .unwrap();
+    connect();
+    wait_for(&cli_got, 2).expect("the second connect failed");
+    h.control.detach(cli.app).unwrap();
+    h.control.detach(srv2.app).unwrap();
+    let after = h.wait_counters(LayerCounters::default());
+    assert_eq!(
+        after,
+        LayerCounters::default(),
+        "detach left something behind"
+    );
 }
 
 #[test]
@@ -640,9 +847,22 @@ fn an_external_app_worker_gets_its_accept_event_in_its_shared_memory_queue() {
     .unwrap();
     let mut buf = vec![0u8; q.slot_size()];
     let end = Instant::now() + Duration::from_secs(5);
+    let own = h
+        .control
+        .call(move |l| {
+            let w = l.app_worker(wi).unwrap();
+            w.share.first_segments().first_segment_index()
+        })
+        .unwrap();
     let ev = loop {
         if let Some(n) = q.try_recv(&mut buf).unwrap() {
-            break AppEvent::decode(&buf[..n]).unwrap();
+            match AppEvent::decode(&buf[..n]).unwrap() {
+                // The cut-through pair's own segment comes first: never
+                // the worker's.
+                AppEvent::SegmentAdded { index, .. } => assert_ne!(index, own),
+                ev => break ev,
+            }
+            continue;
         }
         assert!(Instant::now() < end, "no event arrived");
         std::thread::sleep(Duration::from_millis(2));

@@ -3,10 +3,14 @@
 //!
 //! `echo_server --socket PATH [--listen 0.0.0.0:7] [--udp IP:PORT]
 //!  [--workers N] [--local-scope] [--discard] [--fifo-size BYTES]
-//!  [--event-queue-size SLOTS] [--name NAME] [--quiet]`
+//!  [--event-queue-size SLOTS] [--prealloc-fifo-pairs N] [--name NAME]
+//!  [--quiet]`
 //!
 //! With `--udp` it also echoes UDP datagrams on that endpoint, each back to
 //! its sender.
+//!
+//! With `--prealloc-fifo-pairs N` every worker's fifos come from its first
+//! segment (N pairs made there up front), the one holding its event queue.
 //!
 //! With `--discard` it is a sink: what arrives is read (copied out, as an
 //! app would) and dropped, never sent back.
@@ -33,13 +37,14 @@ struct Args {
     discard: bool,
     fifo_size: u32,
     event_queue_size: u32,
+    prealloc_fifo_pairs: u32,
     name: String,
     quiet: bool,
 }
 
 const USAGE: &str = "usage: echo_server --socket PATH [--listen IP:PORT] [--udp IP:PORT] \
 [--workers N] [--local-scope] [--discard] [--fifo-size BYTES] [--event-queue-size SLOTS] \
-[--name NAME] [--quiet]";
+[--prealloc-fifo-pairs N] [--name NAME] [--quiet]";
 
 /// Bad command line: the reason and the usage on stderr, exit status 2.
 fn usage_error(why: &str) -> ! {
@@ -62,6 +67,7 @@ fn args() -> Args {
         discard: false,
         fifo_size: 512 << 10,
         event_queue_size: 0,
+        prealloc_fifo_pairs: 0,
         name: "echo-server".into(),
         quiet: false,
     };
@@ -78,6 +84,7 @@ fn args() -> Args {
             "--workers" => a.workers = parsed(&k, v()),
             "--fifo-size" => a.fifo_size = parsed(&k, v()),
             "--event-queue-size" => a.event_queue_size = parsed(&k, v()),
+            "--prealloc-fifo-pairs" => a.prealloc_fifo_pairs = parsed(&k, v()),
             "--name" => a.name = v(),
             "--local-scope" => a.local = true,
             "--discard" => a.discard = true,
@@ -219,6 +226,7 @@ fn main() -> SessionResult<()> {
         tx_fifo_size: a.fifo_size,
         // 0: the stack's default.
         event_queue_size: a.event_queue_size,
+        prealloc_fifo_pairs: a.prealloc_fifo_pairs,
         ..AppOptions::default()
     };
     let mut app = App::attach(&a.socket, &a.name, opts)?;

@@ -2,10 +2,15 @@
 //! to an echo server, verify every byte that comes back, print a JSON line.
 //!
 //! `throughput_client --socket PATH --connect IP:PORT [--bytes N]
-//!  [--local-scope] [--one-way] [--fifo-size BYTES] [--name NAME]`
+//!  [--local-scope] [--one-way] [--fifo-size BYTES] [--name NAME] [--hold PATH]`
 //!
 //! With `--one-way` it only writes (to a discarding server) and reports how
 //! fast the bytes left: the data is not verified.
+//!
+//! With `--hold PATH` it keeps the verified session open until PATH exists
+//! (printing `{"holding": true}` first, so a test can look at its memory),
+//! then closes it, prints `{"closed": true}` and goes on serving its events
+//! (segment removals among them) until PATH is gone.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -14,7 +19,7 @@ use hoststack_app::{App, AppOptions, Event, SessionResult};
 use hoststack_app_proto::pattern::PatternStream;
 
 const USAGE: &str = "usage: throughput_client --socket PATH --connect IP:PORT [--bytes N] \
-[--local-scope] [--one-way] [--fifo-size BYTES] [--name NAME]";
+[--local-scope] [--one-way] [--fifo-size BYTES] [--name NAME] [--hold PATH]";
 
 /// Bad command line: the reason and the usage on stderr, exit status 2.
 fn usage_error(why: &str) -> ! {
@@ -35,6 +40,7 @@ fn main() -> SessionResult<()> {
     let mut one_way = false;
     let mut fifo_size: u32 = 1 << 20;
     let mut name = "throughput-client".to_string();
+    let mut hold: Option<std::path::PathBuf> = None;
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || {
@@ -47,6 +53,7 @@ fn main() -> SessionResult<()> {
             "--bytes" => total = parsed(&k, v()),
             "--fifo-size" => fifo_size = parsed(&k, v()),
             "--name" => name = v(),
+            "--hold" => hold = Some(v().into()),
             "--local-scope" => local = true,
             "--one-way" => one_way = true,
             "-h" | "--help" => {
@@ -136,7 +143,20 @@ fn main() -> SessionResult<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     let h = s.handle();
+    let pause = std::time::Duration::from_millis(50);
+    if let Some(path) = &hold {
+        println!("{{\"holding\": true}}");
+        while !path.exists() {
+            w.wait(Some(pause))?;
+        }
+    }
     s.close()?;
+    if let Some(path) = &hold {
+        println!("{{\"closed\": true}}");
+        while path.exists() {
+            w.wait(Some(pause))?;
+        }
+    }
     let st = app.stats();
     println!(
         "{{\"bytes\": {total}, \"verified\": {verified}, \"seconds\": {secs:.6}, \"gbytes_per_s\": {:.4}, \"writes\": {}, \"reads\": {}, \"notifications\": {}, \"data_path_syscalls\": {}, \"wait_syscalls\": {}, \"ok\": {}, \"error\": {:?}, \"session\": \"{h}\"}}",

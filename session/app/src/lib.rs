@@ -162,8 +162,28 @@ struct Shared {
     segments: Mutex<HashMap<u32, SharedRegion>>,
     next_request: AtomicU32,
     stats: AppStats,
+    /// How long a notification waits for room in a full stack queue
+    /// before it is left for a later call.
+    patience: Duration,
+    unposted: Mutex<Unposted>,
+    /// Whether `unposted` holds anything (read without the lock).
+    has_unposted: std::sync::atomic::AtomicBool,
     /// None when the stack gave the app no private rx queues.
     _rx_segment: Option<Segment>,
+}
+
+/// Notifications the stack has not taken yet, for a later call to post.
+///
+/// A write whose bytes went into the fifo has succeeded, whatever befalls
+/// its notification: one that finds the stack's queue full past the
+/// patience waits here (oldest first; later ones queue behind it, so a
+/// session's close never overtakes its data) and is posted again by the
+/// app's next write, read or poll; one that fails for good leaves its
+/// error here for the next call to return.
+#[derive(Debug, Default)]
+struct Unposted {
+    messages: VecDeque<(SessionHandle, IoMessage)>,
+    error: Option<SessionError>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -214,7 +234,13 @@ impl Shared {
         Ok(())
     }
 
-    fn post_io(&self, session: SessionHandle, m: &IoMessage) -> SessionResult<()> {
+    /// Posts `m` (waiting up to `patience` for room).
+    fn post_io(
+        &self,
+        session: SessionHandle,
+        m: &IoMessage,
+        patience: Duration,
+    ) -> SessionResult<()> {
         if self.posts_over_socket() {
             if session.thread() + 1 >= self.threads {
                 return Err(SessionError::NoSession(session.as_u64()));
@@ -224,9 +250,67 @@ impl Shared {
             return Ok(());
         }
         let q = self.thread_queue(session)?;
-        send_patiently(QUEUE_FULL_PATIENCE, || q.send_io(m))?;
+        send_patiently(patience, || q.send_io(m))?;
         self.stats.notifications.fetch_add(1, Relaxed);
         Ok(())
+    }
+
+    /// Tells the stack `m` about `session`, for something already done
+    /// (bytes enqueued or taken, a close): never fails. What the stack
+    /// cannot take now is left in [`Unposted`] for a later call.
+    fn notify(&self, session: SessionHandle, m: IoMessage) {
+        if self.has_unposted.load(Relaxed) {
+            let mut u = lock(&self.unposted);
+            if !u.messages.is_empty() {
+                u.messages.push_back((session, m));
+                self.flush(&mut u);
+                return;
+            }
+        }
+        let r = self.post_io(session, &m, self.patience);
+        if let Err(e) = r {
+            let mut u = lock(&self.unposted);
+            match e {
+                SessionError::QueueFull => u.messages.push_back((session, m)),
+                e => {
+                    u.error.get_or_insert(e);
+                }
+            }
+            self.has_unposted.store(true, Relaxed);
+        }
+    }
+
+    /// Posts the notifications left unposted, oldest first, without
+    /// waiting: those the queue still has no room for stay; an error met
+    /// for good is kept for the next call.
+    fn flush(&self, u: &mut Unposted) {
+        while let Some(&(session, m)) = u.messages.front() {
+            match self.post_io(session, &m, Duration::ZERO) {
+                Ok(()) => {
+                    u.messages.pop_front();
+                }
+                Err(SessionError::QueueFull) => break,
+                Err(e) => {
+                    u.messages.pop_front();
+                    u.error.get_or_insert(e);
+                }
+            }
+        }
+        self.has_unposted
+            .store(!u.messages.is_empty() || u.error.is_some(), Relaxed);
+    }
+
+    /// Posts what earlier calls left unposted (see [`Shared::flush`]);
+    /// `Err` with the error a notification met for good, once.
+    fn retry_unposted(&self) -> SessionResult<()> {
+        if !self.has_unposted.load(Relaxed) {
+            return Ok(());
+        }
+        let mut u = lock(&self.unposted);
+        self.flush(&mut u);
+        let e = u.error.take();
+        self.has_unposted.store(!u.messages.is_empty(), Relaxed);
+        e.map_or(Ok(()), Err)
     }
 
     fn region(&self, segment: u32) -> SessionResult<SharedRegion> {
@@ -480,6 +564,9 @@ impl App {
             segments: Mutex::new(HashMap::new()),
             next_request: AtomicU32::new(2),
             stats: AppStats::default(),
+            patience: QUEUE_FULL_PATIENCE,
+            unposted: Mutex::default(),
+            has_unposted: std::sync::atomic::AtomicBool::new(false),
             _rx_segment: rx_segment,
         });
         for (r, fds) in early {
@@ -881,8 +968,22 @@ impl Worker {
     /// if no event waits (sleeping is safe: the next event writes the
     /// eventfd), false if one does (poll it instead; nothing announced).
     /// After the sleep, call [`end_sleep`](Self::end_sleep).
+    /// Notifications left unposted are tried again first; while some
+    /// remain ([`has_unposted`](Self::has_unposted)), sleep a few
+    /// milliseconds at most.
     pub fn announce_sleep(&self) -> bool {
+        if self.shared.has_unposted.load(Relaxed) {
+            self.shared.flush(&mut lock(&self.shared.unposted));
+        }
         self.backlog.is_empty() && self.events.empty_before_sleep()
+    }
+
+    /// True while notifications the stack's full queue could not take wait
+    /// in the library: the next write, read or poll posts them, so a
+    /// caller sleeping on a poll set of its own should wake within a few
+    /// milliseconds and poll.
+    pub fn has_unposted(&self) -> bool {
+        self.shared.has_unposted.load(Relaxed)
     }
 
     /// After a sleep announced with [`announce_sleep`](Self::announce_sleep):
@@ -1034,6 +1135,8 @@ impl Worker {
         let mut out = Vec::new();
         let mut last_check = Instant::now();
         loop {
+            // What the stack's full queue could not take before goes now.
+            self.shared.retry_unposted()?;
             while let Some(ev) = self.backlog.pop_front() {
                 self.translate(ev, &mut out)?;
             }
@@ -1137,24 +1240,25 @@ impl Session {
         self.tx.max_enqueue().unwrap_or(0) as usize
     }
 
-    fn after_read(&mut self) -> SessionResult<()> {
+    /// Counts a read and tells the stack when it asked to hear of one.
+    fn after_read(&mut self) {
         self.shared.stats.reads.fetch_add(1, Relaxed);
         if self.rx.take_dequeue_notification_request() {
-            self.shared.post_io(
+            self.shared.notify(
                 self.handle,
-                &IoMessage::DequeueNotify {
+                IoMessage::DequeueNotify {
                     session: self.handle.as_u64(),
                 },
-            )?;
+            );
         }
-        Ok(())
     }
 
     /// Reads up to `buf.len()` bytes; 0 when nothing waits.
     pub fn read(&mut self, buf: &mut [u8]) -> SessionResult<usize> {
+        self.shared.retry_unposted()?;
         let n = self.rx.dequeue(buf)?;
         if n > 0 {
-            self.after_read()?;
+            self.after_read();
         }
         Ok(n)
     }
@@ -1166,49 +1270,54 @@ impl Session {
 
     /// Consumes `n` bytes (after a peek).
     pub fn consume(&mut self, n: u32) -> SessionResult<u32> {
+        self.shared.retry_unposted()?;
         let n = self.rx.drop_bytes(n)?;
         if n > 0 {
-            self.after_read()?;
+            self.after_read();
         }
         Ok(n)
     }
 
     /// Writes as much of `data` as fits; returns how much. The stack hears
-    /// of it through shared memory, at most once per batch.
+    /// of it through shared memory, at most once per batch. Bytes that went
+    /// into the fifo are never reported as a failed write: a notification
+    /// the stack cannot take now is posted by a later call (see
+    /// [`Unposted`]), and an `Err` means nothing was written.
     pub fn write(&mut self, data: &[u8]) -> SessionResult<usize> {
         if self.closed {
             return Err(SessionError::NoSession(self.handle.as_u64()));
         }
+        self.shared.retry_unposted()?;
         let n = self.tx.enqueue(data)?;
         if n > 0 {
-            self.notify_tx()?;
+            self.notify_tx();
         }
         Ok(n)
     }
 
     /// Counts a write and tells the stack, once per batch: only the write
     /// that sets the fifo's event flag posts.
-    fn notify_tx(&mut self) -> SessionResult<()> {
+    fn notify_tx(&mut self) {
         self.shared.stats.writes.fetch_add(1, Relaxed);
         if self.tx.fifo().set_event() {
-            self.shared.post_io(
+            self.shared.notify(
                 self.handle,
-                &IoMessage::Tx {
+                IoMessage::Tx {
                     session: self.handle.as_u64(),
                 },
-            )?;
+            );
         }
-        Ok(())
     }
 
     /// Takes the next datagram of a UDP session: copies up to `buf.len()`
     /// bytes of its payload (a longer one is truncated, as `recvfrom` does)
     /// and returns how many, with its addresses. `Ok(None)` when none waits.
     pub fn recv_datagram(&mut self, buf: &mut [u8]) -> SessionResult<Option<(usize, Datagram)>> {
+        self.shared.retry_unposted()?;
         let Some((n, h)) = read_datagram(&mut self.rx, buf)? else {
             return Ok(None);
         };
-        self.after_read()?;
+        self.after_read();
         let d = Datagram {
             len: usize::from(h.len),
             remote: h.remote,
@@ -1229,10 +1338,11 @@ impl Session {
         if self.closed {
             return Err(SessionError::NoSession(self.handle.as_u64()));
         }
+        self.shared.retry_unposted()?;
         if !write_datagram(&mut self.tx, &remote, &local, payload)? {
             return Ok(false);
         }
-        self.notify_tx()?;
+        self.notify_tx();
         Ok(true)
     }
 
@@ -1242,21 +1352,154 @@ impl Session {
         Ok(self.tx.request_dequeue_notification()? > 0)
     }
 
-    /// Closes the session (queued data is sent first).
+    /// Closes the session (queued data is sent first). A close the
+    /// stack's full queue cannot take now is posted by a later call, after
+    /// the notifications before it.
     pub fn close(mut self) -> SessionResult<()> {
         self.closed = true;
-        self.shared.post_io(
+        self.shared.notify(
             self.handle,
-            &IoMessage::Disconnect {
+            IoMessage::Disconnect {
                 session: self.handle.as_u64(),
             },
-        )
+        );
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A library with one stack thread over queues made here, its patience
+    /// short; the stack's side of the thread's queue; a session on a fifo
+    /// pair of a segment made here, and the stack's side of its tx fifo.
+    fn one_session() -> (Session, AppRxQueue, FifoConsumer) {
+        let queues = AppRxQueues::create("hs-lib-test-rxq", 2, 8).unwrap();
+        let stack_side = queues.queues()[0].try_clone().unwrap();
+        let (rx_segment, rx) = queues.into_parts();
+        let (stream, _) = UnixStream::pair().unwrap();
+        let shared = Arc::new(Shared {
+            conn: Mutex::new(Conn {
+                stream,
+                reader: FrameReader::new(),
+                fds: VecDeque::new(),
+            }),
+            app: 0,
+            threads: 2,
+            rx,
+            segments: Mutex::default(),
+            next_request: AtomicU32::new(2),
+            stats: AppStats::default(),
+            patience: Duration::from_millis(5),
+            unposted: Mutex::default(),
+            has_unposted: std::sync::atomic::AtomicBool::new(false),
+            _rx_segment: Some(rx_segment),
+        });
+        let size = 4096;
+        let mut seg = Segment::create("hs-lib-test-fifos", 4 * size as usize).unwrap();
+        let mut fifo = || {
+            let at = seg
+                .allocate(hoststack_shm::fifo::fifo_required_size(size))
+                .unwrap();
+            Fifo::init_at(seg.region(), at, size).unwrap()
+        };
+        let (rx, tx) = (fifo(), fifo());
+        let stack_tx = tx.consumer();
+        let s = Session {
+            shared,
+            handle: SessionHandle::new(0, 1),
+            proto: TransportProto::Tcp,
+            local: Endpoint {
+                ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                port: 1,
+            },
+            remote: Endpoint {
+                ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                port: 2,
+            },
+            rx: rx.consumer(),
+            tx: tx.producer(),
+            closed: false,
+            listener: None,
+        };
+        (s, stack_side, stack_tx)
+    }
+
+    /// Everything waiting in the stack's side of the queue.
+    fn drain(q: &mut AppRxQueue) -> Vec<IoMessage> {
+        let mut out = Vec::new();
+        while let Some(m) = q.recv().unwrap() {
+            if let RxMessage::Io(m) = m {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_write_whose_notification_finds_the_queue_full_counts_its_bytes_and_notifies_once_later() {
+        let (mut s, mut stack, mut stack_tx) = one_session();
+        let other = IoMessage::Tx { session: 99 };
+        let mut filler = 0;
+        while s.shared.rx[0].send_io(&other).is_ok() {
+            filler += 1;
+        }
+        assert!(filler > 0);
+        // The queue stays full past the patience: the bytes went, the write
+        // says so, and the notification waits in the library.
+        assert_eq!(s.write(b"hello").unwrap(), 5);
+        assert_eq!(s.write(b" world").unwrap(), 6);
+        assert_eq!(s.shared.stats.notifications.load(Relaxed), 0);
+        assert_eq!(drain(&mut stack).len(), filler);
+        // The next call posts it, once.
+        assert_eq!(s.write(b"!").unwrap(), 1);
+        let mine = IoMessage::Tx {
+            session: s.handle.as_u64(),
+        };
+        assert_eq!(drain(&mut stack), vec![mine]);
+        assert_eq!(s.shared.stats.notifications.load(Relaxed), 1);
+        let mut buf = [0u8; 64];
+        let n = stack_tx.dequeue(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello world!");
+        // A poll-like call with nothing left posts nothing more.
+        s.shared.retry_unposted().unwrap();
+        assert!(drain(&mut stack).is_empty());
+    }
+
+    #[test]
+    fn a_close_behind_an_unposted_notification_never_overtakes_it() {
+        let (mut s, mut stack, _) = one_session();
+        while s.shared.rx[0]
+            .send_io(&IoMessage::Tx { session: 99 })
+            .is_ok()
+        {}
+        assert_eq!(s.write(b"data").unwrap(), 4);
+        let shared = s.shared.clone();
+        let h = s.handle.as_u64();
+        s.close().unwrap();
+        drain(&mut stack);
+        shared.retry_unposted().unwrap();
+        assert_eq!(
+            drain(&mut stack),
+            vec![
+                IoMessage::Tx { session: h },
+                IoMessage::Disconnect { session: h }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_notification_that_fails_for_good_is_reported_once_by_the_next_call() {
+        let (mut s, _stack, _) = one_session();
+        // A handle on a thread the app has no queue for.
+        s.handle = SessionHandle::new(5, 1);
+        assert_eq!(s.write(b"x").unwrap(), 1);
+        assert!(matches!(s.write(b"y"), Err(SessionError::NoSession(_))));
+        // Reported once; the write after it goes (its flag is still set,
+        // so no new notification is tried).
+        assert_eq!(s.write(b"y").unwrap(), 1);
+    }
 
     #[test]
     fn a_full_queue_is_waited_out() {

@@ -778,7 +778,13 @@ pub fn send(fd: RawFd, bufs: &[&[u8]], flags: i32) -> SysResult<usize> {
                             }
                             let src = &b[off..];
                             off = 0;
-                            let n = sess.write(src).map_err(|_| libc::EPIPE)?;
+                            // An error means this write took nothing;
+                            // what earlier ones took is reported.
+                            let n = match sess.write(src) {
+                                Ok(n) => n,
+                                Err(_) if done > 0 => return Ok(done),
+                                Err(_) => return Err(libc::EPIPE),
+                            };
                             done += n;
                             if n < src.len() {
                                 break;
@@ -869,7 +875,17 @@ fn sendfile_with(
                 if n == 0 {
                     break Ok(sent);
                 }
-                let w = sess.write(&buf[..n]).map_err(|_| libc::EPIPE)?;
+                let w = match sess.write(&buf[..n]) {
+                    Ok(w) => w,
+                    Err(_) => {
+                        // Nothing of this chunk went: give its bytes back
+                        // to the file and report what did.
+                        if off.is_none() {
+                            sys::seek_cur(in_fd, -(n as i64));
+                        }
+                        break if sent > 0 { Ok(sent) } else { Err(libc::EPIPE) };
+                    }
+                };
                 if w < n && off.is_none() {
                     sys::seek_cur(in_fd, w as i64 - n as i64);
                 }
@@ -1265,16 +1281,8 @@ pub fn poll(
             events: libc::POLLIN,
             revents: 0,
         });
+        let ms = st.sleep_ms(wait_ms(deadline));
         drop(g);
-        let ms = match deadline {
-            None => -1,
-            Some(d) => {
-                d.saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .min(i32::MAX as u128) as i32
-                    + 1
-            }
-        };
         let r = sys::poll(&mut k, ms, mask);
         let mut g = state::lock();
         let st = inner(&mut g);
@@ -1694,16 +1702,8 @@ pub fn epoll_wait(
             }
             None => 0,
         };
+        let ms = st.sleep_ms(wait_ms(deadline));
         drop(g);
-        let ms = match deadline {
-            None => -1,
-            Some(d) => {
-                d.saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .min(i32::MAX as u128) as i32
-                    + 1
-            }
-        };
         let r = sys::epoll_wait(kfd, evs, ms, mask);
         let mut g = state::lock();
         let st = inner(&mut g);
@@ -1724,6 +1724,20 @@ pub fn epoll_wait(
                 0
             };
             return Ok(k + more);
+        }
+    }
+}
+
+/// Milliseconds until `deadline` for poll(2) and epoll_wait(2), rounded up
+/// (-1: no deadline).
+fn wait_ms(deadline: Option<Instant>) -> i32 {
+    match deadline {
+        None => -1,
+        Some(d) => {
+            d.saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32
+                + 1
         }
     }
 }

@@ -954,6 +954,18 @@ impl Inner {
         true
     }
 
+    /// The longest a kernel wait may last, in milliseconds, given the one
+    /// its caller wants (-1: forever): a few while notifications the
+    /// stack's full queue refused wait in the app library, so the next
+    /// poll posts them soon.
+    pub fn sleep_ms(&self, wanted: i32) -> i32 {
+        const RETRY_MS: i32 = 5;
+        match &self.attached {
+            Some(a) if a.worker.has_unposted() && !(0..=RETRY_MS).contains(&wanted) => RETRY_MS,
+            _ => wanted,
+        }
+    }
+
     /// After that wait; `fired` when the wait saw the worker's eventfd.
     pub fn end_sleep(&mut self, fired: bool) {
         self.sleepers = self.sleepers.saturating_sub(1);

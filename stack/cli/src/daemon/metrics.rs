@@ -629,6 +629,7 @@ mod tests {
                     map_index: 1,
                     api_client: None,
                     segments: 1,
+                    cut_through_segments: 0,
                     fifos: 0,
                     bytes_in_use: 0,
                     sessions: 6,

@@ -214,6 +214,10 @@ pub(crate) struct AppWorkerView {
     pub(crate) api_client: Option<u32>,
     /// Segments.
     pub(crate) segments: usize,
+    /// Segments of its cut-through sessions (shared with each peer
+    /// worker, one set per pair), besides its own.
+    #[serde(default)]
+    pub(crate) cut_through_segments: usize,
     /// Fifos allocated.
     pub(crate) fifos: usize,
     /// Bytes of fifos in use.
@@ -643,11 +647,12 @@ pub(crate) fn render_app_detail(a: &AppDetail) -> String {
     for w in &a.workers {
         let _ = writeln!(
             s,
-            "  wrk-index {} map-index {} api-client {}: segments {} fifos {} in-use {} sessions {} listeners {}",
+            "  wrk-index {} map-index {} api-client {}: segments {} cut-through-segments {} fifos {} in-use {} sessions {} listeners {}",
             w.index,
             w.map_index,
             opt(w.api_client),
             w.segments,
+            w.cut_through_segments,
             w.fifos,
             w.bytes_in_use,
             w.sessions,
@@ -1283,6 +1288,7 @@ mod tests {
                 map_index: 0,
                 api_client: Some(7),
                 segments: 1,
+                cut_through_segments: 2,
                 fifos: 2,
                 bytes_in_use: 4096,
                 sessions: 1,
@@ -1320,6 +1326,10 @@ mod tests {
         );
         assert!(t.contains("rx-fifo-size 512K tx-fifo-size 64K"), "{t}");
         assert!(t.contains("wrk-index 4 map-index 0 api-client 7"), "{t}");
+        assert!(
+            t.contains("segments 1 cut-through-segments 2 fifos 2"),
+            "{t}"
+        );
         assert!(t.contains("accepted 3 connected 0 closed 2"), "{t}");
         assert!(t.contains("[T] 0.0.0.0:7 workers [0] global"), "{t}");
         assert!(t.contains("[T] 10.77.0.1:7->10.77.0.2:40000 READY"), "{t}");

@@ -161,6 +161,7 @@ pub(crate) fn app_details(l: &SessionLayer, connects: &[SessionView]) -> Vec<App
                         map_index: m.0,
                         api_client: w.api_client(),
                         segments,
+                        cut_through_segments: l.cut_through_segment_count(*wi),
                         fifos,
                         bytes_in_use,
                         sessions: w.share.sessions(),
