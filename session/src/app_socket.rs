@@ -26,12 +26,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
 use crate::app_socket_outbox::AppSocketOutbox;
 use crate::control::ControlPlane;
+use crate::stalled_queues::{StallCheck, StalledQueues};
 use hoststack_app_proto::app_event::AppEvent;
 use hoststack_app_proto::app_rx_queue::{AppRxQueue, ControlMessage, RxMessage};
 use hoststack_app_proto::app_wire::{AppReply, AppRequest, FrameReader, encode_reply};
@@ -41,6 +42,7 @@ use hoststack_app_proto::handle::{AppIndex, ListenerHandle, SessionHandle, Worke
 use hoststack_app_proto::options::AppOptions;
 use hoststack_shm::ShmError;
 use hoststack_shm::fd_passing::{recv_with_fds, send_with_fds};
+use hoststack_shm::message_queue::HeadState;
 
 /// Settings of one app socket.
 #[derive(Debug, Clone)]
@@ -166,6 +168,7 @@ fn serve(listener: UnixListener, namespace: String, control: ControlPlane, stop:
         }
     };
     let outbox_wake = outbox.subscribe();
+    let mut stalled = StalledQueues::default();
     while !stop.load(Ordering::SeqCst) {
         // Apps write a main queue's eventfd only while we announce a sleep.
         let idle = clients
@@ -190,7 +193,7 @@ fn serve(listener: UnixListener, namespace: String, control: ControlPlane, stop:
                 read_client(c, &namespace, &control, &mut buf);
             }
             if !c.closed {
-                serve_main_queue(c, &control);
+                serve_main_queue(c, &control, &mut stalled);
             }
         }
         outbox_wake.drain();
@@ -208,6 +211,7 @@ fn serve(listener: UnixListener, namespace: String, control: ControlPlane, stop:
             if c.closed {
                 drop_client(c, &control);
                 outbox.forget_client(c.id);
+                stalled.forget(c.id);
                 false
             } else {
                 true
@@ -441,7 +445,10 @@ fn join(
     Ok((AppReply::Attached(info), fds))
 }
 
-fn serve_main_queue(c: &mut Client, control: &ControlPlane) {
+/// Serves a client's main queue, a bounded batch. When nothing is ready,
+/// its head is judged: broken is a verdict at once, a head slot claimed and
+/// left unpublished one once that has lasted past the limit.
+fn serve_main_queue(c: &mut Client, control: &ControlPlane, stalled: &mut StalledQueues) {
     let (Some(app), Some(q)) = (c.app, c.main_queue.as_mut()) else {
         return;
     };
@@ -454,15 +461,39 @@ fn serve_main_queue(c: &mut Client, control: &ControlPlane) {
             }
             Ok(None) => break,
             Err(e) => {
-                // Not served again: the verdict detaches the app and closes
-                // this connection.
-                c.main_queue = None;
-                let what = format!("main rx queue: {e}");
-                let _ = control.call(move |l| l.condemn(app, u32::MAX, what));
+                condemn_main_queue(c, app, control, e.to_string());
                 return;
             }
         }
     }
+    let fault = match q.head_state() {
+        HeadState::Corrupted(what) => Some(what),
+        HeadState::Unpublished(p) => match stalled.observe(c.id, Some(p), Instant::now()) {
+            StallCheck::Stalled(d) => Some(format!(
+                "head slot {p} claimed and not published for {} ms",
+                d.as_millis()
+            )),
+            StallCheck::Fine => None,
+        },
+        HeadState::Ready | HeadState::Empty => {
+            if !stalled.is_empty() {
+                stalled.observe(c.id, None, Instant::now());
+            }
+            None
+        }
+    };
+    if let Some(what) = fault {
+        stalled.forget(c.id);
+        condemn_main_queue(c, app, control, what);
+    }
+}
+
+/// The main queue is not served again: the verdict detaches the app and
+/// closes this connection.
+fn condemn_main_queue(c: &mut Client, app: AppIndex, control: &ControlPlane, what: String) {
+    c.main_queue = None;
+    let what = format!("main rx queue: {what}");
+    let _ = control.call(move |l| l.condemn(app, u32::MAX, what));
 }
 
 /// A message an app without private rx queues sent over the socket: runs
