@@ -182,7 +182,8 @@ pub struct SessionWorker {
     reaper: Sender<AppWorkerIndex>,
     /// Where an app found corrupting its shared memory is reported.
     verdicts: Sender<CorruptionVerdict>,
-    /// Apps this thread reported (so once each).
+    /// Apps this thread reported (so once each), until the app is gone and
+    /// its index free for another.
     condemned: hashbrown::HashSet<AppIndex>,
     /// Generation of each session slot, bumped when the slot is freed.
     generations: Vec<u16>,
@@ -731,6 +732,11 @@ impl SessionWorker {
                 self.queue_signalled(app.0);
             }
             WorkerCommand::RemoveAppQueue { app } => {
+                // The app is gone (its sessions here closed before this
+                // command): its index may name the next app, which starts
+                // with a clean record.
+                self.condemned.remove(&app);
+                self.stalled.forget(app.0);
                 self.pending.remove(app.0);
                 if self.app_queues.remove(&app.0).is_some() {
                     self.queue_changes.push(QueueChange::Removed { id: app.0 });
