@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::app_socket_outbox::AppSocketOutbox;
+use crate::application::PeerCred;
 use crate::control::ControlPlane;
 use crate::stalled_queues::{StallCheck, StalledQueues};
 use hoststack_app_proto::app_event::AppEvent;
@@ -53,6 +54,10 @@ pub struct AppSocketConfig {
     pub namespace: String,
     /// File mode of the socket.
     pub mode: u32,
+    /// Owner (uid) to give the socket file; `None` keeps the daemon's.
+    pub owner: Option<u32>,
+    /// Group (gid) to give the socket file; `None` keeps the daemon's.
+    pub group: Option<u32>,
 }
 
 impl AppSocketConfig {
@@ -62,6 +67,8 @@ impl AppSocketConfig {
             path: path.into(),
             namespace: String::new(),
             mode: 0o600,
+            owner: None,
+            group: None,
         }
     }
 }
@@ -87,6 +94,8 @@ struct Client {
     app: Option<AppIndex>,
     main_queue: Option<AppRxQueue>,
     closed: bool,
+    /// The connecting process (SO_PEERCRED, as of its connect).
+    peer: Option<PeerCred>,
 }
 
 impl AppSocketServer {
@@ -111,6 +120,10 @@ impl AppSocketServer {
         }
         let listener = UnixListener::bind(&cfg.path)
             .map_err(|e| SessionError::os("binding the app socket", &e))?;
+        if cfg.owner.is_some() || cfg.group.is_some() {
+            std::os::unix::fs::chown(&cfg.path, cfg.owner, cfg.group)
+                .map_err(|e| SessionError::os("setting the app socket's owner and group", &e))?;
+        }
         std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(cfg.mode))
             .map_err(|e| SessionError::os("setting the app socket's mode", &e))?;
         listener
@@ -267,7 +280,14 @@ fn accept_all(listener: &UnixListener, clients: &mut Vec<Client>) {
                     continue;
                 }
                 let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
-                debug!(client = id, "app connected");
+                let peer = rustix::net::sockopt::socket_peercred(&stream)
+                    .ok()
+                    .map(|c| PeerCred {
+                        pid: c.pid.as_raw_nonzero().get() as u32,
+                        uid: c.uid.as_raw(),
+                        gid: c.gid.as_raw(),
+                    });
+                debug!(client = id, ?peer, "app connected");
                 clients.push(Client {
                     id,
                     stream,
@@ -275,6 +295,7 @@ fn accept_all(listener: &UnixListener, clients: &mut Vec<Client>) {
                     app: None,
                     main_queue: None,
                     closed: false,
+                    peer,
                 });
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -410,7 +431,11 @@ fn attach(
     }
     let r = control.attach_external(c.id, name, options)?;
     let (app, wi) = (r.app, r.worker);
+    let peer = c.peer;
     let (info, fds, main) = control.call(move |l| {
+        if let Some(p) = peer {
+            l.set_peer(app, p);
+        }
         let (info, fds) = l.attach_info(app, wi)?;
         Ok::<_, SessionError>((info, fds, l.take_main_queue(app)))
     })??;
