@@ -79,6 +79,11 @@ static NEXT_CLIENT: AtomicU32 = AtomicU32::new(1);
 /// Control messages taken from one app's main queue per round.
 const CONTROL_BATCH: usize = 64;
 
+/// How long an idle server sleeps: everything that needs it (a connection,
+/// a client's bytes, a main queue's eventfd, the outbox) wakes it earlier;
+/// the tick only bounds how late it sees a stop or a stalled main queue.
+const IDLE_TICK: Duration = Duration::from_millis(100);
+
 /// A running app socket.
 #[derive(Debug)]
 pub struct AppSocketServer {
@@ -187,11 +192,7 @@ fn serve(listener: UnixListener, namespace: String, control: ControlPlane, stop:
         let idle = clients
             .iter()
             .all(|c| c.main_queue.as_ref().is_none_or(|q| q.empty_before_sleep()));
-        let timeout = if idle {
-            Duration::from_millis(20)
-        } else {
-            Duration::ZERO
-        };
+        let timeout = if idle { IDLE_TICK } else { Duration::ZERO };
         let ready = wait(&listener, &clients, outbox_wake.fd(), timeout);
         for c in &clients {
             if let Some(q) = &c.main_queue {

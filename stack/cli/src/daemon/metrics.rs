@@ -424,7 +424,7 @@ fn serve(listener: TcpListener, source: MetricsSource, stop: Arc<AtomicBool>) {
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
+                super::control::wait_for_accept(&listener);
             }
             Err(e) => {
                 debug!("metrics accept: {e}");
