@@ -280,14 +280,15 @@ impl SessionWorker {
     /// thread that spun instead would burn a core on an app that is slow.
     /// It must also wake when a stalled queue's limit passes.
     pub fn retry_delay(&self) -> Option<std::time::Duration> {
+        let now = std::time::Instant::now();
         let backlog = self
             .backlogs
-            .any()
-            .then_some(std::time::Duration::from_millis(1));
+            .next_retry()
+            .map(|at| at.saturating_duration_since(now));
         let stall = self
             .stalled
             .next_deadline()
-            .map(|at| at.saturating_duration_since(std::time::Instant::now()));
+            .map(|at| at.saturating_duration_since(now));
         match (backlog, stall) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -437,13 +438,18 @@ impl SessionWorker {
         wi: AppWorkerIndex,
         ev: BuiltinEvent,
         wire: impl FnOnce() -> AppEvent,
-    ) {
+    ) -> Option<String> {
         match sink {
             EventSink::Builtin(cbs) => self.builtin.push_back((cbs.clone(), wi, ev)),
             EventSink::Queue(_) => {
-                let _ = sink.post(&wire(), counters);
+                // A full queue postpones (the sink counts and retries); a
+                // queue the app broke is reported to the caller.
+                if let Err(SessionError::Corrupted(what)) = sink.post(&wire(), counters) {
+                    return Some(what);
+                }
             }
         }
+        None
     }
 
     fn emit_for(&mut self, idx: u32, ev: BuiltinEvent) {
@@ -451,7 +457,7 @@ impl SessionWorker {
             return;
         };
         let (sink, counters, wi) = (s.sink.clone(), s.counters.clone(), s.app_worker);
-        let h = s.handle;
+        let (h, app) = (s.handle, s.app);
         let wire = match &ev {
             BuiltinEvent::Disconnect(_) => AppEvent::Disconnected { session: h },
             BuiltinEvent::Reset(_) => AppEvent::Reset { session: h },
@@ -474,7 +480,9 @@ impl SessionWorker {
                 fifos: s.fifo_location,
             },
         };
-        self.emit(&sink, &counters, wi, ev, || wire);
+        if let Some(what) = self.emit(&sink, &counters, wi, ev, || wire) {
+            self.condemn_app(app, format!("event queue: {what}"));
+        }
     }
 
     /// Tells the app data is waiting, once per batch (the fifo's event flag
@@ -827,7 +835,9 @@ impl SessionWorker {
             remote,
             fifos: Default::default(),
         };
-        self.emit(
+        // No session to name the app by: a broken queue is logged by the
+        // sink, and the app's next session event brings the verdict.
+        let _ = self.emit(
             sink,
             counters,
             wi,
