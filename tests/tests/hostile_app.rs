@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
 
+use hoststack_app_proto::app_rx_queue::{CONTROL_SLOT_SIZE, IO_SLOT_SIZE};
 use hoststack_tests::Daemon;
 use hoststack_tests::hostile::{
     FIFO_DATA_OFFSET, FIFO_FLAGS, FIFO_HEAD, FIFO_MAGIC, FIFO_SIZE, FIFO_TAIL, HEADER_SIZE,
@@ -66,6 +67,17 @@ fn fifo_indices(m: &ProcMem, st: &SharedState) -> Result<Vec<(u64, u32, u32, u32
     st.fifos
         .iter()
         .map(|&(f, size)| Ok((f, size, m.u32_at(f + FIFO_HEAD)?, m.u32_at(f + FIFO_TAIL)?)))
+        .collect()
+}
+
+/// The app's event queues (the stack produces into them): the queues whose
+/// slots are not the app rx queues' (those have an io ring and a control
+/// ring, with slots of their own sizes).
+fn event_queues(st: &SharedState) -> Vec<(u64, u32, u32)> {
+    st.queues
+        .iter()
+        .copied()
+        .filter(|&(_, _, size)| size != IO_SLOT_SIZE && size != CONTROL_SLOT_SIZE)
         .collect()
 }
 
@@ -152,6 +164,37 @@ const ATTACKS: &[Attack] = &[
         apply: |m, st, _| {
             for &(q, ..) in &st.queues {
                 m.put_u32(q + MQ_MAGIC, 0xdead_beef)?;
+            }
+            Ok(())
+        },
+    },
+    // The event queue alone (the app's rx queues untouched): the stack as
+    // its producer finds a sequence no consumer could have written when
+    // it posts the next event.
+    Attack {
+        name: "event queue sequence ahead of tail",
+        verdict: true,
+        apply: |m, st, _| {
+            let queues = event_queues(st);
+            ensure!(!queues.is_empty(), "no event queue found");
+            for (q, n, size) in queues {
+                let tail = m.u64_at(q + MQ_TAIL)?;
+                m.put_u64(slot(q, n, size, tail), tail + 5)?;
+            }
+            Ok(())
+        },
+    },
+    // Not corruption: a queue whose next slot still holds last lap's
+    // message is a full queue, what an app that stopped draining it (a
+    // stopped process) leaves. The stack postpones its events; it must
+    // not spin on them nor log per event.
+    Attack {
+        name: "event queue full for ever (no verdict)",
+        verdict: false,
+        apply: |m, st, _| {
+            for (q, n, size) in event_queues(st) {
+                let tail = m.u64_at(q + MQ_TAIL)?;
+                m.put_u64(slot(q, n, size, tail), tail.wrapping_sub(u64::from(n)))?;
             }
             Ok(())
         },
@@ -429,6 +472,19 @@ fn a_hostile_app_is_detached_and_its_neighbour_never_notices() -> Result<()> {
                 attack.name
             );
         }
+        // Idle, the offender still stopped (detached, or, for the attacks
+        // that are no corruption, still attached with what it wrote):
+        // the first 1 s window under the bound within 3 s (the idle
+        // daemon's own ticks are about 0.3 % of a core).
+        std::thread::sleep(Duration::from_millis(300));
+        let mut cpu = f64::MAX;
+        for _ in 0..3 {
+            cpu = idle_cpu(daemon_pid, Duration::from_secs(1))?;
+            if cpu < 1.0 {
+                break;
+            }
+        }
+        let lines = d.log_lines() - lines_before;
         // A stopped offender the stack had no reason to detach goes the
         // ordinary way.
         evil.kill9();
@@ -439,22 +495,6 @@ fn a_hostile_app_is_detached_and_its_neighbour_never_notices() -> Result<()> {
             attack.name
         );
         echo(&mut honest, &mut rng)?;
-
-        // Idle: the last show and echo done, the killed offender's
-        // clean-up over (dropping segments full of dirty pages takes a
-        // moment): the first 1 s window under the bound within 3 s. The
-        // idle daemon's own tick (control, app socket and metrics threads
-        // polling every 20-50 ms) is 0.3-0.8 % of a core on a loaded
-        // machine.
-        std::thread::sleep(Duration::from_millis(500));
-        let mut cpu = f64::MAX;
-        for _ in 0..3 {
-            cpu = idle_cpu(daemon_pid, Duration::from_secs(1))?;
-            if cpu < 1.0 {
-                break;
-            }
-        }
-        let lines = d.log_lines() - lines_before;
         ensure!(
             std::path::Path::new(&format!("/proc/{daemon_pid}")).exists(),
             "{}: the daemon died",
