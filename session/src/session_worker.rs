@@ -325,6 +325,23 @@ impl SessionWorker {
         empty
     }
 
+    /// Looks at the head of every app rx queue with nothing ready, for a
+    /// thread that does not sleep (polling), which the check before a
+    /// sleep never reaches: call it about once a second, never per event.
+    pub fn judge_idle_queues(&mut self) {
+        let mut heads = std::mem::take(&mut self.idle_heads);
+        for (&id, q) in &self.app_queues {
+            let head = q.head_state();
+            if !matches!(head, HeadState::Empty | HeadState::Ready) {
+                heads.push((id, head));
+            }
+        }
+        for (id, head) in heads.drain(..) {
+            self.judge_idle_head(id, head);
+        }
+        self.idle_heads = heads;
+    }
+
     /// Queue `id` had nothing to receive and its head looked like `head`:
     /// broken is a verdict now, a head slot claimed and unpublished one
     /// once the same slot has stayed so past the limit.
