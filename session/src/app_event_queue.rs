@@ -9,8 +9,11 @@
 //!   lock-free while no backlog exists; once one does, every later event
 //!   joins it so order holds.
 //! - [`Backlogs`]: the queues that have a backlog, shared by every thread
-//!   that posts. Stack threads retry them each poll, oldest first; a poll
-//!   with none costs one atomic load.
+//!   that posts. Stack threads retry them, oldest first; a poll with none
+//!   costs one atomic load. An app gives no signal when it makes room, so
+//!   each queue is retried 1 ms after it filled, then, while no event
+//!   goes, at twice the last delay up to [`MAX_RETRY_DELAY`]: a stopped app
+//!   costs a sleeping thread a few wakeups a second, not a thousand.
 //!
 //! When a backlog drains the app is told with an [`AppEvent::Backlog`]
 //! (how many events waited, and the longest wait), so it learns it fell
@@ -121,11 +124,40 @@ impl PostponedEvents {
     }
 }
 
+/// The first retry of a backlog, after its queue filled.
+pub const MIN_RETRY_DELAY: Duration = Duration::from_millis(1);
+
+/// The longest wait between retries of a backlog none of whose events goes.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_millis(64);
+
+/// When a backlog is tried next, and the delay that got it there.
+#[derive(Debug, Default, Clone, Copy)]
+struct RetryPacing {
+    at: Option<Instant>,
+    delay: Duration,
+}
+
+impl RetryPacing {
+    /// After a retry at `now` that sent `sent` events: back to the first
+    /// delay when some went, twice the last (at most the longest) when
+    /// none did.
+    fn after(&mut self, now: Instant, sent: u64) {
+        self.delay = if sent > 0 {
+            MIN_RETRY_DELAY
+        } else {
+            (self.delay * 2).clamp(MIN_RETRY_DELAY, MAX_RETRY_DELAY)
+        };
+        self.at = Some(now + self.delay);
+    }
+}
+
 /// The queues with a backlog, shared by all posting threads.
 #[derive(Debug, Default)]
 pub struct Backlogs {
     any: AtomicBool,
     queues: Mutex<Vec<Arc<AppEventQueue>>>,
+    /// The earliest time one of them is due.
+    next: Mutex<Option<Instant>>,
 }
 
 impl Backlogs {
@@ -134,8 +166,19 @@ impl Backlogs {
     }
 
     fn add(&self, q: Arc<AppEventQueue>) {
+        let due = q.pacing().at.unwrap_or_else(Instant::now);
         self.lock().push(q);
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        *next = Some(next.map_or(due, |n| n.min(due)));
         self.any.store(true, Ordering::Release);
+    }
+
+    /// When the earliest backlog is due for a retry (`None`: no backlog).
+    pub fn next_retry(&self) -> Option<Instant> {
+        if !self.any() {
+            return None;
+        }
+        *self.next.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether some queue has a backlog.
@@ -146,8 +189,10 @@ impl Backlogs {
     /// Retries every backlog once, oldest first; a queue whose backlog
     /// drained leaves the list. Another thread retrying at the same moment
     /// makes this one skip (the work is the same). Returns events sent.
+    ///
+    /// Only the queues that are due are tried (see [`MAX_RETRY_DELAY`]).
     pub fn retry(&self, now: Instant) -> u64 {
-        if !self.any() {
+        if self.next_retry().is_none_or(|at| now < at) {
             return 0;
         }
         let Ok(mut queues) = self.queues.try_lock() else {
@@ -158,6 +203,8 @@ impl Backlogs {
             sent += q.drain_backlog(now);
             q.has_backlog()
         });
+        *self.next.lock().unwrap_or_else(|p| p.into_inner()) =
+            queues.iter().filter_map(|q| q.pacing().at).min();
         self.any.store(!queues.is_empty(), Ordering::Release);
         sent
     }
@@ -172,6 +219,8 @@ pub struct AppEventQueue {
     backlogged: AtomicBool,
     counters: PostponedCounters,
     backlogs: Arc<Backlogs>,
+    /// When its backlog is tried next.
+    pacing: Mutex<RetryPacing>,
 }
 
 impl AppEventQueue {
@@ -183,6 +232,7 @@ impl AppEventQueue {
             backlogged: AtomicBool::new(false),
             counters: PostponedCounters::default(),
             backlogs,
+            pacing: Mutex::default(),
         })
     }
 
@@ -198,6 +248,10 @@ impl AppEventQueue {
 
     fn lock(&self) -> MutexGuard<'_, PostponedEvents> {
         self.backlog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pacing(&self) -> RetryPacing {
+        *self.pacing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether events wait.
@@ -246,7 +300,13 @@ impl AppEventQueue {
 
     /// Sends what waits, in order, as far as the queue has room; returns
     /// the events sent.
+    /// Not before its retry is due; a drained backlog starts over at the
+    /// first delay next time.
     fn drain_backlog(&self, now: Instant) -> u64 {
+        let mut pacing = self.pacing.lock().unwrap_or_else(|p| p.into_inner());
+        if pacing.at.is_some_and(|at| now < at) {
+            return 0;
+        }
         let mut backlog = self.lock();
         let (sent, longest) = backlog.drain(now, |e| self.queue.try_send(&e.encode()).is_ok());
         self.counters
@@ -257,6 +317,11 @@ impl AppEventQueue {
             .fetch_max(longest.as_nanos() as u64, Ordering::Relaxed);
         self.backlogged
             .store(!backlog.is_empty(), Ordering::Release);
+        if backlog.is_empty() {
+            *pacing = RetryPacing::default();
+        } else {
+            pacing.after(now, sent);
+        }
         sent
     }
 }
@@ -347,6 +412,7 @@ mod tests {
         assert_eq!(q.counters().postponed.load(Ordering::Relaxed), 6);
         let (mut got, mut buf) = (Vec::new(), [0u8; 96]);
         let mut reader = reader;
+        let mut now = Instant::now();
         for _ in 0..100 {
             while let Ok(Some(n)) = reader.try_recv(&mut buf) {
                 got.push(AppEvent::decode(&buf[..n]).unwrap());
@@ -354,13 +420,54 @@ mod tests {
             if got.len() >= 11 {
                 break;
             }
-            backlogs.retry(Instant::now());
+            now += MAX_RETRY_DELAY;
+            backlogs.retry(now);
         }
         let expected: Vec<AppEvent> = (0..10).map(rx).collect();
         assert_eq!(&got[..10], &expected[..]);
         assert!(matches!(got[10], AppEvent::Backlog { postponed: 6, .. }));
         assert!(!q.has_backlog());
-        backlogs.retry(Instant::now());
+        backlogs.retry(now + MAX_RETRY_DELAY);
         assert!(!backlogs.any(), "a drained queue leaves the retry list");
+    }
+
+    #[test]
+    fn a_queue_nobody_drains_is_retried_ever_less_often() {
+        let seg = hoststack_shm::segment::Segment::create("hs-aeq-pace", 1 << 20).unwrap();
+        let mq = MessageQueue::init_at(seg.region(), 0, 4, 96, None).unwrap();
+        let backlogs = Arc::new(Backlogs::default());
+        let q = AppEventQueue::new(mq, backlogs.clone());
+        for i in 0..6 {
+            q.post(&rx(i)).unwrap();
+        }
+        let mut at = backlogs.next_retry().unwrap();
+        assert!(at <= Instant::now(), "the first retry is due at once");
+        let mut gaps = Vec::new();
+        for _ in 0..10 {
+            backlogs.retry(at);
+            let next = backlogs.next_retry().unwrap();
+            gaps.push(next - at);
+            // Not due yet: nothing is tried, nothing moves.
+            backlogs.retry(next - Duration::from_micros(1));
+            assert_eq!(backlogs.next_retry(), Some(next));
+            at = next;
+        }
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            gaps,
+            [
+                ms(1),
+                ms(2),
+                ms(4),
+                ms(8),
+                ms(16),
+                ms(32),
+                ms(64),
+                ms(64),
+                ms(64),
+                ms(64)
+            ]
+        );
+        assert!(q.has_backlog() && backlogs.any());
     }
 }

@@ -26,12 +26,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
 use crate::app_socket_outbox::AppSocketOutbox;
+use crate::application::PeerCred;
 use crate::control::ControlPlane;
+use crate::stalled_queues::{StallCheck, StalledQueues};
 use hoststack_app_proto::app_event::AppEvent;
 use hoststack_app_proto::app_rx_queue::{AppRxQueue, ControlMessage, RxMessage};
 use hoststack_app_proto::app_wire::{AppReply, AppRequest, FrameReader, encode_reply};
@@ -41,6 +43,7 @@ use hoststack_app_proto::handle::{AppIndex, ListenerHandle, SessionHandle, Worke
 use hoststack_app_proto::options::AppOptions;
 use hoststack_shm::ShmError;
 use hoststack_shm::fd_passing::{recv_with_fds, send_with_fds};
+use hoststack_shm::message_queue::HeadState;
 
 /// Settings of one app socket.
 #[derive(Debug, Clone)]
@@ -51,6 +54,10 @@ pub struct AppSocketConfig {
     pub namespace: String,
     /// File mode of the socket.
     pub mode: u32,
+    /// Owner (uid) to give the socket file; `None` keeps the daemon's.
+    pub owner: Option<u32>,
+    /// Group (gid) to give the socket file; `None` keeps the daemon's.
+    pub group: Option<u32>,
 }
 
 impl AppSocketConfig {
@@ -60,6 +67,8 @@ impl AppSocketConfig {
             path: path.into(),
             namespace: String::new(),
             mode: 0o600,
+            owner: None,
+            group: None,
         }
     }
 }
@@ -69,6 +78,11 @@ static NEXT_CLIENT: AtomicU32 = AtomicU32::new(1);
 
 /// Control messages taken from one app's main queue per round.
 const CONTROL_BATCH: usize = 64;
+
+/// How long an idle server sleeps: everything that needs it (a connection,
+/// a client's bytes, a main queue's eventfd, the outbox) wakes it earlier;
+/// the tick only bounds how late it sees a stop or a stalled main queue.
+const IDLE_TICK: Duration = Duration::from_millis(100);
 
 /// A running app socket.
 #[derive(Debug)]
@@ -85,6 +99,8 @@ struct Client {
     app: Option<AppIndex>,
     main_queue: Option<AppRxQueue>,
     closed: bool,
+    /// The connecting process (SO_PEERCRED, as of its connect).
+    peer: Option<PeerCred>,
 }
 
 impl AppSocketServer {
@@ -109,6 +125,10 @@ impl AppSocketServer {
         }
         let listener = UnixListener::bind(&cfg.path)
             .map_err(|e| SessionError::os("binding the app socket", &e))?;
+        if cfg.owner.is_some() || cfg.group.is_some() {
+            std::os::unix::fs::chown(&cfg.path, cfg.owner, cfg.group)
+                .map_err(|e| SessionError::os("setting the app socket's owner and group", &e))?;
+        }
         std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(cfg.mode))
             .map_err(|e| SessionError::os("setting the app socket's mode", &e))?;
         listener
@@ -166,16 +186,13 @@ fn serve(listener: UnixListener, namespace: String, control: ControlPlane, stop:
         }
     };
     let outbox_wake = outbox.subscribe();
+    let mut stalled = StalledQueues::default();
     while !stop.load(Ordering::SeqCst) {
         // Apps write a main queue's eventfd only while we announce a sleep.
         let idle = clients
             .iter()
             .all(|c| c.main_queue.as_ref().is_none_or(|q| q.empty_before_sleep()));
-        let timeout = if idle {
-            Duration::from_millis(20)
-        } else {
-            Duration::ZERO
-        };
+        let timeout = if idle { IDLE_TICK } else { Duration::ZERO };
         let ready = wait(&listener, &clients, outbox_wake.fd(), timeout);
         for c in &clients {
             if let Some(q) = &c.main_queue {
@@ -190,7 +207,7 @@ fn serve(listener: UnixListener, namespace: String, control: ControlPlane, stop:
                 read_client(c, &namespace, &control, &mut buf);
             }
             if !c.closed {
-                serve_main_queue(c, &control);
+                serve_main_queue(c, &control, &mut stalled);
             }
         }
         outbox_wake.drain();
@@ -208,6 +225,7 @@ fn serve(listener: UnixListener, namespace: String, control: ControlPlane, stop:
             if c.closed {
                 drop_client(c, &control);
                 outbox.forget_client(c.id);
+                stalled.forget(c.id);
                 false
             } else {
                 true
@@ -263,7 +281,14 @@ fn accept_all(listener: &UnixListener, clients: &mut Vec<Client>) {
                     continue;
                 }
                 let id = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
-                debug!(client = id, "app connected");
+                let peer = rustix::net::sockopt::socket_peercred(&stream)
+                    .ok()
+                    .map(|c| PeerCred {
+                        pid: c.pid.as_raw_nonzero().get() as u32,
+                        uid: c.uid.as_raw(),
+                        gid: c.gid.as_raw(),
+                    });
+                debug!(client = id, ?peer, "app connected");
                 clients.push(Client {
                     id,
                     stream,
@@ -271,6 +296,7 @@ fn accept_all(listener: &UnixListener, clients: &mut Vec<Client>) {
                     app: None,
                     main_queue: None,
                     closed: false,
+                    peer,
                 });
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -406,7 +432,11 @@ fn attach(
     }
     let r = control.attach_external(c.id, name, options)?;
     let (app, wi) = (r.app, r.worker);
+    let peer = c.peer;
     let (info, fds, main) = control.call(move |l| {
+        if let Some(p) = peer {
+            l.set_peer(app, p);
+        }
         let (info, fds) = l.attach_info(app, wi)?;
         Ok::<_, SessionError>((info, fds, l.take_main_queue(app)))
     })??;
@@ -441,7 +471,10 @@ fn join(
     Ok((AppReply::Attached(info), fds))
 }
 
-fn serve_main_queue(c: &mut Client, control: &ControlPlane) {
+/// Serves a client's main queue, a bounded batch. When nothing is ready,
+/// its head is judged: broken is a verdict at once, a head slot claimed and
+/// left unpublished one once that has lasted past the limit.
+fn serve_main_queue(c: &mut Client, control: &ControlPlane, stalled: &mut StalledQueues) {
     let (Some(app), Some(q)) = (c.app, c.main_queue.as_mut()) else {
         return;
     };
@@ -454,15 +487,39 @@ fn serve_main_queue(c: &mut Client, control: &ControlPlane) {
             }
             Ok(None) => break,
             Err(e) => {
-                // Not served again: the verdict detaches the app and closes
-                // this connection.
-                c.main_queue = None;
-                let what = format!("main rx queue: {e}");
-                let _ = control.call(move |l| l.condemn(app, u32::MAX, what));
+                condemn_main_queue(c, app, control, e.to_string());
                 return;
             }
         }
     }
+    let fault = match q.head_state() {
+        HeadState::Corrupted(what) => Some(what),
+        HeadState::Unpublished(p) => match stalled.observe(c.id, Some(p), Instant::now()) {
+            StallCheck::Stalled(d) => Some(format!(
+                "head slot {p} claimed and not published for {} ms",
+                d.as_millis()
+            )),
+            StallCheck::Fine => None,
+        },
+        HeadState::Ready | HeadState::Empty => {
+            if !stalled.is_empty() {
+                stalled.observe(c.id, None, Instant::now());
+            }
+            None
+        }
+    };
+    if let Some(what) = fault {
+        stalled.forget(c.id);
+        condemn_main_queue(c, app, control, what);
+    }
+}
+
+/// The main queue is not served again: the verdict detaches the app and
+/// closes this connection.
+fn condemn_main_queue(c: &mut Client, app: AppIndex, control: &ControlPlane, what: String) {
+    c.main_queue = None;
+    let what = format!("main rx queue: {what}");
+    let _ = control.call(move |l| l.condemn(app, u32::MAX, what));
 }
 
 /// A message an app without private rx queues sent over the socket: runs

@@ -68,6 +68,20 @@ pub struct Application {
     /// as a worker over its own connection (random, never 0 for external
     /// apps; 0 for builtin apps, which cannot be joined).
     pub share_token: u64,
+    /// The process that attached it over an app socket, as the kernel
+    /// vouched for it at connect (SO_PEERCRED); `None` for builtin apps.
+    pub peer: Option<PeerCred>,
+}
+
+/// Who is at the other end of an app socket connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Process id.
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
 }
 
 /// An external app's app -> stack queues, kept until the app socket hands

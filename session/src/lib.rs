@@ -39,5 +39,6 @@ pub mod session_info;
 pub mod session_layer;
 pub mod session_owners;
 pub mod session_worker;
+pub mod stalled_queues;
 pub mod thread_reach;
 pub mod transport;

@@ -749,8 +749,13 @@ mod tests {
             .unwrap();
         assert_eq!(rx.size(), 4096);
         assert_eq!(rx.data_offset(), pair.rx_offset + FIFO_HEADER_SIZE);
+        // The next use finds the header rewritten: corruption (the verdict
+        // on the app), never a fifo aliasing others.
         let mut p = rx.producer();
-        assert_eq!(p.enqueue(b"still mine").unwrap(), 10);
+        assert!(matches!(
+            p.enqueue(b"still mine"),
+            Err(hoststack_shm::ShmError::Corrupted(_))
+        ));
         // Attaching from the header now fails, as it would for the app.
         assert!(sm.fifos(&pair).is_err());
     }

@@ -395,6 +395,13 @@ impl SessionLayer {
         }
     }
 
+    /// Records who attached app `app` over an app socket.
+    pub fn set_peer(&mut self, app: AppIndex, peer: crate::application::PeerCred) {
+        if let Some(a) = self.apps.get_mut(app.as_usize()) {
+            a.peer = Some(peer);
+        }
+    }
+
     /// Apps detached for corrupting their shared memory.
     pub fn corruption(&self) -> &CorruptionRecord {
         &self.corruption
@@ -510,6 +517,7 @@ impl SessionLayer {
                 AppIdentity::External { .. } => random_token(),
                 AppIdentity::Builtin(_) => 0,
             },
+            peer: None,
         });
         self.app_ids.insert(identity.clone(), index);
         if matches!(identity, AppIdentity::External { .. }) {

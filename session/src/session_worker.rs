@@ -37,6 +37,7 @@ use crate::session_info::{SessionInfo, SessionState};
 
 use crate::session_layer::{NewSessionParts, SessionLayer, WorkerCommand};
 use crate::session_owners::SessionOwners;
+use crate::stalled_queues::{StallCheck, StalledQueues};
 use crate::transport::{DatagramMeta, Transport, TransportConnId, TransportEvent};
 use hoststack_app_proto::app_event::{AppEvent, DGRAM_HEADER_SIZE};
 use hoststack_app_proto::app_rx_queue::{AppRxQueue, ControlMessage, IoMessage, RxMessage};
@@ -46,6 +47,7 @@ use hoststack_app_proto::error::{SessionError, SessionResult};
 use hoststack_app_proto::handle::{
     AppIndex, AppWorkerIndex, FibIndex, ListenerHandle, SessionHandle,
 };
+use hoststack_shm::message_queue::HeadState;
 
 /// The builtin-app events a worker dispatches as callbacks.
 #[derive(Debug, Clone)]
@@ -180,10 +182,15 @@ pub struct SessionWorker {
     reaper: Sender<AppWorkerIndex>,
     /// Where an app found corrupting its shared memory is reported.
     verdicts: Sender<CorruptionVerdict>,
-    /// Apps this thread reported (so once each).
+    /// Apps this thread reported (so once each), until the app is gone and
+    /// its index free for another.
     condemned: hashbrown::HashSet<AppIndex>,
     /// Generation of each session slot, bumped when the slot is freed.
     generations: Vec<u16>,
+    /// App rx queues whose head slot was seen claimed and unpublished.
+    stalled: StalledQueues,
+    /// Queues the check before a sleep found not plainly empty (scratch).
+    idle_heads: Vec<(u32, HeadState)>,
 }
 
 impl std::fmt::Debug for SessionWorker {
@@ -239,6 +246,8 @@ impl SessionWorker {
             verdicts,
             condemned: hashbrown::HashSet::new(),
             generations: Vec::new(),
+            stalled: StalledQueues::default(),
+            idle_heads: Vec::new(),
         }
     }
 
@@ -269,21 +278,108 @@ impl SessionWorker {
     /// How soon a sleeping thread must wake to retry postponed events: an
     /// app gives no signal when it frees room in its event queue, and a
     /// thread that spun instead would burn a core on an app that is slow.
+    /// It must also wake when a stalled queue's limit passes.
     pub fn retry_delay(&self) -> Option<std::time::Duration> {
-        self.backlogs
-            .any()
-            .then_some(std::time::Duration::from_millis(1))
+        let now = std::time::Instant::now();
+        let backlog = self
+            .backlogs
+            .next_retry()
+            .map(|at| at.saturating_duration_since(now));
+        let stall = self
+            .stalled
+            .next_deadline()
+            .map(|at| at.saturating_duration_since(now));
+        match (backlog, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The lost-wakeup check before sleeping: true when every app rx queue
     /// is empty after a fence that pairs with the producers' (so a message
     /// published now is either seen here or signals its eventfd).
-    pub fn queues_empty_before_sleep(&self) -> bool {
-        let empty = self.app_queues.values().all(|q| q.empty_before_sleep());
+    ///
+    /// The heads of queues found empty are judged on the way (the loads
+    /// are the ones just made, plus `tail`): a broken one is a verdict, a
+    /// head slot claimed and unpublished becomes a suspect.
+    pub fn queues_empty_before_sleep(&mut self) -> bool {
+        let mut heads = std::mem::take(&mut self.idle_heads);
+        let mut empty = true;
+        for (&id, q) in &self.app_queues {
+            if !q.empty_before_sleep() {
+                empty = false;
+                break;
+            }
+            let head = q.head_state();
+            if head != HeadState::Empty || !self.stalled.is_empty() {
+                heads.push((id, head));
+            }
+        }
         if !empty {
             self.queues_awake();
         }
+        for (id, head) in heads.drain(..) {
+            self.judge_idle_head(id, head);
+        }
+        self.idle_heads = heads;
         empty
+    }
+
+    /// Looks at the head of every app rx queue with nothing ready, for a
+    /// thread that does not sleep (polling), which the check before a
+    /// sleep never reaches: call it about once a second, never per event.
+    pub fn judge_idle_queues(&mut self) {
+        let mut heads = std::mem::take(&mut self.idle_heads);
+        for (&id, q) in &self.app_queues {
+            let head = q.head_state();
+            if !matches!(head, HeadState::Empty | HeadState::Ready) {
+                heads.push((id, head));
+            }
+        }
+        for (id, head) in heads.drain(..) {
+            self.judge_idle_head(id, head);
+        }
+        self.idle_heads = heads;
+    }
+
+    /// Queue `id` had nothing to receive and its head looked like `head`:
+    /// broken is a verdict now, a head slot claimed and unpublished one
+    /// once the same slot has stayed so past the limit.
+    fn judge_idle_head(&mut self, id: u32, head: HeadState) {
+        let now = std::time::Instant::now();
+        let what = match head {
+            HeadState::Corrupted(what) => what,
+            HeadState::Unpublished(p) => match self.stalled.observe(id, Some(p), now) {
+                StallCheck::Stalled(d) => format!(
+                    "head slot {} claimed and not published for {} ms",
+                    p & !(1 << 63),
+                    d.as_millis()
+                ),
+                StallCheck::Fine => return,
+            },
+            HeadState::Ready | HeadState::Empty => {
+                self.stalled.observe(id, None, now);
+                return;
+            }
+        };
+        self.condemn_app(AppIndex(id), format!("rx queue: {what}"));
+    }
+
+    /// Looks again at the stalled suspects whose limit has passed.
+    fn recheck_stalled(&mut self) {
+        let Some(at) = self.stalled.next_deadline() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if now < at {
+            return;
+        }
+        for id in self.stalled.expired(now) {
+            match self.app_queues.get(&id).map(AppRxQueue::head_state) {
+                Some(head) => self.judge_idle_head(id, head),
+                None => self.stalled.forget(id),
+            }
+        }
     }
 
     /// After a sleep: apps stop writing the queues' eventfds.
@@ -294,9 +390,16 @@ impl SessionWorker {
     }
 
     /// An app rx queue's eventfd fired.
+    /// One that fired with nothing ready has its head judged.
     pub fn queue_signalled(&mut self, id: u32) {
-        if let Some(q) = self.app_queues.get(&id) {
-            let _ = self.pending.signal(id, q.has_ready());
+        let Some(q) = self.app_queues.get(&id) else {
+            return;
+        };
+        if q.has_ready() {
+            let _ = self.pending.signal(id, true);
+        } else {
+            let head = q.head_state();
+            self.judge_idle_head(id, head);
         }
     }
 
@@ -352,13 +455,18 @@ impl SessionWorker {
         wi: AppWorkerIndex,
         ev: BuiltinEvent,
         wire: impl FnOnce() -> AppEvent,
-    ) {
+    ) -> Option<String> {
         match sink {
             EventSink::Builtin(cbs) => self.builtin.push_back((cbs.clone(), wi, ev)),
             EventSink::Queue(_) => {
-                let _ = sink.post(&wire(), counters);
+                // A full queue postpones (the sink counts and retries); a
+                // queue the app broke is reported to the caller.
+                if let Err(SessionError::Corrupted(what)) = sink.post(&wire(), counters) {
+                    return Some(what);
+                }
             }
         }
+        None
     }
 
     fn emit_for(&mut self, idx: u32, ev: BuiltinEvent) {
@@ -366,7 +474,7 @@ impl SessionWorker {
             return;
         };
         let (sink, counters, wi) = (s.sink.clone(), s.counters.clone(), s.app_worker);
-        let h = s.handle;
+        let (h, app) = (s.handle, s.app);
         let wire = match &ev {
             BuiltinEvent::Disconnect(_) => AppEvent::Disconnected { session: h },
             BuiltinEvent::Reset(_) => AppEvent::Reset { session: h },
@@ -389,7 +497,9 @@ impl SessionWorker {
                 fifos: s.fifo_location,
             },
         };
-        self.emit(&sink, &counters, wi, ev, || wire);
+        if let Some(what) = self.emit(&sink, &counters, wi, ev, || wire) {
+            self.condemn_app(app, format!("event queue: {what}"));
+        }
     }
 
     /// Tells the app data is waiting, once per batch (the fifo's event flag
@@ -647,6 +757,11 @@ impl SessionWorker {
                 self.queue_signalled(app.0);
             }
             WorkerCommand::RemoveAppQueue { app } => {
+                // The app is gone (its sessions here closed before this
+                // command): its index may name the next app, which starts
+                // with a clean record.
+                self.condemned.remove(&app);
+                self.stalled.forget(app.0);
                 self.pending.remove(app.0);
                 if self.app_queues.remove(&app.0).is_some() {
                     self.queue_changes.push(QueueChange::Removed { id: app.0 });
@@ -737,7 +852,9 @@ impl SessionWorker {
             remote,
             fifos: Default::default(),
         };
-        self.emit(
+        // No session to name the app by: a broken queue is logged by the
+        // sink, and the app's next session event brings the verdict.
+        let _ = self.emit(
             sink,
             counters,
             wi,
@@ -1263,6 +1380,7 @@ impl SessionWorker {
     /// are also looked at directly (cheap), so a polling thread needs no
     /// eventfd.
     fn serve_app_queues(&mut self, tp: &mut dyn TransportSet) -> bool {
+        self.recheck_stalled();
         if self.app_queues.is_empty() {
             return false;
         }
@@ -1489,6 +1607,7 @@ impl SessionWorker {
             return;
         }
         self.pending.remove(app.0);
+        self.stalled.forget(app.0);
         if self.app_queues.remove(&app.0).is_some() {
             self.queue_changes.push(QueueChange::Removed { id: app.0 });
         }

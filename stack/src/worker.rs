@@ -1114,6 +1114,11 @@ impl<D: PacketIo> Worker<D> {
             if at.duration_since(last_stats) >= Duration::from_secs(1) {
                 self.device.driver_mut().refresh_stats();
                 self.publish_device_stats();
+                // A polling worker never takes the pre-sleep look at its
+                // app queues' heads: once a second instead.
+                if self.mode != WorkerMode::Interrupt {
+                    self.session.judge_idle_queues();
+                }
                 last_stats = StdInstant::now();
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     self.log_state();

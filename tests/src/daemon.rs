@@ -19,6 +19,8 @@ pub struct Daemon {
     proc: Option<Proc>,
     dir: PathBuf,
     config: PathBuf,
+    /// Its stderr goes to [`log_path`](Self::log_path).
+    logged: bool,
     /// The control socket.
     pub control: PathBuf,
     /// The metrics endpoint, when the config has one.
@@ -30,12 +32,26 @@ pub struct Daemon {
 impl Daemon {
     /// A lab and a daemon on it; `extra(lab)` is appended to the config.
     pub fn start(tag: &str, extra: impl Fn(&Lab) -> String) -> Result<Self> {
+        Self::start_with(tag, extra, false)
+    }
+
+    /// [`Daemon::start`] with the daemon's log (its stderr) in the file
+    /// [`Daemon::log_path`] names, for tests that count its lines.
+    pub fn start_logged(tag: &str, extra: impl Fn(&Lab) -> String) -> Result<Self> {
+        Self::start_with(tag, extra, true)
+    }
+
+    fn start_with(tag: &str, extra: impl Fn(&Lab) -> String, logged: bool) -> Result<Self> {
         require_root();
-        Self::start_on(LabConfig::new(&unique_lab_name(tag)), extra)
+        Self::start_lab(LabConfig::new(&unique_lab_name(tag)), extra, logged)
     }
 
     /// A daemon on a lab built from `cfg` (e.g. with several queues).
     pub fn start_on(cfg: LabConfig, extra: impl Fn(&Lab) -> String) -> Result<Self> {
+        Self::start_lab(cfg, extra, false)
+    }
+
+    fn start_lab(cfg: LabConfig, extra: impl Fn(&Lab) -> String, logged: bool) -> Result<Self> {
         require_root();
         let lab = Lab::up(cfg)?;
         let dir = std::env::temp_dir().join(format!("hs-daemon-{}", lab.cfg.name));
@@ -58,6 +74,7 @@ impl Daemon {
             control: dir.join("control.sock"),
             dir,
             config,
+            logged,
             metrics: None,
             lab,
         };
@@ -69,6 +86,9 @@ impl Daemon {
     fn launch(&mut self) -> Result<()> {
         let mut cmd = Command::new(hoststack_bin());
         cmd.arg("run").arg("--config").arg(&self.config);
+        if self.logged {
+            cmd.stderr(std::fs::File::create(self.log_path())?);
+        }
         let mut p = Proc::spawn("hoststack run", cmd)?;
         let ready = p.wait_for_line("ready", Duration::from_secs(30))?;
         self.metrics = ready
@@ -89,6 +109,16 @@ impl Daemon {
     /// The daemon's process id.
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref()?.pid()
+    }
+
+    /// Where [`Daemon::start_logged`] puts the daemon's log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    /// Lines in the daemon's log so far (0 when it is not logged to a file).
+    pub fn log_lines(&self) -> usize {
+        std::fs::read(self.log_path()).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
     }
 
     /// A file of its runtime directory.

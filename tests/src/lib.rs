@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 pub mod daemon;
+pub mod hostile;
 pub mod memscan;
 
 pub use daemon::Daemon;

@@ -102,8 +102,10 @@ fn every_show_command_reports_the_apps_sessions_and_counters_in_text_and_json() 
     // show app: one line per app, VPP's columns.
     let t = d.show("app")?;
     assert_eq!(
-        t.lines().next(),
-        Some("Index     Name                Namespace"),
+        t.lines()
+            .next()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["Index", "Name", "Namespace", "Pid", "Uid", "Gid"]),
         "{t}"
     );
     let echo_row = t
@@ -113,7 +115,7 @@ fn every_show_command_reports_the_apps_sessions_and_counters_in_text_and_json() 
     let echo_idx: u32 = echo_row.split_whitespace().next().unwrap().parse()?;
     assert_eq!(echo_row.split_whitespace().nth(2), Some("default"), "{t}");
     let blue_row = row(&t, &blue.index().to_string()).context(t.clone())?;
-    assert_eq!(blue_row[1..], ["blue-app", "blue"], "{t}");
+    assert_eq!(blue_row[1..3], ["blue-app", "blue"], "{t}");
     let j = d.show_json("app")?;
     let apps = j.as_array().context("array")?;
     assert_eq!(apps.len(), 2, "{j}");
@@ -862,6 +864,64 @@ fn a_daemon_on_a_tap_serves_an_external_echo_app_and_shows_its_offloads_counting
     assert!(
         t.contains(&format!("offloads: {on}; super-frames rx")),
         "{t}"
+    );
+    Ok(())
+}
+
+/// The ids `id -u NAME` or `id -g NAME` prints.
+fn id_of(flag: &str, name: &str) -> Result<u32> {
+    let out = Command::new("id").args([flag, name]).output()?;
+    ensure!(out.status.success(), "id {flag} {name} failed");
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+}
+
+#[test]
+fn app_sockets_take_mode_owner_and_group_from_the_config_and_show_app_names_each_apps_process()
+-> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = Daemon::start("pm", |_| {
+        "[session]\napp_socket_mode = \"0660\"\napp_socket_owner = \"nobody\"\napp_socket_group = \"daemon\"\n\n[[namespace]]\nid = \"blue\"\nsecret = 42\napp_socket_mode = 0o606\napp_socket_owner = 4321\napp_socket_group = 4322\n".into()
+    })?;
+    let meta = std::fs::metadata(d.path("app.sock"))?;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (id_of("-u", "nobody")?, id_of("-g", "daemon")?)
+    );
+    let meta = std::fs::metadata(d.path("app-blue.sock"))?;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o606);
+    assert_eq!((meta.uid(), meta.gid()), (4321, 4322));
+
+    // This process attaches (as root, which the mode lets in): show app
+    // names it by pid, uid and gid, as the kernel vouched at connect.
+    let app = App::attach(d.path("app.sock"), "me", app_options("", 0))?;
+    let (pid, uid, gid) = (
+        std::process::id(),
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    let t = d.show("app")?;
+    let me = row(&t, &app.index().to_string()).context(t.clone())?;
+    assert_eq!(
+        me[1..],
+        [
+            "me",
+            "default",
+            &pid.to_string(),
+            &uid.to_string(),
+            &gid.to_string()
+        ],
+        "{t}"
+    );
+    let j = d.show_json("app")?;
+    let me = j
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["name"] == "me"))
+        .context(j.to_string())?;
+    assert_eq!(
+        (me["pid"].as_u64(), me["uid"].as_u64(), me["gid"].as_u64()),
+        (Some(pid.into()), Some(uid.into()), Some(gid.into())),
+        "{j}"
     );
     Ok(())
 }

@@ -670,7 +670,7 @@ fn typed_errors_reach_the_library() -> Result<()> {
         AppSocketConfig {
             path: blue_path.clone(),
             namespace: "blue".into(),
-            mode: 0o600,
+            ..AppSocketConfig::new(&blue_path)
         },
         h.stack().control().clone(),
     )?;

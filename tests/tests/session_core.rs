@@ -927,3 +927,96 @@ fn a_listener_whose_only_worker_is_deleted_moves_to_another_worker_of_the_app() 
             .unwrap()
     );
 }
+
+/// The sessions `app` owns (that the layer knows it owns).
+fn owned_sessions(h: &Harness, app: AppIndex) -> Vec<SessionHandle> {
+    let threads = h.control.sessions(Duration::from_secs(5), false).unwrap();
+    threads
+        .into_iter()
+        .flat_map(|(_, infos)| infos)
+        .filter(|i| i.app == app)
+        .map(|i| i.handle)
+        .filter(|&s| {
+            h.control
+                .call(move |l| l.check_owner(app, s).is_ok())
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Waits for `app` to own exactly one session other than `not`.
+fn wait_one_session(h: &Harness, app: AppIndex, not: Option<SessionHandle>) -> SessionHandle {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let owned = owned_sessions(h, app);
+        if let [s] = owned[..] {
+            if Some(s) != not {
+                return s;
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "sessions of the client: {owned:?} (not {not:?})"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_stale_handle_of_a_reused_slot_cannot_disconnect_the_slots_next_session() {
+    let h = Harness::new(1);
+    let server = EchoServer::attach(&h.control, "g-echo", local_scope(), 1).unwrap();
+    server
+        .listen(&h.control, TransportProto::Tcp, ep("0.0.0.0:21"))
+        .unwrap();
+    let client = StreamClient::start(
+        &h.control,
+        "g-client",
+        local_scope(),
+        ep("127.0.0.1:21"),
+        1 << 30,
+        1,
+    )
+    .unwrap();
+    client.paused.store(true, Ordering::SeqCst);
+    let old = wait_one_session(&h, client.app, None);
+    // Close it and open the client's next session: the pair's slots are
+    // freed and taken again (the pool reuses freed slots), so the old
+    // handle's slot holds the client's or the server's new session.
+    h.control.disconnect(client.app, old).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while owned_sessions(&h, client.app).contains(&old) {
+        assert!(Instant::now() < end, "{old} never closed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.control
+        .connect(
+            client.app,
+            WorkerMapIndex(0),
+            TransportProto::Tcp,
+            ep("127.0.0.1:21"),
+            1,
+        )
+        .unwrap();
+    wait_one_session(&h, client.app, Some(old));
+    let in_slot = || {
+        let threads = h.control.sessions(Duration::from_secs(5), false).unwrap();
+        threads
+            .into_iter()
+            .flat_map(|(_, infos)| infos)
+            .find(|i| i.handle.index() == old.index())
+            .map(|i| (i.handle, i.app))
+    };
+    let (new, owner) = in_slot().expect("no session reused the slot");
+    assert_ne!(new, old);
+    assert_eq!(new.generation(), old.generation().wrapping_add(1));
+    // The stale handle names nothing: not for the app that owned it, not
+    // for the app that owns the slot now.
+    for app in [client.app, server.app] {
+        let e = h.control.disconnect(app, old).unwrap_err();
+        assert!(matches!(e, SessionError::NoSession(_)), "{e}");
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(in_slot(), Some((new, owner)), "the new session was closed");
+    h.control.disconnect(owner, new).unwrap();
+}

@@ -45,7 +45,7 @@ use std::time::Duration;
 use crate::endpoint::{Endpoint, TransportProto};
 use crate::error::{SessionError, SessionResult};
 use hoststack_shm::eventfd::EventFd;
-use hoststack_shm::message_queue::MessageQueue;
+use hoststack_shm::message_queue::{HeadState, MessageQueue};
 use hoststack_shm::segment::{SEGMENT_ALLOC_ALIGN, Segment};
 
 /// Most stack threads (and so rx queues) an attach reply may describe.
@@ -624,6 +624,25 @@ impl AppRxQueue {
     /// could have written (`recv` would fail on it).
     pub fn head_corrupted(&self) -> bool {
         self.events.head_corrupted() || self.control.head_corrupted()
+    }
+
+    /// Consumer: both rings' heads in one state (see
+    /// [`MessageQueue::head_state`]): `Corrupted` if either is, else
+    /// `Ready` if either is, else the first ring whose head slot is claimed
+    /// and unpublished, else `Empty`. The control ring's positions are
+    /// marked with the top bit so the two rings' stalls differ.
+    pub fn head_state(&self) -> HeadState {
+        let events = self.events.head_state();
+        let control = match self.control.head_state() {
+            HeadState::Unpublished(p) => HeadState::Unpublished(p | 1 << 63),
+            other => other,
+        };
+        match (events, control) {
+            (c @ HeadState::Corrupted(_), _) | (_, c @ HeadState::Corrupted(_)) => c,
+            (HeadState::Ready, _) | (_, HeadState::Ready) => HeadState::Ready,
+            (u @ HeadState::Unpublished(_), _) | (_, u @ HeadState::Unpublished(_)) => u,
+            _ => HeadState::Empty,
+        }
     }
 
     /// Messages waiting in both rings (a snapshot).

@@ -280,9 +280,25 @@ impl Fifo {
         unsafe { self.header.as_ref() }
     }
 
-    /// Loads and validates `(head, tail, occupancy)`.
+    /// Loads and validates `(head, tail, occupancy)`. The header's magic,
+    /// size and data offset must still be the ones attach cached (nothing
+    /// rewrites them after `init_at`): a peer that changed them gets
+    /// `Corrupted` here, on the next use, not a quietly ignored header.
+    /// They share a cache line with the flags both sides touch anyway.
     fn positions(&self) -> ShmResult<(u32, u32, u32)> {
         let header = self.header();
+        let shared = &header.shared;
+        let (magic, size, data_offset) = (
+            shared.magic.load(Ordering::Relaxed),
+            shared.size.load(Ordering::Relaxed),
+            shared.data_offset.load(Ordering::Relaxed),
+        );
+        if magic != FIFO_MAGIC || size != self.size || data_offset != self.data_offset as u64 {
+            return Err(ShmError::Corrupted(format!(
+                "fifo header rewritten: magic {magic:#x} size {size} data offset {data_offset} (attached with size {} data offset {})",
+                self.size, self.data_offset
+            )));
+        }
         let head = header.head.value.load(Ordering::Acquire);
         let tail = header.tail.value.load(Ordering::Acquire);
         let len = occupancy(self.size, head, tail)
@@ -922,6 +938,31 @@ mod tests {
         }
         assert!(is_corrupted(Fifo::attach(seg.region(), 8192)));
         assert!(is_corrupted(Fifo::attach(seg.region(), 4096)));
+    }
+
+    #[test]
+    fn a_header_rewritten_after_attach_is_corrupted_on_next_use() {
+        let seg = segment(8192);
+        let fifo = fifo_in(&seg, 0, 1000);
+        let h = hostile_header(&fifo);
+        let edits: [(HeaderEdit<'_>, HeaderEdit<'_>); 3] = [
+            (&|| h.shared.magic.store(0, Ordering::Relaxed), &|| {
+                h.shared.magic.store(FIFO_MAGIC, Ordering::Relaxed)
+            }),
+            (&|| h.shared.size.store(500, Ordering::Relaxed), &|| {
+                h.shared.size.store(1000, Ordering::Relaxed)
+            }),
+            (
+                &|| h.shared.data_offset.store(256, Ordering::Relaxed),
+                &|| h.shared.data_offset.store(192, Ordering::Relaxed),
+            ),
+        ];
+        for (corrupt, repair) in edits {
+            corrupt();
+            assert!(is_corrupted(fifo.positions()));
+            repair();
+            assert!(fifo.positions().is_ok());
+        }
     }
 
     #[test]

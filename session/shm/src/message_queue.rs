@@ -141,6 +141,21 @@ fn check_geometry(slots: u32, slot_size: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// What a consumer finds at its head ([`MessageQueue::head_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadState {
+    /// A published message: `try_recv` returns it.
+    Ready,
+    /// Nothing posted.
+    Empty,
+    /// `tail` is past the head but the head slot (at this position) is not
+    /// published: a producer is between claim and publish, or a peer moved
+    /// `tail` (or claimed and never published).
+    Unpublished(u64),
+    /// A value no producer could have written.
+    Corrupted(String),
+}
+
 /// A handle on a message queue in a segment: the mapping, the validated
 /// geometry, and this side's eventfd (if any).
 ///
@@ -500,6 +515,50 @@ impl MessageQueue {
         sequence != position && sequence != position.wrapping_add(1)
     }
 
+    /// Consumer: what its head looks like, in one look (three loads):
+    /// a published message, nothing, a slot a producer claimed (`tail`
+    /// past the head) and has not published yet, or a value no producer
+    /// could have written: a bad sequence in the head slot, or a `head`
+    /// in the header other than the one this consumer stored there (only
+    /// the consumer writes it).
+    ///
+    /// An honest producer publishes a claimed slot microseconds after its
+    /// claim; one that stays [`HeadState::Unpublished`] at the same
+    /// position for long is a peer that stalled the queue on purpose (or
+    /// died mid-send).
+    pub fn head_state(&self) -> HeadState {
+        let config = &self.header().config;
+        let (magic, slots, slot_size) = (
+            config.magic.load(Ordering::Relaxed),
+            config.slot_count.load(Ordering::Relaxed),
+            config.slot_size.load(Ordering::Relaxed),
+        );
+        if magic != MESSAGE_QUEUE_MAGIC || slots != self.slot_count || slot_size != self.slot_size {
+            return HeadState::Corrupted(format!(
+                "header rewritten: magic {magic:#x} slots {slots} slot size {slot_size} (attached with {} and {})",
+                self.slot_count, self.slot_size
+            ));
+        }
+        let position = self.head.load(Ordering::Relaxed);
+        let shared = self.header().head.value.load(Ordering::Relaxed);
+        if shared != position {
+            return HeadState::Corrupted(format!(
+                "head rewritten to {shared} (the consumer's is {position})"
+            ));
+        }
+        let sequence = self.slot_header(position).sequence.load(Ordering::Acquire);
+        if sequence == position.wrapping_add(1) {
+            return HeadState::Ready;
+        }
+        if sequence != position {
+            return HeadState::Corrupted(format!("slot sequence {sequence} at head {position}"));
+        }
+        if self.header().tail.value.load(Ordering::Relaxed) != position {
+            return HeadState::Unpublished(position);
+        }
+        HeadState::Empty
+    }
+
     /// Consumer, after a sleep (or an announced sleep it did not take):
     /// producers stop writing the eventfd.
     pub fn awake(&self) {
@@ -635,6 +694,38 @@ mod tests {
         assert!(mq.empty_before_sleep());
         mq.awake();
         assert_eq!(recv(&mut mq), None);
+    }
+
+    #[test]
+    fn head_state_tells_ready_empty_unpublished_and_corrupted_apart() {
+        let (_seg, mut mq) = queue(8, 64, None);
+        assert_eq!(mq.head_state(), HeadState::Empty);
+        mq.try_send(b"a").unwrap();
+        assert_eq!(mq.head_state(), HeadState::Ready);
+        assert_eq!(recv(&mut mq).unwrap(), b"a");
+        assert_eq!(mq.head_state(), HeadState::Empty);
+        // A claim without the publish, at position 1.
+        mq.header().tail.value.store(2, Ordering::Relaxed);
+        assert_eq!(mq.head_state(), HeadState::Unpublished(1));
+        // A tail moved behind the head is no producer's either.
+        mq.header().tail.value.store(0, Ordering::Relaxed);
+        assert_eq!(mq.head_state(), HeadState::Unpublished(1));
+        mq.header().tail.value.store(1, Ordering::Relaxed);
+        assert_eq!(mq.head_state(), HeadState::Empty);
+        // Only the consumer writes head.
+        mq.header().head.value.store(5, Ordering::Relaxed);
+        assert!(matches!(mq.head_state(), HeadState::Corrupted(_)));
+        mq.header().head.value.store(1, Ordering::Relaxed);
+        mq.slot_header(1).sequence.store(99, Ordering::Relaxed);
+        assert!(matches!(mq.head_state(), HeadState::Corrupted(_)));
+        mq.slot_header(1).sequence.store(1, Ordering::Relaxed);
+        assert_eq!(mq.head_state(), HeadState::Empty);
+        // The geometry and the magic are never rewritten after init.
+        mq.header().config.slot_size.store(32, Ordering::Relaxed);
+        assert!(matches!(mq.head_state(), HeadState::Corrupted(_)));
+        mq.header().config.slot_size.store(64, Ordering::Relaxed);
+        mq.header().config.magic.store(0, Ordering::Relaxed);
+        assert!(matches!(mq.head_state(), HeadState::Corrupted(_)));
     }
 
     #[test]

@@ -108,6 +108,34 @@ struct SessionSection {
     add_segment_size: Option<Spanned<ByteSize>>,
     event_queue_size: Option<Spanned<u32>>,
     app_socket: Option<Spanned<PathBuf>>,
+    app_socket_mode: Option<Spanned<FileMode>>,
+    app_socket_owner: Option<Spanned<IdOrName>>,
+    app_socket_group: Option<Spanned<IdOrName>>,
+}
+
+/// Who may use an app socket, as the file says it (`app_socket_mode`,
+/// `app_socket_owner`, `app_socket_group`, in `[session]` for the default
+/// namespace and in each `[[namespace]]`).
+struct AccessKeys<'a> {
+    app_socket_mode: &'a Option<Spanned<FileMode>>,
+    app_socket_owner: &'a Option<Spanned<IdOrName>>,
+    app_socket_group: &'a Option<Spanned<IdOrName>>,
+}
+
+/// A file mode: a TOML number (`0o660`) or an octal string (`"0660"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileMode {
+    Number(i64),
+    Text(String),
+}
+
+/// A user or group: a number, or a name from /etc/passwd or /etc/group.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum IdOrName {
+    Id(u32),
+    Name(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +159,9 @@ struct NamespaceSection {
     #[serde(default)]
     table: u32,
     app_socket: Option<Spanned<PathBuf>>,
+    app_socket_mode: Option<Spanned<FileMode>>,
+    app_socket_owner: Option<Spanned<IdOrName>>,
+    app_socket_group: Option<Spanned<IdOrName>>,
 }
 
 /// A value written as a string and parsed with `T`'s `FromStr`, whose error
@@ -240,6 +271,101 @@ pub(crate) struct NamespaceSpec {
     pub(crate) table: u32,
     /// Where its apps attach.
     pub(crate) app_socket: PathBuf,
+    /// Who may.
+    pub(crate) access: SocketAccess,
+}
+
+/// Who may use an app socket: its file's mode, owner and group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SocketAccess {
+    /// Permission bits (0o600 unless the file says).
+    pub(crate) mode: u32,
+    /// Owner uid; `None`: the daemon's.
+    pub(crate) owner: Option<u32>,
+    /// Group gid; `None`: the daemon's.
+    pub(crate) group: Option<u32>,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        Self {
+            mode: 0o600,
+            owner: None,
+            group: None,
+        }
+    }
+}
+
+impl SocketAccess {
+    /// The app socket at `path` for namespace `namespace` with this access.
+    pub(crate) fn socket_config(
+        &self,
+        path: &Path,
+        namespace: &str,
+    ) -> hoststack_session::app_socket::AppSocketConfig {
+        hoststack_session::app_socket::AppSocketConfig {
+            path: path.to_path_buf(),
+            namespace: namespace.to_string(),
+            mode: self.mode,
+            owner: self.owner,
+            group: self.group,
+        }
+    }
+}
+
+/// The id `name` has in `db` (`/etc/passwd` or `/etc/group`: name in the
+/// first field, id in the third).
+fn id_of(db: &str, name: &str) -> Option<u32> {
+    std::fs::read_to_string(db).ok()?.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
+    })
+}
+
+/// Checks one table's access keys; `prefix` is its table's key (`session.`,
+/// `namespace[0].`).
+fn socket_access(
+    src: &Source<'_>,
+    prefix: &str,
+    a: AccessKeys<'_>,
+) -> Result<SocketAccess, ConfigError> {
+    let mut access = SocketAccess::default();
+    if let Some(m) = a.app_socket_mode {
+        let key = format!("{prefix}app_socket_mode");
+        let bits = match m.get_ref() {
+            FileMode::Number(n) => u32::try_from(*n).ok(),
+            FileMode::Text(t) => u32::from_str_radix(t.strip_prefix("0o").unwrap_or(t), 8).ok(),
+        };
+        access.mode = match bits {
+            Some(b) if b <= 0o777 => b,
+            _ => {
+                return Err(src.at(
+                    m,
+                    &key,
+                    "not a file mode (expected permission bits up to 0o777: 0o660 or \"0660\")",
+                ));
+            }
+        };
+    }
+    let resolve = |v: &Option<Spanned<IdOrName>>, what: &str, db: &str| match v {
+        None => Ok(None),
+        Some(s) => match s.get_ref() {
+            IdOrName::Id(id) => Ok(Some(*id)),
+            IdOrName::Name(name) => id_of(db, name).map(Some).ok_or_else(|| {
+                src.at(
+                    s,
+                    &format!("{prefix}app_socket_{what}"),
+                    format!(
+                        "no {} '{name}' in {db} (expected a name there or a number)",
+                        if what == "owner" { "user" } else { "group" }
+                    ),
+                )
+            }),
+        },
+    };
+    access.owner = resolve(a.app_socket_owner, "owner", "/etc/passwd")?;
+    access.group = resolve(a.app_socket_group, "group", "/etc/group")?;
+    Ok(access)
 }
 
 /// One interface of a daemon.
@@ -350,6 +476,8 @@ pub(crate) struct DaemonConfig {
     pub(crate) control_socket: PathBuf,
     /// The default namespace's app socket.
     pub(crate) app_socket: PathBuf,
+    /// Who may use it.
+    pub(crate) app_socket_access: SocketAccess,
     /// Namespaces besides the default one.
     pub(crate) namespaces: Vec<NamespaceSpec>,
     /// Sizes an app gets when it asks for 0.
@@ -753,6 +881,15 @@ impl DaemonConfig {
             )
         });
 
+        let app_socket_access = socket_access(
+            src,
+            "session.",
+            AccessKeys {
+                app_socket_mode: &s.app_socket_mode,
+                app_socket_owner: &s.app_socket_owner,
+                app_socket_group: &s.app_socket_group,
+            },
+        )?;
         let mut namespaces: Vec<NamespaceSpec> = Vec::new();
         let mut paths = vec![control_socket.clone(), app_socket.clone()];
         for (i, ns) in file.namespace.iter().enumerate() {
@@ -813,12 +950,22 @@ impl DaemonConfig {
                 ));
             }
             paths.push(path.clone());
+            let access = socket_access(
+                src,
+                &key(""),
+                AccessKeys {
+                    app_socket_mode: &ns.app_socket_mode,
+                    app_socket_owner: &ns.app_socket_owner,
+                    app_socket_group: &ns.app_socket_group,
+                },
+            )?;
             namespaces.push(NamespaceSpec {
                 id,
                 secret: ns.secret,
                 bind_interface,
                 table: ns.table,
                 app_socket: path,
+                access,
             });
         }
 
@@ -861,6 +1008,7 @@ impl DaemonConfig {
             runtime_dir,
             control_socket,
             app_socket,
+            app_socket_access,
             namespaces,
             app_defaults: AppSizeDefaults {
                 segment_size: segment as usize,
@@ -996,6 +1144,7 @@ table = 3
                 bind_interface: Some("eth1".into()),
                 table: 3,
                 app_socket: "/tmp/hs/app-blue.sock".into(),
+                access: SocketAccess::default(),
             }]
         );
     }
@@ -1179,6 +1328,54 @@ table = 3
         assert_eq!(e.key, "namespace[0].app_socket");
         let e = err(&ns("id = \"a\"\nsecret = -1"));
         assert_eq!((e.line, e.key.as_str()), (6, "namespace[0].secret"));
+    }
+
+    #[test]
+    fn app_socket_access_is_set_per_namespace_and_checked() {
+        let c = DaemonConfig::parse(
+            &format!(
+                "{MINIMAL}[session]\napp_socket_mode = 0o660\napp_socket_owner = \"root\"\napp_socket_group = 0\n[[namespace]]\nid = \"red\"\napp_socket_mode = \"0606\"\napp_socket_group = \"root\"\n[[namespace]]\nid = \"blue\"\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            c.app_socket_access,
+            SocketAccess {
+                mode: 0o660,
+                owner: Some(0),
+                group: Some(0)
+            }
+        );
+        assert_eq!(
+            c.namespaces[0].access,
+            SocketAccess {
+                mode: 0o606,
+                owner: None,
+                group: Some(0)
+            }
+        );
+        assert_eq!(c.namespaces[1].access, SocketAccess::default());
+        let e = err(&format!("{MINIMAL}[session]\napp_socket_mode = 660\n"));
+        assert_eq!((e.line, e.key.as_str()), (5, "session.app_socket_mode"));
+        assert!(e.message.contains("0o777"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[session]\napp_socket_mode = \"rw-rw----\"\n"
+        ));
+        assert_eq!(e.key, "session.app_socket_mode");
+        let e = err(&format!(
+            "{MINIMAL}[[namespace]]\nid = \"red\"\napp_socket_owner = \"no-such-user-hs\"\n"
+        ));
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (6, "namespace[0].app_socket_owner")
+        );
+        assert!(e.message.contains("no user 'no-such-user-hs'"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[[namespace]]\nid = \"red\"\napp_socket_group = \"no-such-group-hs\"\n"
+        ));
+        assert_eq!(e.key, "namespace[0].app_socket_group");
+        assert!(e.message.contains("no group 'no-such-group-hs'"), "{e}");
     }
 
     #[test]

@@ -223,15 +223,26 @@ fn accept_loop(listener: UnixListener, handler: Handler, stop: Arc<AtomicBool>) 
                     active.fetch_sub(1, Ordering::SeqCst);
                 }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => wait_for_accept(&listener),
             Err(e) => {
                 debug!("control accept: {e}");
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
     }
+}
+
+/// Sleeps until a listener has a connection to accept, or a quarter of a
+/// second (how late the caller sees its stop flag): an idle daemon's accept
+/// loops cost a wakeup four times a second, not fifty.
+pub(crate) fn wait_for_accept(listener: &impl std::os::fd::AsFd) {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(listener, PollFlags::IN)];
+    let tick = Timespec {
+        tv_sec: 0,
+        tv_nsec: 250_000_000,
+    };
+    let _ = rustix::event::poll(&mut fds, Some(&tick));
 }
 
 fn reply(mut stream: &UnixStream, r: &Response) -> std::io::Result<()> {

@@ -498,7 +498,7 @@ fn serve(listener: TcpListener, source: MetricsSource, stop: Arc<AtomicBool>) {
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
+                super::control::wait_for_accept(&listener);
             }
             Err(e) => {
                 debug!("metrics accept: {e}");
@@ -615,6 +615,9 @@ mod tests {
                     namespace_index: 0,
                     api_client: None,
                     builtin: true,
+                    pid: None,
+                    uid: None,
+                    gid: None,
                 },
                 scope_local: false,
                 scope_global: true,

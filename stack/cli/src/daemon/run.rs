@@ -242,15 +242,11 @@ impl Daemon {
             .map_err(session_err)?
             .map_err(session_err)?;
         let stack = daemon.stack.as_ref().expect("just started");
-        let server = stack.serve_apps(AppSocketConfig::new(&cfg.app_socket))?;
+        let server = stack.serve_apps(cfg.app_socket_access.socket_config(&cfg.app_socket, ""))?;
         ctx.lock_sockets().insert(DEFAULT_NS.into(), server);
         for ns in &cfg.namespaces {
             let server = AppSocketServer::start(
-                AppSocketConfig {
-                    path: ns.app_socket.clone(),
-                    namespace: ns.id.clone(),
-                    mode: 0o600,
-                },
+                ns.access.socket_config(&ns.app_socket, &ns.id),
                 ctx.control.clone(),
             )
             .map_err(|e| StackError::Socket(format!("app socket of namespace {}: {e}", ns.id)))?;
@@ -528,9 +524,8 @@ impl DaemonCtx {
             .map_err(|e| e.to_string())?;
         let server = AppSocketServer::start(
             AppSocketConfig {
-                path: path.clone(),
                 namespace: id.clone(),
-                mode: 0o600,
+                ..AppSocketConfig::new(&path)
             },
             self.control.clone(),
         );

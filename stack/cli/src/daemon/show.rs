@@ -170,6 +170,16 @@ pub(crate) struct AppSummary {
     pub(crate) api_client: Option<u32>,
     /// In-process app.
     pub(crate) builtin: bool,
+    /// The process that attached it over an app socket (SO_PEERCRED at
+    /// its connect); none for builtin apps.
+    #[serde(default)]
+    pub(crate) pid: Option<u32>,
+    /// Its user id.
+    #[serde(default)]
+    pub(crate) uid: Option<u32>,
+    /// Its group id.
+    #[serde(default)]
+    pub(crate) gid: Option<u32>,
 }
 
 /// An app in detail.
@@ -591,9 +601,22 @@ pub(crate) fn render_app_list(apps: &[AppSummary], corruption: &CorruptionRecord
     let mut s = if apps.is_empty() {
         "No active apps\n".to_string()
     } else {
-        let mut s = format!("{:<10}{:<20}{:<40}\n", "Index", "Name", "Namespace");
+        let mut s = format!(
+            "{:<10}{:<20}{:<40}{:<10}{:<10}{:<10}\n",
+            "Index", "Name", "Namespace", "Pid", "Uid", "Gid"
+        );
+        let id = |v: Option<u32>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
         for a in apps {
-            let _ = writeln!(s, "{:<10}{:<20}{:<40}", a.index, a.name, a.namespace);
+            let _ = writeln!(
+                s,
+                "{:<10}{:<20}{:<40}{:<10}{:<10}{:<10}",
+                a.index,
+                a.name,
+                a.namespace,
+                id(a.pid),
+                id(a.uid),
+                id(a.gid)
+            );
         }
         tidy(s)
     };
@@ -1201,6 +1224,9 @@ mod tests {
             namespace_index: 0,
             api_client: Some(7),
             builtin: false,
+            pid: Some(4242),
+            uid: Some(1000),
+            gid: Some(100),
         }
     }
 
@@ -1253,9 +1279,12 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0].trim_end(),
-            "Index     Name                Namespace"
+            "Index     Name                Namespace                               Pid       Uid       Gid"
         );
-        assert_eq!(lines[1].trim_end(), "0         echo                default");
+        assert_eq!(
+            lines[1].trim_end(),
+            "0         echo                default                                 4242      1000      100"
+        );
         assert_eq!(lines.len(), 3);
         assert_eq!(render_app_list(&[], &none), "No active apps\n");
         let bad = CorruptionRecord {

@@ -89,6 +89,9 @@ fn summary(l: &SessionLayer, a: &Application) -> AppSummary {
         namespace_index: a.namespace.0,
         api_client,
         builtin: a.is_builtin(),
+        pid: a.peer.map(|p| p.pid),
+        uid: a.peer.map(|p| p.uid),
+        gid: a.peer.map(|p| p.gid),
     }
 }
 
