@@ -177,6 +177,18 @@ pub fn hoststack_binary(explicit: Option<&Path>) -> Result<PathBuf> {
         .context("cannot find the hoststack binary: build it (cargo build --release --bin hoststack) or pass --hoststack PATH")
 }
 
+/// A binary built beside `hoststack` (the lab's `kernel_conns`), checked.
+pub fn tool_beside(hoststack: &Path, name: &str) -> Result<PathBuf> {
+    let p = hoststack.with_file_name(name);
+    if !p.is_file() {
+        bail!(
+            "{} is missing: build the workspace's binaries (cargo build --release --workspace --bins)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 /// The directory of the workspace's examples next to `hoststack`
 /// (`target/release/examples`).
 pub fn examples_dir(hoststack: &Path) -> PathBuf {

@@ -43,6 +43,7 @@ mod cut_through;
 mod modes;
 mod pktgen_row;
 mod rr;
+mod scale;
 pub mod sides;
 mod udp;
 mod unmodified;
@@ -168,6 +169,22 @@ pub const BENCHMARKS: &[Bench] = &[
         measured: "`memcaslap -T 1 -c 16` (its 9:1 get/set mix) in the namespace on core 0 for the window (whole seconds, at least 1) after a warm-up: its TPS; server CPU per op as for nginx",
         run: unmodified::memcached,
     },
+    Bench {
+        name: "idle-conn-sweep",
+        title: "TCP 64-byte round trips on one connection while 0, 1,000, 10,000 and 100,000 others sit idle (rate, p50, p99), and the time to open them",
+        hoststack: "`hoststack serve --app-socket --tcp-buffer 16384` (1 worker pinned to core 1, poll mode, idle CPUs held polling) with the external `echo_server --quiet --fifo-size 4096` app pinned to core 1",
+        kernel: "TCP echo on `hoststack-bench kernel-server`, default and busy-polling as in tcp-rr-64, each process raising RLIMIT_NOFILE to its hard limit; when the hard limit (20,000 here) is below the connections, several server processes on core 1 share the port through SO_REUSEPORT",
+        measured: "`kernel_conns --hold` processes in the namespace (at most 15,000 connections each, each from its own source address in the namespace, port range 1024-65535) open the idle connections step by step (--idle-conns), every connection echoing 64 bytes checked; after each step the tcp-rr-64 client on a connection of its own. Time to open = the steps' wall time summed; a plot of p50 against the count is drawn under the chart",
+        run: scale::idle_conn_sweep,
+    },
+    Bench {
+        name: "mem-per-conn",
+        title: "Memory per established, idle TCP connection at the sweep's largest count (100,000)",
+        hoststack: "as in idle-conn-sweep: `hoststack serve` (16 KiB TCP buffers) and the external echo app (4 KiB fifos); growth of both processes' proportional set (PSS: the shared-memory segments counted once), and the segments resident in the stack's process",
+        kernel: "as in idle-conn-sweep (the epoll server, default and busy-polling): growth of /proc/meminfo's Slab and of the TCP socket memory (/proc/net/sockstat), less the clients' own share (the same growth in hoststack's runs, where the kernel holds only the clients' sockets), plus the server processes' PSS growth",
+        measured: "read before the first idle connection and with all of them open; from idle-conn-sweep's runs when both run in one invocation (the same connections), else its own runs at the largest count. A second row gives the whole machine's growth on each side, clients included",
+        run: scale::mem_per_conn,
+    },
 ];
 
 /// Benchmarks the open issues ask for that cannot run yet, and why.
@@ -179,14 +196,6 @@ pub const NOT_YET: &[(&str, &str)] = &[
     (
         "syn-flood",
         "connection rate under a SYN flood: waits for the TCP engine issue (SYN cookies)",
-    ),
-    (
-        "idle-conn-sweep",
-        "round trips with N idle connections open: waits for the scale issue",
-    ),
-    (
-        "mem-per-conn",
-        "memory per established connection: waits for the scale issue",
     ),
     (
         "queue-scaling",
@@ -225,6 +234,10 @@ pub struct Settings {
     pub mtu: Option<usize>,
     /// The `hoststack` binary.
     pub hoststack: PathBuf,
+    /// Idle connection counts of the connection-count sweep, ascending.
+    pub idle_conns: Vec<usize>,
+    /// A check that the rows run (`--quick`): shorter streams and floods.
+    pub quick: bool,
     /// Set by SIGINT/SIGTERM.
     pub interrupted: Arc<AtomicBool>,
     /// What to do when other processes use the CPUs.
@@ -349,6 +362,20 @@ pub struct Row {
     /// Whether the chart shows it.
     #[serde(skip)]
     pub chart: bool,
+    /// A point of a line plot (one series per side, the medians against
+    /// `x`) drawn under the ratio chart.
+    pub plot: Option<PlotPoint>,
+}
+
+/// Where a row sits in a line plot.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlotPoint {
+    /// The plot's title (rows with the same title make one plot).
+    pub title: String,
+    /// What x counts.
+    pub x_label: String,
+    /// This row's x.
+    pub x: f64,
 }
 
 fn ratio(higher_is_better: bool, h: f64, k: f64) -> Option<f64> {
@@ -405,7 +432,18 @@ impl Row {
             lines: hs,
             label: format!("{bench} {unit}"),
             chart: true,
+            plot: None,
         }
+    }
+
+    /// Makes the row point `x` of line plot `title`.
+    pub fn plotted(mut self, title: &str, x_label: &str, x: f64) -> Self {
+        self.plot = Some(PlotPoint {
+            title: title.into(),
+            x_label: x_label.into(),
+            x,
+        });
+        self
     }
 
     /// Sets the chart label.

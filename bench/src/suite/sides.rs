@@ -257,10 +257,37 @@ impl Server {
     }
 }
 
+/// What a benchmark changes in the servers it starts.
+#[derive(Debug, Clone, Default)]
+pub struct Tuning {
+    /// More arguments of hoststack's stack (`--tcp-buffer 16384`).
+    pub stack: Vec<String>,
+    /// More arguments of the external `echo_server` app (`--fifo-size 4096`).
+    pub app: Vec<String>,
+    /// More arguments of the builtin `hoststack echo-server` app.
+    pub builtin: Vec<String>,
+    /// Kernel server processes sharing the port through SO_REUSEPORT (0 or
+    /// 1: one process), for more connections than one process may hold
+    /// files.
+    pub kernel_processes: usize,
+}
+
 impl Side {
     /// Starts this side's server for `svc` on the lab's host end (over
     /// `medium`, for hoststack's sides).
     pub fn start(self, s: &Settings, lab: &Lab, svc: Service, medium: Medium) -> Result<Server> {
+        self.start_with(s, lab, svc, medium, &Tuning::default())
+    }
+
+    /// [`Side::start`] with a benchmark's `tuning`.
+    pub fn start_with(
+        self,
+        s: &Settings,
+        lab: &Lab,
+        svc: Service,
+        medium: Medium,
+        tuning: &Tuning,
+    ) -> Result<Server> {
         let (_, core) = s.cores();
         let held = Held::new(self.idle_poll(), self == Side::KernelBusy)?;
         if let Service::Program(p) = svc {
@@ -281,9 +308,16 @@ impl Side {
                 if self == Side::KernelBusy {
                     args.push("--busy-poll".into());
                 }
+                let processes = tuning.kernel_processes.max(1);
+                if processes > 1 {
+                    args.push("--reuseport".into());
+                }
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let procs = (0..processes)
+                    .map(|_| kernel_server(core, &args))
+                    .collect::<Result<_>>()?;
                 Ok(Server {
-                    procs: vec![kernel_server(core, &args)?],
+                    procs,
                     reports: true,
                     socket: None,
                     _dir: None,
@@ -312,6 +346,7 @@ impl Side {
                     Service::Program(_) => unreachable!("started above"),
                 };
                 args.extend(svc_args);
+                args.extend(tuning.stack.iter().chain(&tuning.builtin).cloned());
                 let mut cmd = Command::new(&s.hoststack);
                 cmd.arg("echo-server").args(&args);
                 Ok(Server {
@@ -333,6 +368,7 @@ impl Side {
                 let mut cmd = Command::new(&s.hoststack);
                 cmd.arg("serve")
                     .args(stack_args(s, lab, mode, core, medium))
+                    .args(&tuning.stack)
                     .args(["--app-socket", &sock_s]);
                 let serve = Managed::start(cmd, "hoststack serve", "ready")?;
                 let mut args = vec!["--socket", &sock_s, "--quiet"];
@@ -353,6 +389,7 @@ impl Side {
                     }
                     Service::Program(_) => unreachable!("started above"),
                 }
+                args.extend(tuning.app.iter().map(String::as_str));
                 let app = Managed::start(
                     pinned(core, &app, &args),
                     "the echo_server example",
@@ -520,6 +557,19 @@ pub fn alternate<T>(
     bench: &str,
     configs: &[Config],
     svc: Service,
+    measure: impl FnMut(&Settings, &Lab, &Server) -> Result<T>,
+    show: impl Fn(&T) -> String,
+) -> Result<Results<T>> {
+    alternate_with(s, bench, configs, svc, &Tuning::default(), measure, show)
+}
+
+/// [`alternate`] with the servers started with `tuning`.
+pub fn alternate_with<T>(
+    s: &Settings,
+    bench: &str,
+    configs: &[Config],
+    svc: Service,
+    tuning: &Tuning,
     mut measure: impl FnMut(&Settings, &Lab, &Server) -> Result<T>,
     show: impl Fn(&T) -> String,
 ) -> Result<Results<T>> {
@@ -534,7 +584,9 @@ pub fn alternate<T>(
             }
             let what = format!("run {run} of {}", config.label());
             let (r, json) = s.guarded(bench, &what, || {
-                let server = config.side.start(s, &lab, svc, config.medium())?;
+                let server = config
+                    .side
+                    .start_with(s, &lab, svc, config.medium(), tuning)?;
                 let r = measure(s, &lab, &server);
                 let stopped = server.stop();
                 Ok((r?, stopped?))
