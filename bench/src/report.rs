@@ -447,7 +447,15 @@ where
         .x_label_formatter(&|v| {
             let i = v.round() as usize;
             if (v - i as f64).abs() < 1e-6 {
-                xs.get(i).map(|x| format!("{x:.0}")).unwrap_or_default()
+                xs.get(i)
+                    .map(|x| {
+                        if x.fract() == 0.0 {
+                            format!("{x:.0}")
+                        } else {
+                            format!("{x}")
+                        }
+                    })
+                    .unwrap_or_default()
             } else {
                 String::new()
             }

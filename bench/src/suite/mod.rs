@@ -40,6 +40,7 @@ use crate::stats::Spread;
 mod bulk;
 mod cpu_efficiency;
 mod cut_through;
+mod loss;
 mod modes;
 mod pktgen_row;
 mod rr;
@@ -170,6 +171,14 @@ pub const BENCHMARKS: &[Bench] = &[
         run: unmodified::memcached,
     },
     Bench {
+        name: "loss-sweep",
+        title: "TCP goodput under 0, 0.5, 1, 2 and 5 % loss each way, 1 stream and 8 streams, offloads off",
+        hoststack: "external `echo_server --discard` on `hoststack serve` (poll mode, core 1, the binary's default engine unless --tcp-engine); TSO/GSO/GRO off on both veth ends",
+        kernel: "a discard server (the epoll server, 256 KiB reads), default and busy-polling, TSO/GSO/GRO off on both veth ends",
+        measured: "nftables rules in the namespace drop N of every 1000 packets in its input and output hooks (the data and the ACKs), all rates in turn against one server; 1 and 8 Rust kernel clients on core 0 each write 128 KiB at a time for --bulk-duration; goodput = the streams' bytes over the time until the slowest one's server side closed after its FIN. Plots of goodput against loss under the chart",
+        run: loss::loss_sweep,
+    },
+    Bench {
         name: "idle-conn-sweep",
         title: "TCP 64-byte round trips on one connection while 0, 1,000, 10,000 and 100,000 others sit idle (rate, p50, p99), and the time to open them",
         hoststack: "`hoststack serve --app-socket --tcp-buffer 16384` (1 worker pinned to core 1, poll mode, idle CPUs held polling) with the external `echo_server --quiet --fifo-size 4096` app pinned to core 1",
@@ -189,10 +198,6 @@ pub const BENCHMARKS: &[Bench] = &[
 
 /// Benchmarks the open issues ask for that cannot run yet, and why.
 pub const NOT_YET: &[(&str, &str)] = &[
-    (
-        "loss-sweep",
-        "TCP goodput against loss rates: waits for the TCP engine issue",
-    ),
     (
         "syn-flood",
         "connection rate under a SYN flood: waits for the TCP engine issue (SYN cookies)",
