@@ -142,8 +142,14 @@ pub fn sysctl_in_lab(lab: &Lab, key: &str, value: &str) -> Result<()> {
 
 /// Builds a fresh lab (removed when dropped).
 pub fn fresh_lab(name: &str, subnet: u8, mtu: Option<usize>) -> Result<Lab> {
+    fresh_lab_queues(name, subnet, mtu, 1)
+}
+
+/// Builds a fresh lab whose veth ends have `queues` queues each.
+pub fn fresh_lab_queues(name: &str, subnet: u8, mtu: Option<usize>, queues: u32) -> Result<Lab> {
     let mut cfg = LabConfig::new(name).with_subnet(subnet);
     cfg.mtu = mtu;
+    cfg.queues = queues;
     Lab::up(cfg).with_context(|| format!("building lab {name}"))
 }
 

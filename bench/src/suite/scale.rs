@@ -209,6 +209,7 @@ fn measure(s: &Settings, bench: &str) -> Result<Results<Sweep>> {
         app: vec!["--fifo-size".into(), FIFO_SIZE.into()],
         builtin: Vec::new(),
         kernel_processes: kernel_processes(top + 1),
+        queues: None,
     };
     let results =
         sides::alternate_with(s, bench, &CONFIGS, Service::TcpEcho, &tuning, sweep, |r| {
@@ -351,7 +352,7 @@ pub(super) fn mem_per_conn(s: &Settings) -> Result<Outcome> {
         if c.side.is_kernel() {
             (m.per_conn(m.pss + kernel_mem(m)) - client).max(0.0)
         } else {
-            m.per_conn(m.pss)
+            m.per_conn(m.pss).max(0.0)
         }
     };
     let figures = results
@@ -370,7 +371,11 @@ pub(super) fn mem_per_conn(s: &Settings) -> Result<Outcome> {
         false,
         &results,
         sides::all,
-        |r| r.memory.per_conn(r.memory.pss + kernel_mem(&r.memory)),
+        |r| {
+            r.memory
+                .per_conn(r.memory.pss + kernel_mem(&r.memory))
+                .max(0.0)
+        },
     )
     .labelled(&format!("{B} whole machine"));
     let server = Row::new(
