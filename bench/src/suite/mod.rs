@@ -192,7 +192,7 @@ pub const BENCHMARKS: &[Bench] = &[
         name: "idle-conn-sweep",
         title: "TCP 64-byte round trips on one connection while 0, 1,000, 10,000 and 100,000 others sit idle (rate, p50, p99), and the time to open them",
         hoststack: "`hoststack serve --app-socket --tcp-buffer 16384` (1 worker pinned to core 1, poll mode, idle CPUs held polling) with the external `echo_server --quiet --fifo-size 4096` app pinned to core 1",
-        kernel: "TCP echo on `hoststack-bench kernel-server`, default and busy-polling as in tcp-rr-64, each process raising RLIMIT_NOFILE to its hard limit; when the hard limit (20,000 here) is below the connections, several server processes on core 1 share the port through SO_REUSEPORT",
+        kernel: "TCP echo on `hoststack-bench kernel-server`, default and busy-polling as in tcp-rr-64, each process raising RLIMIT_NOFILE to its hard limit; when the hard limit (20,000 here) is below the connections, several server processes on core 1 share the port through SO_REUSEPORT, and then only by default (several busy-polling processes would take turns spinning on the one core)",
         measured: "`kernel_conns --hold` processes in the namespace (at most 15,000 connections each, each from its own source address in the namespace, port range 1024-65535) open the idle connections step by step (--idle-conns), every connection echoing 64 bytes checked; after each step the tcp-rr-64 client on a connection of its own. Time to open = the steps' wall time summed; a plot of p50 against the count is drawn under the chart",
         run: scale::idle_conn_sweep,
     },
