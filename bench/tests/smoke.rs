@@ -1,8 +1,8 @@
 //! Smoke test of `hoststack-bench run`: every available benchmark once
 //! with `--quick` (0.3-second windows, 1,000 idle connections at most;
-//! about three minutes in all: the unmodified servers' load generators run
-//! whole seconds, the loss sweep runs ten streams per side), checking that
-//! each row has hoststack and kernel lines with figures, that ratios are
+//! about a minute and a half in all: the unmodified servers' load
+//! generators run whole seconds, the loss sweep ten streams per side),
+//! checking that each row has hoststack and kernel lines with figures, that ratios are
 //! taken against a marked kernel line, that the JSON parses with every
 //! benchmark's description, that the chart is a PNG, that the busy-poll
 //! sysctls are back to their values, and that the quiet-machine check
