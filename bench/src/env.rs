@@ -142,8 +142,14 @@ pub fn sysctl_in_lab(lab: &Lab, key: &str, value: &str) -> Result<()> {
 
 /// Builds a fresh lab (removed when dropped).
 pub fn fresh_lab(name: &str, subnet: u8, mtu: Option<usize>) -> Result<Lab> {
+    fresh_lab_queues(name, subnet, mtu, 1)
+}
+
+/// Builds a fresh lab whose veth ends have `queues` queues each.
+pub fn fresh_lab_queues(name: &str, subnet: u8, mtu: Option<usize>, queues: u32) -> Result<Lab> {
     let mut cfg = LabConfig::new(name).with_subnet(subnet);
     cfg.mtu = mtu;
+    cfg.queues = queues;
     Lab::up(cfg).with_context(|| format!("building lab {name}"))
 }
 
@@ -175,6 +181,18 @@ pub fn hoststack_binary(explicit: Option<&Path>) -> Result<PathBuf> {
         .into_iter()
         .find(|p| p.is_file())
         .context("cannot find the hoststack binary: build it (cargo build --release --bin hoststack) or pass --hoststack PATH")
+}
+
+/// A binary built beside `hoststack` (the lab's `kernel_conns`), checked.
+pub fn tool_beside(hoststack: &Path, name: &str) -> Result<PathBuf> {
+    let p = hoststack.with_file_name(name);
+    if !p.is_file() {
+        bail!(
+            "{} is missing: build the workspace's binaries (cargo build --release --workspace --bins)",
+            p.display()
+        );
+    }
+    Ok(p)
 }
 
 /// The directory of the workspace's examples next to `hoststack`

@@ -61,6 +61,10 @@ pub struct ServerOpts {
     pub busy_poll: bool,
     /// One worker per core, pinned (empty: one unpinned worker).
     pub cores: Vec<usize>,
+    /// `SO_REUSEPORT` listeners even with one worker, so several server
+    /// processes can share the port (a process may hold only as many
+    /// connections as its open-file limit allows).
+    pub reuseport: bool,
 }
 
 /// Totals over the server's life.
@@ -438,6 +442,23 @@ fn echo_stream(ep: &OwnedFd, c: &mut Conn, key: u64, data: &[u8]) -> Result<bool
     Ok(true)
 }
 
+/// Raises this process's open-file limit to its hard limit (a process
+/// cannot go beyond it without CAP_SYS_RESOURCE).
+fn raise_open_files() -> Result<()> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        setrlimit(Resource::Nofile, l).map_err(|e| io(e, "raising RLIMIT_NOFILE"))?;
+    }
+    Ok(())
+}
+
+/// The hard limit of open files per process (None: unlimited).
+pub fn open_files_hard_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum
+}
+
 /// The body of `hoststack-bench kernel-server`: builds every worker (so
 /// any bind error shows before `ready`), prints `ready`, serves until
 /// SIGTERM/SIGINT, then prints its totals as one JSON line.
@@ -450,7 +471,8 @@ pub fn serve(opts: &ServerOpts) -> Result<ServerTotals> {
     } else {
         opts.cores.iter().copied().map(Some).collect()
     };
-    let reuseport = cores.len() > 1;
+    let reuseport = opts.reuseport || cores.len() > 1;
+    raise_open_files()?;
     let mut workers = Vec::new();
     for _ in &cores {
         let (r, w) = UnixStream::pair().context("stop pipe")?;

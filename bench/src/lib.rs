@@ -11,7 +11,8 @@
 //! - [`cpu`]: CPU time from /proc and the quiet-machine check;
 //!   [`tuning`]: idle-CPU polling and busy-poll sysctls, always undone;
 //!   [`env`]: lab helpers, interface counters, child processes;
-//!   [`stats`]: medians and percentiles.
+//!   [`stats`]: medians and percentiles; [`memory`]: process and kernel
+//!   memory from /proc.
 //!
 //! The crate uses no `unsafe`: packet I/O goes through `hoststack-drivers`,
 //! system calls through `nix`, `rustix` and the standard library (one
@@ -26,6 +27,7 @@ pub mod env;
 pub mod frames;
 pub mod kernel;
 pub mod kserver;
+pub mod memory;
 pub mod pktgen;
 pub mod report;
 pub mod servers;

@@ -68,6 +68,10 @@ enum Command {
         /// One worker per core, pinned (SO_REUSEPORT when several).
         #[arg(long, value_delimiter = ',')]
         cores: Vec<usize>,
+        /// SO_REUSEPORT even with one worker: several server processes
+        /// share the port.
+        #[arg(long)]
+        reuseport: bool,
     },
 }
 
@@ -127,6 +131,17 @@ struct RunArgs {
     /// The hoststack binary (default: next to this one, or target/release).
     #[arg(long)]
     hoststack: Option<PathBuf>,
+    /// Idle connection counts of idle-conn-sweep (and mem-per-conn, at the
+    /// largest), comma-separated (default 0,1000,10000,100000; with
+    /// --quick 0,1000).
+    #[arg(long, value_delimiter = ',')]
+    idle_conns: Option<Vec<usize>>,
+    /// A check that every row runs, not figures: one run per side, 0.3 s
+    /// windows and bulk streams, 0.1 s warm-up, a 0.2 s quiet-window
+    /// check (these override --runs, --duration, --bulk-duration,
+    /// --warmup and --quiet-window) and small connection counts.
+    #[arg(long)]
+    quick: bool,
 }
 
 /// Which AF_XDP queues to use.
@@ -312,6 +327,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
             udp_echo,
             busy_poll,
             cores,
+            reuseport,
         } => {
             let kind = if echo {
                 kserver::StreamKind::Echo
@@ -328,6 +344,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
                 udp_echo,
                 busy_poll,
                 cores,
+                reuseport,
             })?;
             println!("{}", serde_json::to_string(&totals)?);
             Ok(ExitCode::SUCCESS)
@@ -343,7 +360,19 @@ fn secs(v: f64, what: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
-fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
+fn run_benchmarks(mut args: RunArgs) -> Result<ExitCode> {
+    if args.quick {
+        args.runs = 1;
+        (args.duration, args.bulk_duration) = (0.3, 0.3);
+        (args.warmup, args.quiet_window) = (0.1, 0.2);
+    }
+    let idle_conns = args.idle_conns.clone().unwrap_or_else(|| {
+        if args.quick {
+            vec![0, 1000]
+        } else {
+            vec![0, 1000, 10_000, 100_000]
+        }
+    });
     let names: Vec<String> = if args.names.is_empty() {
         suite::BENCHMARKS
             .iter()
@@ -373,6 +402,8 @@ fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
         subnet: args.subnet,
         mtu: args.mtu,
         hoststack: env::hoststack_binary(args.hoststack.as_deref())?,
+        idle_conns,
+        quick: args.quick,
         interrupted: interrupted_flag()?,
         busy: cpu::BusyPolicy {
             threshold: args.busy_threshold,
@@ -395,6 +426,8 @@ fn run_benchmarks(args: RunArgs) -> Result<ExitCode> {
             "lab": settings.lab,
             "subnet": format!("10.77.{}.0/24", settings.subnet),
             "mtu": settings.mtu.unwrap_or(1500),
+            "idle_conns": settings.idle_conns,
+            "quick": settings.quick,
             "hoststack": settings.hoststack.display().to_string(),
             "placement": "load (clients, senders) on core 0 in the lab namespace; side under test on core 1",
             "commit": source_commit(),

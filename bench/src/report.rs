@@ -275,9 +275,18 @@ pub fn write_chart(r: &Report, path: &Path) -> Result<()> {
         bail!("nothing to chart");
     }
     let n = rows.len();
-    let height = 140 + 34 * n as u32;
-    let root = BitMapBackend::new(path, (1150, height)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let plots = line_plots(r);
+    let bars_height = 140 + 34 * n as u32;
+    let height = bars_height + PLOT_HEIGHT * plots.len() as u32;
+    let whole = BitMapBackend::new(path, (1150, height)).into_drawing_area();
+    whole.fill(&WHITE)?;
+    let (root, below) = whole.split_vertically(bars_height);
+    for (plot, area) in plots
+        .iter()
+        .zip(below.split_evenly((plots.len().max(1), 1)))
+    {
+        draw_line_plot(plot, &area)?;
+    }
     // A log axis: 2x better and 2x worse are the same distance from the
     // parity line, and one wild ratio does not flatten the others.
     let (lo, hi) = rows
@@ -342,7 +351,146 @@ pub fn write_chart(r: &Report, path: &Path) -> Result<()> {
         vec![(1.0, SegmentValue::Exact(0)), (1.0, SegmentValue::Last)],
         BLACK.stroke_width(2),
     )))?;
-    root.present()
+    whole
+        .present()
         .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+const PLOT_HEIGHT: u32 = 460;
+
+/// A line plot gathered from the rows that are its points: one series per
+/// side, the medians against x.
+struct LinePlot {
+    title: String,
+    x_label: String,
+    unit: String,
+    /// Every x, ascending.
+    xs: Vec<f64>,
+    /// (side, points (x, median)).
+    series: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+fn line_plots(r: &Report) -> Vec<LinePlot> {
+    let mut plots: Vec<LinePlot> = Vec::new();
+    for row in &r.rows {
+        let Some(p) = &row.plot else { continue };
+        let i = match plots.iter().position(|x| x.title == p.title) {
+            Some(i) => i,
+            None => {
+                plots.push(LinePlot {
+                    title: p.title.clone(),
+                    x_label: p.x_label.clone(),
+                    unit: row.unit.clone(),
+                    xs: Vec::new(),
+                    series: Vec::new(),
+                });
+                plots.len() - 1
+            }
+        };
+        let plot = &mut plots[i];
+        if !plot.xs.contains(&p.x) {
+            plot.xs.push(p.x);
+        }
+        for l in &row.lines {
+            let at = match plot.series.iter().position(|(s, _)| *s == l.short) {
+                Some(at) => at,
+                None => {
+                    plot.series.push((l.short.clone(), Vec::new()));
+                    plot.series.len() - 1
+                }
+            };
+            plot.series[at].1.push((p.x, l.runs.median));
+        }
+    }
+    for plot in &mut plots {
+        plot.xs.sort_by(f64::total_cmp);
+        for (_, points) in &mut plot.series {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+    }
+    plots
+}
+
+const SERIES_COLORS: [RGBColor; 6] = [
+    RGBColor(46, 125, 50),
+    RGBColor(21, 101, 192),
+    RGBColor(198, 40, 40),
+    RGBColor(239, 108, 0),
+    RGBColor(106, 27, 154),
+    RGBColor(0, 131, 143),
+];
+
+/// Draws `plot` on `area`: x at evenly spaced positions labelled with the
+/// counts (they span decades), y from 0.
+fn draw_line_plot<DB: DrawingBackend>(
+    plot: &LinePlot,
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let values = plot.series.iter().flat_map(|(_, p)| p.iter().map(|x| x.1));
+    let hi = values.fold(0.0f64, f64::max).max(1.0) * 1.25;
+    let last = plot.xs.len().saturating_sub(1).max(1);
+    let xs = plot.xs.clone();
+    let mut chart = ChartBuilder::on(area)
+        .caption(&plot.title, ("sans-serif", 20))
+        .margin(16)
+        .margin_right(48)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..last as f64, 0f64..hi)?;
+    chart
+        .configure_mesh()
+        .x_labels(xs.len().max(2))
+        .x_label_formatter(&|v| {
+            let i = v.round() as usize;
+            if (v - i as f64).abs() < 1e-6 {
+                xs.get(i)
+                    .map(|x| {
+                        if x.fract() == 0.0 {
+                            format!("{x:.0}")
+                        } else {
+                            format!("{x}")
+                        }
+                    })
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_labels(8)
+        .x_desc(plot.x_label.as_str())
+        .y_desc(plot.unit.as_str())
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    for (k, (side, points)) in plot.series.iter().enumerate() {
+        let color = SERIES_COLORS[k % SERIES_COLORS.len()];
+        // Evenly spaced: x's position among the plot's xs.
+        let at = |x: f64| xs.iter().position(|y| *y == x).unwrap_or(0) as f64;
+        let pts: Vec<(f64, f64)> = points
+            .iter()
+            .filter(|p| p.1 > 0.0)
+            .map(|&(x, v)| (at(x), v))
+            .collect();
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                pts.clone(),
+                color.stroke_width(2),
+            )))?
+            .label(side.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()?;
     Ok(())
 }

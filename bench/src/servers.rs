@@ -205,13 +205,17 @@ impl Daemon<'_> {
             .map(|a| format!("\"{a}\""))
             .collect();
         let mut config = format!(
-            "[daemon]\nruntime_dir = \"{}\"\n\n[[interface]]\nname = \"{}\"\naddresses = [{}]\n\n",
+            "[daemon]\nruntime_dir = \"{}\"\n\n[[interface]]\nname = \"{}\"\naddresses = [{}]\n",
             dir.display(),
             lab.host_if,
             addresses.join(", "),
         );
+        // Cores are listed per queue, so the queues are named with them:
+        // the lab's veth has one.
         if let Some(c) = self.core {
-            config.push_str(&format!("[workers]\ncores = [{c}]\n\n"));
+            config.push_str(&format!("queues = 1\n\n[workers]\ncores = [{c}]\n\n"));
+        } else {
+            config.push('\n');
         }
         config.push_str(&format!(
             "[session]\nworker_mode = \"{}\"\nrx_fifo_size = \"256K\"\ntx_fifo_size = \"256K\"\n",

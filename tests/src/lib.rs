@@ -392,20 +392,5 @@ pub fn add_nft_loss(lab: &Lab, pct: u32) -> Result<()> {
 /// nftables rules in the lab namespace dropping `per_mille` ‰ of packets
 /// each way (5 is half a percent).
 pub fn add_nft_loss_per_mille(lab: &Lab, per_mille: u32) -> Result<()> {
-    let rules = format!(
-        "table inet hsloss {{\n chain out {{ type filter hook output priority 0; numgen random mod 1000 < {per_mille} counter drop; }}\n chain inp {{ type filter hook input priority 0; numgen random mod 1000 < {per_mille} counter drop; }}\n}}\n"
-    );
-    let mut child = lab
-        .command("nft")
-        .arg("-f")
-        .arg("-")
-        .stdin(std::process::Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, rules.as_bytes())?;
-    drop(child.stdin.take());
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("nft failed (is nftables installed? ci/setup installs it)");
-    }
-    Ok(())
+    Ok(lab.set_loss_per_mille(per_mille)?)
 }

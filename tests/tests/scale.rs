@@ -6,13 +6,13 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
+use hoststack_lab::HeldConns;
 use hoststack_tests::{Daemon, lab_bin};
-use serde_json::Value;
 
 const CONNECTIONS: usize = 100_000;
 
@@ -26,51 +26,18 @@ fn connections() -> usize {
 }
 const CLIENTS: usize = 6;
 
-/// One `kernel_conns --hold` process: its first report, then a line on
-/// stdin closes its connections.
-struct Client {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Client {
-    fn start(d: &Daemon, source: &str, conns: usize) -> Result<Self> {
-        let target = format!("{}:7", d.lab.cfg.host4.addr);
-        let mut child = d
-            .lab
-            .command(lab_bin("kernel_conns").to_str().context("path")?)
-            .args(["--target", &target, "--sources", source, "--hold"])
-            .args(["--conns", &conns.to_string(), "--bytes", "64"])
-            .args(["--concurrency", "250", "--timeout", "200"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        Ok(Self {
-            stdin: child.stdin.take(),
-            stdout: BufReader::new(child.stdout.take().context("stdout")?),
-            child,
-        })
-    }
-
-    fn report(&mut self) -> Result<Value> {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
-        serde_json::from_str(&line).with_context(|| format!("kernel_conns said {line:?}"))
-    }
-
-    fn close(&mut self) -> Result<Value> {
-        let mut stdin = self.stdin.take().context("closed twice")?;
-        writeln!(stdin, "close")?;
-        self.report()
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// One `kernel_conns --hold` client per source address.
+fn client(d: &Daemon, source: IpAddr, conns: usize) -> Result<HeldConns> {
+    let target = SocketAddr::new(d.lab.cfg.host4.addr, 7);
+    let extra = ["--bytes", "64", "--concurrency", "250", "--timeout", "200"];
+    Ok(HeldConns::start(
+        &d.lab,
+        &lab_bin("kernel_conns"),
+        target,
+        source,
+        conns,
+        &extra,
+    )?)
 }
 
 /// TCP connections in the daemon's engines.
@@ -134,28 +101,7 @@ fn a_hundred_thousand_kernel_connections_echo_their_own_bytes_and_leave_nothing_
             .into()
     })?;
     let ns = &d.lab.netns;
-    let sources: Vec<String> = (0..CLIENTS)
-        .map(|i| format!("10.77.0.{}", 10 + i))
-        .collect();
-    for s in &sources {
-        let st = Command::new("ip")
-            .args([
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{s}/24"),
-                "dev",
-                &d.lab.peer_if,
-            ])
-            .status()?;
-        ensure!(st.success(), "adding {s}");
-    }
-    let st = Command::new("ip")
-        .args(["netns", "exec", ns, "sysctl", "-qw"])
-        .arg("net.ipv4.ip_local_port_range=1024 65535")
-        .status()?;
-    ensure!(st.success(), "widening the port range");
+    let sources = d.lab.add_client_sources(CLIENTS)?;
     let mut app = d.echo_app(
         "app.sock",
         &["--listen", "0.0.0.0:7", "--fifo-size", "4096"],
@@ -170,7 +116,7 @@ fn a_hundred_thousand_kernel_connections_echo_their_own_bytes_and_leave_nothing_
     let per = connections() / CLIENTS;
     let mut clients = sources
         .iter()
-        .map(|s| Client::start(&d, s, per))
+        .map(|s| client(&d, *s, per))
         .collect::<Result<Vec<_>>>()?;
     let mut verified = 0;
     for c in &mut clients {

@@ -40,9 +40,13 @@ use crate::stats::Spread;
 mod bulk;
 mod cpu_efficiency;
 mod cut_through;
+mod flood;
+mod loss;
 mod modes;
 mod pktgen_row;
+mod queues;
 mod rr;
+mod scale;
 pub mod sides;
 mod udp;
 mod unmodified;
@@ -168,31 +172,50 @@ pub const BENCHMARKS: &[Bench] = &[
         measured: "`memcaslap -T 1 -c 16` (its 9:1 get/set mix) in the namespace on core 0 for the window (whole seconds, at least 1) after a warm-up: its TPS; server CPU per op as for nginx",
         run: unmodified::memcached,
     },
+    Bench {
+        name: "loss-sweep",
+        title: "TCP goodput under 0, 0.5, 1, 2 and 5 % loss each way, 1 stream and 8 streams, offloads off",
+        hoststack: "external `echo_server --discard` on `hoststack serve` (poll mode, core 1, the binary's default engine unless --tcp-engine); TSO/GSO/GRO off on both veth ends",
+        kernel: "a discard server (the epoll server, 256 KiB reads), default and busy-polling, TSO/GSO/GRO off on both veth ends",
+        measured: "nftables rules in the namespace drop N of every 1000 packets in its input and output hooks (the data and the ACKs), all rates in turn against one server; 1 and 8 Rust kernel clients on core 0 each write 128 KiB at a time for --bulk-duration; goodput = the streams' bytes over the time until the slowest one's server side closed after its FIN. Plots of goodput against loss under the chart",
+        run: loss::loss_sweep,
+    },
+    Bench {
+        name: "syn-flood",
+        title: "A fresh client's connects during a spoofed SYN flood: success, connect time p50/p99, server memory growth",
+        hoststack: "the external echo app on `hoststack serve` (poll mode, core 1, the binary's default engine: its SYN queue, accept queue and SYN cookies)",
+        kernel: "TCP echo on `hoststack-bench kernel-server`, default and busy-polling as in tcp-rr-64, with the machine's SYN cookies setting (1, its default, here); its SYN-ACKs to the spoofed sources routed back into the lab by a policy rule for the host address",
+        measured: "`hping3 -S --flood --rand-source -p 7` in the namespace on core 0 from --warmup before the window to its end; during the window a Rust kernel client (core 0) connects (2 s timeout), echoes 64 bytes and closes, every 10 ms, at least 5 times; server memory = RSS of the server processes (kernel: + /proc/meminfo Slab) at the end of the window less before the flood",
+        run: flood::syn_flood,
+    },
+    Bench {
+        name: "idle-conn-sweep",
+        title: "TCP 64-byte round trips on one connection while 0, 1,000, 10,000 and 100,000 others sit idle (rate, p50, p99), and the time to open them",
+        hoststack: "`hoststack serve --app-socket --tcp-buffer 16384` (1 worker pinned to core 1, poll mode, idle CPUs held polling) with the external `echo_server --quiet --fifo-size 4096` app pinned to core 1",
+        kernel: "TCP echo on `hoststack-bench kernel-server`, default and busy-polling as in tcp-rr-64, each process raising RLIMIT_NOFILE to its hard limit; when the hard limit (20,000 here) is below the connections, several server processes on core 1 share the port through SO_REUSEPORT, and then only by default (several busy-polling processes would take turns spinning on the one core)",
+        measured: "`kernel_conns --hold` processes in the namespace (at most 15,000 connections each, each from its own source address in the namespace, port range 1024-65535) open the idle connections step by step (--idle-conns), every connection echoing 64 bytes checked; after each step the tcp-rr-64 client on a connection of its own. Time to open = the steps' wall time summed; a plot of p50 against the count is drawn under the chart",
+        run: scale::idle_conn_sweep,
+    },
+    Bench {
+        name: "mem-per-conn",
+        title: "Memory per established, idle TCP connection at the sweep's largest count (100,000)",
+        hoststack: "as in idle-conn-sweep: `hoststack serve` (16 KiB TCP buffers) and the external echo app (4 KiB fifos); growth of both processes' proportional set (PSS: the shared-memory segments counted once), and the segments resident in the stack's process",
+        kernel: "as in idle-conn-sweep (the epoll server, default and busy-polling): growth of /proc/meminfo's Slab and of the TCP socket memory (/proc/net/sockstat), less the clients' own share (the same growth in hoststack's runs, where the kernel holds only the clients' sockets), plus the server processes' PSS growth",
+        measured: "read before the first idle connection and with all of them open; from idle-conn-sweep's runs when both run in one invocation (the same connections), else its own runs at the largest count. A second row gives the whole machine's growth on each side, clients included",
+        run: scale::mem_per_conn,
+    },
+    Bench {
+        name: "queue-scaling",
+        title: "1 and 2 queues: 8-stream TCP bulk, 64-byte round trips on 8 connections, UDP receive, per-queue balance",
+        hoststack: "the builtin echo app (`hoststack echo-server`) on a two-queue veth lab, interrupt mode (the load shares both cores with its workers), serving queue 0 alone (`--queues 1 --traffic-steered`, the kernel's end sending on one queue) or both (`--queues 2`, queue q's worker on core q); UDP through the same app with `--discard`",
+        kernel: "the epoll echo server (`hoststack-bench kernel-server`, default mode) with a worker per queue (queue q's on core q, SO_REUSEPORT) on the same veth end with 1 or 2 receive queues (`ethtool -L`), RPS off and on (rps_cpus 0 or 3); UDP receive by a SO_REUSEPORT socket and pinned thread per queue",
+        measured: "`kernel_conns` in the namespace: 8 streams each echoing 64 MiB (checked) at once, Gbps each way over the slowest stream, and the slowest stream's rate over the fastest's (balance); 8 connections of 20,000 64-byte round trips each; then 64-byte datagrams from 16 source ports in two threads for --duration, counted by the server. Scaling rows: 2 queues over 1, run by run (the kernel's better RPS setting on each count)",
+        run: queues::queue_scaling,
+    },
 ];
 
 /// Benchmarks the open issues ask for that cannot run yet, and why.
-pub const NOT_YET: &[(&str, &str)] = &[
-    (
-        "loss-sweep",
-        "TCP goodput against loss rates: waits for the TCP engine issue",
-    ),
-    (
-        "syn-flood",
-        "connection rate under a SYN flood: waits for the TCP engine issue (SYN cookies)",
-    ),
-    (
-        "idle-conn-sweep",
-        "round trips with N idle connections open: waits for the scale issue",
-    ),
-    (
-        "mem-per-conn",
-        "memory per established connection: waits for the scale issue",
-    ),
-    (
-        "queue-scaling",
-        "rates over 1..N queues and workers: waits for the multi-queue issue",
-    ),
-];
+pub const NOT_YET: &[(&str, &str)] = &[];
 
 /// The benchmark called `name`.
 pub fn find(name: &str) -> Option<&'static Bench> {
@@ -225,6 +248,10 @@ pub struct Settings {
     pub mtu: Option<usize>,
     /// The `hoststack` binary.
     pub hoststack: PathBuf,
+    /// Idle connection counts of the connection-count sweep, ascending.
+    pub idle_conns: Vec<usize>,
+    /// A check that the rows run (`--quick`): shorter streams and floods.
+    pub quick: bool,
     /// Set by SIGINT/SIGTERM.
     pub interrupted: Arc<AtomicBool>,
     /// What to do when other processes use the CPUs.
@@ -349,6 +376,20 @@ pub struct Row {
     /// Whether the chart shows it.
     #[serde(skip)]
     pub chart: bool,
+    /// A point of a line plot (one series per side, the medians against
+    /// `x`) drawn under the ratio chart.
+    pub plot: Option<PlotPoint>,
+}
+
+/// Where a row sits in a line plot.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlotPoint {
+    /// The plot's title (rows with the same title make one plot).
+    pub title: String,
+    /// What x counts.
+    pub x_label: String,
+    /// This row's x.
+    pub x: f64,
 }
 
 fn ratio(higher_is_better: bool, h: f64, k: f64) -> Option<f64> {
@@ -405,7 +446,18 @@ impl Row {
             lines: hs,
             label: format!("{bench} {unit}"),
             chart: true,
+            plot: None,
         }
+    }
+
+    /// Makes the row point `x` of line plot `title`.
+    pub fn plotted(mut self, title: &str, x_label: &str, x: f64) -> Self {
+        self.plot = Some(PlotPoint {
+            title: title.into(),
+            x_label: x_label.into(),
+            x,
+        });
+        self
     }
 
     /// Sets the chart label.

@@ -150,13 +150,29 @@ pub fn pinned(core: Option<usize>, program: &Path, args: &[&str]) -> Command {
 
 /// `hoststack-bench kernel-server ARGS` on `core`: `ready` once listening.
 pub fn kernel_server(core: Option<usize>, args: &[&str]) -> Result<Managed> {
+    kernel_server_on(&core.into_iter().collect::<Vec<_>>(), args)
+}
+
+/// `hoststack-bench kernel-server ARGS` with a worker pinned to each of
+/// `cores` (none: one unpinned worker).
+pub fn kernel_server_on(cores: &[usize], args: &[&str]) -> Result<Managed> {
     let me = std::env::current_exe()?;
     let mut cmd = Command::new(me);
     cmd.arg("kernel-server").args(args);
-    if let Some(c) = core {
-        cmd.args(["--cores", &c.to_string()]);
+    if !cores.is_empty() {
+        let list: Vec<String> = cores.iter().map(usize::to_string).collect();
+        cmd.args(["--cores", &list.join(",")]);
     }
     Managed::start(cmd, "hoststack-bench kernel-server", "ready")
+}
+
+/// The cores of a server on `queues` queues: queue q's worker on core q,
+/// or the core under test for one queue (None: unpinned).
+fn queue_cores(queues: Option<u32>, core: Option<usize>) -> Vec<usize> {
+    match (queues, core) {
+        (Some(q), Some(_)) if q > 1 => (0..q as usize).collect(),
+        (_, c) => c.into_iter().collect(),
+    }
 }
 
 /// The external examples' directory, checked.
@@ -186,13 +202,15 @@ pub enum Medium {
     },
 }
 
-/// The stack's arguments for a lab's host end.
+/// The stack's arguments for a lab's host end (`queues`: serve that many
+/// of the interface's queues, one pinned worker each).
 fn stack_args(
     s: &Settings,
     lab: &Lab,
     mode: Mode,
     core: Option<usize>,
     medium: Medium,
+    queues: Option<u32>,
 ) -> Vec<String> {
     let mut a = vec!["--interface".to_string(), lab.host_if.clone()];
     if let Medium::Tap { offloads } = medium {
@@ -209,8 +227,18 @@ fn stack_args(
         a.extend(["--address".into(), addr.to_string()]);
     }
     a.extend(["--mode".into(), mode.arg().into()]);
-    if let Some(c) = core {
-        a.extend(["--cores".into(), c.to_string()]);
+    if let Some(q) = queues {
+        a.extend(["--queues".into(), q.to_string()]);
+        if q < lab.cfg.queues {
+            a.push("--traffic-steered".into());
+        }
+    }
+    let cores: Vec<String> = queue_cores(queues, core)
+        .iter()
+        .map(usize::to_string)
+        .collect();
+    if !cores.is_empty() {
+        a.extend(["--cores".into(), cores.join(",")]);
     }
     a
 }
@@ -257,10 +285,41 @@ impl Server {
     }
 }
 
+/// What a benchmark changes in the servers it starts.
+#[derive(Debug, Clone, Default)]
+pub struct Tuning {
+    /// More arguments of hoststack's stack (`--tcp-buffer 16384`).
+    pub stack: Vec<String>,
+    /// More arguments of the external `echo_server` app (`--fifo-size 4096`).
+    pub app: Vec<String>,
+    /// More arguments of the builtin `hoststack echo-server` app.
+    pub builtin: Vec<String>,
+    /// Kernel server processes sharing the port through SO_REUSEPORT (0 or
+    /// 1: one process), for more connections than one process may hold
+    /// files.
+    pub kernel_processes: usize,
+    /// Queues of a multi-queue lab to serve: hoststack's `--queues`, and
+    /// as many kernel server workers, queue q's on core q (None: the
+    /// defaults, one worker on the core under test).
+    pub queues: Option<u32>,
+}
+
 impl Side {
     /// Starts this side's server for `svc` on the lab's host end (over
     /// `medium`, for hoststack's sides).
     pub fn start(self, s: &Settings, lab: &Lab, svc: Service, medium: Medium) -> Result<Server> {
+        self.start_with(s, lab, svc, medium, &Tuning::default())
+    }
+
+    /// [`Side::start`] with a benchmark's `tuning`.
+    pub fn start_with(
+        self,
+        s: &Settings,
+        lab: &Lab,
+        svc: Service,
+        medium: Medium,
+        tuning: &Tuning,
+    ) -> Result<Server> {
         let (_, core) = s.cores();
         let held = Held::new(self.idle_poll(), self == Side::KernelBusy)?;
         if let Service::Program(p) = svc {
@@ -281,9 +340,17 @@ impl Side {
                 if self == Side::KernelBusy {
                     args.push("--busy-poll".into());
                 }
+                let processes = tuning.kernel_processes.max(1);
+                if processes > 1 {
+                    args.push("--reuseport".into());
+                }
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let cores = queue_cores(tuning.queues, core);
+                let procs = (0..processes)
+                    .map(|_| kernel_server_on(&cores, &args))
+                    .collect::<Result<_>>()?;
                 Ok(Server {
-                    procs: vec![kernel_server(core, &args)?],
+                    procs,
                     reports: true,
                     socket: None,
                     _dir: None,
@@ -291,7 +358,7 @@ impl Side {
                 })
             }
             Side::Builtin(mode) => {
-                let mut args = stack_args(s, lab, mode, core, medium);
+                let mut args = stack_args(s, lab, mode, core, medium, tuning.queues);
                 let port = |p: u16| p.to_string();
                 let svc_args = match svc {
                     Service::TcpEcho => ["--tcp-port", &port(ECHO_PORT), "--udp-port", "0"]
@@ -312,6 +379,7 @@ impl Side {
                     Service::Program(_) => unreachable!("started above"),
                 };
                 args.extend(svc_args);
+                args.extend(tuning.stack.iter().chain(&tuning.builtin).cloned());
                 let mut cmd = Command::new(&s.hoststack);
                 cmd.arg("echo-server").args(&args);
                 Ok(Server {
@@ -332,7 +400,8 @@ impl Side {
                 let sock_s = sock.display().to_string();
                 let mut cmd = Command::new(&s.hoststack);
                 cmd.arg("serve")
-                    .args(stack_args(s, lab, mode, core, medium))
+                    .args(stack_args(s, lab, mode, core, medium, tuning.queues))
+                    .args(&tuning.stack)
                     .args(["--app-socket", &sock_s]);
                 let serve = Managed::start(cmd, "hoststack serve", "ready")?;
                 let mut args = vec!["--socket", &sock_s, "--quiet"];
@@ -353,6 +422,7 @@ impl Side {
                     }
                     Service::Program(_) => unreachable!("started above"),
                 }
+                args.extend(tuning.app.iter().map(String::as_str));
                 let app = Managed::start(
                     pinned(core, &app, &args),
                     "the echo_server example",
@@ -520,6 +590,19 @@ pub fn alternate<T>(
     bench: &str,
     configs: &[Config],
     svc: Service,
+    measure: impl FnMut(&Settings, &Lab, &Server) -> Result<T>,
+    show: impl Fn(&T) -> String,
+) -> Result<Results<T>> {
+    alternate_with(s, bench, configs, svc, &Tuning::default(), measure, show)
+}
+
+/// [`alternate`] with the servers started with `tuning`.
+pub fn alternate_with<T>(
+    s: &Settings,
+    bench: &str,
+    configs: &[Config],
+    svc: Service,
+    tuning: &Tuning,
     mut measure: impl FnMut(&Settings, &Lab, &Server) -> Result<T>,
     show: impl Fn(&T) -> String,
 ) -> Result<Results<T>> {
@@ -534,7 +617,9 @@ pub fn alternate<T>(
             }
             let what = format!("run {run} of {}", config.label());
             let (r, json) = s.guarded(bench, &what, || {
-                let server = config.side.start(s, &lab, svc, config.medium())?;
+                let server = config
+                    .side
+                    .start_with(s, &lab, svc, config.medium(), tuning)?;
                 let r = measure(s, &lab, &server);
                 let stopped = server.stop();
                 Ok((r?, stopped?))

@@ -20,6 +20,10 @@ use std::process::{Command, Output, Stdio};
 use thiserror::Error;
 use tracing::{debug, warn};
 
+mod load;
+
+pub use load::HeldConns;
+
 /// Why a lab could not be built, used or removed.
 #[derive(Debug, Error)]
 #[non_exhaustive]
