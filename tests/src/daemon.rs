@@ -204,6 +204,12 @@ impl Daemon {
         Ok(std::fs::read_to_string(p)?.trim().to_string())
     }
 
+    /// SIGKILL, as a crash would end it.
+    pub fn kill9(&mut self) -> Result<()> {
+        self.proc.take().context("not running")?.kill9();
+        Ok(())
+    }
+
     /// SIGTERM; returns whether the daemon exited cleanly.
     pub fn terminate(&mut self) -> Result<bool> {
         let p = self.proc.take().context("not running")?;

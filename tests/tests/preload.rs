@@ -17,46 +17,28 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use hoststack_lab::enter_netns;
-use hoststack_tests::{Lab, LabConfig, Proc, hoststack_bin, require_root, unique_lab_name};
 
-/// A lab and a hoststack daemon on it, stopped and removed when dropped.
+use hoststack_tests::{Daemon, Lab, Proc, hoststack_bin};
+
+/// A lab and an interrupt-mode hoststack daemon on it, stopped and removed
+/// when dropped.
 struct Stack {
-    daemon: Option<Proc>,
+    daemon: Daemon,
+    /// The daemon's runtime directory (its app socket, the servers' files).
     dir: PathBuf,
-    lab: Lab,
 }
 
 impl Stack {
     fn start(tag: &str) -> Result<Self> {
-        require_root();
-        let lab = Lab::up(LabConfig::new(&unique_lab_name(tag)))?;
-        let dir = std::env::temp_dir().join(format!("hs-preload-{}", lab.cfg.name));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let config = dir.join("hoststack.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[daemon]\nruntime_dir = \"{}\"\n\n[[interface]]\nname = \"{}\"\naddresses = [\"{}\", \"{}\"]\n\n[session]\nworker_mode = \"interrupt\"\n",
-                dir.display(),
-                lab.host_if,
-                lab.cfg.host4,
-                lab.cfg.host6,
-            ),
-        )?;
-        let mut cmd = Command::new(hoststack_bin());
-        cmd.arg("run").arg("--config").arg(&config);
-        let mut p = Proc::spawn("hoststack run", cmd)?;
-        p.wait_for_line("ready", Duration::from_secs(30))?;
+        let daemon = Daemon::start(tag, |_| "[session]\nworker_mode = \"interrupt\"\n".into())?;
         Ok(Self {
-            daemon: Some(p),
-            dir,
-            lab,
+            dir: daemon.path(""),
+            daemon,
         })
     }
 
     fn host(&self) -> String {
-        self.lab.cfg.host4.addr.to_string()
+        self.daemon.lab.cfg.host4.addr.to_string()
     }
 
     /// `program` with the preload library and this daemon's app socket.
@@ -70,7 +52,7 @@ impl Stack {
 
     /// `program` run by the kernel in the lab's namespace.
     fn peer(&self, program: &str) -> Command {
-        let mut c = self.lab.command(program);
+        let mut c = self.daemon.lab.command(program);
         c.env_remove("LD_PRELOAD");
         c
     }
@@ -90,15 +72,6 @@ impl Stack {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(stdout)
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            let _ = d.terminate();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -174,9 +147,9 @@ fn preload_socket_semantics() -> Result<()> {
     let mut cmd = st.preloaded("python3");
     cmd.arg(&script)
         .arg(st.host())
-        .arg(st.lab.cfg.peer4.addr.to_string())
-        .arg(&st.lab.netns)
-        .arg(st.lab.cfg.host6.addr.to_string());
+        .arg(st.daemon.lab.cfg.peer4.addr.to_string())
+        .arg(&st.daemon.lab.netns)
+        .arg(st.daemon.lab.cfg.host6.addr.to_string());
     let p = Proc::spawn("preload_semantics.py", cmd)?;
     let (ok, out) = p.wait(Duration::from_secs(60))?;
     print!("{out}");
@@ -214,8 +187,8 @@ fn preload_threaded_python_echo() -> Result<()> {
     let mut p = Proc::spawn("python echo", cmd)?;
     p.wait_for_line("ready", Duration::from_secs(20))?;
     let to: SocketAddr = format!("{}:7100", st.host()).parse()?;
-    echo_clients(&st.lab, to, 8, 1 << 20)?;
-    let ns = st.lab.netns.clone();
+    echo_clients(&st.daemon.lab, to, 8, 1 << 20)?;
+    let ns = st.daemon.lab.netns.clone();
     let back = std::thread::spawn(move || echo_from_ns(&ns, to, b"one more".to_vec()))
         .join()
         .map_err(|_| anyhow::anyhow!("client panicked"))??;
@@ -231,7 +204,7 @@ fn preload_tokio_echo() -> Result<()> {
     let mut p = Proc::spawn("tokio echo", cmd)?;
     p.wait_for_line("ready", Duration::from_secs(20))?;
     let to: SocketAddr = format!("{}:7200", st.host()).parse()?;
-    echo_clients(&st.lab, to, 16, 256 << 10)?;
+    echo_clients(&st.daemon.lab, to, 16, 256 << 10)?;
     Ok(())
 }
 
@@ -383,7 +356,7 @@ fn preload_nginx() -> Result<()> {
             // listener, old ones finish and close theirs.
             let load = {
                 let url = format!("{base}/4k.bin");
-                let cmd_ns = st.lab.netns.clone();
+                let cmd_ns = st.daemon.lab.netns.clone();
                 std::thread::spawn(move || -> Result<String> {
                     let out = Command::new("ip")
                         .args(["netns", "exec", &cmd_ns, "wrk", "-t2", "-c8", "-d4s", &url])
@@ -457,7 +430,7 @@ fn preload_redis() -> Result<()> {
     }
     // BGSAVE forks while the SET phase runs.
     let saver = {
-        let ns = st.lab.netns.clone();
+        let ns = st.daemon.lab.netns.clone();
         let h = st.host();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
@@ -620,7 +593,7 @@ fn a_second_connection_joins_an_app_with_its_share_token() -> Result<()> {
     // Give the stack a moment to see the joined connection close.
     std::thread::sleep(Duration::from_millis(300));
     let to: SocketAddr = format!("{}:7600", st.host()).parse()?;
-    let ns = st.lab.netns.clone();
+    let ns = st.daemon.lab.netns.clone();
     let clients = std::thread::spawn(move || -> Result<Vec<TcpStream>> {
         enter_netns(&ns)?;
         (0..3)
@@ -720,12 +693,12 @@ for fam, h, sizes in [(socket.AF_INET, "{}", (1, 100, 1400, 8000, 30000)), (sock
 print("udp echo ok")
 "#,
         st.host(),
-        st.lab.cfg.host6.addr
+        st.daemon.lab.cfg.host6.addr
     );
     let out = st.peer_output("python3", &["-c", &check])?;
     ensure!(out.contains("udp echo ok"), "{out}");
     // A preloaded client against a kernel echo in the lab.
-    let peer = st.lab.cfg.peer4.addr.to_string();
+    let peer = st.daemon.lab.cfg.peer4.addr.to_string();
     let mut k = st.peer("python3");
     k.args(["-c", PY_KERNEL_UDP_ECHO, &peer, "7801"]);
     let mut kp = Proc::spawn("kernel udp echo", k)?;
@@ -765,7 +738,7 @@ fn a_dead_daemon_resets_blocked_sessions() -> Result<()> {
     let mut p = Proc::spawn("python blocked in recv", cmd)?;
     p.wait_for_line("ready", Duration::from_secs(20))?;
     let to: SocketAddr = format!("{}:7900", st.host()).parse()?;
-    let ns = st.lab.netns.clone();
+    let ns = st.daemon.lab.netns.clone();
     let client = std::thread::spawn(move || -> Result<TcpStream> {
         enter_netns(&ns)?;
         Ok(TcpStream::connect_timeout(&to, Duration::from_secs(5))?)
@@ -774,7 +747,7 @@ fn a_dead_daemon_resets_blocked_sessions() -> Result<()> {
     .map_err(|_| anyhow::anyhow!("client panicked"))??;
     p.wait_for_line("accepted", Duration::from_secs(10))?;
     std::thread::sleep(Duration::from_millis(200));
-    st.daemon.take().context("daemon")?.kill9();
+    st.daemon.kill9()?;
     let mut seen = 0;
     let mut lines = p.read_lines_until(Duration::from_secs(10), |l| {
         seen += usize::from(l.starts_with("accept") || l.starts_with("recv"));
