@@ -84,6 +84,11 @@ const CONTROL_BATCH: usize = 64;
 /// the tick only bounds how late it sees a stop or a stalled main queue.
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
+/// How long a listen waits for the stack threads to open the transport
+/// listener before it is undone and refused: they run the command within
+/// a loop iteration, so only a stuck thread takes this long.
+const LISTEN_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A running app socket.
 #[derive(Debug)]
 pub struct AppSocketServer {
@@ -552,7 +557,7 @@ fn control_message(app: AppIndex, m: ControlMessage, control: &ControlPlane) {
             proto, endpoint, ..
         } => (
             control
-                .listen(app, worker, proto, endpoint)
+                .listen_confirmed(app, worker, proto, endpoint, LISTEN_CONFIRM_TIMEOUT)
                 .map(|h| h.as_u64()),
             true,
         ),

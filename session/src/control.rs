@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::app_callbacks::AppCallbacks;
 use crate::application::AppIdentity;
+use crate::listen_ack::ListenOutcome;
 use crate::session_layer::{AttachReply, SessionLayer};
 use hoststack_app_proto::endpoint::{Endpoint, TransportProto};
 use hoststack_app_proto::error::{SessionError, SessionResult};
@@ -244,6 +245,31 @@ impl ControlPlane {
         endpoint: Endpoint,
     ) -> SessionResult<ListenerHandle> {
         self.call(move |l| l.listen(app, worker, proto, endpoint))?
+    }
+
+    /// Listens and waits (outside the layer lock) until every stack thread
+    /// opened the transport listener, so that the caller's "listening" is
+    /// true the moment it hears it; a refusal, or threads that do not
+    /// answer within `timeout`, undo the listen and are the error. Not for
+    /// a stack thread: it would wait for itself.
+    pub fn listen_confirmed(
+        &self,
+        app: AppIndex,
+        worker: WorkerMapIndex,
+        proto: TransportProto,
+        endpoint: Endpoint,
+        timeout: Duration,
+    ) -> SessionResult<ListenerHandle> {
+        let (lh, ack) = self.call(move |l| l.listen_acked(app, worker, proto, endpoint))??;
+        let error = match ack.wait(timeout) {
+            ListenOutcome::Open => return Ok(lh),
+            ListenOutcome::Refused(e) => e,
+            ListenOutcome::TimedOut { outstanding } => SessionError::Transport(format!(
+                "listen on {endpoint}: {outstanding} stack thread(s) did not open it within {timeout:?}"
+            )),
+        };
+        let _ = self.unlisten(app, worker, lh);
+        Err(error)
     }
 
     /// Stops listening.

@@ -29,6 +29,7 @@ pub mod control;
 pub mod corruption_verdict;
 pub mod cut_through_segments;
 pub mod dirty_sessions;
+pub mod listen_ack;
 pub mod log_limit;
 pub mod lookup;
 pub mod namespace;

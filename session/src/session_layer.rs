@@ -29,6 +29,7 @@ use crate::application::{AppIdentity, Application};
 use crate::cert::{CertKeyStore, CryptoEngines};
 use crate::corruption_verdict::{CorruptionRecord, CorruptionVerdict};
 use crate::cut_through_segments::CutThroughSegments;
+use crate::listen_ack::ListenAck;
 use crate::lookup::{ListenerQuery, ListenerScope, SessionLookup};
 use crate::namespace::AppNamespaces;
 use crate::segment_manager::{SegmentManager, SegmentManagerConfig};
@@ -59,6 +60,8 @@ pub enum WorkerCommand {
         endpoint: Endpoint,
         /// The app workers its sessions go to, by map index.
         workers: Vec<Arc<AppWorkerShare>>,
+        /// Where the thread reports whether its transport opened it.
+        ack: Arc<ListenAck>,
     },
     /// The app workers a listener's sessions go to changed.
     ListenerWorkers {
@@ -441,13 +444,18 @@ impl SessionLayer {
         self.threads.len()
     }
 
-    fn send(&self, thread: usize, cmd: WorkerCommand) {
-        if let Some(t) = self.threads.get(thread) {
-            if t.commands.send(cmd).is_ok() {
-                (t.wake)();
-            } else {
-                warn!(thread, "stack thread is gone; command dropped");
-            }
+    /// Queues `cmd` for stack thread `thread` and wakes it; false if that
+    /// thread is gone.
+    fn send(&self, thread: usize, cmd: WorkerCommand) -> bool {
+        let Some(t) = self.threads.get(thread) else {
+            return false;
+        };
+        if t.commands.send(cmd).is_ok() {
+            (t.wake)();
+            true
+        } else {
+            warn!(thread, "stack thread is gone; command dropped");
+            false
         }
     }
 
@@ -1003,7 +1011,9 @@ impl SessionLayer {
 
     // ---- listeners ---------------------------------------------------
 
-    /// Listens for app `app`'s worker `map_index` on `endpoint`.
+    /// Listens for app `app`'s worker `map_index` on `endpoint`. The stack
+    /// threads open the transport listener a moment later; see
+    /// [`listen_acked`](Self::listen_acked) to wait for them.
     pub fn listen(
         &mut self,
         app: AppIndex,
@@ -1011,6 +1021,20 @@ impl SessionLayer {
         proto: TransportProto,
         endpoint: Endpoint,
     ) -> SessionResult<ListenerHandle> {
+        self.listen_acked(app, map_index, proto, endpoint)
+            .map(|(lh, _)| lh)
+    }
+
+    /// [`listen`](Self::listen), with the ack the stack threads that open
+    /// the transport listener report to (none are asked for a listener
+    /// that exists already or has local scope only: the ack expects zero).
+    pub fn listen_acked(
+        &mut self,
+        app: AppIndex,
+        map_index: WorkerMapIndex,
+        proto: TransportProto,
+        endpoint: Endpoint,
+    ) -> SessionResult<(ListenerHandle, Arc<ListenAck>)> {
         let wi = self.app_worker_of(app, map_index)?;
         let a = self.app(app)?;
         if a.detaching {
@@ -1040,7 +1064,7 @@ impl SessionLayer {
                 w.listeners.push(lh);
             }
             self.sync_listener(lh);
-            return Ok(lh);
+            return Ok((lh, Arc::new(ListenAck::new(0))));
         }
         // Another app on the endpoint?
         let taken_global = scope.global
@@ -1067,6 +1091,7 @@ impl SessionLayer {
         let lh = ListenerHandle::new(0, li);
         let mut listener = AppListener::new(app, proto, endpoint);
         listener.add_worker(map_index)?;
+        let mut ack = Arc::new(ListenAck::new(0));
         entry.insert(ListenerEntry {
             listener,
             namespace: ns,
@@ -1099,16 +1124,25 @@ impl SessionLayer {
                 .set_global_listener(Some(lh));
             // Only the interfaces of the namespace's table carry it.
             let workers = self.listener_workers(lh);
-            for t in crate::thread_reach::threads_in_table(&self.reach, self.threads.len(), fib.0) {
-                self.send(
+            let threads =
+                crate::thread_reach::threads_in_table(&self.reach, self.threads.len(), fib.0);
+            ack = Arc::new(ListenAck::new(threads.len()));
+            for t in threads {
+                let sent = self.send(
                     t,
                     WorkerCommand::Listen {
                         listener: lh,
                         proto,
                         endpoint,
                         workers: workers.clone(),
+                        ack: ack.clone(),
                     },
                 );
+                if !sent {
+                    ack.report(Err(SessionError::Transport(format!(
+                        "stack thread {t} is gone"
+                    ))));
+                }
             }
         }
         if let Some(a) = self.apps.get_mut(app.as_usize()) {
@@ -1118,7 +1152,7 @@ impl SessionLayer {
             w.listeners.push(lh);
         }
         debug!(app = app.0, %endpoint, ?proto, "listening");
-        Ok(lh)
+        Ok((lh, ack))
     }
 
     /// Stops app `app`'s worker `map_index` listening on `listener`; the

@@ -673,18 +673,25 @@ impl SessionWorker {
                 proto,
                 endpoint,
                 workers,
+                ack,
             } => {
+                // The app hears of a failure through the ack: no log line.
                 let Some(t) = tp.transport(proto) else {
-                    warn!(thread = self.thread, ?proto, "no transport for a listen");
+                    ack.report(Err(SessionError::Transport(format!(
+                        "no {proto} transport on thread {}",
+                        self.thread
+                    ))));
                     return;
                 };
                 match t.listen(listener, endpoint) {
                     Ok(()) => {
                         self.listeners
                             .insert(listener, ThreadListener::new(by_map_index(workers)));
+                        ack.report(Ok(()));
                     }
                     Err(e) => {
-                        warn!(thread = self.thread, %endpoint, "transport listen failed: {e}")
+                        debug!(thread = self.thread, %endpoint, "transport listen failed: {e}");
+                        ack.report(Err(e));
                     }
                 }
             }

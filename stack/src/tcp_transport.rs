@@ -21,7 +21,7 @@ use hoststack_app_proto::handle::{ListenerHandle, SessionHandle};
 use hoststack_session::transport::{DatagramMeta, Transport, TransportConnId, TransportEvent};
 use hoststack_tcp::{
     ConnHandle, ConnOptions, ConnectFailure, FlowTuple, Instant, ListenOptions, ListenerId,
-    TcpConfig, TcpEndpoint, TcpEvent,
+    TcpConfig, TcpEndpoint, TcpError, TcpEvent,
 };
 
 use crate::flow_directory::Claim;
@@ -70,6 +70,14 @@ fn endpoint(a: SocketAddr) -> Endpoint {
     }
 }
 
+/// The engine listeners behind one session-layer listener: its own
+/// address's, and a zero address's borrowed other-family wildcard.
+#[derive(Debug, Default)]
+struct EngineListeners {
+    ids: Vec<ListenerId>,
+    port: u16,
+}
+
 /// The engine of one worker, seen by the session layer.
 #[derive(Debug)]
 pub struct EngineTcp {
@@ -78,8 +86,11 @@ pub struct EngineTcp {
     routes: Routes,
     listen: ListenOptions,
     connect: ConnOptions,
-    listeners: HashMap<ListenerHandle, Vec<ListenerId>>,
+    listeners: HashMap<ListenerHandle, EngineListeners>,
     by_listener_id: HashMap<ListenerId, ListenerHandle>,
+    /// The other family's wildcard that a zero-address listener holds
+    /// while no listener of that family asks for it.
+    borrowed: HashMap<SocketAddr, (ListenerHandle, ListenerId)>,
     connecting: HashMap<ConnHandle, SessionHandle>,
     steering: Option<ConnectSteering>,
     events: VecDeque<TransportEvent>,
@@ -105,6 +116,7 @@ impl EngineTcp {
             connect,
             listeners: HashMap::new(),
             by_listener_id: HashMap::new(),
+            borrowed: HashMap::new(),
             connecting: HashMap::new(),
             steering: None,
             events: VecDeque::new(),
@@ -243,12 +255,13 @@ impl EngineTcp {
     /// Closes every connection and listener (worker shutdown): peers get
     /// a RST.
     pub fn shutdown(&mut self) {
-        for ids in std::mem::take(&mut self.listeners).into_values() {
-            for id in ids {
+        for l in std::mem::take(&mut self.listeners).into_values() {
+            for id in l.ids {
                 let _ = self.engine.unlisten(id);
             }
         }
         self.by_listener_id.clear();
+        self.borrowed.clear();
         while let Some(ev) = self.events.pop_front() {
             let conn = match ev {
                 TransportEvent::Accepted { conn, .. } | TransportEvent::Connected { conn, .. } => {
@@ -270,39 +283,61 @@ impl Transport for EngineTcp {
         if ep.port == 0 {
             return Err(SessionError::Transport("cannot listen on port 0".into()));
         }
-        // A zero address listens on both families, as it does on smoltcp.
-        let addrs: Vec<IpAddr> = if ep.is_zero_ip() {
-            vec![
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            ]
-        } else {
-            vec![ep.ip]
-        };
-        let mut ids = Vec::new();
-        for ip in addrs {
-            match self
-                .engine
-                .listen(self.table, SocketAddr::new(ip, ep.port), self.listen)
-            {
-                Ok(id) => ids.push(id),
-                Err(e) => {
-                    for id in ids {
-                        let _ = self.engine.unlisten(id);
-                    }
-                    return Err(SessionError::Transport(format!("listen on {ep}: {e}")));
-                }
+        let own = SocketAddr::new(ep.ip, ep.port);
+        // A listener of this family's wildcard takes it back from the
+        // other family's zero-address listener that borrowed it.
+        if let Some((holder, id)) = self.borrowed.remove(&own) {
+            let _ = self.engine.unlisten(id);
+            self.by_listener_id.remove(&id);
+            if let Some(l) = self.listeners.get_mut(&holder) {
+                l.ids.retain(|&x| x != id);
+            }
+        }
+        let id = self
+            .engine
+            .listen(self.table, own, self.listen)
+            .map_err(|e| match e {
+                TcpError::AlreadyListening => SessionError::AlreadyListening(ep.to_string()),
+                e => SessionError::Transport(format!("listen on {ep}: {e}")),
+            })?;
+        let mut ids = vec![id];
+        // A zero address also takes the other family's connections, as on
+        // smoltcp, while that family's wildcard is free.
+        if ep.is_zero_ip() {
+            let other_ip = match ep.ip {
+                IpAddr::V4(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                IpAddr::V6(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            };
+            let other = SocketAddr::new(other_ip, ep.port);
+            if let Ok(oid) = self.engine.listen(self.table, other, self.listen) {
+                ids.push(oid);
+                self.borrowed.insert(other, (listener, oid));
             }
         }
         for &id in &ids {
             self.by_listener_id.insert(id, listener);
         }
-        self.listeners.insert(listener, ids);
+        self.listeners
+            .insert(listener, EngineListeners { ids, port: ep.port });
         Ok(())
     }
 
     fn unlisten(&mut self, listener: ListenerHandle) {
-        for id in self.listeners.remove(&listener).unwrap_or_default() {
+        let l = self.listeners.remove(&listener).unwrap_or_default();
+        for ip in [
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ] {
+            let wildcard = SocketAddr::new(ip, l.port);
+            if self
+                .borrowed
+                .get(&wildcard)
+                .is_some_and(|b| b.0 == listener)
+            {
+                self.borrowed.remove(&wildcard);
+            }
+        }
+        for id in l.ids {
             self.by_listener_id.remove(&id);
             let _ = self.engine.unlisten(id);
         }
@@ -486,5 +521,70 @@ impl Transport for EngineTcp {
             ("mss", i.mss.to_string()),
             ("recovery", i.in_recovery.to_string()),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn engine() -> EngineTcp {
+        EngineTcp::new(
+            TcpConfig::default(),
+            ListenOptions::default(),
+            ConnOptions::default(),
+            0,
+            Routes::new(&[], None),
+            Instant::from_millis(0),
+        )
+    }
+
+    fn zero(ip: IpAddr, port: u16) -> Endpoint {
+        Endpoint { ip, port }
+    }
+
+    const V4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    const V6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+    #[test]
+    fn a_zero_v4_listener_lends_the_v6_wildcard_until_a_v6_listener_takes_it() {
+        let mut e = engine();
+        let (a, b) = (ListenerHandle::new(0, 1), ListenerHandle::new(0, 2));
+        e.listen(a, zero(V4, 80)).expect("0.0.0.0:80");
+        assert_eq!(e.listeners[&a].ids.len(), 2, "borrows [::]:80");
+        e.listen(b, zero(V6, 80))
+            .expect("[::]:80 takes the borrowed wildcard");
+        assert_eq!(e.listeners[&a].ids.len(), 1);
+        assert_eq!(
+            e.listeners[&b].ids.len(),
+            1,
+            "borrows nothing: 0.0.0.0 is A's"
+        );
+        assert!(e.borrowed.is_empty());
+        assert_eq!(e.by_listener_id[&e.listeners[&a].ids[0]], a);
+        assert_eq!(e.by_listener_id[&e.listeners[&b].ids[0]], b);
+        assert_eq!(e.by_listener_id.len(), 2);
+        e.unlisten(b);
+        e.unlisten(a);
+        assert!(e.listeners.is_empty() && e.by_listener_id.is_empty() && e.borrowed.is_empty());
+        e.listen(b, zero(V6, 80)).expect("everything was released");
+    }
+
+    #[test]
+    fn a_listener_of_the_same_address_is_refused_as_already_listening() {
+        let mut e = engine();
+        let (a, b) = (ListenerHandle::new(0, 1), ListenerHandle::new(0, 2));
+        e.listen(a, zero(V6, 81)).expect("[::]:81");
+        assert!(matches!(
+            e.listen(b, zero(V6, 81)),
+            Err(SessionError::AlreadyListening(_))
+        ));
+        // The borrowed 0.0.0.0:81 goes to a v4 listener, and comes back
+        // to nobody when A leaves: B's own stays.
+        e.listen(b, zero(V4, 81)).expect("0.0.0.0:81 taken back");
+        e.unlisten(a);
+        assert!(e.borrowed.is_empty());
+        assert_eq!(e.listeners[&b].ids.len(), 1);
     }
 }

@@ -6,11 +6,25 @@
 import array, errno, fcntl, os, select, signal, socket, subprocess, sys, termios, time
 
 HOST, PEER, NETNS, HOST6 = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+# The test shows only stdout: a failure's traceback goes there too.
+sys.stderr = sys.stdout
 KERNEL_ENV = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 PEER_PORT = 9500
 
 def ok(name):
     print("ok", name, flush=True)
+
+def queued(s):
+    n = array.array("i", [0])
+    fcntl.ioctl(s.fileno(), termios.FIONREAD, n, True)
+    return n[0]
+
+def wait_queued(s, want, timeout=5):
+    # Bytes the peer sent reach us a moment after its send returns.
+    deadline = time.time() + timeout
+    while queued(s) < want and time.time() < deadline:
+        time.sleep(0.005)
+    assert queued(s) == want, f"{queued(s)} bytes queued, want {want}"
 
 def expect_errno(e, fn, *a):
     try:
@@ -123,7 +137,7 @@ try:
     assert cmd("send 0 once") == "sent"
     assert ep.poll(5) == [(C.fileno(), select.EPOLLIN)]
     assert cmd("send 0 more") == "sent"
-    time.sleep(0.2)
+    wait_queued(C, 8)
     assert ep.poll(0) == []  # one-shot: disabled until modified
     ep.modify(C.fileno(), select.EPOLLIN)
     assert ep.poll(1) == [(C.fileno(), select.EPOLLIN)]
@@ -213,10 +227,7 @@ try:
 
     # FIONREAD, FIONBIO, F_GETFL, sendmsg/recvmsg, readv/writev
     assert cmd("send 1 twelve-bytes") == "sent"
-    time.sleep(0.2)
-    n = array.array("i", [0])
-    fcntl.ioctl(C2.fileno(), termios.FIONREAD, n, True)
-    assert n[0] == 12, n[0]
+    wait_queued(C2, 12)
     fcntl.ioctl(C2.fileno(), termios.FIONBIO, array.array("i", [1]), False)
     assert fcntl.fcntl(C2.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
     a, b = bytearray(6), bytearray(6)
@@ -271,6 +282,14 @@ try:
             r.accept()[0].close(); got[r] += 1
     assert sum(got.values()) == 4 and min(got.values()) >= 1, got
     ok("SO_REUSEPORT listeners share one endpoint's connections")
+
+    # listen() returns once the stack takes connections: a peer told at
+    # once is never refused
+    for _ in range(20):
+        Q = socket.socket(); Q.bind(("0.0.0.0", 0)); Q.listen(1)
+        assert cmd(f"connect {HOST} {Q.getsockname()[1]}") == "connected"
+        Q.settimeout(5); Q.accept()[0].close(); Q.close()
+    ok("a listener takes connections the moment listen() returns")
     print("all ok", flush=True)
 finally:
     helper.kill()

@@ -158,8 +158,17 @@ fn listen_at(
             .listen_proto(proto, want)
             .map_err(|e| state::errno_of(&e))
     } else {
+        // Each pick starts elsewhere: in a process that binds port 0 often
+        // the walk would otherwise retry the same taken ports every time.
+        static PICKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         let seed = (sys::getpid() as u32).wrapping_mul(2_654_435_761)
-            ^ Instant::now().elapsed().subsec_nanos();
+            ^ clock
+            ^ PICKS
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .wrapping_mul(40_503);
         let mut r = Err(libc::EADDRINUSE);
         for i in 0..64u32 {
             let port = 32768 + (seed.wrapping_add(i.wrapping_mul(7919)) % 28232) as u16;
