@@ -36,6 +36,9 @@ pub struct TransferReport {
     pub elapsed: Duration,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// Datagrams sent again because no echo came back in time (0 for
+    /// streams).
+    pub resent: u64,
 }
 
 /// A slot a client reports into.
@@ -296,6 +299,7 @@ impl StreamState {
                 verified: self.verified,
                 elapsed: self.started.elapsed(),
                 error,
+                resent: 0,
             },
         );
     }
@@ -494,11 +498,20 @@ impl StreamClient {
 /// Datagram sizes cycled through (all fit one IPv6 packet at MTU 1500).
 pub const DATAGRAM_SIZES: [usize; 6] = [8, 13, 64, 512, 1000, 1452];
 
+/// How long the oldest unanswered datagram waits before the client sends
+/// what is still unanswered again: UDP loses datagrams (a kernel peer's
+/// full socket buffer, say), and a client that never resent would stall.
+pub const DATAGRAM_RESEND_AFTER: Duration = Duration::from_millis(200);
+
 struct DatagramState {
     count: u64,
     next: u64,
     echoed: u64,
     seen: Vec<bool>,
+    /// The lowest sequence number not echoed yet.
+    oldest: u64,
+    resent: u64,
+    last_progress: Instant,
     remote: Endpoint,
     window: u64,
     started: Instant,
@@ -527,25 +540,49 @@ impl DatagramState {
                 verified: self.echoed,
                 elapsed: self.started.elapsed(),
                 error,
+                resent: self.resent,
             },
         );
     }
 
-    fn send_more(&mut self, cx: &mut dyn AppContext, s: SessionHandle) {
-        while self.next < self.count && self.next - self.echoed < self.window {
-            let p = datagram_payload(self.next);
-            let local = Endpoint {
+    fn send_one(&self, cx: &mut dyn AppContext, s: SessionHandle, seq: u64) -> bool {
+        let meta = DatagramMeta {
+            remote: self.remote,
+            local: Endpoint {
                 ip: hoststack_app_proto::endpoint::IpFamily::of(&self.remote.ip).zero_addr(),
                 port: 0,
-            };
-            let meta = DatagramMeta {
-                remote: self.remote,
-                local,
-            };
-            match cx.send_datagram(s, meta, &p) {
-                Ok(true) => self.next += 1,
-                _ => return,
+            },
+        };
+        matches!(cx.send_datagram(s, meta, &datagram_payload(seq)), Ok(true))
+    }
+
+    fn send_more(&mut self, cx: &mut dyn AppContext, s: SessionHandle) {
+        while self.next < self.count && self.next - self.echoed < self.window {
+            if !self.send_one(cx, s, self.next) {
+                return;
             }
+            self.next += 1;
+        }
+    }
+
+    /// Sends every unanswered datagram again once nothing came back for
+    /// [`DATAGRAM_RESEND_AFTER`].
+    fn resend_stale(&mut self, cx: &mut dyn AppContext, s: SessionHandle) {
+        if self.done
+            || self.echoed == self.next
+            || self.last_progress.elapsed() < DATAGRAM_RESEND_AFTER
+        {
+            return;
+        }
+        self.last_progress = Instant::now();
+        for seq in self.oldest..self.next {
+            if self.seen[seq as usize] {
+                continue;
+            }
+            if !self.send_one(cx, s, seq) {
+                return;
+            }
+            self.resent += 1;
         }
     }
 
@@ -565,6 +602,10 @@ impl DatagramState {
             if !self.seen[seq as usize] {
                 self.seen[seq as usize] = true;
                 self.echoed += 1;
+                self.last_progress = Instant::now();
+                while self.oldest < self.next && self.seen[self.oldest as usize] {
+                    self.oldest += 1;
+                }
             }
         }
         if self.echoed == self.count {
@@ -575,13 +616,15 @@ impl DatagramState {
 }
 
 /// A client that exchanges `count` numbered datagrams with a UDP echo
-/// server, at most `window` in flight.
+/// server, at most `window` in flight; what goes unanswered is sent again
+/// when the client is [kicked](Self::kick) after [`DATAGRAM_RESEND_AFTER`].
 #[derive(Debug)]
 pub struct DatagramClient {
     /// Its app index.
     pub app: AppIndex,
     /// Where the report lands.
     pub report: ReportSlot,
+    session: Arc<Mutex<Option<SessionHandle>>>,
 }
 
 impl DatagramClient {
@@ -601,23 +644,39 @@ impl DatagramClient {
             seen: vec![false; count as usize],
             remote,
             window: 32,
+            oldest: 0,
+            resent: 0,
+            last_progress: Instant::now(),
             started: Instant::now(),
             slot: slot.clone(),
             done: false,
         }));
-        let (c, r, x) = (state.clone(), state.clone(), state.clone());
+        let session: Arc<Mutex<Option<SessionHandle>>> = Arc::default();
+        let (c, r, t, x) = (state.clone(), state.clone(), state.clone(), state.clone());
+        let connected_session = session.clone();
         let cbs = AppCallbacks {
             accept: Some(Arc::new(|_, _| {})),
             connected: Some(Arc::new(move |cx, res, _| {
                 let mut st = lock(&c);
                 match res {
-                    Ok(s) => st.send_more(cx, s),
+                    Ok(s) => {
+                        *lock(&connected_session) = Some(s);
+                        st.last_progress = Instant::now();
+                        st.send_more(cx, s);
+                    }
                     Err(e) => st.finish(Some(format!("connect failed: {e}"))),
                 }
             })),
             rx: Some(Arc::new(move |cx, s| {
                 let mut st = lock(&r);
                 st.receive(cx, s);
+                st.resend_stale(cx, s);
+                st.send_more(cx, s);
+            })),
+            // Room in the tx fifo, or a kick.
+            tx: Some(Arc::new(move |cx, s| {
+                let mut st = lock(&t);
+                st.resend_stale(cx, s);
                 st.send_more(cx, s);
             })),
             disconnect: Some(Arc::new(|_, _| {})),
@@ -631,6 +690,18 @@ impl DatagramClient {
         Ok(Self {
             app: reply.app,
             report: slot,
+            session,
         })
+    }
+
+    /// Wakes the client's session on its stack thread, where it sends
+    /// again what went unanswered for [`DATAGRAM_RESEND_AFTER`]: call it
+    /// about that often while waiting for the report.
+    pub fn kick(&self, control: &ControlPlane) {
+        let Some(s) = *lock(&self.session) else {
+            return;
+        };
+        let app = self.app;
+        let _ = control.call(move |l| l.wake_session(app, s));
     }
 }

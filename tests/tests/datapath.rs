@@ -156,7 +156,8 @@ fn hoststack_udp_client_exchanges_datagrams_with_kernel_udp_echo() -> Result<()>
             "--address",
             &addr.to_string(),
         ]);
-        cmd.args(["--connect", &remote, "--count", "600"]);
+        // Its own deadline before the test's: a stall prints its report.
+        cmd.args(["--connect", &remote, "--count", "600", "--timeout", "30"]);
         let (ok, out) = Proc::spawn("hoststack udp-client", cmd)?.wait(Duration::from_secs(60))?;
         let v = last_json(&out)?;
         assert!(ok, "{remote}: {v}");

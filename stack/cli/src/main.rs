@@ -26,7 +26,7 @@ use hoststack_lab::enter_netns;
 use hoststack_lab::{Lab, LabAddr, LabConfig};
 use hoststack_session::app_socket::{AppSocketConfig, AppSocketServer};
 use hoststack_stack::builtin_apps::{
-    DatagramClient, EchoServer, ReportSlot, StreamClient, TransferReport,
+    DATAGRAM_RESEND_AFTER, DatagramClient, EchoServer, ReportSlot, StreamClient, TransferReport,
 };
 use hoststack_stack::{AddrPrefix, Stack, WorkerMode};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -144,8 +144,9 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
-    /// Send COUNT datagrams to a UDP echo server one by one, verify each,
-    /// print a JSON report.
+    /// Send COUNT datagrams to a UDP echo server, 32 in flight, verify each
+    /// echo, send again what goes unanswered for 200 ms, print a JSON
+    /// report ("resent" counts the datagrams sent again).
     UdpClient {
         #[command(flatten)]
         stack: StackArgs,
@@ -704,17 +705,27 @@ fn echo_server(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for a client's report, a signal, a dead worker or the timeout.
+/// How often a waiting command runs its clients' tick.
+const TICK: Duration = DATAGRAM_RESEND_AFTER;
+
+/// Waits for a client's report, a signal, a dead worker or the timeout,
+/// running `tick` every [`TICK`].
 fn wait_client(
     stack: &Stack,
     shutdown: &Shutdown,
     slot: &ReportSlot,
     timeout: Duration,
+    tick: &dyn Fn(),
 ) -> TransferReport {
     let started = std::time::Instant::now();
+    let mut ticked = started;
     loop {
         if let Some(r) = slot.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return r;
+        }
+        if ticked.elapsed() >= TICK {
+            ticked = std::time::Instant::now();
+            tick();
         }
         if shutdown.wait(Duration::from_millis(20))
             || started.elapsed() > timeout
@@ -725,6 +736,7 @@ fn wait_client(
                 verified: 0,
                 elapsed: started.elapsed(),
                 error: Some("timed out or interrupted".into()),
+                resent: 0,
             };
         }
     }
@@ -746,6 +758,7 @@ fn wait_clients<'a>(
     shutdown: &Shutdown,
     clients: impl Iterator<Item = (AppIndex, &'a ReportSlot)>,
     timeout: Duration,
+    tick: &dyn Fn(),
 ) -> Vec<TransferReport> {
     let started = std::time::Instant::now();
     let mut apps = Vec::new();
@@ -753,7 +766,7 @@ fn wait_clients<'a>(
         .map(|(app, report)| {
             apps.push(app);
             let left = timeout.saturating_sub(started.elapsed());
-            wait_client(stack, shutdown, report, left)
+            wait_client(stack, shutdown, report, left, tick)
         })
         .collect();
     for app in apps {
@@ -829,6 +842,7 @@ fn tcp_client(
         &shutdown,
         clients.iter().map(|c| (c.app, &c.report)),
         timeout,
+        &|| {},
     );
     let per_queue = per_queue_report(&stack);
     stack.stop()?;
@@ -881,6 +895,12 @@ fn udp_client(
         &shutdown,
         clients.iter().map(|c| (c.app, &c.report)),
         timeout,
+        // Unanswered datagrams go again.
+        &|| {
+            for c in &clients {
+                c.kick(stack.control());
+            }
+        },
     );
     let per_queue = per_queue_report(&stack);
     stack.stop()?;
@@ -893,6 +913,7 @@ fn udp_client(
             "sent": outcomes.iter().map(|o| o.sent).sum::<u64>(),
             "echoed": outcomes.iter().map(|o| o.verified).sum::<u64>(),
             "echoed_each": outcomes.iter().map(|o| o.verified).collect::<Vec<_>>(),
+            "resent": outcomes.iter().map(|o| o.resent).sum::<u64>(),
             "ok": ok,
             "error": error,
             "per_queue": per_queue(),
