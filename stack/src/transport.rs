@@ -160,6 +160,9 @@ enum Phase {
 
 #[derive(Debug)]
 struct Conn {
+    /// Tells this connection from earlier ones in the same slot: an event
+    /// queued for a closed one must not reach its successor.
+    generation: u32,
     socket: SocketHandle,
     proto: TransportProto,
     phase: Phase,
@@ -198,6 +201,18 @@ pub struct SmolTransportState {
     touched: bool,
     /// Local ports in use.
     ports: EphemeralPorts,
+    /// The generation the next connection gets.
+    next_generation: u32,
+}
+
+/// A connection's id: its slot, and the slot's generation above bit 32.
+fn conn_id(index: usize, generation: u32) -> TransportConnId {
+    TransportConnId((u64::from(generation) << 32) | index as u64)
+}
+
+/// (slot, generation) of an id.
+fn conn_slot(c: TransportConnId) -> (usize, u32) {
+    ((c.0 & u64::from(u32::MAX)) as usize, (c.0 >> 32) as u32)
 }
 
 fn to_std(a: IpAddress) -> IpAddr {
@@ -233,6 +248,7 @@ impl SmolTransportState {
             spares: SpareTcpSockets::default(),
             touched: false,
             udp_ports: HashMap::new(),
+            next_generation: 0,
             ports,
         }
     }
@@ -289,13 +305,17 @@ impl SmolTransportState {
         phase: Phase,
         port: u16,
     ) -> TransportConnId {
-        TransportConnId(self.conns.insert(Conn {
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let index = self.conns.insert(Conn {
+            generation,
             socket,
             proto,
             phase,
             want_writable: false,
             port,
-        }) as u64)
+        });
+        conn_id(index, generation)
     }
 
     fn new_udp_conn(&mut self, socket: SocketHandle, port: u16) -> TransportConnId {
@@ -305,7 +325,11 @@ impl SmolTransportState {
     }
 
     fn remove_udp_conn(&mut self, conn: TransportConnId) -> Option<SocketHandle> {
-        let c = self.conns.try_remove(conn.0 as usize)?;
+        let (index, generation) = conn_slot(conn);
+        if self.conns.get(index)?.generation != generation {
+            return None;
+        }
+        let c = self.conns.try_remove(index)?;
         self.ports.release(c.port);
         if let Some(n) = self.udp_ports.get_mut(&c.port) {
             *n -= 1;
@@ -367,7 +391,7 @@ impl SmolTransportState {
         // State changes of known TCP connections.
         let mut gone = Vec::new();
         for (i, c) in self.conns.iter_mut() {
-            let conn = TransportConnId(i as u64);
+            let conn = conn_id(i, c.generation);
             if c.proto == TransportProto::Udp {
                 let s = sockets.get::<udp::Socket<'_>>(c.socket);
                 if s.can_recv() {
@@ -523,18 +547,20 @@ impl<'a> SmolTransports<'a> {
     }
 
     fn conn(&self, c: TransportConnId) -> Option<&Conn> {
+        let (index, generation) = conn_slot(c);
         self.state
             .conns
-            .get(c.0 as usize)
-            .filter(|x| x.proto == self.proto)
+            .get(index)
+            .filter(|x| x.proto == self.proto && x.generation == generation)
     }
 
     fn conn_mut(&mut self, c: TransportConnId) -> Option<&mut Conn> {
         let proto = self.proto;
+        let (index, generation) = conn_slot(c);
         self.state
             .conns
-            .get_mut(c.0 as usize)
-            .filter(|x| x.proto == proto)
+            .get_mut(index)
+            .filter(|x| x.proto == proto && x.generation == generation)
     }
 
     fn tcp(&mut self, c: TransportConnId) -> Option<&mut tcp::Socket<'static>> {
@@ -861,6 +887,31 @@ impl Transport for SmolTransports<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_in_a_reused_slot_has_an_id_of_its_own() {
+        let mut sockets = SocketSet::new(vec![]);
+        let udp = || {
+            udp::Socket::new(
+                udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 1], vec![0u8; 64]),
+                udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 1], vec![0u8; 64]),
+            )
+        };
+        let mut st = SmolTransportState::new(EphemeralPorts::new(5));
+        let first = st.new_udp_conn(sockets.add(udp()), 50_000);
+        assert!(st.remove_udp_conn(first).is_some());
+        let second = st.new_udp_conn(sockets.add(udp()), 50_001);
+        assert_eq!(
+            conn_slot(first).0,
+            conn_slot(second).0,
+            "the slot is reused"
+        );
+        assert_ne!(first, second);
+        // An event or call still naming the first reaches nothing.
+        assert!(st.remove_udp_conn(first).is_none());
+        assert_eq!(st.conns.len(), 1);
+        assert!(st.remove_udp_conn(second).is_some());
+    }
 
     #[test]
     fn ephemeral_ports_are_distinct_in_range_and_come_back_when_released() {
