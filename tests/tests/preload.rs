@@ -638,17 +638,9 @@ print("ready", flush=True)
 threading.Event().wait()
 "#;
 
-/// A preloaded UDP client: unbound sendto (an implicit bind), connect +
-/// send/recv, EDESTADDRREQ, MSG_TRUNC, against a kernel echo in the lab.
-const PY_UDP_CLIENT: &str = r#"
-import errno, os, socket, sys, time
-peer, port = sys.argv[1], int(sys.argv[2])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(5)
-try:
-    s.send(b"x"); sys.exit("send without a destination worked")
-except OSError as e:
-    assert e.errno == errno.EDESTADDRREQ, e
+/// A UDP exchange with resends, for the scripts below (python; needs
+/// `socket` and `time` imported).
+const PY_UDP_EXCHANGE: &str = r#"
 # UDP may drop a datagram (a busy peer's full socket buffer): send again
 # after 2 s, up to 3 times; an echo of an earlier try is skipped.
 def exchange(sock, d, addr, tries=3):
@@ -664,6 +656,19 @@ def exchange(sock, d, addr, tries=3):
             if r == d:
                 return a
     raise AssertionError(f"no echo of {len(d)} bytes to {addr} in {tries} tries")
+"#;
+
+/// A preloaded UDP client: unbound sendto (an implicit bind), connect +
+/// send/recv, EDESTADDRREQ, MSG_TRUNC, against a kernel echo in the lab.
+const PY_UDP_CLIENT: &str = r#"
+import errno, os, socket, sys, time
+peer, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+try:
+    s.send(b"x"); sys.exit("send without a destination worked")
+except OSError as e:
+    assert e.errno == errno.EDESTADDRREQ, e
 for n in (1, 512, 1400, 20000):
     a = exchange(s, os.urandom(n), (peer, port))
     assert a == (peer, port), (n, a)
@@ -699,33 +704,19 @@ fn preload_udp() -> Result<()> {
     let mut p = Proc::spawn("python udp echo", cmd)?;
     p.wait_for_line("ready", Duration::from_secs(20))?;
     // Kernel clients in the lab: IPv4 (fragmented sizes too) and IPv6.
-    let check = format!(
-        r#"
+    let check = PY_UDP_EXCHANGE.to_string()
+        + &format!(
+            r#"
 import os, socket, time
-# UDP may drop a datagram (a busy peer's full socket buffer): send again
-# after 2 s, up to 3 times; an echo of an earlier try is skipped.
-def exchange(sock, d, addr, tries=3):
-    for _ in range(tries):
-        sock.sendto(d, addr)
-        deadline = time.time() + 2
-        while (left := deadline - time.time()) > 0:
-            sock.settimeout(left)
-            try:
-                r, a = sock.recvfrom(65536)
-            except TimeoutError:
-                break
-            if r == d:
-                return a
-    raise AssertionError(f"no echo of {{len(d)}} bytes to {{addr}} in {{tries}} tries")
 for fam, h, sizes in [(socket.AF_INET, "{}", (1, 100, 1400, 8000, 30000)), (socket.AF_INET6, "{}", (1, 100, 1200))]:
     c = socket.socket(fam, socket.SOCK_DGRAM)
     for n in sizes:
         exchange(c, os.urandom(n), (h, 7800))
 print("udp echo ok")
 "#,
-        st.host(),
-        st.daemon.lab.cfg.host6.addr
-    );
+            st.host(),
+            st.daemon.lab.cfg.host6.addr
+        );
     let out = st.peer_output("python3", &["-c", &check]).map_err(|e| {
         // What the stack holds, for a failure that only a busy machine shows.
         let show = |w: &str| st.daemon.show(w).unwrap_or_else(|e| e.to_string());
@@ -744,7 +735,8 @@ print("udp echo ok")
     let mut kp = Proc::spawn("kernel udp echo", k)?;
     kp.wait_for_line("ready", Duration::from_secs(10))?;
     let mut c = st.preloaded("python3");
-    c.args(["-c", PY_UDP_CLIENT, &peer, "7801"]);
+    let client = format!("{PY_UDP_EXCHANGE}{PY_UDP_CLIENT}");
+    c.args(["-c", &client, &peer, "7801"]);
     let (ok, out) = Proc::spawn("preloaded udp client", c)?.wait(Duration::from_secs(30))?;
     ensure!(ok && out.contains("udp client ok"), "udp client: {out}");
     Ok(())
